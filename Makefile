@@ -1,0 +1,38 @@
+# causalcast: `make serve` and `make test` are all a new user needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+# torch is pinned in the install step: an unpinned torch pulls a multi-GB CUDA build on this kind of machine.
+TORCH_PIN ?= torch==2.13.0
+STAMP   = $(VENV)/.installed
+
+.PHONY: serve test lint bench install clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	$(PY) -m pip install -q "$(TORCH_PIN)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/causalcast serve --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m ruff check streaming models tests bench scripts
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(PY) -m ruff check streaming models tests bench scripts
+
+bench: $(STAMP)
+	$(PY) bench/runtime_load.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

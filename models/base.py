@@ -1,0 +1,203 @@
+"""The one contract between the streaming runtime and every generator family.
+
+A generator declares a :class:`StreamSpec` (what it consumes and produces, and at which pace), creates
+per-session state, and steps a *batch* of sessions by one chunk. Control events (new prompt, new reference
+voice, text to speak, barge-in) travel through the same object. The runtime never knows which family it
+serves: it only sees this interface.
+
+Threading invariant: the runtime calls every method of a :class:`Generator` from one worker thread per
+device, never concurrently, so a generator's state needs no locks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from streaming.errors import ParamError
+
+
+class Pacing(str, Enum):
+    """What makes a session's next step due."""
+
+    INPUT = "input"  # a full chunk of input audio has arrived (voice conversion, pitch shifter)
+    CLOCK = "clock"  # the output clock needs the next chunk (speech synthesis, avatar, video)
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """Mono or multi-channel float32 PCM at a fixed rate."""
+
+    sample_rate_hz: int
+    num_channels: int = 1
+
+
+@dataclass(frozen=True)
+class VideoFormat:
+    """RGB24 frames of a fixed size at a fixed rate."""
+
+    width: int
+    height: int
+    fps: float
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a generator consumes and produces per step, and how the runtime paces it."""
+
+    chunk_ms: float  # media duration one step consumes and produces
+    pacing: Pacing
+    input_audio: AudioFormat | None = None  # None: the model takes no microphone audio
+    output_audio: AudioFormat | None = None
+    output_video: VideoFormat | None = None
+    lookahead_ms: float = 0.0  # algorithmic delay beyond the chunk (right context the model waits for)
+    event_types: frozenset[str] = frozenset()  # control messages this model accepts ("prompt", "text", ...)
+
+    def __post_init__(self) -> None:
+        if self.chunk_ms <= 0:
+            raise ValueError("chunk_ms must be positive")
+        if self.output_audio is None and self.output_video is None:
+            raise ValueError("a generator must produce audio, video or both")
+        if self.pacing is Pacing.INPUT and self.input_audio is None:
+            raise ValueError("input-paced generators need input audio")
+        for fmt in (self.input_audio, self.output_audio):
+            if fmt is not None and not _whole(fmt.sample_rate_hz * self.chunk_ms / 1000):
+                raise ValueError(f"chunk of {self.chunk_ms} ms is not a whole number of samples at {fmt}")
+        if self.output_video is not None and not _whole(self.output_video.fps * self.chunk_ms / 1000):
+            raise ValueError(f"chunk of {self.chunk_ms} ms is not a whole number of frames")
+
+    @property
+    def chunk_s(self) -> float:
+        """Chunk duration in seconds."""
+        return self.chunk_ms / 1000.0
+
+    @property
+    def input_chunk_samples(self) -> int:
+        """Input samples per step (0 without input audio)."""
+        if self.input_audio is None:
+            return 0
+        return round(self.input_audio.sample_rate_hz * self.chunk_s)
+
+    @property
+    def output_chunk_samples(self) -> int:
+        """Output samples per step (0 without output audio)."""
+        if self.output_audio is None:
+            return 0
+        return round(self.output_audio.sample_rate_hz * self.chunk_s)
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Output video frames per step (0 without output video)."""
+        if self.output_video is None:
+            return 0
+        return round(self.output_video.fps * self.chunk_s)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for /healthz and the `ready` message."""
+        out: dict[str, Any] = {
+            "chunk_ms": self.chunk_ms,
+            "pacing": self.pacing.value,
+            "lookahead_ms": self.lookahead_ms,
+            "events": sorted(self.event_types),
+        }
+        if self.input_audio:
+            out["input_audio"] = {"sample_rate_hz": self.input_audio.sample_rate_hz}
+        if self.output_audio:
+            out["output_audio"] = {"sample_rate_hz": self.output_audio.sample_rate_hz}
+        if self.output_video:
+            v = self.output_video
+            out["output_video"] = {"width": v.width, "height": v.height, "fps": v.fps}
+        return out
+
+
+def _whole(x: float) -> bool:
+    return abs(x - round(x)) < 1e-6 and round(x) > 0
+
+
+@dataclass
+class ControlEvent:
+    """A control message for one session, applied before its next step (control overtakes media)."""
+
+    type: str
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepInput:
+    """One session's input for one step."""
+
+    # (input_chunk_samples,) float32 in [-1, 1] at the input rate, or None for models without input audio.
+    # Clock-paced models get what has arrived, zero-padded; `num_valid_samples` says how much is real.
+    audio: np.ndarray | None = None
+    num_valid_samples: int = 0
+
+
+@dataclass
+class StepOutput:
+    """One session's output for one step. Media covers exactly one chunk unless `idle` is set."""
+
+    audio: np.ndarray | None = None  # (output_chunk_samples,) float32 at the output rate
+    video: np.ndarray | None = None  # (frames_per_chunk, H, W, 3) uint8 RGB
+    notices: list[dict[str, Any]] = field(default_factory=list)  # JSON messages for the client
+    # Nothing to produce until the next control event (e.g. speech synthesis with no text left). The
+    # runtime stops stepping the session and pauses its output clock; media fields are ignored.
+    idle: bool = False
+
+
+class Generator(ABC):
+    """A frame-level causal generator served by the engine.
+
+    Subclasses set ``name`` and ``spec`` and implement the four abstract methods. ``step`` receives the
+    sessions of one batch; ``padded_batch_size`` is the engine's size bucket (>= len(states)) so a GPU
+    model can pad to it and replay one captured graph per bucket. A CPU model may ignore it.
+    """
+
+    name: str = ""
+    spec: StreamSpec
+    max_batch_size: int = 64  # the engine never passes more sessions than this to one step
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Check a session's start parameters cheaply, before any state exists.
+
+        Returns the normalised parameters; raises :class:`ParamError` with a message for the client.
+        The default accepts no parameters.
+        """
+        if params:
+            raise ParamError(f"model '{self.name}' takes no parameters, got {sorted(params)}")
+        return {}
+
+    @abstractmethod
+    def open_session(self, params: Mapping[str, Any]) -> Any:
+        """Create the state of a new session from validated parameters."""
+
+    @abstractmethod
+    def close_session(self, state: Any) -> None:
+        """Release a session's state (cache slots, buffers). Must not raise."""
+
+    def handle_event(self, state: Any, event: ControlEvent) -> list[dict[str, Any]]:
+        """Apply a control event to one session; returns notices for the client.
+
+        Raises :class:`ParamError` for a bad event; the session keeps running.
+        """
+        raise ParamError(f"model '{self.name}' does not accept '{event.type}' events")
+
+    @abstractmethod
+    def step(self, states: Sequence[Any], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
+        """Advance every session in the batch by one chunk; one output per state, in order."""
+
+    def warmup_events(self) -> list[ControlEvent]:
+        """Events that give a fresh session work to do, for warm-up and cost calibration.
+
+        Clock-paced models that idle without input (speech synthesis without text) return e.g. a text
+        event here, so the engine measures real steps.
+        """
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary of the model for /healthz."""
+        return {"name": self.name, "max_batch_size": self.max_batch_size, **self.spec.describe()}

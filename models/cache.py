@@ -1,0 +1,188 @@
+"""Shared streaming state primitives: a slot allocator and a preallocated ring KV cache with a sink.
+
+One tensor serves every session of a model: a session owns a *slot* (a row of the batch dimension) for its
+lifetime, so stepping a batch gathers rows instead of concatenating per-session tensors, and nothing is
+allocated per step. The cache of a slot is
+
+    [ sink entries (never evicted) | ring of `window` entries (oldest overwritten first) ]
+
+so memory per session is O(sink + window), independent of stream length. Each entry carries a *label*
+(an int the model chooses: token index, frame index, block index) from which attention masks are built,
+and keys are stored after positional encoding, so the order of entries in the ring never matters.
+
+Recache (LongLive) and barge-in are operations on the cache: :meth:`RingKVCache.rewind` forgets the most
+recent entries so they can be written again (same ring positions), :meth:`RingKVCache.clear` drops
+everything but, optionally, the sink.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from streaming.errors import CapacityError
+
+
+class SlotAllocator:
+    """Hands out rows of a preallocated batch dimension; freed rows are reused lowest first."""
+
+    def __init__(self, num_slots: int) -> None:
+        if num_slots <= 0:
+            raise ValueError("num_slots must be positive")
+        self.num_slots = num_slots
+        self._free = list(range(num_slots - 1, -1, -1))  # a stack: pop() gives the lowest free slot
+        self._used: set[int] = set()
+
+    @property
+    def num_used(self) -> int:
+        """Slots currently held by sessions."""
+        return len(self._used)
+
+    def allocate(self) -> int:
+        """Take a free slot; raises :class:`CapacityError` when none is left."""
+        if not self._free:
+            raise CapacityError(f"all {self.num_slots} state slots are in use")
+        slot = self._free.pop()
+        self._used.add(slot)
+        return slot
+
+    def free(self, slot: int) -> None:
+        """Return a slot; freeing a slot that is not held is an error."""
+        if slot not in self._used:
+            raise ValueError(f"slot {slot} is not allocated")
+        self._used.remove(slot)
+        self._free.append(slot)
+        self._free.sort(reverse=True)
+
+
+def _rows(slots: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor | slice:
+    """Index for the slot dimension: a slice (a view, no copy) when slots are consecutive."""
+    idx = torch.as_tensor(slots, dtype=torch.long)
+    n = idx.numel()
+    if n > 0 and bool((idx == torch.arange(int(idx[0]), int(idx[0]) + n)).all()):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx.to(device)
+
+
+class RingKVCache:
+    """Keys and values of every layer for ``num_slots`` sessions: sink + ring window per slot.
+
+    Shapes: ``k``/``v`` are (num_layers, num_slots, sink + window, num_heads, head_dim); ``labels`` is
+    (num_slots, sink + window) with -1 for empty entries. A write of T entries must satisfy T <= window.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_layers: int,
+        num_slots: int,
+        num_heads: int,
+        head_dim: int,
+        window: int,
+        sink: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if window <= 0 or sink < 0:
+            raise ValueError("window must be positive and sink non-negative")
+        self.window = window
+        self.sink = sink
+        self.capacity = sink + window
+        self.device = torch.device(device)
+        shape = (num_layers, num_slots, self.capacity, num_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.labels = torch.full((num_slots, self.capacity), -1, dtype=torch.long, device=self.device)
+        self.num_written = torch.zeros(num_slots, dtype=torch.long)  # entries written since reset, per slot
+        self.slots = SlotAllocator(num_slots)
+
+    # -- slot lifetime -------------------------------------------------------------------------------
+    def allocate(self) -> int:
+        """Take a slot for a new session, with an empty cache."""
+        slot = self.slots.allocate()
+        self.clear([slot], keep_sink=False)
+        return slot
+
+    def free(self, slot: int) -> None:
+        """Give a session's slot back."""
+        self.slots.free(slot)
+
+    @property
+    def bytes_per_slot(self) -> int:
+        """Memory one session's K/V occupies (fixed: the cache never grows)."""
+        per = self.k[:, 0].numel() * self.k.element_size()
+        return 2 * per + self.labels[0].numel() * self.labels.element_size()
+
+    # -- writing -------------------------------------------------------------------------------------
+    def reserve(self, slots: Sequence[int], labels: torch.Tensor) -> torch.Tensor:
+        """Claim the next ``T`` entries of each slot and label them; returns their indices (B, T).
+
+        Call once per step (not per layer), then :meth:`write` each layer at the returned indices.
+        ``labels`` is (B, T) long: the label of each new entry (model units, non-decreasing per slot).
+        """
+        num_new = labels.shape[1]
+        if num_new > self.window:
+            raise ValueError(f"cannot write {num_new} entries into a window of {self.window}")
+        slot_idx = torch.as_tensor(slots, dtype=torch.long)
+        counts = self.num_written[slot_idx]  # (B,)
+        order = counts[:, None] + torch.arange(num_new)[None, :]  # (B, T): entry number since reset
+        index = torch.where(order < self.sink, order, self.sink + (order - self.sink) % self.window)
+        index = index.to(self.device)
+        self.labels[slot_idx.to(self.device)[:, None], index] = labels.to(self.device)
+        self.num_written[slot_idx] = counts + num_new
+        return index
+
+    def write(self, layer: int, slots: Sequence[int], index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store new keys/values (B, T, H, D) of one layer at indices from :meth:`reserve`."""
+        rows = torch.as_tensor(slots, dtype=torch.long, device=self.device)[:, None]
+        self.k[layer][rows, index] = k.to(self.k.dtype)
+        self.v[layer][rows, index] = v.to(self.v.dtype)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def read(self, layer: int, slots: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer for a batch of slots, each (B, sink + window, H, D)."""
+        rows = _rows(slots, self.device)
+        return self.k[layer][rows], self.v[layer][rows]
+
+    def mask(self, slots: Sequence[int], query_labels: torch.Tensor, window: int | None = None) -> torch.Tensor:
+        """Which cached entries each query may attend to: (B, 1, Tq, sink + window) bool.
+
+        An entry is visible to a query labelled ``q`` when it is filled, its label is <= q, and it is in
+        the sink or its label is > q - window (in label units; default: the cache window). With token
+        labels this is a causal sliding window with attention sinks; with block labels, block-causal.
+        """
+        window = self.window if window is None else window
+        rows = _rows(slots, self.device)
+        labels = self.labels[rows][:, None, None, :]  # (B, 1, 1, C)
+        q = query_labels.to(self.device)[:, None, :, None]  # (B, 1, Tq, 1)
+        in_sink = (torch.arange(self.capacity, device=self.device) < self.sink)[None, None, None, :]
+        return (labels >= 0) & (labels <= q) & (in_sink | (labels > q - window))
+
+    # -- editing -------------------------------------------------------------------------------------
+    def rewind(self, slots: Sequence[int], num_entries: int) -> None:
+        """Forget the last ``num_entries`` entries of each slot so they can be written again.
+
+        Used by KV-recache: rewind the window, then recompute and re-write its entries under a new
+        condition. The sink is never rewound into.
+        """
+        for slot in slots:
+            written = int(self.num_written[slot])
+            keep = max(written - num_entries, min(written, self.sink))
+            if written - keep > self.window:
+                raise ValueError(f"cannot rewind {num_entries} entries: only {self.window} are held")
+            for order in range(keep, written):
+                idx = order if order < self.sink else self.sink + (order - self.sink) % self.window
+                self.labels[slot, idx] = -1
+            self.num_written[slot] = keep
+
+    def clear(self, slots: Sequence[int], keep_sink: bool = True) -> None:
+        """Drop every entry of the slots, or every entry but the sink."""
+        for slot in slots:
+            keep = min(int(self.num_written[slot]), self.sink) if keep_sink else 0
+            self.labels[slot, keep:] = -1
+            self.num_written[slot] = keep
+
+    def num_entries(self, slot: int) -> int:
+        """Entries a slot currently holds (sink + window at most)."""
+        return int((self.labels[slot] >= 0).sum())

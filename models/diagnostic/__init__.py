@@ -1,0 +1,1 @@
+"""Built-in diagnostic generators that exercise the runtime end to end without trained weights."""

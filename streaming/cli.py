@@ -1,0 +1,93 @@
+"""Command line: ``causalcast serve ...`` (also ``python -m streaming serve ...``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from models.registry import DEFAULT_MODELS
+from streaming.engine.core import EngineConfig
+from streaming.engine.scheduler import AdmissionLimits
+from streaming.server import ServerConfig, run
+from streaming.transports.ws import WsConfig
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CAUSALCAST_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every option also reads a CAUSALCAST_* environment variable)."""
+    parser = argparse.ArgumentParser(prog="causalcast", description="Real-time streaming of causal generators.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the server")
+    serve.add_argument("--host", default=_env("HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(_env("PORT", "8080")))
+    serve.add_argument("--device", default=_env("DEVICE", "cpu"), help="cpu, cuda, cuda:1, ...")
+    serve.add_argument(
+        "--models",
+        nargs="+",
+        default=_env("MODELS", " ".join(DEFAULT_MODELS)).split(),
+        help="models to load, each name[:key=value,...] (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--max-utilization",
+        type=float,
+        default=float(_env("MAX_UTILIZATION", "0.8")),
+        help="refuse sessions that would keep the device busier than this share of real time",
+    )
+    serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
+    serve.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", str(2 * 1024 * 1024))))
+    serve.add_argument("--codec-threads", type=int, default=int(_env("CODEC_THREADS", "2")))
+    serve.add_argument(
+        "--torch-threads",
+        type=int,
+        default=int(_env("TORCH_THREADS", "0")),
+        help="intra-op threads for CPU models (0: torch's default)",
+    )
+    serve.add_argument(
+        "--ice-servers",
+        default=_env("ICE_SERVERS", "[]"),
+        help='JSON list of RTCIceServer objects, e.g. [{"urls": "stun:stun.example.org"}]',
+    )
+    serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `causalcast` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        ice_servers = json.loads(args.ice_servers)
+        if not isinstance(ice_servers, list):
+            raise ValueError("must be a JSON list")
+    except ValueError as e:
+        print(f"causalcast: --ice-servers: {e}", file=sys.stderr)
+        return 2
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        models=tuple(args.models),
+        engine=EngineConfig(
+            device=args.device,
+            limits=AdmissionLimits(max_utilization=args.max_utilization, max_sessions=args.max_sessions),
+        ),
+        ws=WsConfig(max_message_bytes=args.max_message_bytes),
+        codec_threads=args.codec_threads,
+        ice_servers=tuple(ice_servers),
+    )
+    try:
+        run(config)
+    except ValueError as e:  # bad model names or options
+        print(f"causalcast: {e}", file=sys.stderr)
+        return 2
+    return 0

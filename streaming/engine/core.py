@@ -1,0 +1,196 @@
+"""The engine: one per device. Schedules due sessions, steps them in batches on a worker thread, delivers.
+
+Design of the loop: each turn the scheduler (on the event loop, cheap, no model code) turns the sessions'
+clocks into batches; the whole plan then runs on the engine's single worker thread while the event loop
+keeps moving bytes; the outputs come back to the loop and are stamped and queued per session. While the
+worker is busy, more sessions fall due, so batches grow with load (continuous batching) without any
+artificial wait, and latency at low load stays one step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.base import Generator
+from streaming.engine.runner import Runner
+from streaming.engine.scheduler import AdmissionLimits, ModelInfo, Scheduler, SchedulerOutput
+from streaming.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
+from streaming.metrics import Metrics
+from streaming.session import Session, SessionConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings of one engine."""
+
+    device: str = "cpu"
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    warmup_max_batch: int = 16  # warm-up measures buckets up to this size (the rest is extrapolated)
+
+
+class Engine:
+    """Serves sessions of several generators on one device."""
+
+    def __init__(self, generators: dict[str, Generator], config: EngineConfig, metrics: Metrics | None = None) -> None:
+        self.generators = generators
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.runner = Runner(generators)
+        self.scheduler = Scheduler(
+            {name: ModelInfo(g.spec, g.max_batch_size) for name, g in generators.items()}, config.limits
+        )
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{config.device}")
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Warm every model up (calibrating step costs for admission), then start the loop."""
+        loop = asyncio.get_running_loop()
+        for name in self.generators:
+            buckets = [b for b in self.scheduler.buckets[name].sizes if b <= self.config.warmup_max_batch]
+            seconds = await loop.run_in_executor(self._worker, self.runner.warmup, name, buckets)
+            for bucket, s in seconds.items():
+                self.scheduler.costs[name].observe(bucket, s)
+            log.info("warmed up %s: %s", name, {b: f"{s * 1000:.2f} ms" for b, s in seconds.items()})
+        self._task = asyncio.create_task(self._run(), name=f"engine-{self.config.device}")
+
+    async def stop(self) -> None:
+        """Close every session and stop the loop and the worker."""
+        self._stopping = True
+        for session in list(self.scheduler.sessions.values()):
+            await self.close_session(session, "server shutting down")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._worker.shutdown(wait=True)
+
+    def wake(self) -> None:
+        """Tell the loop that input or an event arrived."""
+        self._wake.set()
+
+    # -- sessions ------------------------------------------------------------------------------------
+    def new_session(self, model: str, params: dict[str, Any], input_rate_hz: int | None) -> Session:
+        """Validate a start request and build its (not yet opened) session."""
+        generator = self.generators.get(model)
+        if generator is None:
+            raise ProtocolError(
+                f"model '{model}' is not served here; loaded models: {sorted(self.generators)}", "unknown_model"
+            )
+        validated = generator.validate_params(params)
+        if input_rate_hz is not None and generator.spec.input_audio is None:
+            raise ParamError(f"model '{model}' takes no audio input; omit 'input'")
+        return Session(
+            uuid.uuid4().hex[:12],
+            model,
+            generator.spec,
+            validated,
+            input_rate_hz=input_rate_hz,
+            config=self.config.session,
+            wake=self.wake,
+        )
+
+    async def open_session(self, session: Session) -> None:
+        """Admit and open a session, then start its clock; raises :class:`CapacityError` when full."""
+        if self._stopping:
+            raise CapacityError("server is shutting down")
+        try:
+            self.scheduler.reserve(session.model)
+        except CapacityError:
+            self.metrics.sessions_refused.labels(session.model, "capacity").inc()
+            raise
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._worker, self.runner.open, session.id, session.model, session.params)
+        except BaseException as e:
+            self.scheduler.unreserve(session.model)
+            if isinstance(e, CausalcastError):
+                raise
+            if isinstance(e, Exception):
+                raise ModelError(f"could not open a '{session.model}' session: {e}") from e
+            raise
+        self.scheduler.add(session)
+        session.start()
+        self.metrics.sessions_started.labels(session.model).inc()
+        self.metrics.sessions_active.labels(session.model).inc()
+
+    async def close_session(self, session: Session, reason: str) -> None:
+        """Stop scheduling a session and free its model state. Safe to call twice."""
+        session.close(reason)
+        if self.scheduler.remove(session.id) is None:
+            return
+        self.metrics.sessions_active.labels(session.model).dec()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self.runner.close, session.id)
+
+    def _report_error(self, session: Session, error: CausalcastError) -> None:
+        self.metrics.errors.labels(error.code).inc()
+        session.outbox.put_control(error.to_message())
+        if error.fatal:
+            session.close(str(error))
+            self.scheduler.remove(session.id)
+            self.metrics.sessions_active.labels(session.model).dec()
+            self._worker.submit(self.runner.close, session.id)
+
+    # -- the loop ------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()  # before scheduling: a wake during the turn is never lost
+            plan = self.scheduler.schedule(time.monotonic())
+            if plan.empty:
+                timeout = self.scheduler.next_wakeup(time.monotonic())
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                result = await loop.run_in_executor(self._worker, self.runner.execute, plan)
+            except Exception:
+                log.exception("engine turn failed: %s", _describe(plan))
+                for batch in plan.batches:
+                    for item in batch.sessions:
+                        if (session := self.scheduler.sessions.get(item.session_id)) is not None:
+                            self._report_error(session, ModelError("the engine failed while stepping"))
+                continue
+            self._record(plan, result)
+
+    def _record(self, plan: SchedulerOutput, result: Any) -> None:
+        report = self.scheduler.update_from_output(plan, result, time.monotonic(), self._report_error)
+        for timing in result.timings:
+            self.metrics.step_seconds.labels(timing.model).observe(timing.seconds)
+            self.metrics.batch_size.labels(timing.model).observe(timing.batch_size)
+        for model, n in report.chunks.items():
+            self.metrics.chunks_produced.labels(model).inc(n)
+        for model, n in report.late.items():
+            if n:
+                self.metrics.late_chunks.labels(model).inc(n)
+
+    # -- introspection -------------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        """Load and capacity, for /healthz."""
+        return {
+            "device": self.config.device,
+            "sessions": len(self.scheduler.sessions),
+            "utilization": round(self.scheduler.utilization(), 4),
+            "max_utilization": self.config.limits.max_utilization,
+            "max_sessions": self.config.limits.max_sessions,
+        }
+
+
+def _describe(plan: SchedulerOutput) -> str:
+    return ", ".join(f"{b.model}×{len(b.sessions)}→{b.padded_batch_size}" for b in plan.batches) or "events only"

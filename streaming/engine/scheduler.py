@@ -1,0 +1,210 @@
+"""The scheduler: which sessions step next, in which batches, and whether one more session fits.
+
+It runs on the event loop and never touches a model or torch (as in vLLM's split): ``schedule`` turns the
+sessions' clocks into a :class:`SchedulerOutput` of batches (plain data: ids, input chunks, deadlines), the
+runner executes it on the worker thread, and ``update_from_output`` hands the results back to sessions.
+Admission control lives here too, because it is a projection of the same step costs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from models.base import ControlEvent, StepInput, StepOutput, StreamSpec
+from streaming.engine.cost import BatchBuckets, StepCostModel
+from streaming.errors import CapacityError, CausalcastError
+from streaming.session import Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the scheduler needs to know of a model: its stream spec and largest batch."""
+
+    spec: StreamSpec
+    max_batch_size: int
+
+
+@dataclass
+class ScheduledSession:
+    """One session's share of a batch."""
+
+    session_id: str
+    input: StepInput
+    ready_time: float  # when its chunk became due
+    deadline: float  # when its chunk must be done
+
+
+@dataclass
+class ScheduledBatch:
+    """Sessions of one model stepped together, padded to ``padded_batch_size``."""
+
+    model: str
+    sessions: list[ScheduledSession]
+    padded_batch_size: int
+
+
+@dataclass
+class SchedulerOutput:
+    """One engine turn: control events to apply first, then batches to step."""
+
+    events: dict[str, list[ControlEvent]] = field(default_factory=dict)
+    batches: list[ScheduledBatch] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to do this turn."""
+        return not self.events and not self.batches
+
+
+@dataclass
+class StepTiming:
+    """How long one batch step took."""
+
+    model: str
+    batch_size: int
+    padded_batch_size: int
+    seconds: float
+
+
+@dataclass
+class RunnerOutput:
+    """What the runner hands back for a :class:`SchedulerOutput`."""
+
+    outputs: dict[str, StepOutput] = field(default_factory=dict)
+    notices: dict[str, list[dict]] = field(default_factory=dict)  # replies to control events
+    errors: dict[str, CausalcastError] = field(default_factory=dict)  # per-session failures
+    timings: list[StepTiming] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """When to refuse a new session."""
+
+    max_utilization: float = 0.8  # share of each chunk period the device may be busy stepping
+    max_sessions: int = 256
+
+
+@dataclass
+class DeliveryReport:
+    """What update_from_output did, for metrics."""
+
+    chunks: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    late: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Scheduler:
+    """Tracks sessions per model, batches the due ones, and admits new ones against step costs."""
+
+    def __init__(self, models: dict[str, ModelInfo], limits: AdmissionLimits) -> None:
+        self.models = models
+        self.limits = limits
+        self.buckets = {name: BatchBuckets(info.max_batch_size) for name, info in models.items()}
+        self.costs = {name: StepCostModel(self.buckets[name]) for name in models}
+        self.sessions: dict[str, Session] = {}
+        self._num_opening: dict[str, int] = defaultdict(int)
+
+    # -- admission -----------------------------------------------------------------------------------
+    def count(self, model: str) -> int:
+        """Sessions of ``model`` running or being opened."""
+        return sum(1 for s in self.sessions.values() if s.model == model) + self._num_opening[model]
+
+    def utilization(self, extra: dict[str, int] | None = None) -> float:
+        """Projected share of each chunk period spent stepping, with ``extra`` sessions per model."""
+        total = 0.0
+        for name, info in self.models.items():
+            n = self.count(name) + (extra or {}).get(name, 0)
+            total += self.costs[name].seconds_per_chunk(n) / info.spec.chunk_s
+        return total
+
+    def reserve(self, model: str) -> None:
+        """Admit one more session of ``model`` or raise :class:`CapacityError` saying why."""
+        num_total = sum(self.count(m) for m in self.models)
+        if num_total >= self.limits.max_sessions:
+            raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum")
+        projected = self.utilization({model: 1})
+        if projected > self.limits.max_utilization:
+            n = self.count(model) + 1
+            need_ms = self.costs[model].seconds_per_chunk(n) * 1000
+            chunk_ms = self.models[model].spec.chunk_ms
+            raise CapacityError(
+                f"server at capacity: {n} '{model}' sessions would need {need_ms:.1f} ms of every "
+                f"{chunk_ms:g} ms chunk; with the other models the device would be "
+                f"{projected:.0%} busy (limit {self.limits.max_utilization:.0%})"
+            )
+        self._num_opening[model] += 1
+
+    def unreserve(self, model: str) -> None:
+        """Release a reservation (the session was added or its open failed)."""
+        self._num_opening[model] -= 1
+
+    # -- membership ----------------------------------------------------------------------------------
+    def add(self, session: Session) -> None:
+        """Start scheduling an opened session (turns its reservation into membership)."""
+        self.unreserve(session.model)
+        self.sessions[session.id] = session
+
+    def remove(self, session_id: str) -> Session | None:
+        """Stop scheduling a session."""
+        return self.sessions.pop(session_id, None)
+
+    # -- the turn ------------------------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        """Collect pending control events and the due sessions, batched per model, earliest deadline first."""
+        plan = SchedulerOutput()
+        due: dict[str, list[Session]] = defaultdict(list)
+        for session in self.sessions.values():
+            if session.has_events:
+                plan.events[session.id] = session.take_events(now)
+            ready = session.ready_time()
+            if ready is not None and ready <= now:
+                due[session.model].append(session)
+        for model, sessions in due.items():
+            sessions.sort(key=Session.deadline)
+            max_batch = self.models[model].max_batch_size
+            for start in range(0, len(sessions), max_batch):
+                group = sessions[start : start + max_batch]
+                scheduled = []
+                for s in group:
+                    ready, deadline = s.ready_time(), s.deadline()
+                    scheduled.append(ScheduledSession(s.id, s.take_input(), ready, deadline))
+                plan.batches.append(ScheduledBatch(model, scheduled, self.buckets[model].bucket(len(group))))
+        plan.batches.sort(key=lambda b: b.sessions[0].deadline)
+        return plan
+
+    def next_wakeup(self, now: float) -> float | None:
+        """Seconds until the next clock-paced chunk falls due (None: only input or events wake us)."""
+        times = [t for s in self.sessions.values() if (t := s.ready_time()) is not None]
+        return max(0.0, min(times) - now) if times else None
+
+    def update_from_output(
+        self, plan: SchedulerOutput, result: RunnerOutput, now: float, fail: Callable[[Session, CausalcastError], None]
+    ) -> DeliveryReport:
+        """Hand step outputs and notices to their sessions; record step costs; fail errored sessions."""
+        report = DeliveryReport()
+        for timing in result.timings:
+            self.costs[timing.model].observe(timing.padded_batch_size, timing.seconds)
+        for session_id, notices in result.notices.items():
+            session = self.sessions.get(session_id)
+            if session is not None:
+                for notice in notices:
+                    session.outbox.put_control(notice)
+        for batch in plan.batches:
+            for item in batch.sessions:
+                session = self.sessions.get(item.session_id)
+                output = result.outputs.get(item.session_id)
+                if session is None or output is None or not session.running:
+                    continue
+                late = session.deliver(output, item.ready_time, item.deadline, now)
+                if not output.idle:
+                    report.chunks[batch.model] += 1
+                    report.late[batch.model] += int(late)
+        for session_id, error in result.errors.items():
+            session = self.sessions.get(session_id)
+            if session is not None:
+                fail(session, error)
+        return report

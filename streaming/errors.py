@@ -1,0 +1,57 @@
+"""The exception hierarchy of causalcast.
+
+Every error a client can cause maps to one wire ``code`` (see docs/protocol.md). A fault in one session
+ends at most that session; ``fatal`` says whether the session survives the error.
+"""
+
+from __future__ import annotations
+
+
+class CausalcastError(Exception):
+    """Base of all errors reported to clients."""
+
+    code = "internal"
+    fatal = True  # the session cannot continue after this error
+
+    def to_message(self) -> dict[str, object]:
+        """The `error` control message for the client."""
+        return {"type": "error", "code": self.code, "message": str(self), "fatal": self.fatal}
+
+
+class ProtocolError(CausalcastError):
+    """A malformed or out-of-place message; the session (if any) keeps running."""
+
+    code = "bad_message"
+    fatal = False
+
+    def __init__(self, message: str, code: str = "bad_message") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ParamError(CausalcastError):
+    """Bad start parameters or a bad control event for a model."""
+
+    code = "bad_params"
+    fatal = False
+
+
+class CapacityError(CausalcastError):
+    """Admitting one more session would make existing sessions late."""
+
+    code = "capacity"
+    fatal = True
+
+
+class ModelError(CausalcastError):
+    """The generator failed while stepping this session."""
+
+    code = "model_error"
+    fatal = True
+
+
+class ShutdownError(CausalcastError):
+    """The server is shutting down."""
+
+    code = "shutdown"
+    fatal = True

@@ -1,0 +1,1 @@
+"""Media plumbing shared by transports: PCM buffering and resampling, audio/video codecs."""

@@ -1,0 +1,128 @@
+"""Incoming audio: client PCM16 at its declared rate onto a gap-free float32 timeline at the model rate.
+
+The client stamps every frame with a pts (samples at its rate). A small gap (lost or late frames) is
+filled with silence so the model's timeline stays continuous; an overlap (a frame resent) is trimmed; a
+jump larger than ``max_gap_s`` is a resync: counted and not filled, so a paused client does not make the
+server synthesize minutes of silence.
+"""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+
+
+class FloatFifo:
+    """A bounded FIFO of float32 samples; pushing past capacity drops the oldest samples."""
+
+    def __init__(self, capacity: int) -> None:
+        self._buf = np.zeros(capacity, dtype=np.float32)
+        self._start = 0
+        self._size = 0
+        self.num_dropped = 0  # samples dropped because the consumer fell behind
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def capacity(self) -> int:
+        """Maximum samples held."""
+        return len(self._buf)
+
+    def push(self, samples: np.ndarray) -> None:
+        """Append samples, dropping the oldest ones on overflow."""
+        n = len(samples)
+        cap = self.capacity
+        if n >= cap:
+            self.num_dropped += self._size + n - cap
+            self._buf[:] = samples[n - cap :]
+            self._start, self._size = 0, cap
+            return
+        overflow = self._size + n - cap
+        if overflow > 0:
+            self.num_dropped += overflow
+            self._start = (self._start + overflow) % cap
+            self._size -= overflow
+        end = (self._start + self._size) % cap
+        first = min(n, cap - end)
+        self._buf[end : end + first] = samples[:first]
+        self._buf[: n - first] = samples[first:]
+        self._size += n
+
+    def pop(self, n: int) -> np.ndarray:
+        """Remove and return up to ``n`` oldest samples."""
+        n = min(n, self._size)
+        idx = (self._start + np.arange(n)) % self.capacity
+        out = self._buf[idx]
+        self._start = (self._start + n) % self.capacity
+        self._size -= n
+        return out
+
+
+class AudioInput:
+    """Converts a client's PCM16 frames into the model's float32 input stream."""
+
+    def __init__(
+        self, client_rate_hz: int, model_rate_hz: int, max_buffer_s: float = 1.0, max_gap_s: float = 1.0
+    ) -> None:
+        self.client_rate_hz = client_rate_hz
+        self.model_rate_hz = model_rate_hz
+        self.fifo = FloatFifo(max(1, int(model_rate_hz * max_buffer_s)))
+        self._max_gap = int(client_rate_hz * max_gap_s)
+        self._next_pts: int | None = None
+        # PyAV's resampler keeps filter state between calls, so chunk boundaries leave no seams.
+        self._resampler = (
+            av.AudioResampler(format="flt", layout="mono", rate=model_rate_hz)
+            if client_rate_hz != model_rate_hz
+            else None
+        )
+        self.num_gap_samples = 0  # silence inserted for missing input (client rate)
+        self.num_overlap_samples = 0  # resent samples trimmed (client rate)
+        self.num_resyncs = 0
+
+    def push_pcm16(self, payload: bytes, pts: int | None) -> int:
+        """Add one frame of PCM16 mono; returns the number of model-rate samples added."""
+        pcm = np.frombuffer(payload, dtype="<i2")
+        if pts is not None:
+            pcm = self._align(pcm, pts)
+        return self._append(pcm)
+
+    def _align(self, pcm: np.ndarray, pts: int) -> np.ndarray:
+        expected = self._next_pts
+        self._next_pts = max(pts + len(pcm), expected or 0)
+        if expected is None:
+            return pcm
+        gap = pts - expected
+        if abs(gap) > self._max_gap:
+            self.num_resyncs += 1
+            self._next_pts = pts + len(pcm)
+            return pcm
+        if gap > 0:
+            self.num_gap_samples += gap
+            return np.concatenate([np.zeros(gap, dtype=np.int16), pcm])
+        if gap < 0:
+            trim = min(-gap, len(pcm))
+            self.num_overlap_samples += trim
+            return pcm[trim:]
+        return pcm
+
+    def _append(self, pcm: np.ndarray) -> int:
+        if len(pcm) == 0:
+            return 0
+        if self._resampler is None:
+            samples = pcm.astype(np.float32) / 32768.0
+        else:
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm)[None, :], format="s16", layout="mono")
+            frame.sample_rate = self.client_rate_hz
+            parts = [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
+            if not parts:
+                return 0
+            samples = np.concatenate(parts).astype(np.float32, copy=False)
+        self.fifo.push(samples)
+        return len(samples)
+
+
+def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1] to int16, clipping out-of-range values (NaN becomes 0)."""
+    clean = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+    return (np.clip(clean, -1.0, 1.0) * 32767.0).round().astype(np.int16)

@@ -1,0 +1,169 @@
+"""The causalcast HTTP server: routes, model loading, engine start-up and graceful shutdown.
+
+Routes: ``GET /`` the web page (``web/``), ``GET /healthz`` status JSON, ``GET /metrics`` Prometheus text,
+``GET /config`` client settings (ICE servers), ``GET /ws`` the WebSocket protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from models.registry import DEFAULT_MODELS, catalogue, load_model, parse_model_spec
+from streaming import __version__
+from streaming.engine.core import Engine, EngineConfig
+from streaming.metrics import Metrics
+from streaming.protocol import PROTOCOL_VERSION
+from streaming.transports.ws import WsConfig, WsConnection
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+
+ENGINE_KEY = web.AppKey("engine", Engine)
+CONFIG_KEY = web.AppKey("config", "ServerConfig")
+CONNECTIONS_KEY = web.AppKey("connections", set)
+CODEC_POOL_KEY = web.AppKey("codec_pool", ThreadPoolExecutor)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `causalcast serve` can set."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models: tuple[str, ...] = DEFAULT_MODELS  # "name[:key=value,...]" specs
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ws: WsConfig = field(default_factory=WsConfig)
+    codec_threads: int = 2  # video encoding pool shared by all sessions
+    ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for WebRTC clients, served at /config
+    web_root: Path = WEB_ROOT
+    shutdown_timeout_s: float = 5.0
+
+
+def load_models(config: ServerConfig) -> dict[str, Any]:
+    """Build every configured generator on the engine's device."""
+    generators = {}
+    for spec in config.models:
+        name, options = parse_model_spec(spec)
+        generators[name] = load_model(name, config.engine.device, options)
+    return generators
+
+
+def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -> web.Application:
+    """The aiohttp application; models load and warm up when it starts."""
+    app = web.Application(client_max_size=config.ws.max_message_bytes)
+    app[CONFIG_KEY] = config
+    app[CONNECTIONS_KEY] = set()
+    metrics = Metrics()
+    engine = Engine(generators if generators is not None else load_models(config), config.engine, metrics)
+    app[ENGINE_KEY] = engine
+    app[CODEC_POOL_KEY] = ThreadPoolExecutor(max_workers=config.codec_threads, thread_name_prefix="codec")
+
+    app.router.add_get("/", _index)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/config", _client_config)
+    app.router.add_get("/ws", _websocket)
+    if config.web_root.is_dir():
+        app.router.add_static("/web/", config.web_root)
+    app.on_startup.append(_start_engine)
+    app.on_shutdown.append(_close_connections)
+    app.on_cleanup.append(_stop_engine)
+    return app
+
+
+async def _start_engine(app: web.Application) -> None:
+    await app[ENGINE_KEY].start()
+
+
+async def _close_connections(app: web.Application) -> None:
+    connections = list(app[CONNECTIONS_KEY])
+    if connections:
+        log.info("closing %d connections", len(connections))
+    await asyncio.gather(*(c.shutdown() for c in connections), return_exceptions=True)
+
+
+async def _stop_engine(app: web.Application) -> None:
+    await app[ENGINE_KEY].stop()
+    app[CODEC_POOL_KEY].shutdown(wait=True)
+
+
+async def _index(request: web.Request) -> web.StreamResponse:
+    index = request.app[CONFIG_KEY].web_root / "index.html"
+    if not index.is_file():
+        return web.Response(text="causalcast is running; the web page is not installed.\n")
+    return web.FileResponse(index)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE_KEY]
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "device": engine.config.device,
+            "engine": engine.status(),
+            "models": catalogue(engine.generators),
+        }
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[ENGINE_KEY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _client_config(request: web.Request) -> web.Response:
+    config = request.app[CONFIG_KEY]
+    return web.json_response({"ice_servers": list(config.ice_servers), "protocol": PROTOCOL_VERSION})
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG_KEY]
+    ws = web.WebSocketResponse(max_msg_size=config.ws.max_message_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    connection = WsConnection(ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY])
+    request.app[CONNECTIONS_KEY].add(connection)
+    try:
+        await connection.run()
+    finally:
+        request.app[CONNECTIONS_KEY].discard(connection)
+        with contextlib.suppress(Exception):
+            await ws.close()
+    return ws
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop when it is installed."""
+    loop = None
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        pass
+    app = create_app(config)
+    url = f"http://{config.host}:{config.port}/"
+
+    def announce(_: str) -> None:
+        names = ", ".join(parse_model_spec(m)[0] for m in config.models)
+        print(f"causalcast {__version__}: serving {names} on {config.engine.device} at {url}", flush=True)
+
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        loop=loop,
+        print=announce,
+        shutdown_timeout=config.shutdown_timeout_s,
+        access_log=None,
+    )

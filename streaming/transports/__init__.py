@@ -1,0 +1,1 @@
+"""Transports: how client bytes reach sessions and session output reaches clients (WebSocket, WebRTC)."""
