@@ -24,6 +24,29 @@ import torch
 from streaming.errors import CapacityError
 
 
+def visible(
+    query_labels: torch.Tensor, key_labels: torch.Tensor, key_in_sink: torch.Tensor, window: int
+) -> torch.Tensor:
+    """The one visibility rule of streaming attention: (B, 1, Tq, Tk) bool.
+
+    A key is visible to a query labelled ``q`` when it exists (label >= 0), its label is <= q, and it is a
+    sink entry or its label is > q - window. With token labels this is a causal sliding window with
+    attention sinks; with block labels (every token of a block shares one), block-causal. The cache
+    applies it to its entries, offline code to a whole sequence (``key_in_sink`` = first ``sink`` keys),
+    so both see exactly the same keys.
+    """
+    q = query_labels[:, None, :, None]  # (B, 1, Tq, 1)
+    k = key_labels[:, None, None, :]  # (B, 1, 1, Tk)
+    sink = key_in_sink[:, None, None, :]
+    return (k >= 0) & (k <= q) & (sink | (k > q - window))
+
+
+def offline_mask(labels: torch.Tensor, window: int, sink: int = 0) -> torch.Tensor:
+    """Visibility (B, 1, T, T) over a whole labelled sequence, equal to what streaming sees."""
+    in_sink = torch.arange(labels.shape[1], device=labels.device)[None, :] < sink
+    return visible(labels, labels, in_sink, window)
+
+
 class SlotAllocator:
     """Hands out rows of a preallocated batch dimension; freed rows are reused lowest first."""
 
@@ -148,30 +171,25 @@ class RingKVCache:
     def mask(self, slots: Sequence[int], query_labels: torch.Tensor, window: int | None = None) -> torch.Tensor:
         """Which cached entries each query may attend to: (B, 1, Tq, sink + window) bool.
 
-        An entry is visible to a query labelled ``q`` when it is filled, its label is <= q, and it is in
-        the sink or its label is > q - window (in label units; default: the cache window). With token
-        labels this is a causal sliding window with attention sinks; with block labels, block-causal.
+        See :func:`visible`; ``window`` is in label units (default: the cache window).
         """
-        window = self.window if window is None else window
         rows = _rows(slots, self.device)
-        labels = self.labels[rows][:, None, None, :]  # (B, 1, 1, C)
-        q = query_labels.to(self.device)[:, None, :, None]  # (B, 1, Tq, 1)
-        in_sink = (torch.arange(self.capacity, device=self.device) < self.sink)[None, None, None, :]
-        return (labels >= 0) & (labels <= q) & (in_sink | (labels > q - window))
+        in_sink = torch.arange(self.capacity, device=self.device)[None, :] < self.sink
+        window = self.window if window is None else window
+        return visible(query_labels.to(self.device), self.labels[rows], in_sink, window)
 
     # -- editing -------------------------------------------------------------------------------------
     def rewind(self, slots: Sequence[int], num_entries: int) -> None:
         """Forget the last ``num_entries`` entries of each slot so they can be written again.
 
         Used by KV-recache: rewind the window, then recompute and re-write its entries under a new
-        condition. The sink is never rewound into.
+        condition. The sink is never rewound into; rewinding past the ring simply empties it.
         """
         for slot in slots:
             written = int(self.num_written[slot])
             keep = max(written - num_entries, min(written, self.sink))
-            if written - keep > self.window:
-                raise ValueError(f"cannot rewind {num_entries} entries: only {self.window} are held")
-            for order in range(keep, written):
+            # entries older than the ring are already overwritten: only the held ones need forgetting
+            for order in range(max(keep, written - self.window), written):
                 idx = order if order < self.sink else self.sink + (order - self.sink) % self.window
                 self.labels[slot, idx] = -1
             self.num_written[slot] = keep
