@@ -56,7 +56,9 @@ class StreamSpec:
     output_audio: AudioFormat | None = None
     output_video: VideoFormat | None = None
     lookahead_ms: float = 0.0  # algorithmic delay beyond the chunk (right context the model waits for)
-    event_types: frozenset[str] = frozenset()  # control messages this model accepts ("prompt", "text", ...)
+    # Control messages this model accepts ("prompt", "text", ...). "interrupt" is special: the runtime also
+    # drops the session's queued output at once (barge-in), before the model sees the event.
+    event_types: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.chunk_ms <= 0:

@@ -115,6 +115,12 @@ class Outbox:
         self._control.append(message)
         self._ready.set()
 
+    def drop_media(self) -> int:
+        """Discard queued media (barge-in); returns how many chunks were dropped."""
+        num = len(self._media)
+        self._media.clear()
+        return num
+
     def close(self) -> None:
         """No more items will come; :meth:`get` returns None once drained."""
         self._closed = True
@@ -224,6 +230,8 @@ class Session:
             )
         if len(self._events) >= self.config.max_pending_events:
             raise ProtocolError("too many control events waiting; slow down", "rate_limited")
+        if event_type == "interrupt":  # barge-in: queued output is stale the moment the user speaks
+            self.stats.dropped_output_chunks += self.outbox.drop_media()
         self._events.append(ControlEvent(event_type, payload))
         self._wake()
 
