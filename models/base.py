@@ -162,6 +162,9 @@ class Generator(ABC):
     name: str = ""
     spec: StreamSpec
     max_batch_size: int = 64  # the engine never passes more sessions than this to one step
+    # True when step() pads the batch to padded_batch_size (GPU graphs): its cost then follows the
+    # bucket, not the number of sessions, and admission control prices it that way.
+    pads_to_bucket: bool = False
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check a session's start parameters cheaply, before any state exists.

@@ -51,6 +51,17 @@ class SessionConfig:
     late_after_ms: float | None = None  # input-paced: a chunk is late after this (default 1 chunk)
 
 
+def latency_allowance_s(spec: StreamSpec, config: SessionConfig) -> float:
+    """How long a due chunk may take before it is late.
+
+    Input-paced: from the arrival of its last input sample. Clock-paced: the lead, i.e. from when it falls
+    due until it must play. Admission control keeps the worst case (a full engine turn in flight, then
+    the chunk's own turn) inside this allowance.
+    """
+    override = config.clock_lead_ms if spec.pacing is Pacing.CLOCK else config.late_after_ms
+    return (override if override is not None else spec.chunk_ms) / 1000.0
+
+
 @dataclass
 class OutputChunk:
     """One step's media with pts on the session clock."""
@@ -165,8 +176,8 @@ class Session:
         self._wake = wake
         self._events: deque[ControlEvent] = deque()
         self._chunk_s = spec.chunk_s
-        self._lead_s = (config.clock_lead_ms if config.clock_lead_ms is not None else spec.chunk_ms) / 1000.0
-        self._late_after_s = (config.late_after_ms if config.late_after_ms is not None else spec.chunk_ms) / 1000.0
+        # clock-paced: produce this far ahead of playout; input-paced: a chunk is late after this long
+        self._allowance_s = latency_allowance_s(spec, config)
         self._next_index = 0
         self._origin = 0.0  # monotonic time at which chunk 0 plays (clock-paced)
         self._idle = False
@@ -186,7 +197,7 @@ class Session:
         """Mark the session running and start its clock."""
         now = time.monotonic() if now is None else now
         self.state = SessionState.RUNNING
-        self._origin = now + self._lead_s
+        self._origin = now + self._allowance_s
         self._wake()
 
     def close(self, reason: str) -> None:
@@ -210,14 +221,16 @@ class Session:
         if len(pcm16) % 2:
             raise ProtocolError("PCM16 payload has an odd number of bytes", "bad_frame")
         now = time.monotonic() if now is None else now
+        fifo, chunk = self.input.fifo, self.spec.input_chunk_samples
+        before = fifo.num_pushed // chunk
         self.input.push_pcm16(pcm16, pts)
         if self.spec.pacing is not Pacing.INPUT:
             return
-        complete = len(self.input.fifo) // self.spec.input_chunk_samples
-        while len(self._ready_times) > complete:  # overflow dropped the oldest chunks
+        completed = fifo.num_pushed // chunk - before
+        self._ready_times.extend([now] * completed)
+        while len(self._ready_times) > len(fifo) // chunk:  # overflow dropped the oldest chunks
             self._ready_times.popleft()
-        if complete > len(self._ready_times):
-            self._ready_times.extend([now] * (complete - len(self._ready_times)))
+        if completed:
             self._wake()
 
     def push_event(self, event_type: str, payload: dict[str, Any]) -> None:
@@ -257,13 +270,13 @@ class Session:
             return self._ready_times[0] if self._ready_times else None
         if self._idle or self.outbox.media_full:
             return None
-        return self._origin + self._next_index * self._chunk_s - self._lead_s
+        return self._origin + self._next_index * self._chunk_s - self._allowance_s
 
     def deadline(self) -> float:
         """When the next chunk must be done to count as on time."""
         if self.spec.pacing is Pacing.INPUT:
             ready = self._ready_times[0] if self._ready_times else time.monotonic()
-            return ready + self._late_after_s
+            return ready + self._allowance_s
         return self._origin + self._next_index * self._chunk_s
 
     def take_input(self) -> StepInput:
@@ -316,7 +329,7 @@ class Session:
 
     def _resume(self, now: float) -> None:
         self._idle = False
-        present = math.ceil((now + self._lead_s - self._origin) / self._chunk_s - 1e-9)
+        present = math.ceil((now + self._allowance_s - self._origin) / self._chunk_s - 1e-9)
         if present > self._next_index:
             self._next_index = present
             self._jumped = True

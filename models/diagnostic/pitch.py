@@ -91,6 +91,7 @@ class PitchShifter(Generator):
         )
         self.max_batch_size = max_batch_size
         self.device = torch.device(device)
+        self.pads_to_bucket = self.device.type == "cuda"
         self.grain = int(sample_rate_hz * grain_ms / 1000)
         # One extra row is scratch space for padding rows of a bucket (GPU shape stability).
         self._history = torch.zeros(max_sessions + 1, self.grain + 1, device=self.device)
@@ -133,7 +134,7 @@ class PitchShifter(Generator):
         if self.simulated_cost_s:
             time.sleep(self.simulated_cost_s * len(states))
         # On a GPU, pad to the bucket so every step of a bucket has the same shapes (graph replay).
-        rows = padded_batch_size if self.device.type == "cuda" else len(states)
+        rows = padded_batch_size if self.pads_to_bucket else len(states)
         num_pad = rows - len(states)
         slots = torch.tensor([s.slot for s in states] + [self._pad_slot] * num_pad, device=self.device)
         chunk = torch.from_numpy(np.stack([i.audio for i in inputs] + [np.zeros_like(inputs[0].audio)] * num_pad))

@@ -34,7 +34,7 @@ class EngineConfig:
     device: str = "cpu"
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     session: SessionConfig = field(default_factory=SessionConfig)
-    warmup_max_batch: int = 16  # warm-up measures buckets up to this size (the rest is extrapolated)
+    warmup_max_batch: int = 64  # warm-up measures buckets up to this size (the rest is extrapolated)
 
 
 class Engine:
@@ -46,7 +46,9 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.runner = Runner(generators)
         self.scheduler = Scheduler(
-            {name: ModelInfo(g.spec, g.max_batch_size) for name, g in generators.items()}, config.limits
+            {name: ModelInfo(g.spec, g.max_batch_size, g.pads_to_bucket) for name, g in generators.items()},
+            config.limits,
+            config.session,
         )
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{config.device}")
         self._wake = asyncio.Event()
@@ -60,8 +62,8 @@ class Engine:
         for name in self.generators:
             buckets = [b for b in self.scheduler.buckets[name].sizes if b <= self.config.warmup_max_batch]
             seconds = await loop.run_in_executor(self._worker, self.runner.warmup, name, buckets)
-            for bucket, s in seconds.items():
-                self.scheduler.costs[name].observe(bucket, s)
+            for size, s in seconds.items():
+                self.scheduler.costs[name].observe(size, size, s)
             log.info("warmed up %s: %s", name, {b: f"{s * 1000:.2f} ms" for b, s in seconds.items()})
         self._task = asyncio.create_task(self._run(), name=f"engine-{self.config.device}")
 

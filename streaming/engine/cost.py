@@ -30,52 +30,59 @@ class BatchBuckets:
         return next(s for s in self.sizes if s >= num_sessions)
 
     def split(self, num_sessions: int) -> list[int]:
-        """How ``num_sessions`` due at once are stepped: full batches, then one bucketed remainder."""
+        """Batch sizes when ``num_sessions`` are due at once: full batches, then the remainder."""
         full, rest = divmod(num_sessions, self.max_batch_size)
-        return [self.max_batch_size] * full + ([self.bucket(rest)] if rest else [])
+        return [self.max_batch_size] * full + ([rest] if rest else [])
 
 
 class StepCostModel:
-    """Seconds per step at each bucket: seeded by warm-up, then an exponential average of live steps.
+    """Seconds per step by batch size: seeded by warm-up, then an exponential average of live steps.
 
-    Buckets never measured are interpolated linearly between measured neighbours and extrapolated from
+    A model that pads to buckets is priced by bucket; one that does not, by its actual batch size.
+    Sizes never measured are interpolated linearly between measured neighbours and extrapolated from
     the largest ones, which is conservative for models whose batch cost grows sublinearly.
     """
 
-    def __init__(self, buckets: BatchBuckets, smoothing: float = 0.05) -> None:
+    def __init__(self, buckets: BatchBuckets, pads_to_bucket: bool = False, smoothing: float = 0.05) -> None:
         self.buckets = buckets
+        self.pads_to_bucket = pads_to_bucket
         self.smoothing = smoothing
         self._seconds: dict[int, float] = {}
 
-    def observe(self, bucket: int, seconds: float) -> None:
-        """Record one step's duration at ``bucket``."""
-        old = self._seconds.get(bucket)
-        self._seconds[bucket] = seconds if old is None else old + self.smoothing * (seconds - old)
+    def observe(self, batch_size: int, padded_batch_size: int, seconds: float) -> None:
+        """Record one step's duration."""
+        size = padded_batch_size if self.pads_to_bucket else batch_size
+        old = self._seconds.get(size)
+        self._seconds[size] = seconds if old is None else old + self.smoothing * (seconds - old)
 
     @property
     def calibrated(self) -> bool:
-        """True once at least one bucket was measured."""
+        """True once at least one batch size was measured."""
         return bool(self._seconds)
 
-    def step_seconds(self, bucket: int) -> float:
-        """Estimated duration of one step at ``bucket`` (0 before any measurement)."""
+    def step_seconds(self, batch_size: int) -> float:
+        """Estimated duration of one step of ``batch_size`` sessions (0 before any measurement)."""
         if not self._seconds:
             return 0.0
-        if bucket in self._seconds:
-            return self._seconds[bucket]
+        size = self.buckets.bucket(batch_size) if self.pads_to_bucket else batch_size
+        if size in self._seconds:
+            return self._seconds[size]
         known = sorted(self._seconds)
-        lower = [b for b in known if b < bucket]
-        upper = [b for b in known if b > bucket]
-        if lower and upper:
-            b0, b1 = lower[-1], upper[0]
-        elif len(known) == 1:
-            return self._seconds[known[0]] * (bucket / known[0] if bucket > known[0] else 1.0)
-        elif lower:
-            b0, b1 = known[-2], known[-1]
-        else:
-            return self._seconds[known[0]]
-        s0, s1 = self._seconds[b0], self._seconds[b1]
-        return max(0.0, s0 + (s1 - s0) * (bucket - b0) / (b1 - b0))
+        first, last = known[0], known[-1]
+        if size < first:
+            return self._seconds[first]
+        if size > last:
+            # Beyond what was measured, each extra session costs the average marginal cost seen so far
+            # (the per-session average when only one size is known): no optimistic flattening.
+            span = last - first
+            slope = (self._seconds[last] - self._seconds[first]) / span if span else 0.0
+            if slope <= 0:
+                slope = self._seconds[last] / last
+            return self._seconds[last] + slope * (size - last)
+        lower = max(b for b in known if b < size)
+        upper = min(b for b in known if b > size)
+        s0, s1 = self._seconds[lower], self._seconds[upper]
+        return s0 + (s1 - s0) * (size - lower) / (upper - lower)
 
     def seconds_per_chunk(self, num_sessions: int) -> float:
         """Compute time needed each chunk period to step ``num_sessions`` sessions."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from models.base import ControlEvent, StepInput, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.errors import CapacityError, CausalcastError
-from streaming.session import Session
+from streaming.session import Session, SessionConfig, latency_allowance_s
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class ModelInfo:
 
     spec: StreamSpec
     max_batch_size: int
+    pads_to_bucket: bool = False
 
 
 @dataclass
@@ -100,11 +101,15 @@ class DeliveryReport:
 class Scheduler:
     """Tracks sessions per model, batches the due ones, and admits new ones against step costs."""
 
-    def __init__(self, models: dict[str, ModelInfo], limits: AdmissionLimits) -> None:
+    def __init__(
+        self, models: dict[str, ModelInfo], limits: AdmissionLimits, session_config: SessionConfig | None = None
+    ) -> None:
         self.models = models
         self.limits = limits
+        session_config = session_config or SessionConfig()
+        self.allowance_s = {name: latency_allowance_s(info.spec, session_config) for name, info in models.items()}
         self.buckets = {name: BatchBuckets(info.max_batch_size) for name, info in models.items()}
-        self.costs = {name: StepCostModel(self.buckets[name]) for name in models}
+        self.costs = {name: StepCostModel(self.buckets[name], info.pads_to_bucket) for name, info in models.items()}
         self.sessions: dict[str, Session] = {}
         self._num_opening: dict[str, int] = defaultdict(int)
 
@@ -113,28 +118,46 @@ class Scheduler:
         """Sessions of ``model`` running or being opened."""
         return sum(1 for s in self.sessions.values() if s.model == model) + self._num_opening[model]
 
+    def _counts(self, extra: dict[str, int] | None = None) -> dict[str, int]:
+        return {name: self.count(name) + (extra or {}).get(name, 0) for name in self.models}
+
     def utilization(self, extra: dict[str, int] | None = None) -> float:
         """Projected share of each chunk period spent stepping, with ``extra`` sessions per model."""
-        total = 0.0
-        for name, info in self.models.items():
-            n = self.count(name) + (extra or {}).get(name, 0)
-            total += self.costs[name].seconds_per_chunk(n) / info.spec.chunk_s
-        return total
+        counts = self._counts(extra)
+        return sum(self.costs[m].seconds_per_chunk(n) / self.models[m].spec.chunk_s for m, n in counts.items())
+
+    def turn_seconds(self, extra: dict[str, int] | None = None) -> float:
+        """Projected duration of one engine turn that steps every session once."""
+        return sum(self.costs[m].seconds_per_chunk(n) for m, n in self._counts(extra).items())
 
     def reserve(self, model: str) -> None:
-        """Admit one more session of ``model`` or raise :class:`CapacityError` saying why."""
+        """Admit one more session of ``model`` or raise :class:`CapacityError` saying why.
+
+        Two projections must hold with the new session: throughput (the device busy at most
+        ``max_utilization`` of real time) and latency (a chunk that falls due while a full turn is in
+        flight waits for it and then for its own turn: twice the turn must fit every served model's
+        allowance, so no existing session becomes late).
+        """
         num_total = sum(self.count(m) for m in self.models)
         if num_total >= self.limits.max_sessions:
             raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum")
+        n = self.count(model) + 1
         projected = self.utilization({model: 1})
         if projected > self.limits.max_utilization:
-            n = self.count(model) + 1
             need_ms = self.costs[model].seconds_per_chunk(n) * 1000
-            chunk_ms = self.models[model].spec.chunk_ms
             raise CapacityError(
                 f"server at capacity: {n} '{model}' sessions would need {need_ms:.1f} ms of every "
-                f"{chunk_ms:g} ms chunk; with the other models the device would be "
+                f"{self.models[model].spec.chunk_ms:g} ms chunk; with the other models the device would be "
                 f"{projected:.0%} busy (limit {self.limits.max_utilization:.0%})"
+            )
+        worst_s = 2 * self.turn_seconds({model: 1})
+        served = [m for m, c in self._counts({model: 1}).items() if c]
+        tightest = min(served, key=lambda m: self.allowance_s[m])
+        if worst_s > self.allowance_s[tightest]:
+            raise CapacityError(
+                f"server at capacity: with {n} '{model}' sessions a chunk could wait {worst_s * 1000:.1f} ms "
+                f"(a step in flight, then its own), over the {self.allowance_s[tightest] * 1000:g} ms "
+                f"'{tightest}' sessions may take"
             )
         self._num_opening[model] += 1
 
@@ -187,7 +210,7 @@ class Scheduler:
         """Hand step outputs and notices to their sessions; record step costs; fail errored sessions."""
         report = DeliveryReport()
         for timing in result.timings:
-            self.costs[timing.model].observe(timing.padded_batch_size, timing.seconds)
+            self.costs[timing.model].observe(timing.batch_size, timing.padded_batch_size, timing.seconds)
         for session_id, notices in result.notices.items():
             session = self.sessions.get(session_id)
             if session is not None:

@@ -20,6 +20,7 @@ class FloatFifo:
         self._start = 0
         self._size = 0
         self.num_dropped = 0  # samples dropped because the consumer fell behind
+        self.num_pushed = 0  # samples ever pushed
 
     def __len__(self) -> int:
         return self._size
@@ -32,6 +33,7 @@ class FloatFifo:
     def push(self, samples: np.ndarray) -> None:
         """Append samples, dropping the oldest ones on overflow."""
         n = len(samples)
+        self.num_pushed += n
         cap = self.capacity
         if n >= cap:
             self.num_dropped += self._size + n - cap

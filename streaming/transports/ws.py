@@ -197,10 +197,10 @@ class WsConnection:
         session.push_audio(frame.payload, frame.pts)
 
     async def _on_socket_error(self, error: BaseException) -> None:
-        log.info("websocket error: %s", error)
-        with contextlib.suppress(Exception):
-            await self._send_error(ProtocolError(f"connection error: {error}", "too_large"))
-            await self.ws.close(code=WSCloseCode.MESSAGE_TOO_BIG, message=b"message too large")
+        # aiohttp has already closed the socket, with 1009 (message too big) for an oversized frame:
+        # a standard, clean close; there is no way left to send an `error` message first.
+        self.engine.metrics.errors.labels("too_large" if "size" in str(error).lower() else "socket").inc()
+        log.info("websocket closed on error: %s", error)
 
     def _require_session(self, what: str) -> Session:
         if self.session is None or not self.session.running:

@@ -1,0 +1,71 @@
+"""Shared fixtures: a real causalcast server on 127.0.0.1 (ephemeral port) inside the test's event loop."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from streaming.engine.core import Engine, EngineConfig
+from streaming.engine.scheduler import AdmissionLimits
+from streaming.server import ENGINE_KEY, ServerConfig, create_app
+from streaming.transports.ws import WsConfig
+
+
+@dataclass
+class RunningServer:
+    """A started server: its base URLs and its app (for white-box checks such as leak counts)."""
+
+    app: web.Application
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def engine(self) -> Engine:
+        return self.app[ENGINE_KEY]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[Callable[..., Any]]:
+    """Factory: ``await start_server(models=("pitch",), max_utilization=0.8, ...)`` -> RunningServer."""
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        models: tuple[str, ...] = ("pitch", "testcard"),
+        *,
+        max_utilization: float = 0.8,
+        max_sessions: int = 256,
+        max_message_bytes: int = 2 * 1024 * 1024,
+        stats_interval_s: float = 1.0,
+        **engine_overrides: Any,
+    ) -> RunningServer:
+        engine = dataclasses.replace(
+            EngineConfig(limits=AdmissionLimits(max_utilization=max_utilization, max_sessions=max_sessions)),
+            **engine_overrides,
+        )
+        config = ServerConfig(
+            host="127.0.0.1", port=0, models=models, engine=engine,
+            ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
+        )
+        runner = web.AppRunner(create_app(config), shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = runner.addresses[0][1]
+        return RunningServer(runner.app, port)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -1,0 +1,74 @@
+"""Helpers for end-to-end tests: paced audio senders and collectors over the real WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from streaming.client import Client, MediaCollector
+from streaming.protocol import MediaFrame
+
+
+def tone(freq_hz: float, seconds: float, rate_hz: int = 16_000, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * rate_hz)) / rate_hz
+    return (amplitude * np.sin(2 * np.pi * freq_hz * t)).astype(np.float32)
+
+
+def quantize(samples: np.ndarray) -> np.ndarray:
+    """What the server sees after PCM16 transport."""
+    return (np.clip(samples, -1, 1) * 32767).round().astype(np.int16).astype(np.float32) / 32768.0
+
+
+def dominant_hz(samples: np.ndarray, rate_hz: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum) * rate_hz / len(samples))
+
+
+async def send_paced(client: Client, samples: np.ndarray, frame: int, rate_hz: int, speed: float = 1.0) -> None:
+    """Send frames on a wall-clock schedule (start clock + sample count: no drift)."""
+    start = time.monotonic()
+    for i in range(0, len(samples), frame):
+        await client.send_audio(samples[i : i + frame])
+        due = start + (i + frame) / rate_hz / speed
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+
+
+@dataclass
+class Received:
+    collector: MediaCollector
+    controls: list[dict[str, Any]] = field(default_factory=list)
+    frames: list[MediaFrame] = field(default_factory=list)
+    arrival_s: list[float] = field(default_factory=list)
+
+
+async def collect_until(client: Client, received: Received, num_samples: int = 0, num_video: int = 0,
+                        timeout: float = 20.0) -> Received:
+    """Receive until the audio stream has ``num_samples`` and the video stream ``num_video`` frames."""
+    deadline = time.monotonic() + timeout
+    while (len(received.collector.audio_samples(0)) < num_samples
+           or len(received.collector.video.get(1, [])) < num_video):
+        item = await client.receive(max(0.01, deadline - time.monotonic()))
+        if isinstance(item, dict):
+            received.controls.append(item)
+            if item.get("type") == "error" and item.get("fatal"):
+                raise AssertionError(f"server error: {item}")
+        else:
+            received.collector.add(item)
+            received.frames.append(item)
+            received.arrival_s.append(time.monotonic())
+    return received
+
+
+async def roundtrip(client: Client, samples: np.ndarray, rate_hz: int, frame: int, expect_samples: int,
+                    speed: float = 1.0) -> Received:
+    received = Received(MediaCollector(client.ready))
+    sender = asyncio.create_task(send_paced(client, samples, frame, rate_hz, speed))
+    try:
+        await collect_until(client, received, num_samples=expect_samples, timeout=len(samples) / rate_hz / speed + 10)
+    finally:
+        await sender
+    return received

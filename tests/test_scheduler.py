@@ -1,0 +1,83 @@
+"""Scheduler and cost model on the CPU with no model: buckets, batching, admission messages."""
+
+import pytest
+
+from models.base import AudioFormat, Pacing, StepOutput, StreamSpec
+from streaming.engine.cost import BatchBuckets, StepCostModel
+from streaming.engine.scheduler import AdmissionLimits, ModelInfo, RunnerOutput, Scheduler
+from streaming.errors import CapacityError
+from streaming.session import Session, SessionConfig
+
+SPEC = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))
+PCM_CHUNK = b"\x00\x00" * 320
+
+
+def make_session(i, model="m"):
+    return Session(f"s{i}", model, SPEC, {}, input_rate_hz=16000, config=SessionConfig(), wake=lambda: None)
+
+
+def test_buckets_are_powers_of_two_up_to_the_max():
+    b = BatchBuckets(48)
+    assert b.sizes == (1, 2, 4, 8, 16, 32, 48)
+    assert [b.bucket(n) for n in (1, 3, 9, 33, 48)] == [1, 4, 16, 48, 48]
+    assert b.split(100) == [48, 48, 4]
+    with pytest.raises(ValueError):
+        b.bucket(49)
+
+
+def test_cost_model_interpolates_and_extrapolates_conservatively():
+    cost = StepCostModel(BatchBuckets(64))
+    cost.observe(1, 1, 0.001)
+    cost.observe(16, 16, 0.004)
+    assert cost.step_seconds(1) == pytest.approx(0.001)
+    assert cost.step_seconds(6) == pytest.approx(0.001 + 0.003 * 5 / 15)
+    assert cost.step_seconds(64) == pytest.approx(0.004 + 0.0002 * 48)  # average marginal cost continues
+    padded = StepCostModel(BatchBuckets(64), pads_to_bucket=True)
+    padded.observe(3, 4, 0.002)
+    assert padded.step_seconds(3) == padded.step_seconds(4) == pytest.approx(0.002)
+
+
+def test_due_sessions_are_batched_by_deadline_and_split_at_max_batch():
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=2)}, AdmissionLimits())
+    sessions = [make_session(i) for i in range(3)]
+    for s in sessions:
+        sched.reserve("m")
+        sched.add(s)
+        s.start(now=0.0)
+    for i, s in enumerate(reversed(sessions)):  # s2 completes its chunk first
+        s.push_audio(PCM_CHUNK, pts=0, now=float(i))
+    plan = sched.schedule(now=10.0)
+    assert [[x.session_id for x in b.sessions] for b in plan.batches] == [["s2", "s1"], ["s0"]]
+    assert [b.padded_batch_size for b in plan.batches] == [2, 1]
+    assert sched.schedule(now=10.0).empty  # input was consumed
+    outputs = {s.id: StepOutput(audio=None) for s in sessions}
+    report = sched.update_from_output(plan, RunnerOutput(outputs=outputs), now=10.5, fail=lambda *a: None)
+    assert report.chunks["m"] == 3 and report.late["m"] == 3  # ~10 s after their input: late
+    assert sessions[0].stats.late_chunks == 1
+
+
+def test_admission_refuses_when_a_chunk_could_wait_past_its_allowance():
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=64)}, AdmissionLimits(max_utilization=1.0))
+    sched.costs["m"].observe(1, 1, 0.004)  # 4 ms per session: the 20 ms allowance fits two (2 x 8 ms)
+    sched.reserve("m")
+    sched.reserve("m")
+    with pytest.raises(CapacityError, match="could wait 24.0 ms"):
+        sched.reserve("m")
+
+
+def test_admission_refuses_past_the_utilization_limit():
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=64)}, AdmissionLimits(max_utilization=0.5))
+    sched.costs["m"].observe(1, 1, 0.0009)  # big batches are cheap per session: throughput binds
+    sched.costs["m"].observe(64, 64, 0.00081 * 64)
+    for _ in range(12):  # ~9.8 ms of 20: under 50 %
+        sched.reserve("m")
+    with pytest.raises(CapacityError, match="53% busy"):
+        sched.reserve("m")
+
+
+def test_session_cap_is_enforced():
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits(max_sessions=2))
+    sched.reserve("m")
+    sched.reserve("m")
+    with pytest.raises(CapacityError, match="maximum"):
+        sched.reserve("m")
