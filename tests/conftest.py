@@ -48,6 +48,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         max_sessions: int = 256,
         max_message_bytes: int = 2 * 1024 * 1024,
         stats_interval_s: float = 1.0,
+        generators: dict[str, Any] | None = None,
         **engine_overrides: Any,
     ) -> RunningServer:
         engine = dataclasses.replace(
@@ -58,7 +59,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
             host="127.0.0.1", port=0, models=models, engine=engine,
             ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
         )
-        runner = web.AppRunner(create_app(config), shutdown_timeout=2.0)
+        runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -203,8 +203,13 @@ class WsConnection:
         log.info("websocket closed on error: %s", error)
 
     def _require_session(self, what: str) -> Session:
-        if self.session is None or not self.session.running:
+        if self.session is None:
             raise ProtocolError(f"{what} before 'start'", "not_started")
+        if not self.session.running:
+            raise ProtocolError(
+                f"{what} after the session ended ({self.session.close_reason}); send 'start' for a new one",
+                "not_started",
+            )
         return self.session
 
     # -- session lifecycle ---------------------------------------------------------------------------
