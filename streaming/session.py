@@ -162,7 +162,7 @@ class Session:
         *,
         input_rate_hz: int | None,
         config: SessionConfig,
-        wake: Callable[[], None],
+        wake: Callable[[Session], None],
     ) -> None:
         self.id = session_id
         self.model = model
@@ -198,7 +198,7 @@ class Session:
         now = time.monotonic() if now is None else now
         self.state = SessionState.RUNNING
         self._origin = now + self._allowance_s
-        self._wake()
+        self._wake(self)
 
     def close(self, reason: str) -> None:
         """Stop the session; the transport drains the outbox and ends."""
@@ -231,7 +231,7 @@ class Session:
         while len(self._ready_times) > len(fifo) // chunk:  # overflow dropped the oldest chunks
             self._ready_times.popleft()
         if completed:
-            self._wake()
+            self._wake(self)
 
     def push_event(self, event_type: str, payload: dict[str, Any]) -> None:
         """Queue a control event for the model (applied before the next step)."""
@@ -246,7 +246,7 @@ class Session:
         if event_type == "interrupt":  # barge-in: queued output is stale the moment the user speaks
             self.stats.dropped_output_chunks += self.outbox.drop_media()
         self._events.append(ControlEvent(event_type, payload))
-        self._wake()
+        self._wake(self)
 
     # -- scheduling (from the engine's scheduler) ----------------------------------------------------
     @property

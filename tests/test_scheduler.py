@@ -1,5 +1,8 @@
 """Scheduler and cost model on the CPU with no model: buckets, batching, admission messages."""
 
+import time
+
+import numpy as np
 import pytest
 
 from models.base import AudioFormat, Pacing, StepOutput, StreamSpec
@@ -13,7 +16,7 @@ PCM_CHUNK = b"\x00\x00" * 320
 
 
 def make_session(i, model="m"):
-    return Session(f"s{i}", model, SPEC, {}, input_rate_hz=16000, config=SessionConfig(), wake=lambda: None)
+    return Session(f"s{i}", model, SPEC, {}, input_rate_hz=16000, config=SessionConfig(), wake=lambda s: None)
 
 
 def test_buckets_are_powers_of_two_up_to_the_max():
@@ -81,3 +84,39 @@ def test_session_cap_is_enforced():
     sched.reserve("m")
     with pytest.raises(CapacityError, match="maximum"):
         sched.reserve("m")
+
+
+def test_admission_refuses_while_recent_chunks_are_late():
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits())
+    sessions = [make_session(i) for i in range(60)]
+    for s in sessions:
+        sched.reserve("m")
+        sched.add(s)
+        s.start(now=0.0)
+        s.push_audio(PCM_CHUNK, pts=0, now=0.0)
+    now = time.monotonic()
+    plan = sched.schedule(now)
+    outputs = {s.id: StepOutput(audio=None) for s in sessions}
+    sched.update_from_output(plan, RunnerOutput(outputs=outputs), now=now, fail=lambda *a: None)
+    assert sched.recent_lateness() == (60, 60)  # input stamped at t=0 finished "now": all late
+    with pytest.raises(CapacityError, match="running behind"):
+        sched.reserve("m")
+    assert sched.recent_lateness(now=now + 5) == (0, 0)  # the window forgets
+
+
+def test_clock_sessions_are_woken_by_a_heap_without_duplicates():
+    spec = StreamSpec(chunk_ms=40, pacing=Pacing.CLOCK, output_audio=AudioFormat(16000))
+    sched = Scheduler({"c": ModelInfo(spec, max_batch_size=8)}, AdmissionLimits())
+    s = Session("c0", "c", spec, {}, input_rate_hz=None, config=SessionConfig(), wake=sched.mark)
+    sched.reserve("c")
+    sched.add(s)
+    s.start(now=100.0)
+    for k in range(5):
+        now = 100.0 + 0.04 * k
+        plan = sched.schedule(now)
+        assert [x.session_id for b in plan.batches for x in b.sessions] == ["c0"]
+        assert sched.schedule(now).empty  # stepped once per due time, never twice
+        outputs = {"c0": StepOutput(audio=np.zeros(640, np.float32))}
+        sched.update_from_output(plan, RunnerOutput(outputs=outputs), now=now + 0.001, fail=lambda *a: None)
+        assert sched.next_wakeup(now) == pytest.approx(0.04)
+    assert len(sched._clock) == 1

@@ -14,7 +14,7 @@ CLOCK_SPEC = StreamSpec(chunk_ms=40, pacing=Pacing.CLOCK, output_audio=AudioForm
 
 
 def clock_session(**config):
-    return Session("c", "m", CLOCK_SPEC, {}, input_rate_hz=None, config=SessionConfig(**config), wake=lambda: None)
+    return Session("c", "m", CLOCK_SPEC, {}, input_rate_hz=None, config=SessionConfig(**config), wake=lambda s: None)
 
 
 def test_clock_session_is_due_one_lead_ahead_and_stamps_pts():
@@ -70,7 +70,7 @@ def test_input_overflow_drops_oldest_and_keeps_ready_times_consistent():
     spec = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000),
                       output_audio=AudioFormat(16000))
     s = Session("i", "m", spec, {}, input_rate_hz=16000, config=SessionConfig(max_input_buffer_s=0.1),
-                wake=lambda: None)
+                wake=lambda s: None)
     s.start(now=0.0)
     for i in range(20):  # 400 ms into a 100 ms buffer
         s.push_audio(b"\x01\x00" * 320, pts=i * 320, now=i * 0.02)

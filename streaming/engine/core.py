@@ -80,8 +80,10 @@ class Engine:
                 pass
         self._worker.shutdown(wait=True)
 
-    def wake(self) -> None:
-        """Tell the loop that input or an event arrived."""
+    def wake(self, session: Session | None = None) -> None:
+        """Tell the loop that a session got input or an event (or just to look again)."""
+        if session is not None:
+            self.scheduler.mark(session)
         self._wake.set()
 
     # -- sessions ------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ Admission control lives here too, because it is a projection of the same step co
 
 from __future__ import annotations
 
+import heapq
 import logging
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from models.base import ControlEvent, StepInput, StepOutput, StreamSpec
+from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.errors import CapacityError, CausalcastError
 from streaming.session import Session, SessionConfig, latency_allowance_s
@@ -88,6 +90,10 @@ class AdmissionLimits:
 
     max_utilization: float = 0.8  # share of each chunk period the device may be busy stepping
     max_sessions: int = 256
+    # Safety net behind the projections: refuse while more than this share of recent chunks was late
+    # (the projections price model steps; a saturated event loop or CPU shows up only here).
+    max_recent_late_rate: float = 0.01
+    recent_window_s: float = 2.0
 
 
 @dataclass
@@ -112,6 +118,10 @@ class Scheduler:
         self.costs = {name: StepCostModel(self.buckets[name], info.pads_to_bucket) for name, info in models.items()}
         self.sessions: dict[str, Session] = {}
         self._num_opening: dict[str, int] = defaultdict(int)
+        self._marked: set[str] = set()  # sessions to look at next turn (input or events arrived)
+        self._clock: list[tuple[float, str]] = []  # heap of (due time, session id) for clock-paced sessions
+        self._clock_due: dict[str, float] = {}  # the one live heap entry per session (others are stale)
+        self._recent: deque[tuple[float, int, int]] = deque()  # (time, chunks, late) per turn
 
     # -- admission -----------------------------------------------------------------------------------
     def count(self, model: str) -> int:
@@ -141,6 +151,11 @@ class Scheduler:
         num_total = sum(self.count(m) for m in self.models)
         if num_total >= self.limits.max_sessions:
             raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum")
+        chunks, late = self.recent_lateness()
+        if chunks >= 50 and late > self.limits.max_recent_late_rate * chunks:
+            raise CapacityError(
+                f"server at capacity: it is running behind ({late} of the last {chunks} chunks were late)"
+            )
         n = self.count(model) + 1
         projected = self.utilization({model: 1})
         if projected > self.limits.max_utilization:
@@ -161,31 +176,79 @@ class Scheduler:
             )
         self._num_opening[model] += 1
 
+    def recent_lateness(self, now: float | None = None) -> tuple[int, int]:
+        """Chunks delivered and chunks late over the recent window."""
+        now = time.monotonic() if now is None else now
+        while self._recent and self._recent[0][0] < now - self.limits.recent_window_s:
+            self._recent.popleft()
+        return sum(c for _, c, _ in self._recent), sum(n for _, _, n in self._recent)
+
     def unreserve(self, model: str) -> None:
         """Release a reservation (the session was added or its open failed)."""
         self._num_opening[model] -= 1
 
     # -- membership ----------------------------------------------------------------------------------
     def add(self, session: Session) -> None:
-        """Start scheduling an opened session (turns its reservation into membership)."""
+        """Start scheduling an opened, started session (turns its reservation into membership)."""
         self.unreserve(session.model)
         self.sessions[session.id] = session
+        self.mark(session)
 
     def remove(self, session_id: str) -> Session | None:
-        """Stop scheduling a session."""
+        """Stop scheduling a session (stale heap entries are skipped later)."""
+        self._marked.discard(session_id)
+        self._clock_due.pop(session_id, None)
         return self.sessions.pop(session_id, None)
 
+    def mark(self, session: Session) -> None:
+        """Look at this session next turn (it got input or an event)."""
+        self._marked.add(session.id)
+
     # -- the turn ------------------------------------------------------------------------------------
+    # A turn looks only at sessions that changed (marked by input or events) and at clock-paced sessions
+    # whose due time has come (a heap), never at every session: with many sessions arriving at spread
+    # phases the engine runs many small turns, and a full scan each time would cost O(n^2) per chunk.
+
+    def _candidates(self, now: float) -> set[str]:
+        candidates, self._marked = self._marked, set()
+        while self._clock and self._clock[0][0] <= now:
+            due, session_id = heapq.heappop(self._clock)
+            if self._clock_due.get(session_id) == due:  # else a stale entry, superseded
+                del self._clock_due[session_id]
+                candidates.add(session_id)
+        return candidates
+
+    def _wake_at(self, session_id: str, when: float) -> None:
+        if self._clock_due.get(session_id) != when:
+            self._clock_due[session_id] = when
+            heapq.heappush(self._clock, (when, session_id))
+
+    def _follow_up(self, session: Session, now: float) -> None:
+        """Keep track of a session's next due time after it was looked at or stepped."""
+        ready = session.ready_time()
+        if session.spec.pacing is Pacing.CLOCK:
+            if ready is not None:
+                self._wake_at(session.id, ready)
+            elif session.running and session.outbox.media_full:  # the client is slow: look again later
+                self._wake_at(session.id, now + session.spec.chunk_s)
+        elif ready is not None:  # more complete input chunks are waiting
+            self._marked.add(session.id)
+
     def schedule(self, now: float) -> SchedulerOutput:
         """Collect pending control events and the due sessions, batched per model, earliest deadline first."""
         plan = SchedulerOutput()
         due: dict[str, list[Session]] = defaultdict(list)
-        for session in self.sessions.values():
+        for session_id in self._candidates(now):
+            session = self.sessions.get(session_id)
+            if session is None or not session.running:
+                continue
             if session.has_events:
                 plan.events[session.id] = session.take_events(now)
             ready = session.ready_time()
             if ready is not None and ready <= now:
                 due[session.model].append(session)
+            else:
+                self._follow_up(session, now)
         for model, sessions in due.items():
             sessions.sort(key=Session.deadline)
             max_batch = self.models[model].max_batch_size
@@ -201,8 +264,11 @@ class Scheduler:
 
     def next_wakeup(self, now: float) -> float | None:
         """Seconds until the next clock-paced chunk falls due (None: only input or events wake us)."""
-        times = [t for s in self.sessions.values() if (t := s.ready_time()) is not None]
-        return max(0.0, min(times) - now) if times else None
+        while self._clock and self._clock_due.get(self._clock[0][1]) != self._clock[0][0]:
+            heapq.heappop(self._clock)
+        if self._marked:
+            return 0.0
+        return max(0.0, self._clock[0][0] - now) if self._clock else None
 
     def update_from_output(
         self, plan: SchedulerOutput, result: RunnerOutput, now: float, fail: Callable[[Session, CausalcastError], None]
@@ -230,4 +296,11 @@ class Scheduler:
             session = self.sessions.get(session_id)
             if session is not None:
                 fail(session, error)
+        for batch in plan.batches:
+            for item in batch.sessions:
+                if (session := self.sessions.get(item.session_id)) is not None and session.running:
+                    self._follow_up(session, now)
+        num_chunks = sum(report.chunks.values())
+        if num_chunks:
+            self._recent.append((now, num_chunks, sum(report.late.values())))
         return report
