@@ -163,9 +163,10 @@ async def main() -> None:
         while n <= args.max_sessions:
             line = await run_level(f"ws://127.0.0.1:{port}/ws", n, args.seconds, server.pid, rss_idle)
             print(json.dumps(line), flush=True)
-            if not line["held_real_time"] and line["admitted"] == 0:
-                break
+            if not line["held_real_time"] and line["refused"]:
+                break  # admission control has found the limit
             n *= 2
+            await asyncio.sleep(1.0)
     finally:
         server.terminate()
         server.wait(timeout=15)

@@ -198,7 +198,10 @@ class Scheduler:
         """Stop scheduling a session (stale heap entries are skipped later)."""
         self._marked.discard(session_id)
         self._clock_due.pop(session_id, None)
-        return self.sessions.pop(session_id, None)
+        session = self.sessions.pop(session_id, None)
+        if not self.sessions:
+            self._recent.clear()  # lateness of sessions that are gone protects no one
+        return session
 
     def mark(self, session: Session) -> None:
         """Look at this session next turn (it got input or an event)."""
