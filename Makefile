@@ -7,6 +7,7 @@ PORT   ?= 8080
 # torch is pinned in the install step: an unpinned torch pulls a multi-GB CUDA build on this kind of machine.
 TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
+LINTED  = $(wildcard streaming models tests bench scripts)
 
 .PHONY: serve test lint bench install clean
 
@@ -25,11 +26,11 @@ serve: $(STAMP)
 	$(VENV)/bin/causalcast serve --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(PY) -m ruff check streaming models tests bench scripts
+	$(PY) -m ruff check $(LINTED)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
-	$(PY) -m ruff check streaming models tests bench scripts
+	$(PY) -m ruff check $(LINTED)
 
 bench: $(STAMP)
 	$(PY) bench/runtime_load.py
