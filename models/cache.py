@@ -80,7 +80,12 @@ class SlotAllocator:
 
 
 def _rows(slots: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor | slice:
-    """Index for the slot dimension: a slice (a view, no copy) when slots are consecutive."""
+    """Index for the slot dimension: a slice (a view, no copy) when a list of slots is consecutive.
+
+    A tensor of slots is used as is (no host check): that is the path for CUDA-graph capture.
+    """
+    if isinstance(slots, torch.Tensor):
+        return slots.to(device)
     idx = torch.as_tensor(slots, dtype=torch.long)
     n = idx.numel()
     if n > 0 and bool((idx == torch.arange(int(idx[0]), int(idx[0]) + n)).all()):
