@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +72,61 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+# -- a server from a full ServerConfig (the WebRTC and browser tests) --------------------------------------
+async def serve_app(config: ServerConfig) -> tuple[RunningServer, web.AppRunner]:
+    """Start the real app for ``config`` on 127.0.0.1 with an ephemeral port; the caller cleans up."""
+    config = dataclasses.replace(config, host="127.0.0.1", port=0)
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return RunningServer(runner.app, runner.addresses[0][1]), runner
+
+
+def make_server_config(**overrides: Any) -> ServerConfig:
+    """The default test config (diagnostic models on the CPU) with ``overrides``."""
+    return dataclasses.replace(ServerConfig(host="127.0.0.1", port=0), **overrides)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    """A default server on the test's loop."""
+    running, runner = await serve_app(make_server_config())
+    try:
+        yield running
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[RunningServer]:
+    """A default server on a thread and loop of its own, for synchronous tests (a browser driven by selenium,
+    whose blocking calls would otherwise stall a server on the test's loop). Shared by a module's tests."""
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started["server"], started["runner"] = loop.run_until_complete(serve_app(make_server_config()))
+        except BaseException as e:  # surfaced to the test below
+            started["error"] = e
+        ready.set()
+        if "error" not in started:
+            loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="live-server", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if "error" in started:
+        raise started["error"]
+    try:
+        yield started["server"]
+    finally:
+        asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

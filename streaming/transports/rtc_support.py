@@ -1,0 +1,153 @@
+"""Small, contained adjustments to aiortc/aioice that low-latency loopback WebRTC needs.
+
+Used by the WebRTC transport and by the Python WebRTC client alike:
+
+* **Host candidates from chosen addresses.** aioice gathers host candidates from every interface except
+  loopback. :func:`gathering_from` makes one ``setLocalDescription`` gather from a given list instead
+  (``127.0.0.1`` for tests and local development), by wrapping ``aioice.ice.get_host_addresses`` once
+  and consulting a context variable: connections gathered outside the context behave exactly as before.
+* **Candidate filtering.** :func:`filter_candidates` keeps only the remote candidates a loopback-only peer
+  may reach (so no connectivity check, and no mDNS lookup, ever leaves 127.0.0.1).
+* **Audio jitter buffer.** aiortc's audio receiver holds 4 packets (80 ms) before decoding.
+  :func:`tune_audio_receiver` installs :class:`ImmediateAudioJitterBuffer` (each Opus packet is a whole
+  frame, released on arrival; a late or duplicate packet is dropped and the session's pts gap-filling
+  covers it) or aiortc's own buffer with a chosen prefetch.
+* :func:`selected_pair` reads the nominated ICE candidate pair (aiortc does not expose it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+_HOST_ADDRESSES: ContextVar[tuple[str, ...] | None] = ContextVar("causalcast_host_addresses", default=None)
+_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _HOST_ADDRESSES.get()
+    if chosen is None:
+        return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
+    return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextlib.contextmanager
+def gathering_from(addresses: Iterable[str] | None) -> Iterator[None]:
+    """Within the block, ICE gathering uses exactly ``addresses`` for host candidates (None: aioice's)."""
+    token = _HOST_ADDRESSES.set(tuple(addresses) if addresses is not None else None)
+    try:
+        yield
+    finally:
+        _HOST_ADDRESSES.reset(token)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def filter_candidates(sdp: str, *, loopback_only: bool) -> str:
+    """Drop ``a=candidate`` lines a loopback-only peer must not use (other addresses, mDNS names)."""
+    if not loopback_only:
+        return sdp
+    kept = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 8 or not is_loopback(fields[4]):
+                continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
+def count_candidates(sdp: str) -> int:
+    """Number of ``a=candidate`` lines."""
+    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
+
+
+class ImmediateAudioJitterBuffer:
+    """Releases each audio RTP packet as a frame the moment it arrives; drops late and duplicate packets.
+
+    Opus (and G.711) put a whole frame in one packet, so nothing needs reassembly; holding packets only buys
+    reordering tolerance, which loopback and good networks do not need. Same interface as aiortc's buffer.
+    """
+
+    capacity = 16
+
+    def __init__(self) -> None:
+        self._last_seq: int | None = None
+        self.num_dropped = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """Take a packet; returns (send PLI, frame to decode)."""
+        seq = packet.sequence_number
+        if self._last_seq is not None:
+            delta = uint16_add(seq, -self._last_seq)
+            if delta == 0 or delta >= 0x8000:  # duplicate or older than what was released
+                self.num_dropped += 1
+                return False, None
+        self._last_seq = seq
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+    def remove(self, count: int) -> None:
+        """Nothing is held."""
+
+
+def tune_audio_receiver(receiver: RTCRtpReceiver, prefetch: int = 0) -> None:
+    """Replace an audio receiver's jitter buffer: prefetch 0 releases packets at once."""
+    if not hasattr(receiver, _JITTER_ATTR):
+        raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to tune")
+    buffer: Any = ImmediateAudioJitterBuffer() if prefetch <= 0 else JitterBuffer(capacity=16, prefetch=prefetch)
+    setattr(receiver, _JITTER_ATTR, buffer)
+
+
+def tune_audio_receivers(pc: RTCPeerConnection, prefetch: int = 0) -> None:
+    """Tune every audio receiver of a peer connection (call after setting the remote description)."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            tune_audio_receiver(transceiver.receiver, prefetch)
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """``((local host, port), (remote host, port))`` of the nominated ICE pair, or None before one exists."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is None:
+            continue
+        pair = transport.transport._connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_addr, pair.remote_addr
+    sctp = pc.sctp
+    if sctp is not None:
+        pair = sctp.transport.transport._connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_addr, pair.remote_addr
+    return None
+
+
+def mono_samples(frame: av.AudioFrame) -> np.ndarray:
+    """First channel of a decoded audio frame as float32 in [-1, 1]."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    mono = data[0] if frame.format.is_planar else data.reshape(-1, channels)[:, 0]
+    return mono.astype(np.float32) / (32768.0 if mono.dtype == np.int16 else 1.0)
