@@ -94,9 +94,7 @@ async def _close_connections(app: web.Application) -> None:
     connections = list(app[CONNECTIONS_KEY])
     if connections:
         log.info("closing %d connections", len(connections))
-    await asyncio.gather(
-        *(c.shutdown() for c in connections), app[RTC_KEY].shutdown(), return_exceptions=True
-    )
+    await asyncio.gather(*(c.shutdown() for c in connections), app[RTC_KEY].shutdown(), return_exceptions=True)
 
 
 async def _stop_engine(app: web.Application) -> None:

@@ -80,6 +80,7 @@ class _Pacer:
         self._n = 0
         self._window_min_lead = math.inf
         self._window_count = 0
+        self._num_windows = 0
         self._data = asyncio.Event()
         self._closed = False
 
@@ -170,8 +171,10 @@ class _Pacer:
     def _note_lead(self, lead: float) -> None:
         self._window_min_lead = min(self._window_min_lead, lead)
         self._window_count += 1
-        if self._window_count < self._window_slots:
+        # The first window is short: a stream often starts with a burst (packets queued while connecting).
+        if self._window_count < (self._window_slots if self._num_windows else min(self._window_slots, 10)):
             return
+        self._num_windows += 1
         excess = self._window_min_lead - self._margin
         self._window_min_lead, self._window_count = math.inf, 0
         if excess <= self._trim_above or self._t0 is None:
