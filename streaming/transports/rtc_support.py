@@ -151,3 +151,13 @@ def mono_samples(frame: av.AudioFrame) -> np.ndarray:
     channels = len(frame.layout.channels)
     mono = data[0] if frame.format.is_planar else data.reshape(-1, channels)[:, 0]
     return mono.astype(np.float32) / (32768.0 if mono.dtype == np.int16 else 1.0)
+
+
+def stereo_s16_frame(pcm: np.ndarray, sample_rate_hz: int) -> av.AudioFrame:
+    """Mono int16 samples as a packed stereo s16 frame: what aiortc's Opus encoder takes unconverted.
+
+    Handing it mono makes FFmpeg upmix at -3 dB, halving the level over a round trip.
+    """
+    frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
+    frame.sample_rate = sample_rate_hz
+    return frame

@@ -168,8 +168,7 @@ class PacedAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         self._report_underruns()
         pcm = float_to_pcm16(self._resampler.process(samples))
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = RTC_AUDIO_RATE_HZ
+        frame = rtc_support.stereo_s16_frame(pcm, RTC_AUDIO_RATE_HZ)
         frame.pts = index * self._samples_per_frame
         frame.time_base = self._time_base
         return frame

@@ -85,8 +85,7 @@ class ArrayAudioTrack(MediaStreamTrack):
                 raise MediaStreamError
             chunk = np.concatenate([chunk, np.zeros(FRAME_SAMPLES - len(chunk), np.float32)])
         pcm = (np.clip(chunk, -1, 1) * 32767).round().astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = AUDIO_RATE_HZ
+        frame = rtc_support.stereo_s16_frame(pcm, AUDIO_RATE_HZ)
         frame.pts = begin
         frame.time_base = self._time_base
         self.sent_at.append(time.monotonic())
