@@ -36,8 +36,17 @@ _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 
 
+_process_default: tuple[str, ...] | None = None
+
+
+def set_process_host_addresses(addresses: Iterable[str] | None) -> None:
+    """Default for gathering outside :func:`gathering_from` (for a server whose code we do not call into)."""
+    global _process_default
+    _process_default = tuple(addresses) if addresses is not None else None
+
+
 def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    chosen = _HOST_ADDRESSES.get()
+    chosen = _HOST_ADDRESSES.get() or _process_default
     if chosen is None:
         return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
     return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
