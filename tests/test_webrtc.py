@@ -328,3 +328,21 @@ async def test_underruns_are_counted_in_metrics() -> None:
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_media_the_model_does_not_take_is_dropped_unread(server: RunningServer) -> None:
+    """A client sending mic audio to the (clock-paced, input-less) test card: nothing piles up server-side."""
+    client = RtcClient(server.url)
+    try:
+        await client.connect("testcard", audio=ArrayAudioTrack(tone(440, 3.0)), receive_video=True)
+        await client.wait_connected(10)
+        await client.expect("ready")
+        client.send({"type": "start", "model": "pitch"})
+        assert "started by the offer" in (await client.expect("error"))["message"]
+        await asyncio.sleep(1.5)
+        (peer,) = server.app[RTC_KEY].peers
+        audio_receivers = [t.receiver for t in peer.pc.getTransceivers() if t.kind == "audio"]
+        assert audio_receivers and all(r.track is None or r.track._queue.qsize() == 0 for r in audio_receivers)
+        assert client.video_frames.qsize() > 20  # and the card still streams
+    finally:
+        await client.close()

@@ -172,11 +172,6 @@ def tune_audio_receivers(pc: RTCPeerConnection, prefetch: int = 0) -> None:
             tune_audio_receiver(transceiver.receiver, prefetch)
 
 
-def discard_incoming(receiver: RTCRtpReceiver) -> None:
-    """Drop a receiver's packets before decoding (media nobody reads would pile up in its track's queue)."""
-    receiver._enabled = False
-
-
 def selected_pair(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]] | None:
     """``((local host, port), (remote host, port))`` of the nominated ICE pair, or None before one exists."""
     for transceiver in pc.getTransceivers():

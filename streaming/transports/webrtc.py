@@ -65,6 +65,12 @@ AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma"})
 VIDEO_CODECS = frozenset({"vp8", "h264"})
 SEND_DIRECTIONS = frozenset({"sendrecv", "sendonly"})  # the offerer sends media in this section
 RECV_DIRECTIONS = frozenset({"sendrecv", "recvonly"})  # the offerer receives media in this section
+_DIRECTIONS = {
+    (True, True): "sendrecv",
+    (True, False): "sendonly",
+    (False, True): "recvonly",
+    (False, False): "inactive",
+}
 
 
 @dataclass(frozen=True)
@@ -592,12 +598,13 @@ class RtcHub:
             except Exception as e:
                 raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
             rtc_support.tune_audio_receivers(pc, self.config.audio_prefetch)
-            for transceiver in pc.getTransceivers():  # media the model does not take is dropped unread
-                if transceiver.kind == "video" or session.input is None:
-                    rtc_support.discard_incoming(transceiver.receiver)
             for track in (peer.audio_track, peer.video_track):
                 if track is not None and any(t.kind == track.kind for t in pc.getTransceivers()):
                     pc.addTrack(track)
+            for transceiver in pc.getTransceivers():  # the answer declines media the model does not take
+                receives = transceiver.kind == "audio" and session.input is not None
+                sends = transceiver.sender.track is not None
+                transceiver.direction = _DIRECTIONS[(sends, receives)]
             await self.engine.open_session(session)
             try:
                 with rtc_support.gathering_from(self.host_addresses):
