@@ -112,3 +112,17 @@ async def test_idle_output_is_not_an_underrun() -> None:
     for _ in range(5):
         await pacer.next_frame()
     assert pacer.stats.underruns == 0 and pacer.stats.frames == 5
+
+
+def test_session_audio_input_and_opus_encoder_keep_whole_packets() -> None:
+    """48 kHz client audio fills a 20 ms chunk at 16 kHz per packet, and each chunk yields an Opus packet."""
+    from streaming.media.audio import AudioInput
+    from streaming.media.codecs import AudioEncoder
+    from streaming.protocol import AudioCodec
+
+    audio_in = AudioInput(48_000, 16_000)
+    pcm = (np.sin(np.arange(960) / 5) * 8000).astype("<i2").tobytes()
+    assert [audio_in.push_pcm16(pcm, None) for _ in range(5)] == [320] * 5
+    encoder = AudioEncoder(AudioCodec.OPUS, 16_000)
+    counts = [len(encoder.encode(np.zeros(320, np.float32), i * 320)) for i in range(5)]
+    assert counts == [1] * 5  # FFmpeg's resampler made it [0, 1, 1, 1, 1] and delayed every packet by one
