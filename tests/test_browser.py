@@ -86,7 +86,7 @@ def browser(live_server: RunningServer, tmp_path_factory: pytest.TempPathFactory
 
 
 def open_page(driver, server: RunningServer) -> None:  # noqa: ANN001
-    driver.get(server.url + "/")
+    driver.get(server.http_url + "/")
     driver.execute_async_script("window.causalcast.ready.then(() => arguments[arguments.length - 1]())")
 
 

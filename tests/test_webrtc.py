@@ -13,13 +13,14 @@ import time
 
 import numpy as np
 import pytest
-from conftest import RunningServer, make_server_config, start_server
+from conftest import RunningServer, make_server_config, serve_app
 
 from models.diagnostic.testcard import has_beep_marker, read_frame_number
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.media.markers import marker_train, match_onsets, onset_times
 from streaming.server import ENGINE_KEY, RTC_KEY
+from streaming.session import SessionConfig
 from streaming.transports.rtc_support import mono_samples
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.webrtc_client import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
@@ -63,7 +64,7 @@ def no_sessions(server: RunningServer) -> bool:
 
 async def test_pitch_round_trip_on_loopback(server: RunningServer) -> None:
     """Mic audio over WebRTC comes back pitch-shifted (+4 semitones: 440 Hz -> 554 Hz), over 127.0.0.1."""
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         answer = await client.connect("pitch", {"semitones": 4}, audio=ArrayAudioTrack(tone(440, 3.0)))
         await client.wait_connected(10)
@@ -92,7 +93,7 @@ async def test_round_trip_latency_python_client(server: RunningServer) -> None:
     """Markers sent through the pitch shifter at 0 semitones come back within tens of milliseconds."""
     signal, _ = marker_train(RATE, 25, 0.2)
     track = ArrayAudioTrack(signal)
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         await client.connect("pitch", {"semitones": 0}, audio=track)
         await client.wait_connected(10)
@@ -111,7 +112,7 @@ async def test_round_trip_latency_python_client(server: RunningServer) -> None:
 
 async def test_testcard_video_in_order_and_prompt_switch(server: RunningServer) -> None:
     """Clock-paced video arrives at ~25 fps with frame counters in order; a prompt re-tints the card."""
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         await client.connect("testcard", receive_audio=True, receive_video=True)
         await client.wait_connected(10)
@@ -151,7 +152,7 @@ async def test_testcard_video_in_order_and_prompt_switch(server: RunningServer) 
 
 async def test_control_channel_events_errors_and_stop(server: RunningServer) -> None:
     """The data channel speaks the WS protocol: events apply, junk gets `error`, `stop` ends cleanly."""
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         await client.connect("pitch", {"semitones": 2}, audio=ArrayAudioTrack(tone(300, 5.0)))
         await client.wait_connected(10)
@@ -201,7 +202,7 @@ async def _offer_sdp(*, audio: bool = True, video: bool = False) -> str:
 
 
 async def test_bad_offers_get_400_with_reason(server: RunningServer) -> None:
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     good = await _offer_sdp()
 
     async def refused(body: object, status: int = 400) -> dict:
@@ -209,7 +210,7 @@ async def test_bad_offers_get_400_with_reason(server: RunningServer) -> None:
 
         async with aiohttp.ClientSession() as http:
             data = body if isinstance(body, str) else None
-            async with http.post(server.url + "/offer", data=data, json=None if data else body) as response:
+            async with http.post(server.http_url + "/offer", data=data, json=None if data else body) as response:
                 assert response.status == status, await response.text()
                 return await response.json()
 
@@ -241,8 +242,8 @@ async def test_bad_offers_get_400_with_reason(server: RunningServer) -> None:
 
 async def test_capacity_refusal_is_503() -> None:
     config = make_server_config(engine=EngineConfig(limits=AdmissionLimits(max_sessions=1)))
-    running, runner = await start_server(config)
-    first, second = RtcClient(running.url), RtcClient(running.url)
+    running, runner = await serve_app(config)
+    first, second = RtcClient(running.http_url), RtcClient(running.http_url)
     try:
         await first.connect("pitch", audio=ArrayAudioTrack(tone(300, 2.0)))
         with pytest.raises(Exception) as info:
@@ -257,9 +258,9 @@ async def test_capacity_refusal_is_503() -> None:
 
 async def test_ice_timeout_cleans_up() -> None:
     """A client that posts an offer but never connects is dropped after the connect timeout."""
-    running, runner = await start_server(make_server_config(webrtc=RtcConfig(connect_timeout_s=1.0)))
+    running, runner = await serve_app(make_server_config(webrtc=RtcConfig(connect_timeout_s=1.0)))
     try:
-        client = RtcClient(running.url)
+        client = RtcClient(running.http_url)
         await client.post_offer(_offer_body(await _offer_sdp()))  # answer never applied: ICE cannot complete
         assert len(running.app[RTC_KEY].peers) == 1
         await wait_for(lambda: no_sessions(running), timeout=5)
@@ -271,7 +272,7 @@ async def test_peer_vanishing_mid_stream_and_no_leaks(server: RunningServer) -> 
     """Repeated connect / abrupt close cycles leave no peers, sessions, tasks or threads behind."""
 
     async def cycle(abrupt: bool) -> None:
-        client = RtcClient(server.url)
+        client = RtcClient(server.http_url)
         await client.connect("pitch", audio=ArrayAudioTrack(tone(500, 3.0)))
         await client.wait_connected(10)
         await asyncio.wait_for(client.audio_frames.get(), 5)  # streaming
@@ -297,7 +298,7 @@ async def test_peer_vanishing_mid_stream_and_no_leaks(server: RunningServer) -> 
     assert server.app[ENGINE_KEY].metrics.sessions_active.labels("pitch")._value.get() == 0
 
     # A session opened after all that still works.
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         await client.connect("pitch", {"semitones": 4}, audio=ArrayAudioTrack(tone(440, 2.0)))
         received = await collect_audio(client, 1.5)
@@ -310,10 +311,15 @@ async def test_underruns_are_counted_in_metrics() -> None:
     """A model too slow for real time (30 ms per 20 ms chunk) makes the paced track fill silence, counted."""
     config = make_server_config(
         models=("pitch:simulated_cost_ms=30",),
-        engine=EngineConfig(limits=AdmissionLimits(max_utilization=100.0)),
+        # Admission would (rightly) refuse this model; lift its limits to see what a late model does.
+        engine=EngineConfig(
+            limits=AdmissionLimits(max_utilization=100.0, max_recent_late_rate=1.0),
+            session=SessionConfig(late_after_ms=1000.0),
+            warmup_max_batch=1,
+        ),
     )
-    running, runner = await start_server(config)
-    client = RtcClient(running.url)
+    running, runner = await serve_app(config)
+    client = RtcClient(running.http_url)
     try:
         await client.connect("pitch", audio=ArrayAudioTrack(tone(440, 3.0)))
         await client.wait_connected(10)
@@ -332,7 +338,7 @@ async def test_underruns_are_counted_in_metrics() -> None:
 
 async def test_media_the_model_does_not_take_is_dropped_unread(server: RunningServer) -> None:
     """A client sending mic audio to the (clock-paced, input-less) test card: nothing piles up server-side."""
-    client = RtcClient(server.url)
+    client = RtcClient(server.http_url)
     try:
         await client.connect("testcard", audio=ArrayAudioTrack(tone(440, 3.0)), receive_video=True)
         await client.wait_connected(10)
