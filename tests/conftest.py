@@ -58,7 +58,10 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
             **engine_overrides,
         )
         config = ServerConfig(
-            host="127.0.0.1", port=0, models=models, engine=engine,
+            host="127.0.0.1",
+            port=0,
+            models=models,
+            engine=engine,
             ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
         )
         runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0)
@@ -100,8 +103,18 @@ async def server() -> AsyncIterator[RunningServer]:
         await runner.cleanup()
 
 
+@dataclass
+class LiveServer(RunningServer):
+    """A server on a thread of its own; ``call`` runs a coroutine on its loop and returns the result."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
 @pytest.fixture(scope="module")
-def live_server() -> Iterator[RunningServer]:
+def live_server() -> Iterator[LiveServer]:
     """A default server on a thread and loop of its own, for synchronous tests (a browser driven by selenium,
     whose blocking calls would otherwise stall a server on the test's loop). Shared by a module's tests."""
     loop = asyncio.new_event_loop()
@@ -111,7 +124,8 @@ def live_server() -> Iterator[RunningServer]:
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            started["server"], started["runner"] = loop.run_until_complete(serve_app(make_server_config()))
+            running, started["runner"] = loop.run_until_complete(serve_app(make_server_config()))
+            started["server"] = LiveServer(running.app, running.port, loop)
         except BaseException as e:  # surfaced to the test below
             started["error"] = e
         ready.set()

@@ -187,6 +187,29 @@ def test_voice_round_trip(browser, live_server: RunningServer, transport: str) -
     assert severe_console_entries(browser) == []
 
 
+def test_connection_lost_then_reconnects(browser, live_server) -> None:  # noqa: ANN001
+    """The server drops the peer connection without a word: the page says so and reconnects by itself."""
+    from streaming.server import RTC_KEY
+
+    open_page(browser, live_server)
+    browser.execute_script("causalcast.selectMode('voice'); causalcast.setTransport('webrtc'); causalcast.start()")
+    first = wait_until(browser, "const r = causalcast.state().last.ready; return r && r.session")
+    (peer,) = [p for p in live_server.app[RTC_KEY].peers if p.session.id == first]
+    live_server.call(peer.pc.close())  # no `stopped` message: the connection just goes away
+    message = wait_until(browser, "const m = causalcast.state().message; return m.includes('lost') && m")
+    assert "Reconnecting" in message
+    second, state = None, {}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        state = browser.execute_script("return causalcast.state()")
+        second = (state["last"].get("ready") or {}).get("session")
+        if state["running"] and second and second != first:
+            break
+        time.sleep(0.2)
+    assert second and second != first, state
+    browser.execute_script("causalcast.stop()")
+
+
 def test_mic_permission_denied_is_explained(live_server: RunningServer, tmp_path: Path) -> None:
     driver = launch(tmp_path, fake_ui=False, block_mic=True)
     try:
