@@ -121,7 +121,8 @@ def subprocess_server(argv: list[str], port: int, name: str) -> Iterator[str]:
 
 def causalcast_server(port: int, extra: list[str] | None = None) -> contextlib.AbstractContextManager[str]:
     argv = [sys.executable, "-m", "streaming", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    return subprocess_server(argv + ["--log-level", "WARNING"] + (extra or []), port, "causalcast")
+    argv += ["--log-level", "WARNING", "--ice-loopback-only"]
+    return subprocess_server(argv + (extra or []), port, "causalcast")
 
 
 def fastrtc_server(port: int, concurrency_limit: int) -> contextlib.AbstractContextManager[str]:

@@ -63,8 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ice-host-addresses",
         default=_env("ICE_HOST_ADDRESSES", ""),
-        help="comma-separated addresses WebRTC host candidates are gathered from (default: 127.0.0.1 when "
-        "--host is loopback, else every non-loopback interface)",
+        help="comma-separated addresses WebRTC host candidates are gathered from (default: per offer, "
+        "127.0.0.1 when the offer has a loopback candidate, else every non-loopback interface)",
+    )
+    serve.add_argument(
+        "--ice-loopback-only",
+        action="store_true",
+        default=_env("ICE_LOOPBACK_ONLY", "") not in ("", "0", "false"),
+        help="refuse WebRTC offers without a 127.0.0.1 candidate (nothing leaves the machine)",
     )
     serve.add_argument(
         "--rtc-connect-timeout", type=float, default=float(_env("RTC_CONNECT_TIMEOUT", "15")), help="seconds"
@@ -101,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ice_servers=tuple(ice_servers),
         webrtc=RtcConfig(
             host_addresses=host_addresses,
+            loopback_only=args.ice_loopback_only,
             ice_servers=tuple(server_ice_servers) if server_ice_servers is not None else None,
             connect_timeout_s=args.rtc_connect_timeout,
         ),

@@ -76,7 +76,7 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/config", _client_config)
     app.router.add_get("/ws", _websocket)
-    app[RTC_KEY] = RtcHub(engine, config.webrtc, server_host=config.host, ice_servers=config.ice_servers)
+    app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers)
     app.router.add_post("/offer", app[RTC_KEY].handle_offer)
     if config.web_root.is_dir():
         app.router.add_static("/web/", config.web_root)

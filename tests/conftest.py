@@ -15,6 +15,7 @@ from aiohttp import web
 from streaming.engine.core import Engine, EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ENGINE_KEY, ServerConfig, create_app
+from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
 
@@ -89,8 +90,9 @@ async def serve_app(config: ServerConfig) -> tuple[RunningServer, web.AppRunner]
 
 
 def make_server_config(**overrides: Any) -> ServerConfig:
-    """The default test config (diagnostic models on the CPU) with ``overrides``."""
-    return dataclasses.replace(ServerConfig(host="127.0.0.1", port=0), **overrides)
+    """The default test config (diagnostic models on the CPU, WebRTC confined to loopback) with ``overrides``."""
+    config = ServerConfig(host="127.0.0.1", port=0, webrtc=RtcConfig(loopback_only=True))
+    return dataclasses.replace(config, **overrides)
 
 
 @pytest.fixture

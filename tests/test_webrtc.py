@@ -258,7 +258,8 @@ async def test_capacity_refusal_is_503() -> None:
 
 async def test_ice_timeout_cleans_up() -> None:
     """A client that posts an offer but never connects is dropped after the connect timeout."""
-    running, runner = await serve_app(make_server_config(webrtc=RtcConfig(connect_timeout_s=1.0)))
+    config = make_server_config(webrtc=RtcConfig(connect_timeout_s=1.0, loopback_only=True))
+    running, runner = await serve_app(config)
     try:
         client = RtcClient(running.http_url)
         await client.post_offer(_offer_body(await _offer_sdp()))  # answer never applied: ICE cannot complete
@@ -352,3 +353,25 @@ async def test_media_the_model_does_not_take_is_dropped_unread(server: RunningSe
         assert client.video_frames.qsize() > 20  # and the card still streams
     finally:
         await client.close()
+
+
+async def test_ice_plan_per_offer() -> None:
+    """Loopback offers are confined to loopback; others get normal gathering unless the server is strict."""
+    from streaming.engine.core import Engine
+    from streaming.transports.webrtc import RtcHub
+
+    loopback = await _offer_sdp()
+    lan = "\r\n".join(
+        line.replace("127.0.0.1", "192.0.2.99") if line.startswith("a=candidate") else line
+        for line in loopback.splitlines()
+    )
+    engine = Engine({}, EngineConfig())
+    stun = ({"urls": "stun:stun.example.org"},)
+    relaxed = RtcHub(engine, RtcConfig(), ice_servers=stun)
+    assert relaxed.ice_plan(loopback) == (("127.0.0.1",), True)
+    assert relaxed.ice_plan(lan) == (None, False)
+    strict = RtcHub(engine, RtcConfig(loopback_only=True), ice_servers=stun)
+    with pytest.raises(Exception, match="loopback"):
+        strict.ice_plan(lan)
+    fixed = RtcHub(engine, RtcConfig(host_addresses=("10.0.0.5",)), ice_servers=stun)
+    assert fixed.ice_plan(loopback) == (("10.0.0.5",), False)

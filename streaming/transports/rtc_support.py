@@ -90,6 +90,15 @@ def filter_candidates(sdp: str, *, loopback_only: bool) -> str:
     return "\r\n".join(kept) + "\r\n"
 
 
+def has_loopback_candidate(sdp: str) -> bool:
+    """True when some ``a=candidate`` line is on a loopback address."""
+    for line in sdp.splitlines():
+        fields = line.split()
+        if line.startswith("a=candidate:") and len(fields) >= 8 and is_loopback(fields[4]):
+            return True
+    return False
+
+
 def count_candidates(sdp: str) -> int:
     """Number of ``a=candidate`` lines."""
     return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))

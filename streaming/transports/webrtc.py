@@ -77,9 +77,10 @@ _DIRECTIONS = {
 class RtcConfig:
     """Settings of the WebRTC transport."""
 
-    # Host candidate addresses the server gathers from. None: 127.0.0.1 only when the server listens on
-    # a loopback host (tests, local development), else aioice's default (every non-loopback interface).
+    # Host candidate addresses the server gathers from. None: per offer, 127.0.0.1 only when the offer
+    # has a loopback candidate (tests, the bench), else aioice's default (every non-loopback interface).
     host_addresses: tuple[str, ...] | None = None
+    loopback_only: bool = False  # refuse offers without a loopback candidate (hermetic test machines)
     # ICE servers the server itself uses; None: the ones given to clients (ServerConfig.ice_servers).
     ice_servers: tuple[dict[str, Any], ...] | None = None
     connect_timeout_s: float = 15.0  # ICE + DTLS must be up this long after the answer
@@ -516,23 +517,32 @@ async def _drain_channel(channel: RTCDataChannel, timeout_s: float = 0.5) -> Non
 class RtcHub:
     """All WebRTC peers of one server: answers offers, closes everything on shutdown."""
 
-    def __init__(
-        self, engine: Engine, config: RtcConfig, *, server_host: str, ice_servers: tuple[dict[str, Any], ...]
-    ) -> None:
+    def __init__(self, engine: Engine, config: RtcConfig, *, ice_servers: tuple[dict[str, Any], ...]) -> None:
         self.engine = engine
         self.config = config
         self.peers: set[RtcPeer] = set()
-        if config.host_addresses is not None:
-            self.host_addresses: tuple[str, ...] | None = config.host_addresses
-        else:
-            self.host_addresses = ("127.0.0.1",) if rtc_support.is_loopback(server_host) else None
-        self.loopback_only = self.host_addresses is not None and all(
-            rtc_support.is_loopback(a) for a in self.host_addresses
-        )
-        servers = config.ice_servers if config.ice_servers is not None else ice_servers
-        # A loopback-only server never asks anyone outside the machine for candidates.
-        self.ice_servers = () if self.loopback_only else servers
+        self.ice_servers = config.ice_servers if config.ice_servers is not None else ice_servers
         self._shutting_down = False
+
+    def ice_plan(self, sdp: str) -> tuple[tuple[str, ...] | None, bool]:
+        """Host addresses to gather from for this offer, and whether the peer is confined to loopback.
+
+        An offer with a 127.0.0.1 candidate (tests, the bench, a browser started with
+        --allow-loopback-in-peer-connection) is answered over loopback only; any other offer (a browser as
+        people run it) gets aioice's usual host candidates, unless the server is configured loopback-only.
+        """
+        if self.config.host_addresses is not None:
+            addresses = self.config.host_addresses
+            return addresses, all(rtc_support.is_loopback(a) for a in addresses)
+        if rtc_support.has_loopback_candidate(sdp):
+            return ("127.0.0.1",), True
+        if self.config.loopback_only:
+            raise ProtocolError(
+                "this server only connects over loopback (127.0.0.1) and the offer has no loopback candidate; "
+                "a browser needs --allow-loopback-in-peer-connection",
+                "bad_offer",
+            )
+        return None, False
 
     def discard(self, peer: RtcPeer) -> None:
         """Forget a closed peer."""
@@ -582,14 +592,17 @@ class RtcHub:
         # Raises for unknown models and bad params. The transport resamples to the model rate itself.
         session = self.engine.new_session(model, params, input_rate)
         inspect_offer(body["sdp"], session.spec, model)
-        sdp = rtc_support.filter_candidates(body["sdp"], loopback_only=self.loopback_only)
-        if self.loopback_only and rtc_support.count_candidates(body["sdp"]) and not rtc_support.count_candidates(sdp):
+        host_addresses, loopback_only = self.ice_plan(body["sdp"])
+        sdp = rtc_support.filter_candidates(body["sdp"], loopback_only=loopback_only)
+        if loopback_only and rtc_support.count_candidates(body["sdp"]) and not rtc_support.count_candidates(sdp):
             raise ProtocolError(
-                "this server only connects over loopback (127.0.0.1) and the offer has no loopback candidate; "
-                "a browser needs --allow-loopback-in-peer-connection, or set the server's ICE host addresses",
+                "this server gathers only loopback candidates and the offer has none; a browser needs "
+                "--allow-loopback-in-peer-connection, or set the server's ICE host addresses",
                 "bad_offer",
             )
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers]))
+        # A loopback peer never asks anyone outside the machine for candidates.
+        ice_servers = () if loopback_only else self.ice_servers
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers]))
         peer = RtcPeer(self, pc, session)
         peer.attach()
         try:
@@ -607,7 +620,7 @@ class RtcHub:
                 transceiver.direction = _DIRECTIONS[(sends, receives)]
             await self.engine.open_session(session)
             try:
-                with rtc_support.gathering_from(self.host_addresses):
+                with rtc_support.gathering_from(host_addresses):
                     await pc.setLocalDescription(await pc.createAnswer())
             except Exception:
                 await self.engine.close_session(session, "answer failed")
