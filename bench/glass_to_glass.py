@@ -388,6 +388,29 @@ async def load_runs(url: str, server: str, args: argparse.Namespace) -> None:
                 break
 
 
+async def soak_runs(url: str, seconds: float, model_ms: float) -> None:
+    """Send one marker a second for ``seconds`` per transport, to see whether latency drifts."""
+    count = int(seconds)
+    for transport in ("ws", "webrtc"):
+        run = ws_python if transport == "ws" else webrtc_python
+        delays, sent = await run(url, count, 1.0)
+        minute = min(60, max(1, len(delays) // 4))
+        first, last = np.median(delays[:minute]) * 1000, np.median(delays[-minute:]) * 1000
+        emit(
+            {
+                "bench": "soak",
+                "server": "causalcast",
+                "transport": transport,
+                "client": "python",
+                "seconds": seconds,
+                "first_minute_p50_ms": round(float(first), 1),
+                "last_minute_p50_ms": round(float(last), 1),
+                "drift_ms": round(float(last - first), 1),
+                **summarize(delays, sent, model_ms),
+            }
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--markers", type=int, default=60, help="markers per latency run (>= 50 for p99)")
@@ -395,6 +418,7 @@ def main() -> None:
     parser.add_argument("--load", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16])
     parser.add_argument("--load-seconds", type=float, default=8.0)
     parser.add_argument("--no-chromium", dest="chromium", action="store_false")
+    parser.add_argument("--soak-s", type=float, default=0.0, help="also run one long WS + WebRTC session (drift)")
     parser.add_argument("--no-fastrtc", dest="fastrtc", action="store_false")
     parser.add_argument("--serve-fastrtc", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency-limit", type=int, default=64, help="fastrtc's (integer) concurrency_limit")
@@ -408,6 +432,8 @@ def main() -> None:
     with causalcast_server(free_port()) as url:
         asyncio.run(latency_runs(url, "causalcast", args, model_ms))
         asyncio.run(load_runs(url, "causalcast", args))
+        if args.soak_s:
+            asyncio.run(soak_runs(url, args.soak_s, model_ms))
     if not args.fastrtc:
         return
     if not fastrtc_installed():

@@ -375,3 +375,19 @@ async def test_ice_plan_per_offer() -> None:
         strict.ice_plan(lan)
     fixed = RtcHub(engine, RtcConfig(host_addresses=("10.0.0.5",)), ice_servers=stun)
     assert fixed.ice_plan(loopback) == (("10.0.0.5",), False)
+
+
+async def test_h264_when_negotiated(server: RunningServer) -> None:
+    """An offer that takes only H.264 video gets H.264, and the card's frame counters arrive in order."""
+    client = RtcClient(server.http_url)
+    try:
+        answer = await client.connect("testcard", receive_audio=False, receive_video=True, video_codec="H264")
+        assert "H264/90000" in answer["sdp"] and "VP8/90000" not in answer["sdp"]
+        await client.wait_connected(10)
+        numbers = []
+        while len(numbers) < 25:
+            _, frame = await asyncio.wait_for(client.video_frames.get(), 5)
+            numbers.append(read_frame_number(frame.to_ndarray(format="rgb24")))
+        assert all(b > a for a, b in zip(numbers, numbers[1:], strict=False)), numbers
+    finally:
+        await client.close()

@@ -39,6 +39,9 @@ class PlayerProcessor extends AudioWorkletProcessor {
     this.maxBuffer = Math.round(sampleRate * (opts.maxBufferMs || 300) / 1000);
     this.playing = false;
     this.underruns = 0;
+    // Latency trim (as the server's pacer): the smallest backlog over ~1 s beyond the prebuffer is
+    // audio that could have played earlier; drop it so one hiccup does not add latency for good.
+    this.windowMin = Infinity; this.windowFrames = 0; this.trimmed = 0;
     this.port.onmessage = (e) => this.push(e.data);
   }
   push(chunk) {
@@ -67,6 +70,15 @@ class PlayerProcessor extends AudioWorkletProcessor {
     if (this.count === 0) {
       this.playing = false; this.underruns++;
       this.port.postMessage({ underruns: this.underruns });
+    }
+    this.windowMin = Math.min(this.windowMin, this.count);
+    this.windowFrames += out.length;
+    if (this.windowFrames >= sampleRate) {
+      const excess = this.windowMin - this.prebuffer;
+      if (excess > sampleRate * 0.01) {
+        this.read = (this.read + excess) % this.ring.length; this.count -= excess; this.trimmed += excess;
+      }
+      this.windowMin = Infinity; this.windowFrames = 0;
     }
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     return true;

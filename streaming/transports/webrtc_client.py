@@ -25,7 +25,14 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from streaming.transports import rtc_support
@@ -133,6 +140,7 @@ class RtcClient:
         receive_audio: bool = True,
         receive_video: bool = False,
         data_channel: bool = True,
+        video_codec: str | None = None,
         extra: dict[str, Any] | None = None,
         timeout: float = 20.0,
     ) -> dict[str, Any]:
@@ -148,7 +156,11 @@ class RtcClient:
         elif receive_audio:
             pc.addTransceiver("audio", direction="recvonly")
         if receive_video:
-            pc.addTransceiver("video", direction="recvonly")
+            video = pc.addTransceiver("video", direction="recvonly")
+            if video_codec is not None:  # e.g. "H264": offer only that codec (and its RTX)
+                codecs = RTCRtpReceiver.getCapabilities("video").codecs
+                chosen = [c for c in codecs if c.mimeType.lower() == f"video/{video_codec.lower()}"]
+                video.setCodecPreferences(chosen + [c for c in codecs if c.mimeType.lower() == "video/rtx"])
         rtc_support.tune_audio_receivers(pc, self.audio_prefetch)
         with rtc_support.gathering_from(self.host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
