@@ -374,18 +374,25 @@ async def latency_runs(url: str, server: str, args: argparse.Namespace, model_ms
             emit({**base, "transport": "webrtc", "client": client, **summarize(delays, sent, model_ms)})
 
 
-async def load_runs(url: str, server: str, args: argparse.Namespace) -> None:
-    transports = ("webrtc", "ws") if server == "causalcast" else ("webrtc",)
-    for transport in transports:
-        baseline = None
-        for num in args.load:
+async def load_runs(urls: dict[str, str], args: argparse.Namespace) -> None:
+    """Sessions held as N grows, each server/transport in turn at every N (same machine conditions)."""
+    runs = [("causalcast", "webrtc"), ("fastrtc", "webrtc"), ("causalcast", "ws")]
+    runs = [r for r in runs if r[0] in urls]
+    baselines: dict[tuple[str, str], float] = {}
+    for num in args.load:
+        for server, transport in list(runs):
             result = await sessions_held(
-                url, num, args.load_seconds, fastrtc=server == "fastrtc", transport=transport, baseline_ms=baseline
+                urls[server],
+                num,
+                args.load_seconds,
+                fastrtc=server == "fastrtc",
+                transport=transport,
+                baseline_ms=baselines.get((server, transport)),
             )
-            baseline = result["p50_ms"] if baseline is None else baseline
+            baselines.setdefault((server, transport), result["p50_ms"])
             emit({"bench": "sessions_held", "server": server, "transport": transport, **result})
             if not result["held"]:
-                break
+                runs.remove((server, transport))
 
 
 async def soak_runs(url: str, seconds: float, model_ms: float) -> None:
@@ -429,20 +436,20 @@ def main() -> None:
     model_ms = pitch_model_delay_ms()
     emit({"bench": "setup", "model": "pitch", "semitones": 0, "model_delay_ms": round(model_ms, 2),
           "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()})  # fmt: skip
-    with causalcast_server(free_port()) as url:
-        asyncio.run(latency_runs(url, "causalcast", args, model_ms))
-        asyncio.run(load_runs(url, "causalcast", args))
+    with contextlib.ExitStack() as servers:
+        urls = {"causalcast": servers.enter_context(causalcast_server(free_port()))}
+        asyncio.run(latency_runs(urls["causalcast"], "causalcast", args, model_ms))
         if args.soak_s:
-            asyncio.run(soak_runs(url, args.soak_s, model_ms))
-    if not args.fastrtc:
-        return
-    if not fastrtc_installed():
-        emit({"bench": "glass_to_glass", "server": "fastrtc", "skipped": "fastrtc is not installed "
-              "(.venv/bin/pip install fastrtc; it is a bench-only dependency)"})  # fmt: skip
-        return
-    with fastrtc_server(free_port(), args.concurrency_limit) as url:
-        asyncio.run(latency_runs(url, "fastrtc", args, model_ms))
-        asyncio.run(load_runs(url, "fastrtc", args))
+            asyncio.run(soak_runs(urls["causalcast"], args.soak_s, model_ms))
+        if not args.fastrtc:
+            pass
+        elif not fastrtc_installed():
+            emit({"bench": "glass_to_glass", "server": "fastrtc", "skipped": "fastrtc is not installed "
+                  "(.venv/bin/pip install fastrtc; it is a bench-only dependency)"})  # fmt: skip
+        else:
+            urls["fastrtc"] = servers.enter_context(fastrtc_server(free_port(), args.concurrency_limit))
+            asyncio.run(latency_runs(urls["fastrtc"], "fastrtc", args, model_ms))
+        asyncio.run(load_runs(urls, args))
 
 
 if __name__ == "__main__":

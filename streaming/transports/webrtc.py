@@ -450,8 +450,14 @@ class RtcPeer:
                 self.send({"type": "stats", "session": session.id, **session.stats.snapshot(), **self.pacing_stats()})
 
     def pacing_stats(self) -> dict[str, Any]:
-        """Underruns and trims of the outgoing tracks."""
+        """Input backlog, and underruns and trims of the outgoing tracks."""
         out: dict[str, Any] = {}
+        audio_in = self.session.input
+        if audio_in is not None:
+            rate = audio_in.model_rate_hz
+            out["input_backlog_ms"] = round(len(audio_in.fifo) * 1000 / rate, 1)  # waiting for the engine
+            out["input_dropped_ms"] = round(audio_in.fifo.num_dropped * 1000 / rate, 1)
+            out["input_gap_ms"] = round(audio_in.num_gap_samples * 1000 / audio_in.client_rate_hz, 1)
         for kind, track in (("audio", self.audio_track), ("video", self.video_track)):
             if track is not None:
                 s = track.pacer.stats
