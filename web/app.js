@@ -209,9 +209,10 @@ function onMessage(m) {
 
 function onLost(reason) {
   const wasRunning = state.running;
+  const expected = state.expectClose; // a fatal error or a stop came first: no reconnect
   teardown().then(() => {
     setRunning(false);
-    if (!wasRunning || state.expectClose) return;
+    if (!wasRunning || expected) return;
     if (state.retries >= MAX_RETRIES) {
       showMessage(`Connection lost (${reason}). Press “Reconnect now” to try again.`, true);
       $("reconnect").hidden = false;
