@@ -131,7 +131,7 @@ async def test_testcard_video_in_order_and_prompt_switch(server: RunningServer) 
         assert sum(b - a for a, b in zip(numbers, numbers[1:], strict=False)) <= len(numbers) + 5  # few gaps
         span = frames[-1][0] - frames[10][0]
         fps = (len(frames) - 11) / span
-        assert 22 < fps < 28, fps
+        assert 20 < fps < 30, fps  # 25 fps; loose for loaded CI machines
         assert any(has_beep_marker(f) for _, f in frames)
         beeps = await collect_audio(client, 1.2)
         assert max(np.abs(s).max() for _, s in beeps) > 0.1, "no beep in the audio track"
