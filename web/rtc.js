@@ -1,14 +1,15 @@
 // WebRTC transport: one RTCPeerConnection per session, signalled by POST /offer (non-trickle ICE),
 // a "control" data channel speaking the same JSON messages as the WebSocket protocol.
 
-export class RtcConnection extends EventTarget {
+import { Connection } from "./connection.js";
+
+export class RtcConnection extends Connection {
   constructor({ model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl }) {
     super();
     Object.assign(this, { model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl });
     this.pc = null;
     this.channel = null;
     this.session = null;
-    this._closed = false;
     this._lastStats = null;
   }
 
@@ -86,14 +87,6 @@ export class RtcConnection extends EventTarget {
     };
     return { fps, kbps, selected };
   }
-
-  _lost(reason) {
-    if (this._closed) return;
-    this._closed = true;
-    this._emit("closed", { reason, unexpected: true });
-  }
-
-  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   close() {
     this._closed = true;

@@ -1,18 +1,19 @@
 // WebSocket transport: the causalcast protocol (JSON control + 16-byte-header binary media) with
 // microphone PCM16 up, Opus/VP8 down decoded by WebCodecs (PCM16/JPEG where WebCodecs is missing).
 
+import { Connection } from "./connection.js";
+
 const HEADER_BYTES = 16;
 const KIND_AUDIO = 1, KIND_VIDEO = 2;
 const CODEC_PCM16 = 1;
 const FLAG_KEY = 1;
 
-export class WsConnection extends EventTarget {
+export class WsConnection extends Connection {
   constructor({ model, params, mic, wantsAudio, wantsVideo, graph, canvas }) {
     super();
     Object.assign(this, { model, params, mic, wantsAudio, wantsVideo, graph, canvas });
     this.ws = null;
     this.session = null;
-    this._closed = false;
     this._seq = 0;
     this._pts = 0;
     this._bytes = 0;
@@ -164,14 +165,6 @@ export class WsConnection extends EventTarget {
     this._last = { t: now, bytes: this._bytes, frames: this._frames };
     return out;
   }
-
-  _lost(reason) {
-    if (this._closed) return;
-    this._closed = true;
-    this._emit("closed", { reason, unexpected: true });
-  }
-
-  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
 
   close() {
     this._closed = true;
