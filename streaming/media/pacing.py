@@ -89,10 +89,6 @@ class _Pacer:
         """A whole frame's data is buffered."""
         raise NotImplementedError
 
-    def _has_any(self) -> bool:
-        """Some data is buffered."""
-        raise NotImplementedError
-
     def _needed_arrival(self) -> float:
         """Arrival time of the last unit the next frame needs (only called when ``_ready``)."""
         raise NotImplementedError
@@ -227,9 +223,6 @@ class AudioPacer(_Pacer):
     def _ready(self) -> bool:
         return len(self._fifo) >= self.frame_samples
 
-    def _has_any(self) -> bool:
-        return len(self._fifo) > 0
-
     def _needed_arrival(self) -> float:
         needed = self._num_pushed - len(self._fifo) + self.frame_samples  # total index after this frame
         while len(self._arrivals) > 1 and self._arrivals[0][0] < needed:
@@ -283,9 +276,6 @@ class VideoPacer(_Pacer):
         self._notify()
 
     def _ready(self) -> bool:
-        return bool(self._frames)
-
-    def _has_any(self) -> bool:
         return bool(self._frames)
 
     def _needed_arrival(self) -> float:

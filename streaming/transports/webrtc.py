@@ -263,7 +263,8 @@ class RtcPeer:
         self._closer: asyncio.Task[None] | None = None
         spec = session.spec
         active = self._output_expected
-        self.audio_track = self.video_track = None
+        self.audio_track: PacedAudioTrack | None = None
+        self.video_track: PacedVideoTrack | None = None
         if spec.output_audio is not None:
             pacer = AudioPacer(
                 spec.output_audio.sample_rate_hz,
