@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -115,10 +116,9 @@ class LiveServer(RunningServer):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[LiveServer]:
-    """A default server on a thread and loop of its own, for synchronous tests (a browser driven by selenium,
-    whose blocking calls would otherwise stall a server on the test's loop). Shared by a module's tests."""
+@contextlib.contextmanager
+def run_live_server(config: ServerConfig | None = None) -> Iterator[LiveServer]:
+    """Serve ``config`` on a thread and loop of its own until the block ends."""
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -126,9 +126,9 @@ def live_server() -> Iterator[LiveServer]:
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            running, started["runner"] = loop.run_until_complete(serve_app(make_server_config()))
+            running, started["runner"] = loop.run_until_complete(serve_app(config or make_server_config()))
             started["server"] = LiveServer(running.app, running.port, loop)
-        except BaseException as e:  # surfaced to the test below
+        except BaseException as e:  # surfaced to the caller below
             started["error"] = e
         ready.set()
         if "error" not in started:
@@ -146,3 +146,11 @@ def live_server() -> Iterator[LiveServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[LiveServer]:
+    """A default server on a thread of its own, for synchronous tests (a browser driven by selenium, whose
+    blocking calls would stall a server on the test's loop). Shared by a module's tests."""
+    with run_live_server() as running:
+        yield running

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RunningServer
+from conftest import RunningServer, make_server_config, run_live_server
 
 CHROMIUM = os.environ.get("CAUSALCAST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CAUSALCAST_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -208,6 +208,21 @@ def test_connection_lost_then_reconnects(browser, live_server) -> None:  # noqa:
         time.sleep(0.2)
     assert second and second != first, state
     browser.execute_script("causalcast.stop()")
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "ws"])
+def test_server_at_capacity_is_explained(browser, transport: str) -> None:  # noqa: ANN001
+    from streaming.engine.core import EngineConfig
+    from streaming.engine.scheduler import AdmissionLimits
+
+    config = make_server_config(engine=EngineConfig(limits=AdmissionLimits(max_sessions=0)))
+    with run_live_server(config) as full:
+        open_page(browser, full)
+        browser.execute_script(
+            "causalcast.selectMode('video'); causalcast.setTransport(arguments[0]); causalcast.start()", transport
+        )
+        message = wait_until(browser, "const s = causalcast.state(); return !s.running && s.errors.length && s.message")
+        assert "at capacity" in message, message
 
 
 def test_mic_permission_denied_is_explained(live_server: RunningServer, tmp_path: Path) -> None:
