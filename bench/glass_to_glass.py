@@ -8,7 +8,7 @@ page's AudioWorklet records its synthetic microphone and what comes back on one 
 the browser's jitter buffer and WebAudio path are included; sound-card buffers are not).
 
 Every server runs as a subprocess on 127.0.0.1 (no ICE servers; candidates on 127.0.0.1 only). fastrtc
-(PyPI ``fastrtc``, not a test dependency: ``.venv/bin/pip install fastrtc``) serves the same pitch
+(PyPI ``fastrtc``, not a test dependency: ``.venv/bin/pip install -e ".[bench]"``) serves the same pitch
 shifter as an ``AsyncStreamHandler``; its WebRTC client opens a data channel (fastrtc sends no audio
 without one). Output: one JSON object per line.
 
@@ -445,7 +445,7 @@ def main() -> None:
             pass
         elif not fastrtc_installed():
             emit({"bench": "glass_to_glass", "server": "fastrtc", "skipped": "fastrtc is not installed "
-                  "(.venv/bin/pip install fastrtc; it is a bench-only dependency)"})  # fmt: skip
+                  "(.venv/bin/pip install -e '.[bench]'; it is a bench-only dependency)"})  # fmt: skip
         else:
             urls["fastrtc"] = servers.enter_context(fastrtc_server(free_port(), args.concurrency_limit))
             asyncio.run(latency_runs(urls["fastrtc"], "fastrtc", args, model_ms))
