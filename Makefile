@@ -9,7 +9,18 @@ TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 LINTED  = $(wildcard streaming models tests bench scripts)
 
-.PHONY: serve test lint bench install clean
+.PHONY: serve test lint bench install clean browser
+
+# Browser tests drive Debian's chromium + chromium-driver. Installed here when missing and when we can
+# (root, or passwordless sudo); otherwise those tests skip with the reason.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	    echo "chromium not installed and no root: browser tests will be skipped"; exit 0; fi; \
+	  $$SUDO apt-get update -qq >/dev/null 2>&1 || true; \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 \
+	    || echo "could not install chromium: browser tests will be skipped"; \
+	fi
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +36,7 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/causalcast serve --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

@@ -13,6 +13,7 @@ from models.registry import DEFAULT_MODELS
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ServerConfig, run
+from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
 
@@ -54,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("ICE_SERVERS", "[]"),
         help='JSON list of RTCIceServer objects, e.g. [{"urls": "stun:stun.example.org"}]',
     )
+    serve.add_argument(
+        "--server-ice-servers",
+        default=_env("SERVER_ICE_SERVERS", ""),
+        help="JSON list of ICE servers the server itself uses for WebRTC (default: the --ice-servers list)",
+    )
+    serve.add_argument(
+        "--ice-host-addresses",
+        default=_env("ICE_HOST_ADDRESSES", ""),
+        help="comma-separated addresses WebRTC host candidates are gathered from (default: per offer, "
+        "127.0.0.1 when the offer has a loopback candidate, else every non-loopback interface)",
+    )
+    serve.add_argument(
+        "--ice-loopback-only",
+        action="store_true",
+        default=_env("ICE_LOOPBACK_ONLY", "") not in ("", "0", "false"),
+        help="refuse WebRTC offers without a 127.0.0.1 candidate (nothing leaves the machine)",
+    )
+    serve.add_argument(
+        "--rtc-connect-timeout", type=float, default=float(_env("RTC_CONNECT_TIMEOUT", "15")), help="seconds"
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -63,12 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        ice_servers = json.loads(args.ice_servers)
-        if not isinstance(ice_servers, list):
-            raise ValueError("must be a JSON list")
+        ice_servers = _json_list(args.ice_servers)
+        server_ice_servers = _json_list(args.server_ice_servers) if args.server_ice_servers else None
     except ValueError as e:
-        print(f"causalcast: --ice-servers: {e}", file=sys.stderr)
+        print(f"causalcast: ice servers: {e}", file=sys.stderr)
         return 2
+    host_addresses = tuple(a.strip() for a in args.ice_host_addresses.split(",") if a.strip()) or None
     if args.torch_threads > 0:
         import torch
 
@@ -84,6 +105,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ws=WsConfig(max_message_bytes=args.max_message_bytes),
         codec_threads=args.codec_threads,
         ice_servers=tuple(ice_servers),
+        webrtc=RtcConfig(
+            host_addresses=host_addresses,
+            loopback_only=args.ice_loopback_only,
+            ice_servers=tuple(server_ice_servers) if server_ice_servers is not None else None,
+            connect_timeout_s=args.rtc_connect_timeout,
+        ),
     )
     try:
         run(config)
@@ -91,3 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"causalcast: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _json_list(text: str) -> list:
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError("must be a JSON list")
+    return value

@@ -1,7 +1,8 @@
 """The causalcast HTTP server: routes, model loading, engine start-up and graceful shutdown.
 
 Routes: ``GET /`` the web page (``web/``), ``GET /healthz`` status JSON, ``GET /metrics`` Prometheus text,
-``GET /config`` client settings (ICE servers), ``GET /ws`` the WebSocket protocol.
+``GET /config`` client settings (ICE servers), ``GET /ws`` the WebSocket protocol, ``POST /offer`` WebRTC
+signalling (one SDP offer in, one answer out: see streaming/transports/webrtc.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from streaming import __version__
 from streaming.engine.core import Engine, EngineConfig
 from streaming.metrics import Metrics
 from streaming.protocol import PROTOCOL_VERSION
+from streaming.transports.webrtc import RtcConfig, RtcHub
 from streaming.transports.ws import WsConfig, WsConnection
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ ENGINE_KEY = web.AppKey("engine", Engine)
 CONFIG_KEY = web.AppKey("config", "ServerConfig")
 CONNECTIONS_KEY = web.AppKey("connections", set)
 CODEC_POOL_KEY = web.AppKey("codec_pool", ThreadPoolExecutor)
+RTC_KEY = web.AppKey("rtc", RtcHub)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ServerConfig:
     ws: WsConfig = field(default_factory=WsConfig)
     codec_threads: int = 2  # video encoding pool shared by all sessions
     ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for WebRTC clients, served at /config
+    webrtc: RtcConfig = field(default_factory=RtcConfig)
     web_root: Path = WEB_ROOT
     shutdown_timeout_s: float = 5.0
 
@@ -72,6 +76,8 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/config", _client_config)
     app.router.add_get("/ws", _websocket)
+    app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers)
+    app.router.add_post("/offer", app[RTC_KEY].handle_offer)
     if config.web_root.is_dir():
         app.router.add_static("/web/", config.web_root)
     app.on_startup.append(_start_engine)
@@ -88,7 +94,7 @@ async def _close_connections(app: web.Application) -> None:
     connections = list(app[CONNECTIONS_KEY])
     if connections:
         log.info("closing %d connections", len(connections))
-    await asyncio.gather(*(c.shutdown() for c in connections), return_exceptions=True)
+    await asyncio.gather(*(c.shutdown() for c in connections), app[RTC_KEY].shutdown(), return_exceptions=True)
 
 
 async def _stop_engine(app: web.Application) -> None:

@@ -213,6 +213,11 @@ class Session:
         """True between start and close."""
         return self.state is SessionState.RUNNING
 
+    @property
+    def idle(self) -> bool:
+        """True while a clock-paced model has nothing to produce (its silence is not an underrun)."""
+        return self._idle
+
     # -- input (from the transport) ------------------------------------------------------------------
     def push_audio(self, pcm16: bytes, pts: int | None, now: float | None = None) -> None:
         """Add client audio (PCM16 mono at the declared rate)."""

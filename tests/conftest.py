@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +16,7 @@ from aiohttp import web
 from streaming.engine.core import Engine, EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ENGINE_KEY, ServerConfig, create_app
+from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
 
@@ -56,7 +60,10 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
             **engine_overrides,
         )
         config = ServerConfig(
-            host="127.0.0.1", port=0, models=models, engine=engine,
+            host="127.0.0.1",
+            port=0,
+            models=models,
+            engine=engine,
             ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
         )
         runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0)
@@ -70,3 +77,80 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+# -- a server from a full ServerConfig (the WebRTC and browser tests) --------------------------------------
+async def serve_app(config: ServerConfig) -> tuple[RunningServer, web.AppRunner]:
+    """Start the real app for ``config`` on 127.0.0.1 with an ephemeral port; the caller cleans up."""
+    config = dataclasses.replace(config, host="127.0.0.1", port=0)
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return RunningServer(runner.app, runner.addresses[0][1]), runner
+
+
+def make_server_config(**overrides: Any) -> ServerConfig:
+    """The default test config (diagnostic models on the CPU, WebRTC confined to loopback) with ``overrides``."""
+    config = ServerConfig(host="127.0.0.1", port=0, webrtc=RtcConfig(loopback_only=True))
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    """A default server on the test's loop."""
+    running, runner = await serve_app(make_server_config())
+    try:
+        yield running
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class LiveServer(RunningServer):
+    """A server on a thread of its own; ``call`` runs a coroutine on its loop and returns the result."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@contextlib.contextmanager
+def run_live_server(config: ServerConfig | None = None) -> Iterator[LiveServer]:
+    """Serve ``config`` on a thread and loop of its own until the block ends."""
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            running, started["runner"] = loop.run_until_complete(serve_app(config or make_server_config()))
+            started["server"] = LiveServer(running.app, running.port, loop)
+        except BaseException as e:  # surfaced to the caller below
+            started["error"] = e
+        ready.set()
+        if "error" not in started:
+            loop.run_forever()
+
+    thread = threading.Thread(target=serve, name="live-server", daemon=True)
+    thread.start()
+    ready.wait(60)
+    if "error" in started:
+        raise started["error"]
+    try:
+        yield started["server"]
+    finally:
+        asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def live_server() -> Iterator[LiveServer]:
+    """A default server on a thread of its own, for synchronous tests (a browser driven by selenium, whose
+    blocking calls would stall a server on the test's loop). Shared by a module's tests."""
+    with run_live_server() as running:
+        yield running

@@ -45,12 +45,14 @@ class Received:
     arrival_s: list[float] = field(default_factory=list)
 
 
-async def collect_until(client: Client, received: Received, num_samples: int = 0, num_video: int = 0,
-                        timeout: float = 20.0) -> Received:
+async def collect_until(
+    client: Client, received: Received, num_samples: int = 0, num_video: int = 0, timeout: float = 20.0
+) -> Received:
     """Receive until the audio stream has ``num_samples`` and the video stream ``num_video`` frames."""
     deadline = time.monotonic() + timeout
-    while (len(received.collector.audio_samples(0)) < num_samples
-           or len(received.collector.video.get(1, [])) < num_video):
+    while (
+        len(received.collector.audio_samples(0)) < num_samples or len(received.collector.video.get(1, [])) < num_video
+    ):
         item = await client.receive(max(0.01, deadline - time.monotonic()))
         if isinstance(item, dict):
             received.controls.append(item)
@@ -63,8 +65,9 @@ async def collect_until(client: Client, received: Received, num_samples: int = 0
     return received
 
 
-async def roundtrip(client: Client, samples: np.ndarray, rate_hz: int, frame: int, expect_samples: int,
-                    speed: float = 1.0) -> Received:
+async def roundtrip(
+    client: Client, samples: np.ndarray, rate_hz: int, frame: int, expect_samples: int, speed: float = 1.0
+) -> Received:
     received = Received(MediaCollector(client.ready))
     sender = asyncio.create_task(send_paced(client, samples, frame, rate_hz, speed))
     try:

@@ -13,6 +13,7 @@ def make_step(cache: RingKVCache, weight: torch.Tensor):
         k, v = cache.read(0, slots)  # (B, C, 1, D)
         scores = torch.einsum("bd,bcd->bc", x[:, 0] @ weight, k[:, :, 0])
         return torch.einsum("bc,bcd->bd", scores.softmax(-1), v[:, :, 0])
+
     return step
 
 

@@ -15,15 +15,16 @@ def test_cached_attention_streaming_equals_offline():
     offline = attn(x, labels, offline_mask(labels, window, sink))
 
     # the ring must hold the window plus one chunk so every query of a chunk finds its keys
-    cache = RingKVCache(num_layers=1, num_slots=4, num_heads=heads, head_dim=dim // heads,
-                        window=window + chunk, sink=sink)
+    cache = RingKVCache(
+        num_layers=1, num_slots=4, num_heads=heads, head_dim=dim // heads, window=window + chunk, sink=sink
+    )
     slots = [cache.allocate(), cache.allocate()]
     pieces = []
     for start in range(0, n, chunk):
-        lab = labels[:, start:start + chunk]
+        lab = labels[:, start : start + chunk]
         index = cache.reserve(slots, lab)
         mask = cache.mask(slots, lab, window=window)
-        pieces.append(attn(x[:, start:start + chunk], lab, mask, cache=cache, layer=0, slots=slots, index=index))
+        pieces.append(attn(x[:, start : start + chunk], lab, mask, cache=cache, layer=0, slots=slots, index=index))
     torch.testing.assert_close(torch.cat(pieces, 1), offline, atol=1e-5, rtol=1e-5)
 
 
@@ -39,8 +40,10 @@ def test_rope_scores_depend_only_on_relative_position():
     rope = Rope(8)
     q = torch.randn(1, 1, 1, 8)
     k = torch.randn(1, 1, 1, 8)
+
     def score(pq, pk):
         return (rope(q, torch.tensor([[pq]])) * rope(k, torch.tensor([[pk]]))).sum()
+
     torch.testing.assert_close(score(5, 3), score(1_000_005, 1_000_003), atol=1e-4, rtol=1e-4)
 
 

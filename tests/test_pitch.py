@@ -15,7 +15,7 @@ def run_chunks(model, states, signals):
     chunk = model.spec.input_chunk_samples
     outs = [[] for _ in states]
     for start in range(0, len(signals[0]), chunk):
-        inputs = [StepInput(sig[start:start + chunk], chunk) for sig in signals]
+        inputs = [StepInput(sig[start : start + chunk], chunk) for sig in signals]
         for i, out in enumerate(model.step(states, inputs, len(states))):
             outs[i].append(out.audio)
     return [np.concatenate(o) for o in outs]
@@ -26,8 +26,13 @@ def test_streaming_equals_offline_bit_exact():
     signal = tone(210, 1.0) + tone(630, 1.0, amplitude=0.1)
     state = model.open_session(model.validate_params({"semitones": 3}))
     streamed = run_chunks(model, [state], [signal])[0]
-    offline = shift_pitch(torch.zeros(1, model.grain + 1), torch.from_numpy(signal)[None], torch.tensor([0]),
-                          torch.tensor([2 ** (3 / 12)]), model.grain)[0].numpy()
+    offline = shift_pitch(
+        torch.zeros(1, model.grain + 1),
+        torch.from_numpy(signal)[None],
+        torch.tensor([0]),
+        torch.tensor([2 ** (3 / 12)]),
+        model.grain,
+    )[0].numpy()
     np.testing.assert_array_equal(streamed, offline)
 
 

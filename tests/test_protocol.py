@@ -20,7 +20,13 @@ def test_header_round_trip():
     assert len(data) == HEADER_BYTES + 7
     frame = unpack_media(data)
     assert (frame.kind, frame.codec, frame.stream, frame.seq, frame.pts, frame.payload) == (
-        MediaKind.VIDEO, VideoCodec.H264, 1, 5, 2**40, b"payload")
+        MediaKind.VIDEO,
+        VideoCodec.H264,
+        1,
+        5,
+        2**40,
+        b"payload",
+    )
     assert frame.is_key
 
 
@@ -34,12 +40,21 @@ def test_bad_headers_are_rejected(data):
 def test_start_defaults_and_validation():
     req = parse_start({"type": "start", "model": "pitch"})
     assert req.audio_codec is AudioCodec.OPUS and req.video_codec is VideoCodec.VP8 and req.input_sample_rate_hz is None
-    req = parse_start({"type": "start", "model": "pitch", "input": {"sample_rate_hz": 48000},
-                       "output": {"audio": "pcm16", "video": "jpeg"}})
+    req = parse_start(
+        {
+            "type": "start",
+            "model": "pitch",
+            "input": {"sample_rate_hz": 48000},
+            "output": {"audio": "pcm16", "video": "jpeg"},
+        }
+    )
     assert (req.input_sample_rate_hz, req.audio_codec, req.video_codec) == (48000, AudioCodec.PCM16, VideoCodec.JPEG)
-    for bad in ({"type": "start"}, {"type": "start", "model": "x", "params": []},
-                {"type": "start", "model": "x", "output": {"audio": "mp3"}},
-                {"type": "start", "model": "x", "input": {"sample_rate_hz": 7}}):
+    for bad in (
+        {"type": "start"},
+        {"type": "start", "model": "x", "params": []},
+        {"type": "start", "model": "x", "output": {"audio": "mp3"}},
+        {"type": "start", "model": "x", "input": {"sample_rate_hz": 7}},
+    ):
         with pytest.raises(ProtocolError):
             parse_start(bad)
 

@@ -9,8 +9,13 @@ from models.base import AudioFormat, Pacing, StepOutput, StreamSpec, VideoFormat
 from streaming.errors import ProtocolError
 from streaming.session import Outbox, OutputChunk, Session, SessionConfig
 
-CLOCK_SPEC = StreamSpec(chunk_ms=40, pacing=Pacing.CLOCK, output_audio=AudioFormat(16000),
-                        output_video=VideoFormat(64, 48, 25), event_types=frozenset({"text", "interrupt"}))
+CLOCK_SPEC = StreamSpec(
+    chunk_ms=40,
+    pacing=Pacing.CLOCK,
+    output_audio=AudioFormat(16000),
+    output_video=VideoFormat(64, 48, 25),
+    event_types=frozenset({"text", "interrupt"}),
+)
 
 
 def clock_session(**config):
@@ -67,10 +72,10 @@ def test_unknown_events_and_floods_are_refused():
 
 
 def test_input_overflow_drops_oldest_and_keeps_ready_times_consistent():
-    spec = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000),
-                      output_audio=AudioFormat(16000))
-    s = Session("i", "m", spec, {}, input_rate_hz=16000, config=SessionConfig(max_input_buffer_s=0.1),
-                wake=lambda s: None)
+    spec = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))
+    s = Session(
+        "i", "m", spec, {}, input_rate_hz=16000, config=SessionConfig(max_input_buffer_s=0.1), wake=lambda s: None
+    )
     s.start(now=0.0)
     for i in range(20):  # 400 ms into a 100 ms buffer
         s.push_audio(b"\x01\x00" * 320, pts=i * 320, now=i * 0.02)

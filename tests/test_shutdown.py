@@ -40,7 +40,10 @@ async def test_sigterm_closes_sessions_and_exits():
     port = free_port()
     proc = subprocess.Popen(  # noqa: ASYNC220 - a real server process; polled without blocking
         [sys.executable, "-m", "streaming", "serve", "--port", str(port), "--models", "pitch"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         health = await wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
@@ -65,12 +68,16 @@ async def test_sigterm_closes_sessions_and_exits():
 def test_bad_model_option_exits_with_a_clear_message():
     proc = subprocess.run(
         [sys.executable, "-m", "streaming", "serve", "--port", str(free_port()), "--models", "pitch:colour=3"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "bad options for model 'pitch'" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "streaming", "serve", "--port", str(free_port()), "--models", "warp"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "unknown model 'warp'" in proc.stderr

@@ -8,8 +8,9 @@ server synthesize minutes of silence.
 
 from __future__ import annotations
 
-import av
 import numpy as np
+
+from streaming.media.resample import CausalResampler
 
 
 class FloatFifo:
@@ -72,12 +73,9 @@ class AudioInput:
         self.fifo = FloatFifo(max(1, int(model_rate_hz * max_buffer_s)))
         self._max_gap = int(client_rate_hz * max_gap_s)
         self._next_pts: int | None = None
-        # PyAV's resampler keeps filter state between calls, so chunk boundaries leave no seams.
-        self._resampler = (
-            av.AudioResampler(format="flt", layout="mono", rate=model_rate_hz)
-            if client_rate_hz != model_rate_hz
-            else None
-        )
+        # Causal and stateful: chunk boundaries leave no seams, and every call returns all the samples it
+        # can (FFmpeg's resampler holds back half a filter per call, which delays each chunk by a packet).
+        self._resampler = CausalResampler(client_rate_hz, model_rate_hz) if client_rate_hz != model_rate_hz else None
         self.num_gap_samples = 0  # silence inserted for missing input (client rate)
         self.num_overlap_samples = 0  # resent samples trimmed (client rate)
         self.num_resyncs = 0
@@ -111,15 +109,11 @@ class AudioInput:
     def _append(self, pcm: np.ndarray) -> int:
         if len(pcm) == 0:
             return 0
-        if self._resampler is None:
-            samples = pcm.astype(np.float32) / 32768.0
-        else:
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm)[None, :], format="s16", layout="mono")
-            frame.sample_rate = self.client_rate_hz
-            parts = [f.to_ndarray()[0] for f in self._resampler.resample(frame)]
-            if not parts:
+        samples = pcm.astype(np.float32) / 32768.0
+        if self._resampler is not None:
+            samples = self._resampler.process(samples)
+            if len(samples) == 0:
                 return 0
-            samples = np.concatenate(parts).astype(np.float32, copy=False)
         self.fifo.push(samples)
         return len(samples)
 

@@ -14,6 +14,7 @@ import av
 import numpy as np
 
 from streaming.media.audio import float_to_pcm16
+from streaming.media.resample import CausalResampler
 from streaming.protocol import FLAG_DISCONTINUITY, FLAG_KEY, VIDEO_CLOCK_HZ, AudioCodec, VideoCodec
 
 OPUS_RATE_HZ = 48_000
@@ -38,11 +39,9 @@ class AudioEncoder:
         self.clock_hz = OPUS_RATE_HZ if codec is AudioCodec.OPUS else sample_rate_hz
         self._expected_pts: int | None = None  # model-rate pts the next chunk should have
         if codec is AudioCodec.OPUS:
-            self._resampler = (
-                av.AudioResampler(format="s16", layout="mono", rate=OPUS_RATE_HZ)
-                if sample_rate_hz != OPUS_RATE_HZ
-                else None
-            )
+            # Causal: each chunk yields all of its 48 kHz samples at once (FFmpeg's resampler would hold back
+            # half a filter per call, and so every Opus packet until the next chunk arrived).
+            self._resampler = CausalResampler(sample_rate_hz, OPUS_RATE_HZ) if sample_rate_hz != OPUS_RATE_HZ else None
             self._fifo = av.AudioFifo()
             self._ctx = av.CodecContext.create("libopus", "w")
             self._ctx.sample_rate = OPUS_RATE_HZ
@@ -69,12 +68,11 @@ class AudioEncoder:
         if flags & FLAG_DISCONTINUITY or self._next_opus_pts is None:
             # Re-anchor: samples still waiting in the fifo play just before this chunk.
             self._next_opus_pts = max(0, pts48 - self._fifo.samples)
+        if self._resampler is not None:
+            pcm = float_to_pcm16(self._resampler.process(pcm.astype(np.float32) / 32767.0))
         frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = self.sample_rate_hz
-        frames = self._resampler.resample(frame) if self._resampler else [frame]
-        for f in frames:
-            f.pts = None
-            self._fifo.write(f)
+        frame.sample_rate = OPUS_RATE_HZ
+        self._fifo.write(frame)
         packets: list[Packet] = []
         while self._fifo.samples >= OPUS_FRAME_SAMPLES:
             f = self._fifo.read(OPUS_FRAME_SAMPLES)

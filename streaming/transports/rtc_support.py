@@ -1,0 +1,216 @@
+"""Small, contained adjustments to aiortc/aioice that low-latency loopback WebRTC needs.
+
+Used by the WebRTC transport and by the Python WebRTC client alike:
+
+* **Host candidates from chosen addresses.** aioice gathers host candidates from every interface except
+  loopback. :func:`gathering_from` makes one ``setLocalDescription`` gather from a given list instead
+  (``127.0.0.1`` for tests and local development), by wrapping ``aioice.ice.get_host_addresses`` once
+  and consulting a context variable: connections gathered outside the context behave exactly as before.
+* **Candidate filtering.** :func:`filter_candidates` keeps only the remote candidates a loopback-only peer
+  may reach (so no connectivity check, and no mDNS lookup, ever leaves 127.0.0.1).
+* **Audio jitter buffer.** aiortc's audio receiver holds 4 packets (80 ms) before decoding, then decodes
+  on a thread of its own. :func:`tune_audio_receiver` installs :class:`InlineAudioDecoder` (each packet
+  decoded on arrival, on the loop) or aiortc's own buffer with a chosen prefetch.
+* :func:`selected_pair` reads the nominated ICE candidate pair (aiortc does not expose it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc.codecs import get_decoder
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_add
+
+_HOST_ADDRESSES: ContextVar[tuple[str, ...] | None] = ContextVar("causalcast_host_addresses", default=None)
+_ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+_CODECS_ATTR = "_RTCRtpReceiver__codecs"
+
+
+_process_default: tuple[str, ...] | None = None
+
+
+def set_process_host_addresses(addresses: Iterable[str] | None) -> None:
+    """Default for gathering outside :func:`gathering_from` (for a server whose code we do not call into)."""
+    global _process_default
+    _process_default = tuple(addresses) if addresses is not None else None
+
+
+def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    chosen = _HOST_ADDRESSES.get() or _process_default
+    if chosen is None:
+        return _ORIGINAL_GET_HOST_ADDRESSES(use_ipv4, use_ipv6)
+    return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+aioice.ice.get_host_addresses = _get_host_addresses
+
+
+@contextlib.contextmanager
+def gathering_from(addresses: Iterable[str] | None) -> Iterator[None]:
+    """Within the block, ICE gathering uses exactly ``addresses`` for host candidates (None: aioice's)."""
+    token = _HOST_ADDRESSES.set(tuple(addresses) if addresses is not None else None)
+    try:
+        yield
+    finally:
+        _HOST_ADDRESSES.reset(token)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def filter_candidates(sdp: str, *, loopback_only: bool) -> str:
+    """Drop ``a=candidate`` lines a loopback-only peer must not use (other addresses, mDNS names)."""
+    if not loopback_only:
+        return sdp
+    kept = []
+    for line in sdp.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            if len(fields) < 8 or not is_loopback(fields[4]):
+                continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
+def has_loopback_candidate(sdp: str) -> bool:
+    """True when some ``a=candidate`` line is on a loopback address."""
+    for line in sdp.splitlines():
+        fields = line.split()
+        if line.startswith("a=candidate:") and len(fields) >= 8 and is_loopback(fields[4]):
+            return True
+    return False
+
+
+def count_candidates(sdp: str) -> int:
+    """Number of ``a=candidate`` lines."""
+    return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
+
+
+class InlineAudioDecoder:
+    """Stands in for an audio receiver's jitter buffer: decodes each packet on arrival, on the event loop.
+
+    Opus (and G.711) put a whole frame in one packet, so nothing needs reassembly, and holding packets only
+    buys reordering tolerance that loopback and good networks do not need. Decoding a 20 ms packet takes
+    well under a millisecond, far less than aiortc's hop through a decoder thread and back (under load
+    that hop costs milliseconds of GIL hand-offs per packet). Decoded frames go straight into the
+    receiver's track queue, so ``track.recv()`` works as before. A late or duplicate packet is dropped
+    (the session's pts gap-filling covers it).
+    """
+
+    capacity = 16
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self._receiver = receiver
+        self._codecs: dict[int, Any] = getattr(receiver, _CODECS_ATTR)
+        self._decoders: dict[int, Any] = {}
+        self._last_seq: int | None = None
+        self._ts_origin: int | None = None
+        self._ts_last = 0
+        self.num_dropped = 0
+        self.num_errors = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """Decode a packet into the track's queue; never hands anything to aiortc's decoder thread."""
+        seq = packet.sequence_number
+        if self._last_seq is not None:
+            delta = uint16_add(seq, -self._last_seq)
+            if delta == 0 or delta >= 0x8000:  # duplicate or older than what was released
+                self.num_dropped += 1
+                return False, None
+        self._last_seq = seq
+        track = self._receiver.track
+        codec = self._codecs.get(packet.payload_type)
+        if track is None or codec is None:
+            return False, None
+        decoder = self._decoders.get(packet.payload_type)
+        if decoder is None:
+            decoder = self._decoders[packet.payload_type] = get_decoder(codec)
+        frame = JitterFrame(data=packet._data, timestamp=self._map(packet.timestamp))  # type: ignore[attr-defined]
+        try:
+            decoded = decoder.decode(frame)
+        except av.FFmpegError:
+            self.num_errors += 1
+            return False, None
+        for f in decoded:
+            track._queue.put_nowait(f)
+        return False, None
+
+    def _map(self, timestamp: int) -> int:
+        """RTP timestamp relative to the first one, unwrapped (as aiortc's receiver maps them)."""
+        if self._ts_origin is None:
+            self._ts_origin = timestamp
+        elif timestamp < self._ts_last and self._ts_last - timestamp > 1 << 31:
+            self._ts_origin -= 1 << 32
+        self._ts_last = timestamp
+        return timestamp - self._ts_origin
+
+    def remove(self, count: int) -> None:
+        """Nothing is held."""
+
+
+def tune_audio_receiver(receiver: RTCRtpReceiver, prefetch: int = 0) -> None:
+    """Replace an audio receiver's jitter buffer: prefetch 0 decodes each packet on arrival."""
+    if not hasattr(receiver, _JITTER_ATTR) or not hasattr(receiver, _CODECS_ATTR):
+        raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to tune")
+    buffer: Any = InlineAudioDecoder(receiver) if prefetch <= 0 else JitterBuffer(capacity=16, prefetch=prefetch)
+    setattr(receiver, _JITTER_ATTR, buffer)
+
+
+def tune_audio_receivers(pc: RTCPeerConnection, prefetch: int = 0) -> None:
+    """Tune every audio receiver of a peer connection."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio":
+            tune_audio_receiver(transceiver.receiver, prefetch)
+
+
+def selected_pair(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]] | None:
+    """``((local host, port), (remote host, port))`` of the nominated ICE pair, or None before one exists."""
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is None:
+            continue
+        pair = transport.transport._connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_addr, pair.remote_addr
+    sctp = pc.sctp
+    if sctp is not None:
+        pair = sctp.transport.transport._connection._nominated.get(1)
+        if pair is not None:
+            return pair.local_addr, pair.remote_addr
+    return None
+
+
+def mono_samples(frame: av.AudioFrame) -> np.ndarray:
+    """First channel of a decoded audio frame as float32 in [-1, 1]."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    mono = data[0] if frame.format.is_planar else data.reshape(-1, channels)[:, 0]
+    return mono.astype(np.float32) / (32768.0 if mono.dtype == np.int16 else 1.0)
+
+
+def stereo_s16_frame(pcm: np.ndarray, sample_rate_hz: int) -> av.AudioFrame:
+    """Mono int16 samples as a packed stereo s16 frame: what aiortc's Opus encoder takes unconverted.
+
+    Handing it mono makes FFmpeg upmix at -3 dB, halving the level over a round trip.
+    """
+    frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
+    frame.sample_rate = sample_rate_hz
+    return frame

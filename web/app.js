@@ -1,0 +1,288 @@
+// The causalcast page: four modes (tabs), a transport selector, live stats, clear errors, reconnect.
+// Models come from /healthz: those not implemented or not loaded show as unavailable, never as broken
+// buttons. `window.causalcast` exposes a small API the browser tests and the latency bench drive.
+
+import { AudioGraph, markerTrain, openMic, toBase64Pcm16 } from "./media.js";
+import { RtcConnection } from "./rtc.js";
+import { WsConnection } from "./ws.js";
+
+const MODES = {
+  voice: { help: "Talk into your microphone; your voice comes back converted to the target voice.", models: ["vc", "pitch"] },
+  speak: { help: "Type text and hear it spoken as it is generated.", models: ["tts"] },
+  avatar: { help: "Talk with a talking-head avatar: your microphone in, its face and voice out.", models: ["avatar"] },
+  video: { help: "Type a prompt and watch the stream; type a new prompt any time and see it switch.", models: ["video", "testcard"] },
+};
+const PITCH_VOICES = [["higher (+4 semitones)", 4], ["much higher (+7)", 7], ["deeper (−4)", -4], ["much deeper (−7)", -7], ["unchanged (0)", 0]];
+const MAX_RETRIES = 3;
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  mode: "voice", models: {}, iceServers: [], conn: null, graph: null, mic: null, running: false,
+  retries: 0, retryTimer: null, statsTimer: null, synthetic: null, log: [], errors: [], last: {},
+};
+
+// -- start-up ------------------------------------------------------------------------------------------
+async function init() {
+  try {
+    const [health, config] = await Promise.all([getJson("/healthz"), getJson("/config")]);
+    for (const m of health.models) state.models[m.name] = m;
+    state.iceServers = config.ice_servers || [];
+    const loaded = health.models.filter((m) => m.status === "loaded").map((m) => m.name);
+    $("server-status").textContent = `server ${health.status} · ${health.device} · models: ${loaded.join(", ") || "none"}`;
+  } catch (e) {
+    $("server-status").textContent = "server unreachable";
+    showMessage(`Cannot reach the server (${e.message}). Is \`make serve\` running?`, true);
+  }
+  for (const tab of document.querySelectorAll("#tabs button")) {
+    tab.classList.toggle("unavailable", !modelsFor(tab.dataset.mode).some((m) => m.status === "loaded"));
+    tab.addEventListener("click", () => selectMode(tab.dataset.mode));
+  }
+  $("start").addEventListener("click", () => start());
+  $("stop").addEventListener("click", () => stop("stopped"));
+  $("reconnect").addEventListener("click", () => start());
+  $("model").addEventListener("change", () => renderModel());
+  $("voice").addEventListener("change", () => {
+    if (state.running && currentModel() === "pitch") send({ type: "set_pitch", semitones: Number($("voice").value) });
+  });
+  $("say").addEventListener("click", () => say());
+  $("switch").addEventListener("click", () => switchPrompt());
+  $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter") switchPrompt(); });
+  selectMode("voice");
+}
+
+async function getJson(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return r.json();
+}
+
+function modelsFor(mode) {
+  const names = new Set(MODES[mode].models);
+  for (const m of Object.values(state.models)) if (classify(m) === mode) names.add(m.name);
+  return [...names].map((n) => state.models[n] || { name: n, status: "unavailable", description: "" });
+}
+
+/** A loaded model not named in MODES goes to the tab its stream spec fits. */
+function classify(m) {
+  if (m.status !== "loaded") return null;
+  if ((m.events || []).includes("text")) return "speak";
+  if (m.input_audio && m.output_video) return "avatar";
+  if (m.input_audio) return "voice";
+  if (m.output_video) return "video";
+  return null;
+}
+
+// -- UI state ------------------------------------------------------------------------------------------
+function selectMode(mode) {
+  if (state.running && mode !== state.mode) stop("switched tab");
+  state.mode = mode;
+  for (const tab of document.querySelectorAll("#tabs button")) tab.setAttribute("aria-selected", String(tab.dataset.mode === mode));
+  $("mode-help").textContent = MODES[mode].help;
+  for (const row of document.querySelectorAll("[data-for]")) row.hidden = row.dataset.for !== mode;
+  const select = $("model");
+  select.innerHTML = "";
+  for (const m of modelsFor(mode)) {
+    const opt = new Option(`${m.name}${m.status === "loaded" ? "" : ` (${m.status === "available" ? "not loaded" : "unavailable"})`}`, m.name);
+    opt.disabled = m.status !== "loaded";
+    opt.title = m.description || "";
+    select.add(opt);
+  }
+  const firstLoaded = modelsFor(mode).find((m) => m.status === "loaded");
+  if (firstLoaded) select.value = firstLoaded.name;
+  else select.selectedIndex = 0; // show the unavailable model's name rather than an empty box
+  renderModel();
+}
+
+function currentModel() {
+  const info = state.models[$("model").value];
+  return info && info.status === "loaded" ? info.name : null;
+}
+
+function renderModel() {
+  const name = currentModel();
+  const info = name ? state.models[name] : null;
+  $("start").disabled = !info || state.running;
+  $("text").disabled = !info;
+  $("prompt").disabled = !info;
+  if (!info) {
+    const names = MODES[state.mode].models.join(", ");
+    $("model-note").textContent = `This mode is unavailable: no model for it is loaded on this server (${names} not implemented yet).`;
+  } else {
+    $("model-note").textContent = info.description || "";
+  }
+  const voice = $("voice");
+  voice.innerHTML = "";
+  const voices = name === "pitch" ? PITCH_VOICES : (info && info.voices ? info.voices.map((v) => [v, v]) : [["default", ""]]);
+  for (const [label, value] of voices) voice.add(new Option(label, value));
+  setRunning(state.running);
+}
+
+function setRunning(running) {
+  state.running = running;
+  const loaded = Boolean(currentModel());
+  $("start").disabled = running || !loaded;
+  $("stop").disabled = !running;
+  $("say").disabled = !running;
+  $("switch").disabled = !running;
+  $("transport").disabled = running;
+  $("stat-state").textContent = running ? `streaming (${$("transport").value})` : "idle";
+}
+
+function showMessage(text, isError = false) {
+  const box = $("message");
+  box.hidden = !text;
+  box.textContent = text || "";
+  box.classList.toggle("error", isError);
+  if (isError && text) state.errors.push(text);
+}
+
+function logLine(text) {
+  state.log.push(text);
+  const li = document.createElement("li");
+  li.textContent = text;
+  $("log").prepend(li);
+  while ($("log").children.length > 30) $("log").lastChild.remove();
+}
+
+// -- sessions ------------------------------------------------------------------------------------------
+function paramsFor(model) {
+  if (model === "pitch") return { semitones: Number($("voice").value) };
+  if (model === "vc" && $("voice").value) return { voice: $("voice").value };
+  return {};
+}
+
+async function start() {
+  clearTimeout(state.retryTimer);
+  await teardown();
+  const model = currentModel();
+  if (!model) return;
+  const info = state.models[model];
+  const transport = $("transport").value;
+  showMessage(`Connecting over ${transport === "ws" ? "WebSocket" : "WebRTC"}…`);
+  $("reconnect").hidden = true;
+  setRunning(true);
+  try {
+    state.graph = await AudioGraph.create();
+    state.graph.onLevel = (level) => { $("audio-meter").firstChild.style.width = `${Math.min(100, level * 150)}%`; };
+    state.mic = info.input_audio ? await openMic(state.graph, state.synthetic) : null;
+    const options = {
+      model, params: paramsFor(model), mic: state.mic, graph: state.graph,
+      wantsAudio: Boolean(info.output_audio), wantsVideo: Boolean(info.output_video),
+      iceServers: state.iceServers, videoEl: $("remote-video"), audioEl: $("remote-audio"), canvas: $("ws-canvas"),
+    };
+    const conn = (state.conn = transport === "ws" ? new WsConnection(options) : new RtcConnection(options));
+    conn.addEventListener("message", (e) => onMessage(e.detail));
+    conn.addEventListener("closed", (e) => onLost(e.detail.reason));
+    await conn.start();
+    state.retries = 0;
+    showMessage(`Streaming with ${model} over ${transport === "ws" ? "WebSocket" : "WebRTC"}.`);
+    state.statsTimer = setInterval(pollStats, 1000);
+  } catch (e) {
+    await teardown();
+    setRunning(false);
+    if (e.code === "capacity") showMessage(`The server is at capacity, try again in a moment. (${e.message})`, true);
+    else if (e.code === "mic_denied") showMessage(e.message, true);
+    else showMessage(`Could not start: ${e.message}`, true);
+  }
+}
+
+function onMessage(m) {
+  state.last[m.type] = m;
+  if (m.type === "pong") $("stat-rtt").textContent = `${(performance.now() - m.t).toFixed(0)} ms`;
+  else if (m.type === "stats") {
+    $("stat-late").textContent = `${m.late_chunks} of ${m.chunks_out}`;
+    $("stat-underruns").textContent = String((m.audio_underruns || 0) + (m.video_underruns || 0));
+  } else if (m.type === "ready") {
+    logLine(`ready: session ${m.session} (${m.model})`);
+    if ((m.events || []).includes("prompt") && $("prompt").value.trim()) switchPrompt();
+  } else if (m.type === "error") {
+    logLine(`error ${m.code}: ${m.message}`);
+    showMessage(`Server: ${m.message}`, true);
+    if (m.fatal) { state.expectClose = true; }
+  } else if (m.type === "stopped") {
+    logLine(`stopped: ${m.reason}`);
+    stop(m.reason, false);
+  } else {
+    logLine(`${m.type}: ${JSON.stringify(m).slice(0, 120)}`);
+  }
+}
+
+function onLost(reason) {
+  const wasRunning = state.running;
+  const expected = state.expectClose; // a fatal error or a stop came first: no reconnect
+  teardown().then(() => {
+    setRunning(false);
+    if (!wasRunning || expected) return;
+    if (state.retries >= MAX_RETRIES) {
+      showMessage(`Connection lost (${reason}). Press “Reconnect now” to try again.`, true);
+      $("reconnect").hidden = false;
+      return;
+    }
+    const delay = 1000 * 2 ** state.retries++;
+    showMessage(`Connection lost (${reason}). Reconnecting in ${delay / 1000} s…`, true);
+    $("reconnect").hidden = false;
+    state.retryTimer = setTimeout(start, delay);
+  });
+}
+
+async function pollStats() {
+  const conn = state.conn;
+  if (!conn) return;
+  send({ type: "ping", t: performance.now() });
+  const s = await conn.stats();
+  state.last.client_stats = s;
+  $("stat-fps").textContent = s.fps == null ? "–" : `${s.fps.toFixed(1)} fps`;
+  $("stat-kbps").textContent = s.kbps == null ? "–" : `${s.kbps.toFixed(0)} kbps`;
+}
+
+function send(message) { if (state.conn) state.conn.send(message); }
+
+function say() {
+  const text = $("text").value.trim();
+  if (text) send({ type: "text", text });
+}
+
+function switchPrompt() {
+  const text = $("prompt").value.trim();
+  if (text && state.running) { send({ type: "prompt", text }); logLine(`prompt: ${text}`); }
+}
+
+async function stop(reason = "stopped", tellServer = true) {
+  clearTimeout(state.retryTimer);
+  if (tellServer) send({ type: "stop" });
+  state.expectClose = true;
+  await teardown();
+  setRunning(false);
+  showMessage(reason === "stopped" ? "" : `Stopped: ${reason}`);
+}
+
+async function teardown() {
+  clearInterval(state.statsTimer);
+  const { conn, mic, graph } = state;
+  state.conn = state.mic = state.graph = null;
+  if (conn) conn.close();
+  if (mic) mic.stop();
+  if (graph) await graph.close();
+  state.expectClose = false;
+}
+
+// -- hooks for tests and the latency bench ---------------------------------------------------------------
+window.causalcast = {
+  ready: null,
+  state: () => ({ mode: state.mode, running: state.running, model: currentModel(), transport: $("transport").value,
+    message: $("message").textContent, log: state.log, errors: state.errors, last: state.last }),
+  selectMode: (mode) => selectMode(mode),
+  setTransport: (t) => { $("transport").value = t; },
+  start: () => start(),
+  stop: () => stop(),
+  /** Use a marker train instead of the microphone on the next start (the latency bench). */
+  useMarkers: (count, periodS) => { state.synthetic = markerTrain(48000, count, periodS); },
+  /** Record `seconds` of the input and of what came back; resolves to base64 PCM16 at `rate`. */
+  record: async (seconds) => {
+    if (!state.graph) throw new Error("not running");
+    const r = await state.graph.record(seconds);
+    return { rate: r.rate, input: toBase64Pcm16(r.recorded[0]), output: toBase64Pcm16(r.recorded[1]) };
+  },
+  stats: async () => (state.conn ? state.conn.stats() : null),
+};
+window.causalcast.ready = init();

@@ -1,0 +1,93 @@
+// The page's WebAudio graph: microphone (or a synthetic source), a recording tap, output level.
+// Both transports feed it, so recording, the level meter and the latency bench work the same on each.
+
+export class AudioGraph {
+  static async create() {
+    const ctx = new AudioContext({ latencyHint: "interactive", sampleRate: 48000 });
+    await ctx.audioWorklet.addModule("/web/worklets.js");
+    if (ctx.state !== "running") await ctx.resume().catch(() => {});
+    return new AudioGraph(ctx);
+  }
+
+  constructor(ctx) {
+    this.ctx = ctx;
+    this.tap = new AudioWorkletNode(ctx, "tap", { numberOfInputs: 2, numberOfOutputs: 1, outputChannelCount: [1] });
+    const sink = ctx.createGain();
+    sink.gain.value = 0; // the tap must be pulled by the destination, but is not heard
+    this.tap.connect(sink).connect(ctx.destination);
+    this.onLevel = null;
+    this._pending = null;
+    this.tap.port.onmessage = (e) => {
+      if (e.data.level !== undefined && this.onLevel) this.onLevel(e.data.level);
+      if (e.data.recorded && this._pending) { this._pending(e.data); this._pending = null; }
+    };
+  }
+
+  /** Record the input (mic) and output (what came back) for `seconds`, sample-aligned. */
+  record(seconds) {
+    return new Promise((resolve) => {
+      this._pending = resolve;
+      this.tap.port.postMessage({ record: seconds });
+    });
+  }
+
+  connectInput(node) { node.connect(this.tap, 0, 0); }
+  connectOutput(node) { node.connect(this.tap, 0, 1); }
+
+  async close() { await this.ctx.close().catch(() => {}); }
+}
+
+/** Open the microphone, or play `synthetic` samples (Float32Array at the context rate) as one. */
+export async function openMic(graph, synthetic) {
+  const ctx = graph.ctx;
+  if (synthetic) {
+    const buffer = ctx.createBuffer(1, synthetic.length, ctx.sampleRate);
+    buffer.copyToChannel(synthetic, 0);
+    const source = ctx.createBufferSource();
+    source.buffer = buffer;
+    const dest = ctx.createMediaStreamDestination();
+    source.connect(dest);
+    graph.connectInput(source);
+    source.start();
+    return { stream: dest.stream, node: source, stop: () => source.stop() };
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+    });
+  } catch (e) {
+    const err = new Error(
+      e.name === "NotAllowedError" || e.name === "SecurityError"
+        ? "Microphone permission was denied. Allow the microphone for this site and press Start again."
+        : `No microphone available (${e.name}: ${e.message}).`);
+    err.code = "mic_denied";
+    throw err;
+  }
+  const node = ctx.createMediaStreamSource(stream);
+  graph.connectInput(node);
+  return { stream, node, stop: () => stream.getTracks().forEach((t) => t.stop()) };
+}
+
+/** Markers for the latency bench: a 4 ms 2 kHz burst every `periodS` after 0.5 s (as streaming/media/markers.py). */
+export function markerTrain(rate, count, periodS) {
+  const n = Math.round(rate * 0.004);
+  const out = new Float32Array(Math.round(rate * (0.5 + count * periodS + 0.5)));
+  for (let k = 0; k < count; k++) {
+    const start = Math.round(rate * (0.5 + k * periodS));
+    for (let i = 0; i < n; i++) {
+      const hann = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / (n - 1));
+      out[start + i] += 0.5 * hann * Math.sin((2 * Math.PI * 2000 * i) / rate);
+    }
+  }
+  return out;
+}
+
+export function toBase64Pcm16(samples) {
+  const pcm = new Int16Array(samples.length);
+  for (let i = 0; i < samples.length; i++) pcm[i] = Math.max(-1, Math.min(1, samples[i])) * 32767;
+  const bytes = new Uint8Array(pcm.buffer);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}

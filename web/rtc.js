@@ -1,0 +1,107 @@
+// WebRTC transport: one RTCPeerConnection per session, signalled by POST /offer (non-trickle ICE),
+// a "control" data channel speaking the same JSON messages as the WebSocket protocol.
+
+import { Connection } from "./connection.js";
+
+export class RtcConnection extends Connection {
+  constructor({ model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl }) {
+    super();
+    Object.assign(this, { model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl });
+    this.pc = null;
+    this.channel = null;
+    this.session = null;
+    this._lastStats = null;
+  }
+
+  async start() {
+    const pc = (this.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
+    this.channel = pc.createDataChannel("control");
+    this.channel.onmessage = (e) => this._emit("message", JSON.parse(e.data));
+    this.channel.onclose = () => this._lost("the control channel closed");
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "disconnected") {
+        this._lost(`the connection ${pc.connectionState}`);
+      }
+    };
+    pc.ontrack = (e) => this._onTrack(e);
+    if (this.mic) {
+      pc.addTransceiver(this.mic.stream.getAudioTracks()[0], {
+        direction: this.wantsAudio ? "sendrecv" : "sendonly", streams: [this.mic.stream] });
+    } else if (this.wantsAudio) {
+      pc.addTransceiver("audio", { direction: "recvonly" });
+    }
+    if (this.wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+    const response = await fetch("/offer", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", model: this.model, params: this.params }),
+    });
+    const body = await response.json().catch(() => ({ code: "http", message: response.statusText }));
+    if (!response.ok) {
+      this.close();
+      const err = new Error(body.message || `HTTP ${response.status}`);
+      err.code = body.code || "http";
+      throw err;
+    }
+    this.session = body.session;
+    await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+  }
+
+  _onTrack(e) {
+    const stream = e.streams[0] || new MediaStream([e.track]);
+    if (e.track.kind === "video") {
+      this.videoEl.srcObject = new MediaStream([e.track]);
+      this.videoEl.hidden = false;
+      this.videoEl.play().catch(() => {});
+    } else {
+      // Chrome only feeds a remote stream to WebAudio while a media element plays it too.
+      this.audioEl.srcObject = new MediaStream([e.track]);
+      this.audioEl.play().catch(() => {});
+      this.graph.connectOutput(this.graph.ctx.createMediaStreamSource(stream));
+    }
+  }
+
+  send(message) {
+    if (this.channel && this.channel.readyState === "open") this.channel.send(JSON.stringify(message));
+  }
+
+  async stats() {
+    if (!this.pc) return {};
+    const report = await this.pc.getStats();
+    let bytes = 0, fps = null, pair = null;
+    const candidates = {};
+    report.forEach((s) => {
+      if (s.type === "inbound-rtp") { bytes += s.bytesReceived || 0; if (s.kind === "video") fps = s.framesPerSecond ?? fps; }
+      if (s.type === "local-candidate" || s.type === "remote-candidate") candidates[s.id] = s;
+      if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
+    });
+    const now = performance.now();
+    let kbps = null;
+    if (this._lastStats) kbps = ((bytes - this._lastStats.bytes) * 8) / (now - this._lastStats.t);
+    this._lastStats = { bytes, t: now };
+    const selected = pair && {
+      local: (candidates[pair.localCandidateId] || {}).address,
+      remote: (candidates[pair.remoteCandidateId] || {}).address,
+    };
+    return { fps, kbps, selected };
+  }
+
+  close() {
+    this._closed = true;
+    if (this.channel) { this.channel.onclose = null; }
+    if (this.pc) { this.pc.onconnectionstatechange = null; this.pc.close(); }
+    if (this.videoEl) { this.videoEl.srcObject = null; }
+    if (this.audioEl) { this.audioEl.srcObject = null; }
+  }
+}
+
+function gatheringComplete(pc, timeoutMs = 5000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === "complete") { pc.removeEventListener("icegatheringstatechange", done); resolve(); } };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, timeoutMs); // send what was gathered so far
+  });
+}
