@@ -37,9 +37,9 @@ def load_utterances(root: str | Path, splits: tuple[str, ...], limit: int | None
         audio, rate = read_wav(str(Path(root) / row["wav"]))
         if rate != 16_000:
             raise ValueError(f"{row['wav']}: expected 16 kHz, got {rate}")
-        out.append(
-            Utterance(row["id"], row["split"], row["voice_id"], row["language"], row["text"], row["phonemes"].split(), audio)
-        )
+        out.append(Utterance(
+            row["id"], row["split"], row["voice_id"], row["language"], row["text"], row["phonemes"].split(), audio
+        ))
     return out
 
 

@@ -88,7 +88,8 @@ def sentence(rng: random.Random) -> str:
     elif r < 0.3:
         text = f"{_clause(rng)}, {rng.choice(CONJ)} {_clause(rng)}."
     elif r < 0.38:
-        text = f"{rng.choice(['did', 'can', 'will', 'should'])} {_np(rng)} {rng.choice(['help', 'see', 'find', 'call'])} {_np(rng)}?"
+        aux, verb = rng.choice(["did", "can", "will", "should"]), rng.choice(["help", "see", "find", "call"])
+        text = f"{aux} {_np(rng)} {verb} {_np(rng)}?"
     else:
         text = _clause(rng) + rng.choice([".", ".", ".", "!"])
     words = text.split()

@@ -64,7 +64,7 @@ def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: ran
     for _ in range(batch):
         audio = rng.choice(utts).audio
         padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(length, np.float32)])
-        start = rng.randrange(0, max(1, len(audio) + length // 2)) + delay  # index into padded
+        start = rng.randrange(0, max(1, len(audio) - length // 2)) + delay  # index into padded
         xs.append(padded[start : start + length])
         ys.append(padded[start - delay : start - delay + length])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
@@ -74,16 +74,25 @@ def train_vae(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     utts = load_utterances(args.data, ("train",), args.limit)
-    cfg = VAEConfig()
-    vae = WaveformVAE(cfg).to(args.device)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    extra = {}
+    if args.decoder_only:  # fine-tune the decoder on the frozen encoder (runs beside AR training)
+        vae = load_vae(out, args.device).train()
+        extra = {"silence": torch.load(out / "vae.pt")["silence"]}
+        params = [p for name, p in vae.named_parameters() if not name.startswith("enc")]
+    else:
+        vae = WaveformVAE(VAEConfig()).to(args.device)
+        params = list(vae.parameters())
+    cfg = vae.cfg
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    name = "vae_decoder.pt" if args.decoder_only else "vae.pt"
     rng = random.Random(args.seed)
     start = time.time()
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr)
-        x, y = (t.to(args.device) for t in vae_batch(utts, args.batch, 32, cfg.hop, vae.delay_samples, rng))
-        mean, logvar = vae.encode(x)
+        x, y = (t.to(args.device) for t in vae_batch(utts, args.batch, args.crop, cfg.hop, vae.delay_samples, rng))
+        with torch.set_grad_enabled(not args.decoder_only):
+            mean, logvar = vae.encode(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         pred = vae.decode(z)
         losses = reconstruction_loss(pred, y)
@@ -95,18 +104,18 @@ def train_vae(args) -> None:
         opt.step()
         minutes = (time.time() - start) / 60
         if step % 50 == 0 or step == args.steps - 1:
-            log(out / "vae_log.jsonl", step=step, min=minutes, stft=losses["stft"].item(), mel=losses["mel"].item(),
-                kl=kl.item())
-        if step % 500 == 0 or minutes > args.minutes:
-            torch.save({"cfg": cfg.__dict__, "state": vae.state_dict()}, out / "vae.pt")
+            log(out / f"{name[:-3]}_log.jsonl", step=step, min=minutes, stft=losses["stft"].item(),
+                mel=losses["mel"].item(), kl=kl.item())
+        if step % 200 == 0 or minutes > args.minutes:
+            torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
         if minutes > args.minutes:
             break
-    torch.save({"cfg": cfg.__dict__, "state": vae.state_dict()}, out / "vae.pt")
+    torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
 
 
-def load_vae(out: Path, device: str = "cpu") -> WaveformVAE:
+def load_vae(out: Path, device: str = "cpu", name: str = "vae.pt") -> WaveformVAE:
     """The VAE saved by the ``vae`` stage (with latent statistics once ``latents`` ran)."""
-    saved = torch.load(out / "vae.pt", map_location=device)
+    saved = torch.load(out / name, map_location=device)
     cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
     vae = WaveformVAE(cfg).to(device)
     vae.load_state_dict(saved["state"])
@@ -224,7 +233,7 @@ def export(args) -> None:
     cfg = TTSConfig.from_dict(saved["cfg"])
     model = TTSModel(cfg)
     model.load_state_dict(saved["state"])
-    vae = load_vae(out)
+    vae = load_vae(out, name="vae_decoder.pt" if (out / "vae_decoder.pt").exists() else "vae.pt")
     silence = torch.load(out / "vae.pt")["silence"]
     data = torch.load(out / "latents.pt")
     table = voices(args.data)
@@ -233,9 +242,8 @@ def export(args) -> None:
         rows = [data["stats"][i] for i, vid in enumerate(data["voice_ids"]) if vid == v]
         voice_stats[v] = torch.stack(rows).mean(0)
     voice_info = {v: {"language": table[v]["language"], "espeak_voice": table[v]["espeak_voice"]} for v in voice_stats}
-    size = save_checkpoint(
-        args.checkpoint, model, vae, silence, PhonemeVocab(phoneme_inventory(args.data)).symbols, voice_stats, voice_info
-    )
+    symbols = PhonemeVocab(phoneme_inventory(args.data)).symbols
+    size = save_checkpoint(args.checkpoint, model, vae, silence, symbols, voice_stats, voice_info)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size}))
 
 
@@ -249,6 +257,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-3)
+    ap.add_argument("--decoder-only", action="store_true", help="vae: fine-tune the decoder, encoder frozen")
+    ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)
     ap.add_argument("--limit", type=int, default=None, help="use only the first N utterances (smoke tests)")

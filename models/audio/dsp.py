@@ -74,7 +74,9 @@ def trim_silence(x: np.ndarray, rate_hz: int, threshold_db: float = -40.0, margi
 
 
 @lru_cache(maxsize=8)
-def mel_filterbank(rate_hz: int, n_fft: int, num_mels: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
+def mel_filterbank(
+    rate_hz: int, n_fft: int, num_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> torch.Tensor:
     """(num_mels, n_fft // 2 + 1) triangular filters on the HTK mel scale."""
     fmax = fmax or rate_hz / 2
 

@@ -45,7 +45,9 @@ def save_checkpoint(
     tensors |= {f"vae.{k}": v for k, v in vae.state_dict().items()}
     tensors["vae.silence"] = silence
     tensors |= {f"voices.{k}": v for k, v in voice_stats.items()}
-    tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous() for k, v in tensors.items()}
+    tensors = {
+        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous() for k, v in tensors.items()
+    }
     # latent statistics stay float32: they scale every latent
     for key in ("vae.latent_mean", "vae.latent_std"):
         tensors[key] = vae.state_dict()[key.removeprefix("vae.")].float().contiguous()
