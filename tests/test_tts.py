@@ -13,9 +13,11 @@ from models.base import ControlEvent, StepInput
 from models.speech_text import TextSegmenter, normalize_text, phonemize
 from models.tts.generator import TTSGenerator
 from streaming.errors import ParamError
-from tests.tts_helpers import make_tiny_checkpoint, offline_reference, run_session, tiny_config
+from tests.tts_helpers import make_tiny_checkpoint, offline_reference, requires_espeak, run_session, tiny_config
 
 TEXT = "Hello there, how are you today? The old farmer quietly painted a tiny wooden boat."
+
+pytestmark = requires_espeak
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from models.audio.vae import VAEConfig, WaveformVAE
@@ -10,6 +11,17 @@ from models.speech_text import phonemize
 from models.tts.checkpoint import save_checkpoint
 from models.tts.generator import TTSGenerator
 from models.tts.model import TTSConfig, TTSModel
+
+
+def _espeak_available() -> bool:
+    try:
+        phonemize("ok")
+    except RuntimeError:
+        return False
+    return True
+
+
+requires_espeak = pytest.mark.skipif(not _espeak_available(), reason="espeak-ng is not installed (make install)")
 
 PHONEMES = ["<pad>", "<unk>", "|", ",", ".", "?", "!", "'", "%", "@", "a", "aI", "d", "E", "h", "I", "i:", "k", "l",
             "n", "oU", "r", "s", "t", "u:", "w", "z", "3:", "D", "m", "eI", "V", "O:", "A:", "f", "b", "p", "v"]
