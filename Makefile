@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 LINTED  = $(wildcard streaming models tests bench scripts)
 
-.PHONY: serve test lint bench install clean browser
+.PHONY: serve test lint bench bench-tts speech-data train-tts install clean browser
 
 # Browser tests drive Debian's chromium + chromium-driver. Installed here when missing and when we can
 # (root, or passwordless sudo); otherwise those tests skip with the reason.
@@ -27,6 +27,9 @@ $(VENV)/bin/python:
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): $(VENV)/bin/python pyproject.toml
+	@# espeak-ng: the speech families' phonemizer (library) and corpus synthesizer (command). Needs root;
+	@# without it the speech tests skip with a reason and `pip install espeakng-loader` still phonemizes.
+	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1)); } || echo "note: espeak-ng not installed (not root?): speech tests will skip"
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
@@ -45,6 +48,20 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/runtime_load.py
+
+bench-tts: $(STAMP)
+	$(PY) bench/tts.py --threads 1
+
+# The speech corpus (data/speech, ~4 h, git-ignored) and the default TTS training run (see the scripts' docstrings).
+speech-data: $(STAMP)
+	$(PY) scripts/make_speech_data.py --out data/speech
+
+train-tts: $(STAMP)
+	$(PY) scripts/train_tts.py vae --out runs/tts --batch 8 --crop 24 --minutes 26
+	$(PY) scripts/train_tts.py latents --out runs/tts
+	$(PY) scripts/train_tts.py ar --out runs/tts --threads 1 --minutes 40 & \
+	$(PY) scripts/train_tts.py vae --decoder-only --out runs/tts --threads 1 --batch 8 --crop 24 --minutes 40; wait
+	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

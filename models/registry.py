@@ -27,7 +27,9 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "pitch": ModelEntry("models.diagnostic.pitch", "PitchShifter", "diagnostic: causal pitch shifter (mic -> audio)"),
     "testcard": ModelEntry("models.diagnostic.testcard", "Testcard", "diagnostic: test pattern video with a beep"),
-    "tts": ModelEntry(None, "", "streaming text-to-speech (after CLEAR)"),
+    "tts": ModelEntry(
+        "models.tts.generator", "TTSGenerator", "streaming text-to-speech (after CLEAR): text -> 16 kHz speech"
+    ),
     "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
     "avatar": ModelEntry(None, "", "interactive talking-head avatar (after ARIG)"),
     "video": ModelEntry(None, "", "long interactive text-to-video (after LongLive)"),

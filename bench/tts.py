@@ -1,0 +1,232 @@
+"""Benchmark the TTS family; prints JSON lines.
+
+CPU (default model, shipped checkpoint):
+
+    python bench/tts.py --threads 1 --sessions 1,2,4,8 --num-eval 40
+
+- ``latency``: first-audio latency (text event in -> first PCM chunk out, phonemizing included) and RTF of
+  whole utterances for one session on ``--threads`` threads;
+- ``concurrency``: N sessions stepped together: compute per chunk / chunk duration (< 1 = real time);
+- ``quality``: held-out sentences (seen voices; unseen voices through their reference audio): WER by
+  pocketsphinx with a JSGF word loop over the evaluation vocabulary, for the espeak-ng reference, the
+  reference through our VAE (vocoded) and our TTS, with ratios; mel-cepstral distortion (DTW) to the
+  reference.
+
+GPU (``--device cuda --config paper``: CLEAR-Base sizes, random weights, bf16): per-step latency and
+first-chunk latency at batch 1/32/256/1024, eager vs CUDA graphs, VAE decode included. Written to run on
+a CUDA machine but untested here (no GPU in the session that wrote it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.audio.dsp import mel_cepstral_distortion, read_wav  # noqa: E402
+from models.base import ControlEvent, StepInput  # noqa: E402
+from models.tts.generator import TTSGenerator  # noqa: E402
+
+
+def emit(**fields) -> None:
+    """One JSON line."""
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
+
+
+def speak(gen: TTSGenerator, text: str, params: dict, max_steps: int = 2000) -> tuple[np.ndarray, float, float]:
+    """Synthesize one text alone: (audio, seconds to the first chunk, total compute seconds)."""
+    state = gen.open_session(gen.validate_params(params))
+    start = time.perf_counter()
+    gen.handle_event(state, ControlEvent("text", {"text": text, "final": True}))
+    chunks, first = [], None
+    for _ in range(max_steps):
+        out = gen.step([state], [StepInput()], 1)[0]
+        if out.idle:
+            break
+        if first is None:
+            first = time.perf_counter() - start
+        chunks.append(out.audio)
+    total = time.perf_counter() - start
+    gen.close_session(state)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), first or total, total
+
+
+def bench_latency(gen: TTSGenerator, texts: list[str], args) -> None:
+    speak(gen, texts[0], {"seed": 0})  # warm-up
+    firsts, rtfs = [], []
+    for i, text in enumerate(texts[: args.num_latency]):
+        audio, first, total = speak(gen, text, {"seed": i})
+        firsts.append(first * 1000)
+        rtfs.append(total / max(1e-6, len(audio) / 16_000))
+    emit(bench="tts.latency", backend=gen.backend.name, threads=args.threads, utterances=len(firsts),
+         first_audio_ms_p50=statistics.median(firsts), first_audio_ms_max=max(firsts),
+         rtf_mean=statistics.mean(rtfs), rtf_max=max(rtfs), chunk_ms=gen.spec.chunk_ms,
+         flow_steps=gen.cfg.flow_steps, cfg_scale=gen.cfg.cfg_scale)
+
+
+def bench_concurrency(gen: TTSGenerator, texts: list[str], args) -> None:
+    for n in [int(x) for x in args.sessions.split(",")]:
+        states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(n)]
+        for i, s in enumerate(states):  # long enough that nobody finishes during the measurement
+            gen.handle_event(s, ControlEvent("text", {"text": " ".join(texts[i % len(texts):][:4]), "final": True}))
+        times = []
+        for _ in range(args.concurrency_steps):
+            t = time.perf_counter()
+            gen.step(states, [StepInput()] * n, n)
+            times.append(time.perf_counter() - t)
+        for s in states:
+            gen.close_session(s)
+        per_chunk = statistics.median(times[2:])
+        emit(bench="tts.concurrency", backend=gen.backend.name, threads=args.threads, sessions=n,
+             step_ms_p50=per_chunk * 1000, step_ms_p99=float(np.percentile(times[2:], 99)) * 1000,
+             load=per_chunk / gen.spec.chunk_s, real_time=per_chunk < gen.spec.chunk_s)
+
+
+def bench_quality(gen: TTSGenerator, args) -> None:
+    from models.audio.recognizer import VocabularyRecognizer, words_of
+    from scripts.speech_corpus import load_manifest
+
+    root = Path(args.data)
+    rows = load_manifest(root)
+    refs_by_voice: dict[str, str] = {}
+    for r in rows:
+        if r["split"] == "ref_unseen_voice":
+            refs_by_voice.setdefault(r["voice_id"], r["wav"])
+    for split in ("test_seen_voice", "test_unseen_voice"):
+        test = [r for r in rows if r["split"] == split][: args.num_eval]
+        recognizer = VocabularyRecognizer({w for r in test for w in words_of(r["text"])})
+        ref_pairs, voc_pairs, our_pairs, mcds = [], [], [], []
+        for i, r in enumerate(test):
+            ref, _ = read_wav(str(root / r["wav"]))
+            if split == "test_seen_voice":
+                params = {"voice": r["voice_id"], "seed": i}
+            else:
+                import base64
+
+                ref_bytes = (root / refs_by_voice[r["voice_id"]]).read_bytes()
+                params = {"reference_audio": base64.b64encode(ref_bytes).decode(), "language": r["language"], "seed": i}
+            ours, _, _ = speak(gen, r["text"], params)
+            ref_pairs.append((r["text"], ref))
+            voc_pairs.append((r["text"], vocode(gen, ref)))
+            our_pairs.append((r["text"], ours))
+            mcds.append(mel_cepstral_distortion(ref, ours))
+        wer_ref, wer_voc, wer_ours = (recognizer.wer(p) for p in (ref_pairs, voc_pairs, our_pairs))
+        emit(bench="tts.quality", split=split, utterances=len(test), vocabulary=len(recognizer.vocabulary),
+             wer_reference=wer_ref, wer_vocoded=wer_voc, wer_ours=wer_ours,
+             wer_ratio_ours_to_reference=wer_ours / max(1e-6, wer_ref), mcd_db=statistics.mean(mcds),
+             duration_ratio=sum(len(a) for _, a in our_pairs) / sum(len(a) for _, a in ref_pairs))
+
+
+@torch.inference_mode()
+def vocode(gen: TTSGenerator, audio: np.ndarray) -> np.ndarray:
+    """The reference through our VAE (encode, then the causal decoder), delay removed."""
+    hop = gen.cfg.vae.hop
+    n = -(-len(audio) // hop) + 1
+    x = torch.from_numpy(np.pad(audio, (0, n * hop - len(audio))))[None]
+    y = gen.vae.decode(gen.vae.encode(x)[0])[0].numpy()
+    return y[gen.vae.delay_samples : gen.vae.delay_samples + len(audio)]
+
+
+def bench_gpu(args) -> None:
+    """Paper-size model on CUDA: per-step and first-chunk latency, eager vs CUDA graphs (untested here)."""
+    gen = TTSGenerator(device="cuda", config="paper", max_sessions=1, chunk_latents=4)
+    gen.model.to(torch.bfloat16)
+    for batch in (1, 32, 256, 1024):
+        for mode in ("eager", "graph"):
+            step_ms, chunk_ms = _gpu_batch(gen, batch, mode == "graph")
+            emit(bench="tts.gpu", config="paper", batch=batch, mode=mode, step_ms=step_ms, first_chunk_ms=chunk_ms,
+                 realtime_streams=int(batch * gen.spec.chunk_ms / chunk_ms), tested_on_gpu=False)
+
+
+def _gpu_batch(gen: TTSGenerator, batch: int, graphs: bool) -> tuple[float, float]:
+    """(ms per latent: AR step + flow head, ms per 4-latent chunk incl. VAE decode) at a segment 128 tokens in."""
+    model, vae, cfg = gen.model, gen.vae, gen.cfg
+    heads, head_dim, ctx = cfg.num_heads, cfg.dim // cfg.num_heads, 128
+    x = torch.randn(batch, 1, cfg.dim, device="cuda", dtype=torch.bfloat16)
+    positions = torch.full((batch, 1), ctx, device="cuda")
+    k = torch.randn(cfg.num_layers, batch, ctx, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    mask = torch.ones(batch, 1, 1, ctx + 1, dtype=torch.bool, device="cuda")
+    noise = torch.randn(batch, cfg.latent_dim, device="cuda", dtype=torch.bfloat16)
+    z = torch.randn(batch, cfg.latent_dim, vae.context_latents + 4, device="cuda")
+
+    def latent_step():
+        h, _, _ = model.step_core(x, positions, k, k, mask)
+        return model.sample_next(h[:, -1], noise)
+
+    def chunk():
+        for _ in range(4):
+            latent_step()
+        return vae.decode_chunk(z, 4)
+
+    run_step, run_chunk = (_graphed(latent_step), _graphed(chunk)) if graphs else (latent_step, chunk)
+    return _time_cuda(run_step), _time_cuda(run_chunk)
+
+
+def _graphed(fn):
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        fn()
+    return graph.replay
+
+
+def _time_cuda(fn, reps: int = 20) -> float:
+    with torch.inference_mode():
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / reps * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", default="default")
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sessions", default="1,2,4,8")
+    ap.add_argument("--concurrency-steps", type=int, default=20)
+    ap.add_argument("--num-latency", type=int, default=10)
+    ap.add_argument("--num-eval", type=int, default=40)
+    ap.add_argument("--data", default="data/speech")
+    ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        bench_gpu(args)
+        return
+    gen = TTSGenerator(checkpoint=args.checkpoint, backend=args.backend, num_threads=args.threads)
+    texts = [
+        "The old farmer quietly painted a tiny wooden boat.", "Why did Anna wait near the river?",
+        "Our neighbor bought twelve fresh lemons at the market this morning.", "Please call me back tomorrow.",
+        "A strong wind moved the heavy clouds across the city.", "Did the clever student find the hidden key?",
+    ]
+    skip = set(args.skip.split(","))
+    if "latency" not in skip:
+        bench_latency(gen, texts, args)
+    if "concurrency" not in skip:
+        bench_concurrency(gen, texts, args)
+    if "quality" not in skip:
+        bench_quality(gen, args)
+
+
+if __name__ == "__main__":
+    main()

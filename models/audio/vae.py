@@ -1,0 +1,223 @@
+"""Waveform VAE with non-parametric shortcut connections (after CLEAR / DC-AE), decoded chunk by chunk.
+
+The speech families' latent codec: 16 kHz audio <-> continuous latents at ``sample_rate / hop`` frames/s.
+
+- Encoder: a fixed STFT log-magnitude front end (frame hop = hop / prod(enc_down)), then strided 1-D
+  convolutions down to the latent rate. Every down block adds a *shortcut* that needs no weights:
+  space-to-channel (fold ``stride`` frames into channels) then average channel groups down to the block's
+  width, so the convolution learns a residual over a lossless re-arrangement. (CLEAR convolves the raw
+  waveform; on two CPU cores that encoder alone cost 4 s a training step, so the first x4 of
+  downsampling is the STFT here.) The encoder is non-causal: it only encodes training audio and
+  reference prompts, never a live stream.
+- Decoder: *causal* convolutions at the latent rate, up blocks with the mirror shortcut (duplicate channels,
+  channel-to-space), then a linear head to STFT frames (log-magnitude, phase) and overlap-add with a Hann
+  window. The output is the input delayed by ``n_fft - frame_hop`` samples, which makes it strictly causal:
+  the samples of latent k depend only on latents <= k. Streaming decode therefore equals offline decode
+  exactly when each chunk is decoded together with ``context_latents`` latents of left context
+  (:meth:`WaveformVAE.decode_chunk`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class VAEConfig:
+    """Sizes of the waveform VAE."""
+
+    sample_rate_hz: int = 16_000
+    latent_dim: int = 32  # channels of one latent frame
+    hop: int = 640  # samples per latent frame (640 -> 25 latents/s)
+    enc_down: tuple[int, ...] = (2, 2)  # encoder downsampling from the STFT frame rate to the latent rate
+    enc_channels: int = 256  # encoder width
+    dec_channels: int = 256  # decoder width at the latent rate
+    dec_up: tuple[int, ...] = (2, 2)  # decoder upsampling to the STFT frame rate (same product as enc_down)
+    dec_up_channels: tuple[int, ...] = (256, 128)  # width after each up block
+    dec_blocks: int = 2  # residual blocks at the latent rate (dilations 1, 2, ...); one after each up block
+    n_fft: int = 640  # STFT size of the encoder front end and of the output head (window length)
+    kernel: int = 3  # decoder kernel size (causal)
+
+    @property
+    def frame_hop(self) -> int:
+        """Samples per STFT frame of the decoder head."""
+        up = 1
+        for u in self.dec_up:
+            up *= u
+        return self.hop // up
+
+
+class CausalConv(nn.Conv1d):
+    """Conv1d padded on the left only: output t depends on inputs <= t."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """X (B, C, T) -> (B, C', T)."""
+        pad = (self.kernel_size[0] - 1) * self.dilation[0]
+        return super().forward(F.pad(x, (pad, 0)))
+
+
+class ResBlock(nn.Module):
+    """Two convolutions with a residual; causal or centred."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int, causal: bool) -> None:
+        super().__init__()
+        conv = CausalConv if causal else nn.Conv1d
+        pad = {} if causal else {"padding": dilation * (kernel - 1) // 2}
+        self.conv1 = conv(channels, channels, kernel, dilation=dilation, **pad)
+        self.conv2 = conv(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """X (B, C, T) -> same."""
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class DownBlock(nn.Module):
+    """Strided conv plus the space-to-channel averaging shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.cout = stride, cout
+        self.res = ResBlock(cin, 3, 1, causal=False)
+        self.conv = nn.Conv1d(cin, cout, 2 * stride, stride=stride)
+        if (cin * stride) % cout:
+            raise ValueError(f"shortcut needs cin * stride ({cin * stride}) divisible by cout ({cout})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, T) -> (B, cout, T / stride)."""
+        b, c, t = x.shape
+        x = self.res(x)
+        folded = x.view(b, c, t // self.stride, self.stride).transpose(2, 3).reshape(b, c * self.stride, -1)
+        shortcut = folded.view(b, self.cout, -1, t // self.stride).mean(2)  # average channel groups
+        return self.conv(F.pad(F.silu(x), (self.stride // 2, self.stride - self.stride // 2))) + shortcut
+
+
+class UpBlock(nn.Module):
+    """Causal conv to ``cout * factor`` channels, channel-to-space, plus the duplicating shortcut."""
+
+    def __init__(self, cin: int, cout: int, factor: int, kernel: int) -> None:
+        super().__init__()
+        self.factor, self.cout = factor, cout
+        self.conv = CausalConv(cin, cout * factor, kernel)
+        if (cout * factor) % cin:
+            raise ValueError(f"shortcut needs cout * factor ({cout * factor}) divisible by cin ({cin})")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, cin, T) -> (B, cout, T * factor)."""
+        b, c, t = x.shape
+        dup = x.repeat_interleave(self.cout * self.factor // c, dim=1)  # (B, cout * factor, T)
+        y = self.conv(F.silu(x)) + dup
+        return y.view(b, self.cout, self.factor, t).transpose(2, 3).reshape(b, self.cout, t * self.factor)
+
+
+class WaveformVAE(nn.Module):
+    """Encode 16 kHz audio to latents (B, latent_dim, T / hop) and decode them back, causally."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        ch = cfg.enc_channels
+        self.enc_in = nn.Conv1d(cfg.n_fft // 2 + 1, ch, 3, padding=1)
+        self.enc = nn.Sequential(*(DownBlock(ch, ch, s) for s in cfg.enc_down), ResBlock(ch, 3, 1, causal=False))
+        self.enc_out = nn.Conv1d(ch, 2 * cfg.latent_dim, 3, padding=1)
+        k = cfg.kernel
+        self.dec_in = CausalConv(cfg.latent_dim, cfg.dec_channels, k)
+        stages = [nn.Sequential(*(ResBlock(cfg.dec_channels, k, 2**i, True) for i in range(cfg.dec_blocks)))]
+        widths = (cfg.dec_channels, *cfg.dec_up_channels)
+        for i, factor in enumerate(cfg.dec_up):
+            stages.append(UpBlock(widths[i], widths[i + 1], factor, k))
+            stages.append(ResBlock(widths[i + 1], k, 1, True))
+        self.dec = nn.Sequential(*stages)
+        self.head = nn.Conv1d(widths[-1], 2 * (cfg.n_fft // 2 + 1), 1)
+        self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        # Normalisation of latents for the generators (set from data after training; identity until then).
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
+
+    @property
+    def delay_samples(self) -> int:
+        """Decoded audio lags the encoded audio by this many samples (causal overlap-add)."""
+        return self.cfg.n_fft - self.cfg.frame_hop
+
+    @property
+    def context_latents(self) -> int:
+        """Left context a chunk needs so chunked decoding equals offline decoding (the receptive field)."""
+        k = self.cfg.kernel - 1
+        field = k * (1 + 2**self.cfg.dec_blocks - 1)  # dec_in + dilated blocks, in latents
+        up = 1
+        for factor in self.cfg.dec_up:
+            field += k / up + k / (up * factor)  # the up conv at its input rate + one block after it
+            up *= factor
+        overlap = (self.cfg.n_fft // self.cfg.frame_hop - 1) / up  # earlier frames overlapping a chunk
+        return int(field + overlap) + 1
+
+    # -- encoder -------------------------------------------------------------------------------------
+    def encode(self, wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Waveform (B, T) with T a multiple of hop -> (mean, logvar), each (B, latent_dim, T / hop)."""
+        hop = self.cfg.frame_hop
+        spec = torch.stft(wav, self.cfg.n_fft, hop, window=self.window, center=True, return_complex=True)
+        feats = spec.abs()[..., : wav.shape[-1] // hop].clamp_min(1e-5).log()  # (B, F, T / frame_hop)
+        x = self.enc(self.enc_in(feats))
+        mean, logvar = self.enc_out(F.silu(x)).chunk(2, dim=1)
+        return mean, logvar.clamp(-12, 6)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> unit-scale latents the generators model."""
+        return (z - self.latent_mean[:, None]) / self.latent_std[:, None]
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        return z * self.latent_std[:, None] + self.latent_mean[:, None]
+
+    # -- decoder -------------------------------------------------------------------------------------
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, n_fft), causal in T."""
+        h = self.dec(self.dec_in(z))
+        log_mag, phase = self.head(F.silu(h)).float().chunk(2, dim=1)  # (B, F, frames) each
+        spec = torch.polar(log_mag.clamp(max=8.0).exp(), phase)
+        return torch.fft.irfft(spec.transpose(1, 2), n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
+
+    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, N, n_fft) frames at frame_hop -> (B, N * frame_hop) samples, the last n_fft - hop dropped."""
+        b, n, size = frames.shape
+        hop = self.cfg.frame_hop
+        out = F.fold(
+            frames.transpose(1, 2), output_size=(1, (n - 1) * hop + size), kernel_size=(1, size), stride=(1, hop)
+        )  # (B, 1, 1, L)
+        gain = (self.window**2).sum() / hop  # constant overlap-add gain of a Hann^2 at this hop
+        return out.view(b, -1)[:, : n * hop] / gain
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> audio (B, T * hop), delayed by :attr:`delay_samples`."""
+        return self.overlap_add(self.frames(z))
+
+    def decode_chunk(self, z_context: torch.Tensor, num_new: int) -> torch.Tensor:
+        """Audio of the last ``num_new`` latents of ``z_context`` (B, D, context + num_new), (B, num_new * hop).
+
+        Equal to the same samples of :meth:`decode` over the whole stream when the context holds at least
+        :attr:`context_latents` latents (or starts at the stream's beginning).
+        """
+        return self.decode(z_context)[:, -num_new * self.cfg.hop :]
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Multi-resolution STFT (log-magnitude L1 + spectral convergence) and log-mel L1 between (B, T) signals."""
+    from models.audio.dsp import log_mel
+
+    out = {"stft": pred.new_zeros(()), "mel": pred.new_zeros(())}
+    for n_fft in (256, 512, 1024):
+        window = torch.hann_window(n_fft, device=pred.device)
+        p = torch.stft(pred, n_fft, n_fft // 4, window=window, return_complex=True).abs().clamp_min(1e-5)
+        t = torch.stft(target, n_fft, n_fft // 4, window=window, return_complex=True).abs().clamp_min(1e-5)
+        convergence = (t - p).norm() / t.norm().clamp_min(1e-3)  # over the batch: silent crops stay finite
+        out["stft"] = out["stft"] + (p.log() - t.log()).abs().mean() + convergence
+    out["mel"] = (log_mel(pred) - log_mel(target)).abs().mean()
+    return out
+
+
+def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL divergence to a standard normal, averaged over elements."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()

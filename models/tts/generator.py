@@ -1,0 +1,358 @@
+"""Model `tts`: serves the TTS model through the generator contract, many sessions batched per step.
+
+Design note of the step loop. A step produces ``chunk_latents`` latents (``chunk_ms`` of audio) for every
+session of the batch. For each latent slot: sessions that have a queued text segment and none running
+prefill it ([SPK ; phonemes ; BOS] into their KV-cache slot); every running session samples its next
+latent from the hidden state it holds (stop head + flow head, one batched call); those that continue feed
+the latent back through one batched AR step; those that stop free their cache for the next segment. A slot
+with no speech (between segments, after the end) gets the latent of silence, so the decoder's stream
+never breaks. The chunk's latents are then decoded by the causal VAE with a fixed left context.
+
+Per-session state is O(window): a KV-cache slot, the last ``context_latents`` latents, queued text.
+Randomness comes from a per-session generator drawn in a fixed order, so a session's audio depends on
+its seed and text only — not on the batch it shares, nor on how its text was split into messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from models.audio.dsp import read_wav, resample
+from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.cache import RingKVCache
+from models.speech_text import (
+    LANGUAGES,
+    MAX_TEXT_CHARS,
+    WORD_SEP,
+    PhonemeVocab,
+    TextSegmenter,
+    check_language,
+    normalize_text,
+    phonemize,
+)
+from models.tts.backends import make_backend
+from models.tts.checkpoint import Checkpoint, load_checkpoint
+from models.tts.model import TTSConfig, TTSModel, speaker_stats
+from streaming.errors import ParamError
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
+SAMPLE_RATE_HZ = 16_000
+MAX_REFERENCE_S = 30.0
+EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
+
+
+@dataclass
+class TTSState:
+    """One session."""
+
+    slot: int
+    language: str
+    speaker: torch.Tensor  # (2 * latent_dim,) reference-encoder input
+    rng: torch.Generator
+    segmenter: TextSegmenter
+    queue: deque[list[int]] = field(default_factory=deque)  # phoneme ids of segments not started yet
+    running: bool = False  # a segment is being generated
+    position: int = 0  # next cache position in the running segment
+    num_latents: int = 0  # latents produced in the running segment
+    max_latents: int = 0
+    hidden: torch.Tensor | None = None  # (C,) hidden state predicting the next latent
+    history: torch.Tensor | None = None  # (context_latents, D) decoder context, un-normalised
+    num_samples: int = 0  # audio samples produced so far
+
+
+class TTSGenerator(Generator):
+    """Model `tts`: text in (incrementally), 16 kHz speech out, paced by the output clock."""
+
+    name = "tts"
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        config: str = "default",
+        checkpoint: str | None = None,
+        backend: str = "torch",
+        chunk_latents: int = 2,
+        max_sessions: int = 64,
+        max_batch_size: int = 32,
+        flow_steps: int | None = None,
+        cfg_scale: float | None = None,
+        max_words: int = 10,
+        num_threads: int = 1,
+    ) -> None:
+        self.device = torch.device(device)
+        ckpt = self._load(config, checkpoint)
+        self.model, self.vae = ckpt.model.to(self.device), ckpt.vae.to(self.device)
+        cfg = self.model.cfg
+        if flow_steps is not None:
+            cfg.flow_steps = int(flow_steps)
+        if cfg_scale is not None:
+            cfg.cfg_scale = float(cfg_scale)
+        self.cfg: TTSConfig = cfg
+        self.vocab = PhonemeVocab(ckpt.phonemes)
+        self.voice_stats, self.voice_info = ckpt.voice_stats, ckpt.voice_info
+        self.silence_raw = ckpt.silence.to(self.device)  # (D,) un-normalised latent of silence
+        self.silence = self.vae.normalize(self.silence_raw[None, :, None])[0, :, 0]  # normalised
+        self.backend = make_backend(backend, self.model, num_threads)
+        self.chunk_latents = chunk_latents
+        self.max_words = max_words
+        self.max_batch_size = max_batch_size
+        hop = cfg.vae.hop
+        self.spec = StreamSpec(
+            chunk_ms=1000.0 * chunk_latents * hop / SAMPLE_RATE_HZ,
+            pacing=Pacing.CLOCK,
+            output_audio=AudioFormat(SAMPLE_RATE_HZ),
+            lookahead_ms=1000.0 * self.vae.delay_samples / SAMPLE_RATE_HZ,
+            event_types=EVENTS,
+        )
+        heads = cfg.num_heads
+        self.cache = RingKVCache(
+            num_layers=cfg.num_layers, num_slots=max_sessions, num_heads=heads, head_dim=cfg.dim // heads,
+            window=cfg.window, device=self.device,
+        )
+
+    def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
+        path = checkpoint or DEFAULT_CHECKPOINT
+        if config == "default":
+            if not os.path.exists(path):
+                raise ValueError(f"TTS checkpoint {path} not found (train it: scripts/train_tts.py)")
+            return load_checkpoint(path, str(self.device))
+        if config != "paper":
+            raise ValueError(f"unknown TTS config {config!r}; use 'default' or 'paper'")
+        # CLEAR-Base sizes with random weights (GPU benchmarks): vocabulary and voices from the default.
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        phonemes, voices = json.loads(meta["phonemes"]), json.loads(meta["voices"])
+        cfg = TTSConfig.paper(vocab_size=len(phonemes))
+        from models.audio.vae import WaveformVAE
+
+        torch.manual_seed(0)
+        model, vae = TTSModel(cfg).eval(), WaveformVAE(cfg.vae).eval()
+        stats = {v: torch.cat([torch.zeros(cfg.latent_dim), torch.ones(cfg.latent_dim)]) for v in voices}
+        return Checkpoint(model, vae, torch.zeros(cfg.latent_dim), phonemes, stats, voices)
+
+    # -- sessions ---------------------------------------------------------------------------------------
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a trained voice id), ``reference_audio`` (base64 WAV), ``language``, ``seed``, ``text``."""
+        unknown = set(params) - {"voice", "reference_audio", "language", "seed", "text"}
+        if unknown:
+            raise ParamError(f"model 'tts' does not know parameters {sorted(unknown)}")
+        out: dict[str, Any] = {"voice": self._voice(params.get("voice", self.default_voice))}
+        out["language"] = check_language(params.get("language", self.voice_info[out["voice"]]["language"]))
+        if "reference_audio" in params:
+            out["speaker"] = self.reference_speaker(params["reference_audio"])
+            out["language"] = params.get("language", LANGUAGES[0])
+        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ParamError(f"'seed' must be an integer, got {seed!r}")
+        out["seed"] = seed
+        text = params.get("text", "")
+        if not isinstance(text, str):
+            raise ParamError("'text' must be a string")
+        out["text"] = text
+        return out
+
+    @property
+    def default_voice(self) -> str:
+        """The first trained voice."""
+        return sorted(self.voice_stats)[0]
+
+    def _voice(self, voice: Any) -> str:
+        if voice not in self.voice_stats:
+            raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voice_stats)}")
+        return voice
+
+    @torch.inference_mode()
+    def reference_speaker(self, data: Any) -> torch.Tensor:
+        """Speaker vector of a base64 WAV (any rate, 0.5-30 s); raises :class:`ParamError` if unusable."""
+        if not isinstance(data, str):
+            raise ParamError("'reference_audio' must be a base64-encoded WAV file")
+        try:
+            audio, rate = read_wav(base64.b64decode(data, validate=True))
+        except (ValueError, binascii.Error) as e:
+            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
+        if not np.isfinite(audio).all() or not 0.5 <= len(audio) / rate <= MAX_REFERENCE_S:
+            raise ParamError(f"'reference_audio' must be 0.5-{MAX_REFERENCE_S:g} s of finite samples")
+        audio = resample(audio, rate, SAMPLE_RATE_HZ)
+        if float(np.abs(audio).max()) < 1e-3:
+            raise ParamError("'reference_audio' is silent")
+        audio = 0.7 * audio / float(np.abs(audio).max())  # the corpus's peak level
+        hop = self.cfg.vae.hop
+        audio = audio[: len(audio) // hop * hop]
+        mean, _ = self.vae.encode(torch.from_numpy(audio)[None].to(self.device))
+        return speaker_stats(self.vae.normalize(mean)[0].T)
+
+    def open_session(self, params: Mapping[str, Any]) -> TTSState:
+        """Allocate a cache slot; params come from :meth:`validate_params`."""
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(params["seed"])
+        speaker = params.get("speaker")
+        state = TTSState(
+            slot=self.cache.allocate(),
+            language=params["language"],
+            speaker=self.voice_stats[params["voice"]] if speaker is None else speaker,
+            rng=rng,
+            segmenter=TextSegmenter(self.max_words),
+            history=self.silence_raw.expand(self.vae.context_latents, -1).clone(),
+        )
+        if params.get("text"):
+            self._add_text(state, params["text"], final=True)
+        return state
+
+    def close_session(self, state: TTSState) -> None:
+        """Free the cache slot."""
+        self.cache.free(state.slot)
+
+    def handle_event(self, state: TTSState, event: ControlEvent) -> list[dict[str, Any]]:
+        """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio, language?}``."""
+        p = event.payload
+        if event.type == "text":
+            text = p.get("text")
+            if not isinstance(text, str):
+                raise ParamError("'text' event needs a string 'text'")
+            queued = self._add_text(state, text, final=bool(p.get("final", False)))
+            return [{"type": "text_queued", "segments": queued}]
+        if event.type == "flush":
+            return [{"type": "text_queued", "segments": self._queue(state, state.segmenter.flush())}]
+        if event.type == "interrupt":
+            state.segmenter.reset()
+            state.queue.clear()
+            self._end_segment(state)
+            return [{"type": "interrupted"}]
+        if event.type == "set_voice":
+            if "reference_audio" in p:
+                state.speaker = self.reference_speaker(p["reference_audio"])
+            else:
+                voice = self._voice(p.get("voice"))
+                state.speaker = self.voice_stats[voice]
+                state.language = self.voice_info[voice]["language"]
+            state.language = check_language(p.get("language", state.language))
+            return [{"type": "voice_set"}]  # applies from the next segment
+        return super().handle_event(state, event)
+
+    def _add_text(self, state: TTSState, text: str, final: bool) -> int:
+        if len(text) > MAX_TEXT_CHARS:
+            raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
+        segments = state.segmenter.push(text)
+        if final:
+            segments += state.segmenter.flush()
+        return self._queue(state, segments)
+
+    def _queue(self, state: TTSState, segments: list[str]) -> int:
+        """Phonemize segments and queue them (split to fit the per-segment phoneme limit)."""
+        count = 0
+        for segment in segments:
+            tokens = phonemize(normalize_text(segment), state.language)
+            for piece in _split_tokens(tokens, self.cfg.max_phonemes):
+                state.queue.append(self.vocab.encode(piece))
+                count += 1
+        return count
+
+    def warmup_events(self) -> list[ControlEvent]:
+        """A sentence to speak."""
+        return [ControlEvent("text", {"text": "Warming up the speech model.", "final": True})]
+
+    # -- stepping ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, states: Sequence[TTSState], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
+        """Produce one chunk of audio for every session (see module docstring)."""
+        idle = [not (s.running or s.queue) for s in states]
+        latents = self.silence.expand(len(states), self.chunk_latents, -1).clone()  # (B, K, D) normalised
+        for j in range(self.chunk_latents):
+            for s in states:
+                if not s.running and s.queue:
+                    self._start_segment(s)
+            running = [i for i, s in enumerate(states) if s.running]
+            if not running:
+                continue
+            hidden = torch.stack([states[i].hidden for i in running])  # (R, C)
+            noise = torch.stack([
+                torch.randn(self.cfg.latent_dim, generator=states[i].rng, device=self.device) for i in running
+            ])
+            stop, sampled = self.backend.sample(hidden, noise)
+            cont = []
+            for r, i in enumerate(running):
+                s = states[i]
+                if float(stop[r]) > 0.5 or s.num_latents >= s.max_latents:
+                    self._end_segment(s)
+                else:
+                    latents[i, j] = sampled[r]
+                    cont.append((r, i))
+            if cont:
+                self._advance([states[i] for _, i in cont], sampled[[r for r, _ in cont]])
+        audio = self._decode(states, latents)
+        return [StepOutput(idle=True) if idle[b] else StepOutput(audio=audio[b]) for b in range(len(states))]
+
+    def _start_segment(self, s: TTSState) -> None:
+        """Prefill [SPK ; phonemes ; BOS] of the next queued segment into the session's cache slot."""
+        ids = s.queue.popleft()
+        self.cache.clear([s.slot], keep_sink=False)
+        phonemes = torch.tensor([ids], device=self.device)
+        x = self.model.prefix(s.speaker[None], phonemes)  # (1, T, C)
+        h = self._ar_write([s], x, torch.arange(x.shape[1], device=self.device)[None])
+        s.hidden, s.position, s.num_latents = h[0, -1], x.shape[1], 0
+        s.max_latents, s.running = self.cfg.max_latents(len(ids)), True
+
+    def _advance(self, states: list[TTSState], latents: torch.Tensor) -> None:
+        """Feed each session's new latent (R, D) through one batched AR step."""
+        x = self.model.latent_in(latents)[:, None]  # (R, 1, C)
+        positions = torch.tensor([[s.position] for s in states], device=self.device)
+        h = self._ar_write(states, x, positions)
+        for r, s in enumerate(states):
+            s.hidden, s.position, s.num_latents = h[r, -1], s.position + 1, s.num_latents + 1
+
+    def _ar_write(self, states: list[TTSState], x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Run new tokens against the sessions' caches, then store their keys/values; returns hidden states."""
+        slots = [s.slot for s in states]
+        t = x.shape[1]
+        # A segment never wraps the ring (it fits the window; no sink), so entry n sits at index n: only
+        # the first max(position) entries can be visible.
+        used = int(positions.min()) if t > 1 else max(s.position for s in states)
+        cached = self.cache.mask(slots, positions)[..., :used]  # (B, 1, T, used): before the new entries exist
+        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril().expand(len(slots), 1, t, t)
+        mask = torch.cat([cached, causal], dim=-1)
+        k_cache, v_cache = self.cache.k[:, slots, :used], self.cache.v[:, slots, :used]  # (L, B, used, H, D)
+        h, new_k, new_v = self.backend.ar(x, positions, k_cache, v_cache, mask)
+        index = self.cache.reserve(slots, positions)
+        for layer in range(self.cfg.num_layers):
+            self.cache.write(layer, slots, index, new_k[layer], new_v[layer])
+        return h
+
+    def _end_segment(self, s: TTSState) -> None:
+        s.running, s.hidden = False, None
+        self.cache.clear([s.slot], keep_sink=False)
+
+    def _decode(self, states: Sequence[TTSState], latents: torch.Tensor) -> np.ndarray:
+        """Decode (B, K, D) normalised latents with each session's left context; returns (B, K * hop)."""
+        z = self.vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)  # (B, K, D)
+        context = torch.stack([s.history for s in states])  # (B, ctx, D)
+        full = torch.cat([context, z], dim=1)
+        audio = self.vae.decode_chunk(full.transpose(1, 2), self.chunk_latents)  # (B, K * hop)
+        ctx = self.vae.context_latents
+        for b, s in enumerate(states):
+            s.history = full[b, -ctx:].clone()
+            s.num_samples += audio.shape[1]
+        return audio.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+
+
+def _split_tokens(tokens: list[str], limit: int) -> list[list[str]]:
+    """Split a phoneme sequence longer than ``limit`` at word boundaries (or hard, inside a huge word)."""
+    out = []
+    while len(tokens) > limit:
+        cut = max((i for i in range(1, limit) if tokens[i] == WORD_SEP), default=limit)
+        out.append(tokens[:cut])
+        tokens = tokens[cut + 1 if cut < len(tokens) and tokens[cut] == WORD_SEP else cut :]
+    if tokens:
+        out.append(tokens)
+    return out

@@ -1,0 +1,276 @@
+"""Train the default TTS model on CPU: the waveform VAE first, then the AR transformer + flow head.
+
+Reproducible (seeded; one or two threads). Stages, each bounded by steps and wall-clock minutes:
+
+    python scripts/train_tts.py vae --data data/speech --out runs/tts --steps 3000 --minutes 20
+    python scripts/train_tts.py latents --data data/speech --out runs/tts
+    python scripts/train_tts.py ar  --data data/speech --out runs/tts --steps 4000 --minutes 35
+    python scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
+
+``vae`` writes runs/tts/vae.pt; ``latents`` encodes the training corpus with it (normalised latents, per
+utterance, plus per-voice reference embeddings); ``ar`` trains the AR transformer and flow head on those
+latents (guided-attention loss for alignment, noisy context against exposure bias); ``export`` writes the
+one safetensors checkpoint (VAE decoder + encoder, AR, head, voice table, phoneme vocabulary) the server
+loads. With a GPU, ``--device cuda`` runs the same stages faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speech_corpus import load_utterances  # noqa: E402
+
+from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, reconstruction_loss  # noqa: E402
+from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
+from models.speech_text import PhonemeVocab  # noqa: E402
+from models.tts.checkpoint import save_checkpoint  # noqa: E402
+from models.tts.model import TTSConfig, TTSModel, guided_attention_loss, speaker_stats  # noqa: E402
+
+
+def log(path: Path, **fields) -> None:
+    """Print and append one JSON line of training progress."""
+    line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in fields.items()})
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# -- stage 1: VAE --------------------------------------------------------------------------------------
+def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: random.Random):
+    """Random crops (B, L) and their delayed targets (the decoder's output lags by ``delay`` samples)."""
+    length = num_latents * hop
+    xs, ys = [], []
+    for _ in range(batch):
+        audio = rng.choice(utts).audio
+        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(length, np.float32)])
+        start = rng.randrange(0, max(1, len(audio) - length // 2)) + delay  # index into padded
+        xs.append(padded[start : start + length])
+        ys.append(padded[start - delay : start - delay + length])
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def train_vae(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    utts = load_utterances(args.data, ("train",), args.limit)
+    extra = {}
+    if args.decoder_only:  # fine-tune the decoder on the frozen encoder (runs beside AR training)
+        vae = load_vae(out, args.device).train()
+        extra = {"silence": torch.load(out / "vae.pt")["silence"]}
+        params = [p for name, p in vae.named_parameters() if not name.startswith("enc")]
+    else:
+        vae = WaveformVAE(VAEConfig()).to(args.device)
+        params = list(vae.parameters())
+    cfg = vae.cfg
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    name = "vae_decoder.pt" if args.decoder_only else "vae.pt"
+    rng = random.Random(args.seed)
+    start = time.time()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr)
+        x, y = (t.to(args.device) for t in vae_batch(utts, args.batch, args.crop, cfg.hop, vae.delay_samples, rng))
+        with torch.set_grad_enabled(not args.decoder_only):
+            mean, logvar = vae.encode(x)
+        z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
+        pred = vae.decode(z)
+        losses = reconstruction_loss(pred, y)
+        kl = kl_loss(mean, logvar)
+        loss = losses["stft"] + losses["mel"] + args.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        minutes = (time.time() - start) / 60
+        if step % 50 == 0 or step == args.steps - 1:
+            log(out / f"{name[:-3]}_log.jsonl", step=step, min=minutes, stft=losses["stft"].item(),
+                mel=losses["mel"].item(), kl=kl.item())
+        if step % 200 == 0 or minutes > args.minutes:
+            torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
+        if minutes > args.minutes:
+            break
+    torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
+
+
+def load_vae(out: Path, device: str = "cpu", name: str = "vae.pt") -> WaveformVAE:
+    """The VAE saved by the ``vae`` stage (with latent statistics once ``latents`` ran)."""
+    saved = torch.load(out / name, map_location=device)
+    cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
+    vae = WaveformVAE(cfg).to(device)
+    vae.load_state_dict(saved["state"])
+    return vae.eval()
+
+
+# -- stage 2: latents ------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_corpus(args) -> None:
+    out = Path(args.out)
+    vae = load_vae(out, args.device)
+    utts = load_utterances(args.data, ("train",), args.limit)
+    hop = vae.cfg.hop
+    raw = []
+    for u in utts:
+        n = max(1, len(u.audio) // hop)
+        audio = np.pad(u.audio, (0, max(0, n * hop - len(u.audio))))[: n * hop]
+        raw.append(vae.encode(torch.from_numpy(audio)[None].to(args.device))[0][0].T.cpu())  # (N, D)
+    allz = torch.cat(raw)
+    vae.latent_mean.copy_(allz.mean(0))
+    vae.latent_std.copy_(allz.std(0).clamp_min(1e-3))
+    silence = vae.encode(torch.zeros(1, 8 * hop, device=args.device))[0][0, :, 4].cpu()  # steady-state silence
+    saved = torch.load(out / "vae.pt")
+    saved["state"] = vae.state_dict()
+    saved["silence"] = silence
+    torch.save(saved, out / "vae.pt")
+    latents = [((z - vae.latent_mean.cpu()) / vae.latent_std.cpu()).half() for z in raw]
+    stats = [speaker_stats(z.float()) for z in latents]
+    torch.save({
+        "ids": [u.id for u in utts], "voice_ids": [u.voice_id for u in utts], "phonemes": [u.phonemes for u in utts],
+        "latents": latents, "stats": stats,
+    }, out / "latents.pt")
+    print(json.dumps({"utterances": len(utts), "frames": len(allz)}))
+
+
+# -- stage 3: AR transformer + flow head -----------------------------------------------------------------
+def ar_batch(data: dict, vocab: PhonemeVocab, by_voice: dict, batch: int, rng: random.Random):
+    """A padded batch: speaker stats of *another* utterance of the same voice, phoneme ids, latents."""
+    picks = [rng.randrange(len(data["ids"])) for _ in range(batch)]
+    ids = [vocab.encode(data["phonemes"][i]) for i in picks]
+    lats = [data["latents"][i].float() for i in picks]
+    spk = torch.stack([data["stats"][rng.choice(by_voice[data["voice_ids"][i]])] for i in picks])
+    num_ph = torch.tensor([len(x) for x in ids])
+    num_lat = torch.tensor([len(z) for z in lats])
+    ph = torch.zeros(batch, int(num_ph.max()), dtype=torch.long)
+    z = torch.zeros(batch, int(num_lat.max()), lats[0].shape[1])
+    for b in range(batch):
+        ph[b, : num_ph[b]] = torch.tensor(ids[b])
+        z[b, : num_lat[b]] = lats[b]
+    return spk, ph, num_ph, z, num_lat
+
+
+def train_ar(args) -> None:
+    out = Path(args.out)
+    data = torch.load(out / "latents.pt")
+    from speech_corpus import phoneme_inventory
+
+    vocab = PhonemeVocab(phoneme_inventory(args.data))
+    vae = load_vae(out)
+    cfg = TTSConfig(vocab_size=len(vocab), latent_dim=vae.cfg.latent_dim, vae=vae.cfg)
+    model = TTSModel(cfg).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    by_voice: dict[str, list[int]] = {}
+    for i, v in enumerate(data["voice_ids"]):
+        by_voice.setdefault(v, []).append(i)
+    rng = random.Random(args.seed)
+    start = time.time()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr)
+        spk, ph, num_ph, z, num_lat = (t.to(args.device) for t in ar_batch(data, vocab, by_voice, args.batch, rng))
+        b, n_max, d = z.shape
+        sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
+        h, attns = model(spk, ph, num_ph, z + sigma * torch.randn_like(z))
+        bos = 1 + ph.shape[1]
+        h_lat = h[:, bos : bos + n_max]  # (B, N, C): predicts latent i
+        valid = torch.arange(n_max, device=z.device)[None] < num_lat[:, None]  # (B, N)
+        cond, target = h_lat[valid], z[valid]  # (M, C), (M, D)
+        reps = args.head_repeats
+        cond, target = cond.repeat(reps, 1), target.repeat(reps, 1)
+        drop = torch.rand(len(cond), 1, device=z.device) < cfg.cond_drop
+        cond = torch.where(drop, model.head.null.expand_as(cond), cond)
+        t = sample_training_times(len(cond), z.device)
+        noise = torch.randn_like(target)
+        flow = flow_matching_loss(model.head(interpolate(target, noise, t), t, cond), target, noise)
+        stop_logits = model.stop(h[:, bos : bos + n_max + 1])[..., 0]  # (B, N + 1)
+        steps_idx = torch.arange(n_max + 1, device=z.device)[None]
+        stop_target = (steps_idx == num_lat[:, None]).float()
+        stop_valid = steps_idx <= num_lat[:, None]
+        stop = F.binary_cross_entropy_with_logits(
+            stop_logits[stop_valid], stop_target[stop_valid], pos_weight=torch.tensor(5.0, device=z.device)
+        )
+        guide = sum(guided_attention_loss(a, num_ph, num_lat, cfg.guide_sigma) for a in attns) / len(attns)
+        loss = flow + 0.5 * stop + args.guide_weight * guide
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        minutes = (time.time() - start) / 60
+        if step % 25 == 0 or step == args.steps - 1:
+            log(out / "ar_log.jsonl", step=step, min=minutes, flow=flow.item(), stop=stop.item(), guide=guide.item())
+        if (step % 250 == 0 and step) or minutes > args.minutes:
+            torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
+        if minutes > args.minutes:
+            break
+    torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
+
+
+# -- stage 4: export -------------------------------------------------------------------------------------
+def export(args) -> None:
+    out = Path(args.out)
+    from speech_corpus import phoneme_inventory, voices
+
+    saved = torch.load(out / "ar.pt")
+    cfg = TTSConfig.from_dict(saved["cfg"])
+    model = TTSModel(cfg)
+    model.load_state_dict(saved["state"])
+    vae = load_vae(out, name="vae_decoder.pt" if (out / "vae_decoder.pt").exists() else "vae.pt")
+    silence = torch.load(out / "vae.pt")["silence"]
+    data = torch.load(out / "latents.pt")
+    table = voices(args.data)
+    voice_stats: dict[str, torch.Tensor] = {}
+    for v in sorted(set(data["voice_ids"])):
+        rows = [data["stats"][i] for i, vid in enumerate(data["voice_ids"]) if vid == v]
+        voice_stats[v] = torch.stack(rows).mean(0)
+    voice_info = {v: {"language": table[v]["language"], "espeak_voice": table[v]["espeak_voice"]} for v in voice_stats}
+    symbols = PhonemeVocab(phoneme_inventory(args.data)).symbols
+    size = save_checkpoint(args.checkpoint, model, vae, silence, symbols, voice_stats, voice_info)
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["vae", "latents", "ar", "export"])
+    ap.add_argument("--data", default="data/speech")
+    ap.add_argument("--out", default="runs/tts")
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--kl-weight", type=float, default=1e-3)
+    ap.add_argument("--decoder-only", action="store_true", help="vae: fine-tune the decoder, encoder frozen")
+    ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
+    ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
+    ap.add_argument("--guide-weight", type=float, default=2.0)
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N utterances (smoke tests)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", default="checkpoints/tts_default.safetensors")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    {"vae": train_vae, "latents": encode_corpus, "ar": train_ar, "export": export}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
