@@ -97,15 +97,20 @@ class Client:
         input_sample_rate_hz: int | None = None,
         audio: str = "pcm16",
         video: str = "jpeg",
+        share: bool = False,
         timeout: float = 30.0,
     ) -> dict[str, Any]:
-        """Start a session and wait for `ready`; raises :class:`ServerError` on an `error` reply."""
+        """Start a session and wait for `ready`; raises :class:`ServerError` on an `error` reply.
+
+        ``share`` lets viewers `watch` the session's output (see :meth:`watch`).
+        """
         message: dict[str, Any] = {
             "type": "start",
             "protocol": PROTOCOL_VERSION,
             "model": model,
             "params": params or {},
             "output": {"audio": audio, "video": video},
+            "share": share,
         }
         if input_sample_rate_hz is not None:
             message["input"] = {"sample_rate_hz": input_sample_rate_hz, "codec": "pcm16"}
@@ -113,6 +118,15 @@ class Client:
         reply = await self.expect("ready", timeout=timeout)
         self.ready = reply
         self._seq = self._pts = 0
+        return reply
+
+    async def watch(
+        self, session_id: str, *, audio: str = "opus", video: str = "jpeg", timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Watch a shared session's output; returns the `watching` message (its `streams` like `ready`'s)."""
+        await self.send({"type": "watch", "session": session_id, "output": {"audio": audio, "video": video}})
+        reply = await self.expect("watching", timeout=timeout)
+        self.ready = reply
         return reply
 
     async def send_audio(self, samples: np.ndarray, pts: int | None = None) -> None:

@@ -103,7 +103,7 @@ def unpack_media(data: bytes) -> MediaFrame:
 # -- control messages ------------------------------------------------------------------------------
 
 # Message types the transport itself handles; every other type must be one the session's model declares.
-CLIENT_TYPES = frozenset({"start", "stop", "ping", "request_keyframe"})
+CLIENT_TYPES = frozenset({"start", "watch", "stop", "ping", "request_keyframe"})
 SUPPORTED_INPUT_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
@@ -130,6 +130,7 @@ class StartRequest:
     input_sample_rate_hz: int | None
     audio_codec: AudioCodec
     video_codec: VideoCodec
+    share: bool = False  # viewers may `watch` this session's output
 
 
 def parse_start(message: dict[str, Any]) -> StartRequest:
@@ -149,6 +150,15 @@ def parse_start(message: dict[str, Any]) -> StartRequest:
             f"input sample rate {rate!r} Hz is not supported; use one of {list(SUPPORTED_INPUT_RATES_HZ)}",
             "bad_sample_rate",
         )
+    audio_codec, video_codec = parse_output(message)
+    share = message.get("share", False)
+    if not isinstance(share, bool):
+        raise ProtocolError("'share' must be true or false")
+    return StartRequest(model, params, rate, audio_codec, video_codec, share)
+
+
+def parse_output(message: dict[str, Any]) -> tuple[AudioCodec, VideoCodec]:
+    """The codecs a `start` or `watch` message asks for (default Opus and VP8)."""
     output = message.get("output", {})
     if not isinstance(output, dict):
         raise ProtocolError("'output' must be an object")
@@ -158,4 +168,4 @@ def parse_start(message: dict[str, Any]) -> StartRequest:
         raise ProtocolError(f"audio codec {audio_name!r} is not supported; use one of {sorted(AUDIO_CODECS)}")
     if video_name not in VIDEO_CODECS:
         raise ProtocolError(f"video codec {video_name!r} is not supported; use one of {sorted(VIDEO_CODECS)}")
-    return StartRequest(model, params, rate, AUDIO_CODECS[audio_name], VIDEO_CODECS[video_name])
+    return AUDIO_CODECS[audio_name], VIDEO_CODECS[video_name]

@@ -1,8 +1,9 @@
 """The causalcast HTTP server: routes, model loading, engine start-up and graceful shutdown.
 
 Routes: ``GET /`` the web page (``web/``), ``GET /healthz`` status JSON, ``GET /metrics`` Prometheus text,
-``GET /config`` client settings (ICE servers), ``GET /ws`` the WebSocket protocol, ``POST /offer`` WebRTC
-signalling (one SDP offer in, one answer out: see streaming/transports/webrtc.py).
+``GET /config`` client settings (ICE servers), ``GET /streams`` shared sessions viewers can watch,
+``GET /ws`` the WebSocket protocol, ``POST /offer`` WebRTC signalling (one SDP offer in, one answer out:
+see streaming/transports/webrtc.py).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from aiohttp import web
 
 from models.registry import DEFAULT_MODELS, catalogue, load_model, parse_model_spec
 from streaming import __version__
+from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine, EngineConfig
 from streaming.metrics import Metrics
 from streaming.protocol import PROTOCOL_VERSION
@@ -34,6 +37,7 @@ CONFIG_KEY = web.AppKey("config", "ServerConfig")
 CONNECTIONS_KEY = web.AppKey("connections", set)
 CODEC_POOL_KEY = web.AppKey("codec_pool", ThreadPoolExecutor)
 RTC_KEY = web.AppKey("rtc", RtcHub)
+BROADCASTS_KEY = web.AppKey("broadcasts", BroadcastHub)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class ServerConfig:
     codec_threads: int = 2  # video encoding pool shared by all sessions
     ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for WebRTC clients, served at /config
     webrtc: RtcConfig = field(default_factory=RtcConfig)
+    max_viewers_per_stream: int = 64  # watchers of one shared session (encoded once, fanned out)
     web_root: Path = WEB_ROOT
     shutdown_timeout_s: float = 5.0
 
@@ -76,6 +81,8 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/config", _client_config)
     app.router.add_get("/ws", _websocket)
+    app.router.add_get("/streams", _streams)
+    app[BROADCASTS_KEY] = BroadcastHub(app[CODEC_POOL_KEY], config.max_viewers_per_stream)
     app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers)
     app.router.add_post("/offer", app[RTC_KEY].handle_offer)
     if config.web_root.is_dir():
@@ -133,11 +140,20 @@ async def _client_config(request: web.Request) -> web.Response:
     return web.json_response({"ice_servers": list(config.ice_servers), "protocol": PROTOCOL_VERSION})
 
 
+async def _streams(request: web.Request) -> web.Response:
+    return web.json_response({"streams": request.app[BROADCASTS_KEY].describe()})
+
+
 async def _websocket(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG_KEY]
     ws = web.WebSocketResponse(max_msg_size=config.ws.max_message_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    connection = WsConnection(ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY])
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and config.ws.socket_send_buffer_bytes:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.ws.socket_send_buffer_bytes)
+    connection = WsConnection(
+        ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY], request.app[BROADCASTS_KEY]
+    )
     request.app[CONNECTIONS_KEY].add(connection)
     try:
         await connection.run()

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -72,6 +72,19 @@ class OutputChunk:
     video: np.ndarray | None  # (F, H, W, 3) uint8
     video_pts: list[int]  # 90 kHz ticks, one per frame
     discontinuity: bool  # the clock jumped before this chunk (resumed after idle)
+
+
+class SessionTap(Protocol):
+    """Observes a session's output on the event loop, e.g. to fan it out to viewers."""
+
+    def on_chunk(self, chunk: OutputChunk) -> None:
+        """A chunk was stamped and queued for the session's own client."""
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        """The model sent a notice (e.g. a prompt was applied)."""
+
+    def on_close(self, reason: str) -> None:
+        """The session ended."""
 
 
 @dataclass
@@ -173,6 +186,8 @@ class Session:
         self.stats = SessionStats()
         self.outbox = Outbox(config.output_queue_chunks)
         self.close_reason: str | None = None
+        self.shared = False  # viewers may watch this session's output (the producer opted in at start)
+        self.taps: list[SessionTap] = []  # observers of every output chunk (broadcast to viewers)
         self._wake = wake
         self._events: deque[ControlEvent] = deque()
         self._chunk_s = spec.chunk_s
@@ -207,6 +222,8 @@ class Session:
         self.state = SessionState.CLOSED
         self.close_reason = reason
         self.outbox.close()
+        for tap in list(self.taps):
+            tap.on_close(reason)
 
     @property
     def running(self) -> bool:
@@ -299,10 +316,16 @@ class Session:
         return StepInput(audio=audio, num_valid_samples=valid)
 
     # -- output (from the engine's scheduler) --------------------------------------------------------
+    def notify(self, notice: dict[str, Any]) -> None:
+        """Queue a model notice for the client (and for viewers of a shared session)."""
+        self.outbox.put_control(notice)
+        for tap in self.taps:
+            tap.on_notice(notice)
+
     def deliver(self, output: StepOutput, ready_time: float, deadline: float, now: float) -> bool:
         """Stamp a step's output with pts and queue it; returns True if it was late."""
         for notice in output.notices:
-            self.outbox.put_control(notice)
+            self.notify(notice)
         if output.idle:
             self._idle = True
             return False
@@ -324,6 +347,8 @@ class Session:
             discontinuity=self._jumped,
         )
         self._jumped = False
+        for tap in self.taps:
+            tap.on_chunk(chunk)
         if not self.outbox.put_media(chunk):
             self.stats.dropped_output_chunks += 1
         late = now > deadline

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,3 +79,26 @@ async def roundtrip(
     finally:
         await sender
     return received
+
+
+async def stuck_client(port: int, first_message: dict[str, Any]) -> socket.socket:
+    """A WebSocket client with a tiny receive buffer that sends one control message and never reads."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    await loop.sock_sendall(sock, request.encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += await loop.sock_recv(sock, 1)
+    assert b" 101 " in reply.split(b"\r\n")[0]
+    payload = json.dumps(first_message).encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    await loop.sock_sendall(sock, bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+    return sock

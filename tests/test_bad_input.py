@@ -11,10 +11,10 @@ import aiohttp
 import numpy as np
 import pytest
 
-from streaming.client import Client, ServerError
+from streaming.client import Client, MediaCollector, ServerError
 from streaming.protocol import AudioCodec, MediaKind, VideoCodec, pack_media
 
-from streaming_helpers import roundtrip, tone
+from streaming_helpers import Received, collect_until, roundtrip, stuck_client, tone
 
 RATE = 16_000
 
@@ -149,11 +149,27 @@ async def test_vanishing_clients_leak_nothing(start_server):
 
 
 async def test_slow_reader_is_bounded(start_server):
-    """A client that never reads cannot grow server memory: its oldest output is dropped."""
+    """A client that never reads cannot grow server memory: a clock-paced session fills its bounded outbox and
+    then pauses (no model work for output nobody takes); others keep being served."""
     server = await start_server(("testcard",))
-    async with Client(server.ws_url) as client:
-        await client.start("testcard", video="jpeg")
-        session = next(iter(server.engine.scheduler.sessions.values()))
-        await asyncio.sleep(3.0)  # never read; the socket buffers fill, then the outbox
-        assert len(session.outbox._media) <= session.config.output_queue_chunks
+    stuck = await stuck_client(server.port, {"type": "start", "model": "testcard", "output": {"video": "jpeg"}})
+    try:
+        session = None
+        for _ in range(250):  # the socket buffers fill within seconds, then the outbox
+            sessions = list(server.engine.scheduler.sessions.values())
+            session = sessions[0] if sessions else None
+            if session is not None and session.outbox.media_full:
+                break
+            await asyncio.sleep(0.1)
+        assert session is not None and session.outbox.media_full
+        produced = session.stats.chunks_out
+        await asyncio.sleep(1.0)
+        assert len(session.outbox._media) == session.config.output_queue_chunks  # bounded
+        assert session.stats.chunks_out <= produced + 1  # paused, not generating into the void
         assert session.running
+        async with Client(server.ws_url) as client:  # others are served meanwhile
+            ready = await client.start("testcard", video="jpeg")
+            got = await collect_until(client, Received(MediaCollector(ready)), num_video=10)
+            assert len(got.collector.video[1]) >= 10
+    finally:
+        stuck.close()

@@ -284,7 +284,7 @@ class Scheduler:
             session = self.sessions.get(session_id)
             if session is not None:
                 for notice in notices:
-                    session.outbox.put_control(notice)
+                    session.notify(notice)
         for batch in plan.batches:
             for item in batch.sessions:
                 session = self.sessions.get(item.session_id)

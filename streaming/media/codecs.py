@@ -132,6 +132,9 @@ class VideoEncoder:
         self._ctx.bit_rate = bitrate_bps
         self._ctx.gop_size = max(1, round(fps * 2))  # a key frame every 2 s for late joiners
         self._ctx.options = dict(options)
+        # One thread per encoder: sessions already run in parallel on the codec pool, and libvpx's own
+        # threads made a 256x192 VP8 frame cost ~100 ms instead of ~1.5 ms on a busy 2-core machine.
+        self._ctx.thread_count = 1
         if codec is VideoCodec.JPEG:
             self._ctx.qmin, self._ctx.qmax = 2, 8
         self._ctx.open()

@@ -21,25 +21,23 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from streaming.broadcast import Broadcast, BroadcastHub, Viewer
 from streaming.engine.core import Engine
 from streaming.errors import CausalcastError, ProtocolError, ShutdownError
-from streaming.media.codecs import AudioEncoder, VideoEncoder
+from streaming.media.wire import WireEncoder
 from streaming.protocol import (
     PROTOCOL_VERSION,
     AudioCodec,
     MediaKind,
     VideoCodec,
-    pack_media,
     parse_control,
+    parse_output,
     parse_start,
     unpack_media,
 )
-from streaming.session import OutputChunk, Session
+from streaming.session import Session
 
 log = logging.getLogger(__name__)
-
-AUDIO_STREAM = 0
-VIDEO_STREAM = 1
 
 
 @dataclass(frozen=True)
@@ -50,10 +48,13 @@ class WsConfig:
     stats_interval_s: float = 1.0
     max_errors_per_s: int = 50  # a client producing more errors than this is disconnected
     drain_timeout_s: float = 2.0  # how long a stopping session may take to flush its output
+    # Kernel send buffer per socket. Real-time media should be dropped, not queued for seconds in the
+    # kernel: a small buffer makes a slow client's backlog reach our bounded queues, which drop oldest.
+    socket_send_buffer_bytes: int | None = 256 * 1024
 
 
 class SessionSender:
-    """Encodes one session's output and writes it to the socket, in outbox order."""
+    """Drains one session's outbox to the socket: control as text, media encoded into binary frames."""
 
     def __init__(
         self,
@@ -63,81 +64,37 @@ class SessionSender:
         video_codec: VideoCodec,
         codec_pool: Executor,
     ) -> None:
-        spec = session.spec
         self.ws = ws
         self.session = session
         self.codec_pool = codec_pool
-        self.audio = AudioEncoder(audio_codec, spec.output_audio.sample_rate_hz) if spec.output_audio else None
-        self.video = (
-            VideoEncoder(video_codec, spec.output_video.width, spec.output_video.height, spec.output_video.fps)
-            if spec.output_video
-            else None
-        )
-        self._seq = {AUDIO_STREAM: 0, VIDEO_STREAM: 0}
-
-    def streams(self) -> list[dict[str, Any]]:
-        """Stream declarations for the `ready` message."""
-        out = []
-        if self.audio:
-            out.append(
-                {
-                    "id": AUDIO_STREAM,
-                    "kind": "audio",
-                    "codec": self.audio.codec.name.lower(),
-                    "clock_hz": self.audio.clock_hz,
-                    "sample_rate_hz": self.audio.clock_hz,
-                    "channels": 1,
-                }
-            )
-        if self.video:
-            v = self.session.spec.output_video
-            out.append(
-                {
-                    "id": VIDEO_STREAM,
-                    "kind": "video",
-                    "codec": self.video.codec.name.lower(),
-                    "clock_hz": self.video.clock_hz,
-                    "width": v.width,
-                    "height": v.height,
-                    "fps": v.fps,
-                }
-            )
-        return out
+        self.encoder = WireEncoder(session.spec, audio_codec, video_codec)
 
     async def run(self) -> None:
         """Send until the session's outbox is closed and drained."""
-        loop = asyncio.get_running_loop()
         while (item := await self.session.outbox.get()) is not None:
             if isinstance(item, dict):
                 await self.ws.send_str(json.dumps(item))
                 continue
-            await self._send_chunk(item, loop)
-
-    async def _send_chunk(self, chunk: OutputChunk, loop: asyncio.AbstractEventLoop) -> None:
-        frames: list[bytes] = []
-        if self.audio is not None and chunk.audio is not None:
-            # Audio encoding is ~0.2 ms per 20 ms packet: cheaper inline than a thread hop.
-            for p in self.audio.encode(chunk.audio, chunk.audio_pts):
-                frames.append(self._frame(MediaKind.AUDIO, self.audio.codec, AUDIO_STREAM, p.pts, p.payload, p.flags))
-        if self.video is not None and chunk.video is not None:
-            packets = await loop.run_in_executor(self.codec_pool, self.video.encode, chunk.video, chunk.video_pts)
-            for p in packets:
-                frames.append(self._frame(MediaKind.VIDEO, self.video.codec, VIDEO_STREAM, p.pts, p.payload, p.flags))
-        for frame in frames:
-            await self.ws.send_bytes(frame)
-
-    def _frame(self, kind: MediaKind, codec: int, stream: int, pts: int, payload: bytes, flags: int) -> bytes:
-        seq = self._seq[stream]
-        self._seq[stream] = seq + 1
-        return pack_media(kind, codec, stream, seq, pts, payload, flags)
+            for frame in await self.encoder.encode(item, self.codec_pool):
+                await self.ws.send_bytes(frame.data)
 
 
 class WsConnection:
     """One client WebSocket: at most one session at a time (``start`` again after ``stop``)."""
 
-    def __init__(self, ws: web.WebSocketResponse, engine: Engine, config: WsConfig, codec_pool: Executor) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        engine: Engine,
+        config: WsConfig,
+        codec_pool: Executor,
+        broadcasts: BroadcastHub,
+    ) -> None:
         self.ws = ws
         self.engine = engine
+        self.broadcasts = broadcasts
+        self._watching: tuple[Broadcast, Viewer] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self.config = config
         self.codec_pool = codec_pool
         self.session: Session | None = None
@@ -161,11 +118,13 @@ class WsConnection:
                     if not await self._send_error(e):
                         break
         finally:
+            await self.end_watching("client disconnected", notify=False)
             await self.end_session("client disconnected", notify=False)
 
     async def shutdown(self) -> None:
         """Server shutdown: tell the client, close its session and the socket."""
         await self._send_error(ShutdownError("server shutting down"))
+        await self.end_watching("server shutting down", notify=False)
         await self.end_session("server shutting down", notify=False)
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
@@ -175,15 +134,20 @@ class WsConnection:
         kind = message["type"]
         if kind == "start":
             await self._start(message)
+        elif kind == "watch":
+            await self._watch(message)
         elif kind == "stop":
+            if self._watching is not None:
+                await self.end_watching("stopped by client", notify=True)
+                return
             if self.session is None:
                 raise ProtocolError("'stop' without a running session", "not_started")
             await self.end_session("stopped by client", notify=True)
         elif kind == "ping":
             await self.ws.send_str(json.dumps({"type": "pong", "t": message.get("t"), "server_time": time.time()}))
         elif kind == "request_keyframe":
-            if self._sender is not None and self._sender.video is not None:
-                self._sender.video.request_keyframe()
+            if self._sender is not None:
+                self._sender.encoder.request_keyframe()
         else:
             session = self._require_session(kind)
             payload = {k: v for k, v in message.items() if k != "type"}
@@ -213,9 +177,14 @@ class WsConnection:
         return self.session
 
     # -- session lifecycle ---------------------------------------------------------------------------
-    async def _start(self, message: dict[str, Any]) -> None:
+    def _require_idle(self) -> None:
         if self.session is not None and self.session.running:
             raise ProtocolError("a session is already running on this connection; 'stop' it first")
+        if self._watching is not None:
+            raise ProtocolError("this connection is watching a stream; 'stop' it first")
+
+    async def _start(self, message: dict[str, Any]) -> None:
+        self._require_idle()
         if self.session is not None:  # ended by the server (fatal error): its sender has drained
             await self.end_session(self.session.close_reason or "ended", notify=False)
         request = parse_start(message)
@@ -223,13 +192,15 @@ class WsConnection:
         sender = SessionSender(self.ws, session, request.audio_codec, request.video_codec, self.codec_pool)
         await self.engine.open_session(session)
         self.session, self._sender = session, sender
+        if request.share:
+            self.broadcasts.share(session)
         ready = {
             "type": "ready",
             "protocol": PROTOCOL_VERSION,
             "session": session.id,
             "model": session.model,
             "params": session.params,
-            "streams": sender.streams(),
+            "streams": sender.encoder.streams(),
             **session.spec.describe(),
         }
         await self.ws.send_str(json.dumps(ready))
@@ -244,6 +215,7 @@ class WsConnection:
         if session is None:
             return
         await self.engine.close_session(session, reason)
+        self.broadcasts.unshare(session)
         send_task, stats_task = self._tasks
         stats_task.cancel()
         if not notify:
@@ -257,6 +229,45 @@ class WsConnection:
             await self._send_json(
                 {"type": "stopped", "session": session.id, "reason": reason, "stats": session.stats.snapshot()}
             )
+
+    # -- watching a shared session ------------------------------------------------------------------
+    async def _watch(self, message: dict[str, Any]) -> None:
+        self._require_idle()
+        session_id = message.get("session")
+        if not isinstance(session_id, str):
+            raise ProtocolError("'watch' needs the string 'session' id of a shared session")
+        audio_codec, video_codec = parse_output(message)
+        broadcast, viewer = self.broadcasts.watch(session_id, audio_codec, video_codec)
+        self._watching = (broadcast, viewer)
+        session = broadcast.session
+        watching = {"type": "watching", "protocol": PROTOCOL_VERSION, "session": session.id, "model": session.model,
+                    "streams": broadcast.streams(viewer), **session.spec.describe()}
+        await self.ws.send_str(json.dumps(watching))
+        self._watch_task = asyncio.create_task(self._send_viewer(viewer), name=f"watch-{session.id}")
+
+    async def _send_viewer(self, viewer: Viewer) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while (item := await viewer.get()) is not None:
+                if isinstance(item, dict):
+                    await self.ws.send_str(json.dumps(item))
+                else:
+                    await self.ws.send_bytes(item)
+
+    async def end_watching(self, reason: str, *, notify: bool) -> None:
+        """Stop watching (client `stop`, disconnect, shutdown); safe to call when not watching."""
+        watching, self._watching = self._watching, None
+        if watching is None:
+            return
+        broadcast, viewer = watching
+        broadcast.remove_viewer(viewer)
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if notify:
+            await self._send_json({"type": "stopped", "session": broadcast.session.id, "reason": reason,
+                                   "dropped_frames": viewer.num_dropped})
 
     async def _send(self, sender: SessionSender) -> None:
         try:

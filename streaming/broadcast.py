@@ -1,0 +1,218 @@
+"""Shared streams: any number of viewers watch one producer session, encoded once per codec choice.
+
+A producer opts in with ``"share": true`` in `start`; a viewer sends `watch` with the session id. The
+producer's session gets a tap (:class:`Broadcast`) that receives each stamped output chunk on the event
+loop; one task encodes it once per distinct (audio, video) codec choice among the viewers and hands the
+same bytes to each of them. Many viewers therefore cost no model work and no extra encoding, only
+socket writes.
+
+Every viewer has a bounded queue. A viewer that reads too slowly loses its oldest frames and then skips
+video until the next key frame (and one is requested), so it never decodes garbage and never grows
+memory. A viewer joining late starts at a key frame for the same reason.
+
+Design of the encode loop: chunks wait in a small bounded queue; if encoding falls behind, the oldest
+chunks are dropped and every encoder is asked for a key frame, so viewers resume cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from concurrent.futures import Executor
+from typing import Any
+
+from streaming.errors import ProtocolError
+from streaming.media.wire import WireEncoder, WireFrame
+from streaming.protocol import AudioCodec, MediaKind, VideoCodec
+from streaming.session import OutputChunk, Session
+
+log = logging.getLogger(__name__)
+
+PRIVATE_NOTICES = frozenset({"stats", "error", "stopped"})  # the producer's own business
+
+
+class Viewer:
+    """One watcher: a bounded queue of protocol frames and notices, drained by its transport."""
+
+    def __init__(self, audio_codec: AudioCodec, video_codec: VideoCodec, max_frames: int) -> None:
+        self.codecs = (audio_codec, video_codec)
+        self.max_frames = max_frames
+        self.num_dropped = 0
+        self.end_reason: str | None = None
+        self._frames: deque[bytes] = deque()
+        self._control: deque[dict[str, Any]] = deque(maxlen=64)
+        self._needs_key = True  # video starts (and resumes after drops) at a key frame
+        self._ready = asyncio.Event()
+
+    def push(self, frames: list[WireFrame]) -> bool:
+        """Queue encoded frames; returns False when frames were dropped (a key frame is then needed)."""
+        ok = True
+        for frame in frames:
+            if len(self._frames) >= self.max_frames:  # too slow: drop the backlog, resume video at a key frame
+                self.num_dropped += len(self._frames)
+                self._frames.clear()
+                self._needs_key, ok = True, False
+            if frame.kind is MediaKind.VIDEO:
+                if self._needs_key and not frame.key:
+                    continue
+                self._needs_key = False
+            self._frames.append(frame.data)
+        self._ready.set()
+        return ok
+
+    def push_control(self, message: dict[str, Any]) -> None:
+        """Queue a notice; it overtakes queued media."""
+        self._control.append(message)
+        self._ready.set()
+
+    def end(self, reason: str) -> None:
+        """No more items: the stream ended or the viewer left."""
+        self.end_reason = self.end_reason or reason
+        self._ready.set()
+
+    async def get(self) -> bytes | dict[str, Any] | None:
+        """Next notice or frame; None once ended and drained."""
+        while True:
+            if self._control:
+                return self._control.popleft()
+            if self._frames:
+                return self._frames.popleft()
+            if self.end_reason is not None:
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class Broadcast:
+    """Taps one shared session and fans its output out to viewers."""
+
+    def __init__(self, session: Session, codec_pool: Executor, *, max_viewers: int, max_pending_s: float = 1.0,
+                 viewer_queue_frames: int = 128) -> None:
+        self.session = session
+        self.codec_pool = codec_pool
+        self.max_viewers = max_viewers
+        self.viewer_queue_frames = viewer_queue_frames
+        self.viewers: set[Viewer] = set()
+        self._encoders: dict[tuple[AudioCodec, VideoCodec], WireEncoder] = {}
+        self._chunks: deque[OutputChunk] = deque(maxlen=max(2, round(max_pending_s / session.spec.chunk_s)))
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.num_encoded_chunks = 0  # per codec choice: what viewers cost in encoding
+        self.num_dropped_chunks = 0  # chunks skipped because encoding fell behind
+
+    # -- viewers -------------------------------------------------------------------------------------
+    def add_viewer(self, audio_codec: AudioCodec, video_codec: VideoCodec) -> Viewer:
+        """Attach a viewer; its video starts at the next key frame."""
+        if len(self.viewers) >= self.max_viewers:
+            raise ProtocolError(f"session {self.session.id} already has {self.max_viewers} viewers", "capacity")
+        viewer = Viewer(audio_codec, video_codec, self.viewer_queue_frames)
+        key = viewer.codecs
+        if key in self._encoders:
+            self._encoders[key].request_keyframe()
+        else:
+            self._encoders[key] = WireEncoder(self.session.spec, audio_codec, video_codec)
+        self.viewers.add(viewer)
+        if self not in self.session.taps:
+            self.session.taps.append(self)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"broadcast-{self.session.id}")
+        return viewer
+
+    def remove_viewer(self, viewer: Viewer) -> None:
+        """Detach a viewer; encoders nobody uses any more are dropped."""
+        self.viewers.discard(viewer)
+        viewer.end("stopped watching")
+        in_use = {v.codecs for v in self.viewers}
+        for key in list(self._encoders):
+            if key not in in_use:
+                del self._encoders[key]
+
+    def streams(self, viewer: Viewer) -> list[dict[str, Any]]:
+        """Stream declarations for the viewer's `watching` message."""
+        return self._encoders[viewer.codecs].streams()
+
+    # -- the session tap -----------------------------------------------------------------------------
+    def on_chunk(self, chunk: OutputChunk) -> None:
+        """Queue a chunk for encoding (only while someone watches)."""
+        if not self.viewers:
+            return
+        if len(self._chunks) == self._chunks.maxlen:  # encoding is behind: drop, then resume at a key frame
+            self.num_dropped_chunks += 1
+            for encoder in self._encoders.values():
+                encoder.request_keyframe()
+        self._chunks.append(chunk)
+        self._wake.set()
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        """Forward the model's public notices (e.g. prompt switches) to every viewer."""
+        if notice.get("type") not in PRIVATE_NOTICES:
+            for viewer in self.viewers:
+                viewer.push_control(notice)
+
+    def on_close(self, reason: str) -> None:
+        """The producer ended: end every viewer after what is already queued."""
+        for viewer in self.viewers:
+            viewer.push_control({"type": "stream_ended", "session": self.session.id, "reason": reason})
+            viewer.end(reason)
+        self.viewers.clear()
+        with contextlib.suppress(ValueError):
+            self.session.taps.remove(self)
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            while not self._chunks:
+                self._wake.clear()
+                await self._wake.wait()
+            chunk = self._chunks.popleft()
+            encoders = list(self._encoders.items())
+            # one encode per codec choice, the choices in parallel on the codec pool
+            results = await asyncio.gather(*(encoder.encode(chunk, self.codec_pool) for _, encoder in encoders))
+            self.num_encoded_chunks += len(encoders)
+            for (key, encoder), frames in zip(encoders, results, strict=True):
+                for viewer in [v for v in self.viewers if v.codecs == key]:
+                    if not viewer.push(frames):
+                        encoder.request_keyframe()
+
+
+class BroadcastHub:
+    """The shared sessions of a server, by id."""
+
+    def __init__(self, codec_pool: Executor, max_viewers_per_session: int = 64) -> None:
+        self.codec_pool = codec_pool
+        self.max_viewers_per_session = max_viewers_per_session
+        self._shared: dict[str, Session] = {}
+        self._broadcasts: dict[str, Broadcast] = {}
+
+    def share(self, session: Session) -> None:
+        """Make a running session watchable."""
+        session.shared = True
+        self._shared[session.id] = session
+
+    def unshare(self, session: Session) -> None:
+        """Forget a session (it ended); its viewers were told by the tap."""
+        self._shared.pop(session.id, None)
+        self._broadcasts.pop(session.id, None)
+
+    def watch(self, session_id: str, audio_codec: AudioCodec, video_codec: VideoCodec) -> tuple[Broadcast, Viewer]:
+        """Attach a viewer to a shared session; raises ProtocolError if there is none by that id."""
+        session = self._shared.get(session_id)
+        if session is None or not session.running:
+            raise ProtocolError(f"no shared session '{session_id}' is running", "unknown_session")
+        broadcast = self._broadcasts.get(session_id)
+        if broadcast is None:
+            broadcast = Broadcast(session, self.codec_pool, max_viewers=self.max_viewers_per_session)
+            self._broadcasts[session_id] = broadcast
+        return broadcast, broadcast.add_viewer(audio_codec, video_codec)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Shared sessions and their viewer counts, for GET /streams."""
+        out = []
+        for session_id, session in self._shared.items():
+            broadcast = self._broadcasts.get(session_id)
+            out.append({"session": session_id, "model": session.model,
+                        "viewers": len(broadcast.viewers) if broadcast else 0})
+        return out
