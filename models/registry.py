@@ -30,7 +30,7 @@ MODELS: dict[str, ModelEntry] = {
     "tts": ModelEntry(None, "", "streaming text-to-speech (after CLEAR)"),
     "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
     "avatar": ModelEntry(None, "", "interactive talking-head avatar (after ARIG)"),
-    "video": ModelEntry(None, "", "long interactive text-to-video (after LongLive)"),
+    "video": ModelEntry("models.video.generator", "VideoGenerator", "long interactive text-to-video (after LongLive)"),
 }
 
 DEFAULT_MODELS = ("pitch", "testcard")

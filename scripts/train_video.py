@@ -35,10 +35,11 @@ def log(**kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-def cosine_lr(step: int, total: int, peak: float, warmup: int = 100) -> float:
+def cosine_lr(step: int, progress: float, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5% of peak by ``progress`` = 1."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 # -- stage ae ----------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ def train_ae(a: argparse.Namespace) -> None:
     t0 = time.time()
     for step in range(a.steps):
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, a.steps, a.lr)
+            group["lr"] = cosine_lr(step, step / a.steps, a.lr)
         clip_ids = rng.integers(0, frames.shape[0], a.batch)
         starts = rng.integers(0, (frames.shape[1] - 2 * tf) // tf, a.batch) * tf
         # two consecutive latent frames per sample, so the decoder learns its causal (t-1) input
@@ -130,8 +131,10 @@ def train_dit(a: argparse.Namespace) -> None:
     deadline = t0 + 60 * a.minutes
     step = start_step
     while step < a.steps and time.time() < deadline:
+        # the schedule follows whichever budget runs out first: steps or wall-clock minutes
+        progress = max(step / a.steps, (time.time() - t0) / (deadline - t0))
         for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, a.steps, a.lr)
+            group["lr"] = cosine_lr(step - start_step, progress, a.lr)
         batch = clips.sample(a.batch, p_recache=a.p_recache)
         loss = dit_loss(model, batch, gen)
         opt.zero_grad(set_to_none=True)
