@@ -47,7 +47,11 @@ def train_ae(a: argparse.Namespace) -> None:
     frames = np.load(Path(a.data) / "frames.npy", mmap_mode="r")  # (clips, N, H, W, 3)
     cfg = AutoencoderConfig()
     ae = LatentAutoencoder(cfg)
-    opt = torch.optim.AdamW(ae.parameters(), lr=a.lr, weight_decay=0.0)
+    out = Path(a.data) / "ae.safetensors"
+    if a.finetune_decoder:  # the DiT's latent space is fixed: train only the decoder, encoder frozen
+        ae.load_state_dict(load_file(str(out)))
+        ae.encoder.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in ae.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
     rng = np.random.default_rng(a.seed)
     tf = cfg.time_factor
     t0 = time.time()
@@ -74,13 +78,16 @@ def train_ae(a: argparse.Namespace) -> None:
         if step % 50 == 0 or step == a.steps - 1:
             log(stage="ae", step=step, loss=round(loss.item(), 5), rec=round(rec.item(), 5),
                 z_std=round(z.std().item(), 3), elapsed_s=round(time.time() - t0))
-    # latent statistics over a sample of clips, so the DiT sees unit-variance latents
-    with torch.no_grad():
-        sample = torch.from_numpy(np.stack([frames[c, :32] for c in range(min(32, frames.shape[0]))]))
-        z = ae.encode(to_unit(sample))
-        ae.latent_mean.copy_(z.mean(dim=(0, 1, 3, 4)))
-        ae.latent_std.copy_(z.std(dim=(0, 1, 3, 4)))
-    save_file(ae.state_dict(), str(Path(a.data) / "ae.safetensors"))
+        if a.finetune_decoder and step % 100 == 99:
+            save_file(ae.state_dict(), str(out))
+    if not a.finetune_decoder:
+        # latent statistics over a sample of clips, so the DiT sees unit-variance latents
+        with torch.no_grad():
+            sample = torch.from_numpy(np.stack([frames[c, :32] for c in range(min(32, frames.shape[0]))]))
+            z = ae.encode(to_unit(sample))
+            ae.latent_mean.copy_(z.mean(dim=(0, 1, 3, 4)))
+            ae.latent_std.copy_(z.std(dim=(0, 1, 3, 4)))
+    save_file(ae.state_dict(), str(out))
     log(stage="ae", done=True, seconds=round(time.time() - t0))
 
 
@@ -176,6 +183,7 @@ def main() -> None:
     p.add_argument("--latent-noise", type=float, default=0.1)
     p.add_argument("--latent-l2", type=float, default=1e-3)
     p.add_argument("--p-recache", type=float, default=0.5, help="dit: share of switch samples trained as recache")
+    p.add_argument("--finetune-decoder", action="store_true", help="ae: continue the decoder only (encoder frozen)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)

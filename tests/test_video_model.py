@@ -11,6 +11,7 @@ from models.video.autoencoder import AutoencoderConfig, LatentAutoencoder
 from models.video.checkpoint import random_models
 from models.video.generator import VideoGenerator
 from models.video.model import VideoConfig
+from models.video.text import PromptEncoder, sentence_embedding
 from streaming.errors import ParamError
 
 
@@ -125,6 +126,12 @@ def test_recache_rewrites_only_the_window_and_spares_the_sink():
     assert not torch.equal(gen.cross_k[:, state.slot], cross0)
 
 
+def test_recache_right_after_the_first_block_leaves_the_sink_alone():
+    gen, state, (k0, v0, lab0), (k1, v1, lab1), _, notice = _switch("recache", num_blocks=1)
+    assert notice["recached_blocks"] == 0
+    assert torch.equal(k0, k1) and torch.equal(lab0, lab1)
+
+
 def test_keep_changes_only_cross_attention():
     gen, state, (k0, v0, lab0), (k1, v1, lab1), cross0, _ = _switch("keep")
     assert torch.equal(k0, k1) and torch.equal(v0, v1) and torch.equal(lab0, lab1)
@@ -191,3 +198,15 @@ def test_paper_config_matches_the_published_shape():
     shape = (cfg.width, cfg.height, cfg.dim, cfg.num_layers, cfg.num_heads, cfg.head_dim)
     assert shape == (832, 480, 1536, 30, 12, 128)
     assert cfg.tokens_per_frame == 1560 and cfg.tokens_per_block == 4680 and cfg.video_frames_per_block == 12
+
+
+def test_prompt_encoder_reproduces_sentence_transformers():
+    enc = PromptEncoder()
+    tokens, mask = enc.encode_batch(["a small red circle moving left on a black background"])
+    vec = sentence_embedding(tokens, mask)[0]
+    # sentence-transformers' all-MiniLM-L6-v2 on the same text (our forward matched it to 1e-7 when written)
+    ref = torch.tensor([-0.0041697, 0.0225857, -0.1158363, 0.0726387, 0.0977907, -0.0243338])
+    torch.testing.assert_close(vec[:6], ref, atol=1e-5, rtol=0)
+    long_tokens, long_mask = enc.encode("word " * 3000)  # truncated, not an error
+    assert long_tokens.shape == (32, 384) and long_mask.all()
+    assert enc.encode("a red circle")[0] is enc.encode("a red circle")[0]  # cached per prompt

@@ -182,11 +182,13 @@ class VideoGenerator(Generator):
         t0 = time.perf_counter()
         self._set_condition(state, text)
         num_recached = 0
-        if strategy == "recache" and not state.fresh and state.history:
-            first = state.num_blocks - len(state.history)
-            latents = torch.cat(state.history)[None].to(self.device, self.dtype)  # (1, n*F, C, h, w)
-            self.model.recache(self.cache, [state.slot], latents, torch.tensor([first]), self._condition([state.slot]))
-            num_recached = len(state.history)
+        # the window's blocks that are not in the sink (the sink keeps its K/V: LongLive's global sink)
+        num_window = min(len(state.history), state.num_blocks - self.cfg.sink_blocks)
+        if strategy == "recache" and not state.fresh and num_window > 0:
+            latents = torch.cat(state.history[-num_window:])[None].to(self.device, self.dtype)  # (1, n*F, C, h, w)
+            first = torch.tensor([state.num_blocks - num_window])
+            self.model.recache(self.cache, [state.slot], latents, first, self._condition([state.slot]))
+            num_recached = num_window
         elif strategy == "clear":
             self.cache.clear([state.slot], keep_sink=False)
             state.history.clear()

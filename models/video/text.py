@@ -131,10 +131,10 @@ class PromptEncoder:
             self._cache.move_to_end(text)
             return hit
         tokens, mask = self.encode_batch([text])
-        self._cache[text] = (tokens[0], mask[0])
+        entry = self._cache[text] = (tokens[0], mask[0])
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
-        return tokens[0], mask[0]
+        return entry
 
 
 def sentence_embedding(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
