@@ -5,29 +5,13 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-from aiohttp import web
 
 from models.video.generator import VideoGenerator, default_checkpoint_exists
 from models.video.scenes import COLOURS, detect_frame
 from streaming.client import Client, MediaCollector
-from streaming.engine.core import EngineConfig
-from streaming.engine.scheduler import AdmissionLimits
 from streaming.protocol import MediaKind
-from streaming.server import ServerConfig, create_app
 
 pytestmark = pytest.mark.skipif(not default_checkpoint_exists(), reason="shipped video checkpoint missing")
-
-
-async def _serve(generator):
-    # a loaded CI machine may be slower than real time; admission control is not under test here
-    engine = EngineConfig(limits=AdmissionLimits(max_utilization=100.0), warmup_max_batch=1)
-    app = create_app(ServerConfig(port=0, engine=engine), {"video": generator})
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return runner, f"ws://127.0.0.1:{port}/ws"
 
 
 async def _collect(client, collector, num_frames, notices, timeout=60.0):
@@ -46,12 +30,15 @@ def _colour_share(frames, colour):
     return float(np.mean([c == colour for c in found]))
 
 
-async def test_video_over_websocket_follows_prompt_switches_and_survives_a_flood():
+async def test_video_over_websocket_follows_prompt_switches_and_survives_a_flood(start_server):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     generator = VideoGenerator(max_sessions=2)
-    runner, url = await _serve(generator)
+    # a loaded CI machine may be slower than real time; admission control is not under test here
+    server = await start_server(("video",), generators={"video": generator}, max_utilization=100.0,
+                                warmup_max_batch=1)
     try:
-        async with Client(url) as client:
+        async with Client(server.ws_url) as client:
             ready = await client.start("video", {"prompt": "a large green circle moving right on a black background"},
                                        video="jpeg")
             assert ready["output_video"] == {"width": 128, "height": 128, "fps": 16.0}
@@ -75,4 +62,4 @@ async def test_video_over_websocket_follows_prompt_switches_and_survives_a_flood
         assert _colour_share(frames[-16:], "white") >= 0.6
         assert set(COLOURS) >= {"green", "yellow", "white"}
     finally:
-        await runner.cleanup()
+        torch.set_num_threads(threads)
