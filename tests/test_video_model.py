@@ -210,3 +210,35 @@ def test_prompt_encoder_reproduces_sentence_transformers():
     long_tokens, long_mask = enc.encode("word " * 3000)  # truncated, not an error
     assert long_tokens.shape == (32, 384) and long_mask.all()
     assert enc.encode("a red circle")[0] is enc.encode("a red circle")[0]  # cached per prompt
+
+
+def test_training_sequences_show_old_frames_under_the_new_prompt(tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from models.video.scenes import render_clip
+    from models.video.training import LatentClips, dit_loss
+
+    cfg = VideoConfig.tiny()
+    rng = np.random.default_rng(0)
+    clips = [render_clip(rng, 64, size=32, mean_switch_s=0.5) for _ in range(3)]
+    prompts: dict[str, int] = {}
+    meta = {"clips": [{"prompt_ids": [prompts.setdefault(p, len(prompts)) for p in c.prompts]} for c in clips]}
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "prompts": list(prompts)}))
+    np.save(tmp_path / "latents.npy", np.random.default_rng(1).standard_normal((3, 32, 4, 4, 4)).astype(np.float16))
+    features = {"tokens": torch.randn(len(prompts), cfg.text_tokens, cfg.text_dim),
+                "mask": torch.ones(len(prompts), cfg.text_tokens, dtype=torch.bool)}
+    save_file(features, str(tmp_path / "prompts.safetensors"))
+    data = LatentClips(tmp_path, cfg, seed=0)
+    batch = data.sample(16, p_recache=1.0, p_switch=1.0)
+    relabelled = batch.clean_prompt != batch.noisy_prompt  # (B, frames): history shown under the new prompt
+    assert relabelled.any()
+    assert (batch.loss_weight[relabelled] == 0).all()  # ... and those blocks are not trained on
+    sink = cfg.sink_blocks * cfg.block_frames
+    assert not relabelled[:, :sink].any()  # the sink keeps its own prompt, as at inference
+    model, _ = random_models(cfg)
+    loss = dit_loss(model.train(), batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.weight.grad is not None
