@@ -3,6 +3,7 @@ flat memory), the three prompt-switch strategies, the causal decoder, and bad in
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -215,7 +216,6 @@ def test_prompt_encoder_reproduces_sentence_transformers():
 def test_training_sequences_show_old_frames_under_the_new_prompt(tmp_path):
     import json
 
-    import numpy as np
     from safetensors.torch import save_file
 
     from models.video.scenes import render_clip
@@ -242,3 +242,23 @@ def test_training_sequences_show_old_frames_under_the_new_prompt(tmp_path):
     loss = dit_loss(model.train(), batch, torch.Generator().manual_seed(0))
     loss.backward()
     assert torch.isfinite(loss) and model.head.weight.grad is not None
+
+
+def test_bfloat16_path_runs_on_tiny_config():
+    gen = _tiny_generator(max_sessions=2, dtype="bfloat16")
+    states = [gen.open_session({}), gen.open_session({"seed": 1})]
+    _run(gen, states, 4)
+    gen.apply_switch(states[0], "new prompt", "recache")
+    out = _run(gen, states, 1)[0]
+    assert out[0].video.dtype == np.uint8 and out[0].video.std() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_paper_config_streams_on_gpu():
+    gen = VideoGenerator(device="cuda", config="paper", dtype="bfloat16", max_sessions=1)
+    state = gen.open_session({})
+    _run(gen, [state], gen.cfg.sink_blocks + gen.cfg.window_blocks + 2)
+    gen.apply_switch(state, "a new prompt", "recache")
+    out = _run(gen, [state], 1)[0][0]
+    assert out.video.shape == (12, 480, 832, 3)

@@ -276,6 +276,7 @@ class VideoDiT(nn.Module):
 
     def _cached_pass(self, cache: RingKVCache, slots: Sequence[int], tokens: torch.Tensor, t: torch.Tensor,
                      positions: torch.Tensor, labels: torch.Tensor, cond: Condition) -> torch.Tensor:
+        positions, labels = positions.to(tokens.device), labels.to(tokens.device)
         index = cache.reserve(slots, labels)
         mask = cache.mask(slots, labels, window=self.cfg.window_blocks + 1)
         prompt = torch.zeros_like(labels)
@@ -302,8 +303,11 @@ class VideoDiT(nn.Module):
             cache.rewind(slots, labels.shape[1], keep_sink=False)
             if trace is not None:
                 trace.append((t, x, v))
-            x0 = x - t * v
-            x = interpolate(x0, noise[i + 1], times[i + 1].expand(x.shape[0])) if i + 1 < len(times) else x0
+            x0 = (x - t * v).to(noise.dtype)
+            if i + 1 < len(times):
+                x = interpolate(x0, noise[i + 1], times[i + 1].expand(x.shape[0])).to(noise.dtype)
+            else:
+                x = x0
         self._cached_pass(cache, slots, x, torch.zeros(()), positions, labels, cond)
         return self.unpatchify(x, self.cfg.block_frames)
 
