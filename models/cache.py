@@ -184,19 +184,22 @@ class RingKVCache:
         return visible(query_labels.to(self.device), self.labels[rows], in_sink, window)
 
     # -- editing -------------------------------------------------------------------------------------
-    def rewind(self, slots: Sequence[int], num_entries: int) -> None:
+    def rewind(self, slots: Sequence[int], num_entries: int, keep_sink: bool = True) -> None:
         """Forget the last ``num_entries`` entries of each slot so they can be written again.
 
         Used by KV-recache: rewind the window, then recompute and re-write its entries under a new
-        condition. The sink is never rewound into; rewinding past the ring simply empties it.
+        condition. By default the sink is never rewound into (``keep_sink=False`` allows it: a block-causal
+        model discards its scratch writes of the first block that way); rewinding past the ring simply
+        empties it.
         """
         for slot in slots:
             written = int(self.num_written[slot])
-            keep = max(written - num_entries, min(written, self.sink))
+            floor = min(written, self.sink) if keep_sink else 0
+            keep = max(written - num_entries, floor)
             # entries older than the ring are already overwritten: only the held ones need forgetting
-            for order in range(max(keep, written - self.window), written):
-                idx = order if order < self.sink else self.sink + (order - self.sink) % self.window
-                self.labels[slot, idx] = -1
+            order = torch.arange(max(keep, written - self.window), written)
+            idx = torch.where(order < self.sink, order, self.sink + (order - self.sink) % self.window)
+            self.labels[slot, idx.to(self.device)] = -1
             self.num_written[slot] = keep
 
     def clear(self, slots: Sequence[int], keep_sink: bool = True) -> None:

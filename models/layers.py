@@ -193,4 +193,4 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Embed t of shape (B,) or (B, T) -> (..., dim)."""
         ang = t[..., None].float() * self.freqs
-        return self.mlp(torch.cat([ang.sin(), ang.cos()], dim=-1))
+        return self.mlp(torch.cat([ang.sin(), ang.cos()], dim=-1).to(self.mlp[0].weight.dtype))

@@ -32,7 +32,7 @@ MODELS: dict[str, ModelEntry] = {
     ),
     "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
     "avatar": ModelEntry(None, "", "interactive talking-head avatar (after ARIG)"),
-    "video": ModelEntry(None, "", "long interactive text-to-video (after LongLive)"),
+    "video": ModelEntry("models.video.generator", "VideoGenerator", "long interactive text-to-video (after LongLive)"),
 }
 
 DEFAULT_MODELS = ("pitch", "testcard")

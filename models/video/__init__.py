@@ -1,0 +1,1 @@
+"""Long interactive text-to-video after LongLive: block-causal DiT, sink + window KV cache, KV-recache."""
