@@ -29,7 +29,7 @@ MODELS: dict[str, ModelEntry] = {
     "testcard": ModelEntry("models.diagnostic.testcard", "Testcard", "diagnostic: test pattern video with a beep"),
     "tts": ModelEntry(None, "", "streaming text-to-speech (after CLEAR)"),
     "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
-    "avatar": ModelEntry(None, "", "interactive talking-head avatar (after ARIG)"),
+    "avatar": ModelEntry("models.avatar.generator", "Avatar", "interactive talking-head avatar (after ARIG)"),
     "video": ModelEntry(None, "", "long interactive text-to-video (after LongLive)"),
 }
 

@@ -1,0 +1,344 @@
+"""Model `avatar`: serves the motion model and renderer through the generator contract (models/base.py).
+
+Per 40 ms step and session: take the user's mic chunk (track 1) and the next chunk of queued agent speech
+(track 2, pushed with `say`), featurize both (log-mels + silero-vad, batched over sessions and tracks),
+update the conversational state, step the motion transformer one frame for the whole batch against the
+shared ring KV cache, sample the frame's motion with the flow head, render the frames, and return the
+video frame together with the agent audio of the *same* frame in one StepOutput, so the runtime stamps
+both on one pts timeline (lips and voice cannot drift apart).
+
+The agent track has a short look-ahead (``agent_ahead`` frames, 80 ms by default): agent speech is
+featurized when it enters a small pipeline and played when it leaves it, so the mouth can open just
+before the sound, as people's do. That pipeline is the avatar's only added audio latency.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.avatar.features import (
+    HOP,
+    SAMPLE_RATE_HZ,
+    TRACK_DIM,
+    ConversationTracker,
+    ConvState,
+    TrackFeaturizer,
+    TrackState,
+)
+from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
+from models.avatar.motion import MOTION_DIM
+from models.avatar.render import STYLES, FaceRenderer
+from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
+from streaming.errors import ParamError
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "avatar_default.safetensors"
+MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session
+MAX_PORTRAIT_BYTES = 1_500_000
+FPS = 25
+
+
+@dataclass
+class AgentSpeech:
+    """Agent speech of one session: queued samples, the look-ahead pipeline, and whether more is coming."""
+
+    queue: deque[np.ndarray] = field(default_factory=deque)
+    num_queued: int = 0
+    final: bool = True  # False while a streamed utterance (`say` with final=false) is still arriving
+    pipeline: deque[np.ndarray] = field(default_factory=deque)  # featurized chunks not yet played
+    speaking: bool = False  # the last played chunk had agent speech
+    num_underruns: int = 0
+
+    def push(self, samples: np.ndarray, final: bool) -> None:
+        """Queue speech."""
+        if len(samples):
+            self.queue.append(samples)
+            self.num_queued += len(samples)
+        self.final = final
+
+    def pull(self) -> np.ndarray:
+        """The next chunk (HOP samples) entering the pipeline; silence when nothing (enough) is queued."""
+        if self.num_queued < HOP and not (self.final and self.num_queued):
+            if not self.final:
+                self.num_underruns += 1
+            return np.zeros(HOP, np.float32)
+        out, need = [], HOP
+        while need and self.queue:
+            head = self.queue[0]
+            take = head[:need]
+            out.append(take)
+            need -= len(take)
+            if len(take) == len(head):
+                self.queue.popleft()
+            else:
+                self.queue[0] = head[len(take) :]
+        self.num_queued -= HOP - need
+        chunk = np.concatenate(out)
+        return np.pad(chunk, (0, need)) if need else chunk
+
+    def clear(self) -> float:
+        """Drop everything not yet played (barge-in); returns the seconds dropped."""
+        dropped = self.num_queued + sum(int(np.abs(c).max() > 0) * len(c) for c in self.pipeline)
+        self.queue.clear()
+        self.num_queued = 0
+        self.final = True
+        for i in range(len(self.pipeline)):
+            self.pipeline[i] = np.zeros(HOP, np.float32)
+        return dropped / SAMPLE_RATE_HZ
+
+
+@dataclass
+class AvatarSession:
+    """One session: cache slot, sampling noise, feature windows, conversation and speech state."""
+
+    slot: int
+    rng: torch.Generator
+    renderer: FaceRenderer
+    barge_in_frames: int  # 0: never stop the agent automatically
+    agent_track: TrackState = field(default_factory=TrackState)
+    user_track: TrackState = field(default_factory=TrackState)
+    agent_window: np.ndarray | None = None  # (agent_past + 1 + agent_ahead, TRACK_DIM) features
+    user_window: np.ndarray | None = None  # (user_past + 1, TRACK_DIM)
+    prev: torch.Tensor | None = None  # (MOTION_DIM,) normalised motion of the last frame
+    frame: int = 0
+    tracker: ConversationTracker = field(default_factory=ConversationTracker)
+    speech: AgentSpeech = field(default_factory=AgentSpeech)
+    interruption_frames: int = 0
+    motion: np.ndarray | None = None  # last frame's motion (for tests and benches)
+
+
+class Avatar(Generator):
+    """Model `avatar`: user mic + agent speech -> talking, listening head video with the agent's voice."""
+
+    name = "avatar"
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        checkpoint: str | None = None,
+        config: str = "default",
+        width: int = 256,
+        height: int = 256,
+        max_batch_size: int = 16,
+        max_sessions: int = 64,
+    ) -> None:
+        self.device = torch.device(device)
+        if checkpoint is None and config == "default" and DEFAULT_CHECKPOINT.exists():
+            checkpoint = str(DEFAULT_CHECKPOINT)
+        if checkpoint:
+            self.model, self.meta = load_checkpoint(checkpoint, self.device)
+        else:  # random weights (paper-sized benches, tests of plumbing)
+            self.model, self.meta = MotionModel(AvatarConfig.preset(config)).to(self.device).eval(), {}
+        self.cfg = self.model.cfg
+        self.spec = StreamSpec(
+            chunk_ms=1000.0 / FPS,
+            pacing=Pacing.CLOCK,
+            input_audio=AudioFormat(SAMPLE_RATE_HZ),
+            output_audio=AudioFormat(SAMPLE_RATE_HZ),
+            output_video=VideoFormat(width, height, FPS),
+            event_types=frozenset({"say", "interrupt"}),
+        )
+        self.max_batch_size = max_batch_size
+        self.width, self.height = width, height
+        self.cache = self.model.new_cache(max_sessions, self.device)
+        self.featurizer = TrackFeaturizer()
+        self._renderers = {name: FaceRenderer(width, height, name) for name in STYLES}
+
+    # -- sessions ------------------------------------------------------------------------------------
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`seed` (int), `style` (default/dark/light), `barge_in_ms` (0 = off; default 300), `portrait`."""
+        known = {"seed", "style", "barge_in_ms", "portrait"}
+        if unknown := set(params) - known:
+            raise ParamError(f"unknown avatar params {sorted(unknown)}; known: {sorted(known)}")
+        seed = params.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ParamError("'seed' must be an integer")
+        style = params.get("style", "default")
+        if style not in STYLES:
+            raise ParamError(f"'style' must be one of {sorted(STYLES)}")
+        barge = params.get("barge_in_ms", 300)
+        if not isinstance(barge, int | float) or isinstance(barge, bool) or not 0 <= barge <= 5000:
+            raise ParamError("'barge_in_ms' must be a number of milliseconds in 0..5000 (0 disables)")
+        out: dict[str, Any] = {"seed": seed, "style": style, "barge_in_ms": barge}
+        if "portrait" in params:
+            decode_portrait(params["portrait"])  # raises a clear ParamError if it is not an image
+            raise ParamError("portrait animation is not available in this build; use 'style' to pick a face")
+        return out
+
+    def open_session(self, params: Mapping[str, Any]) -> AvatarSession:
+        """Allocate a cache slot and empty feature windows."""
+        cfg = self.cfg
+        state = AvatarSession(
+            slot=self.cache.allocate(),
+            rng=torch.Generator().manual_seed(int(params.get("seed", 0))),
+            renderer=self._renderers[params.get("style", "default")],
+            barge_in_frames=round(float(params.get("barge_in_ms", 300)) / 1000 * FPS),
+        )
+        # frames before the session are all-zero rows, exactly as offline padding (model.condition_input)
+        state.agent_window = np.zeros((cfg.agent_past + 1 + cfg.agent_ahead, TRACK_DIM), np.float32)
+        state.user_window = np.zeros((cfg.user_past + 1, TRACK_DIM), np.float32)
+        state.prev = torch.zeros(MOTION_DIM)
+        for _ in range(cfg.agent_ahead):  # fill the look-ahead pipeline (silence until `say`)
+            self._enter_pipeline([state])
+        return state
+
+    def close_session(self, state: AvatarSession) -> None:
+        """Give the cache slot back."""
+        self.cache.free(state.slot)
+
+    def warmup_events(self) -> list[ControlEvent]:
+        """A second of speech-like noise so warm-up measures a talking avatar."""
+        rng = np.random.default_rng(0)
+        audio = (0.2 * rng.standard_normal(SAMPLE_RATE_HZ) * np.sin(np.linspace(0, 12, SAMPLE_RATE_HZ)) ** 2)
+        pcm = (audio * 32767).astype("<i2").tobytes()
+        return [ControlEvent("say", {"audio": base64.b64encode(pcm).decode(), "sample_rate_hz": SAMPLE_RATE_HZ})]
+
+    # -- events --------------------------------------------------------------------------------------
+    def handle_event(self, state: AvatarSession, event: ControlEvent) -> list[dict[str, Any]]:
+        """`say` {audio (base64 PCM16 mono), sample_rate_hz, final} queues agent speech; `interrupt` stops it."""
+        if event.type == "interrupt":
+            dropped = state.speech.clear()
+            state.tracker.interrupt()
+            return [{"type": "barge_in", "frame": state.frame, "dropped_s": round(dropped, 3), "reason": "interrupt"}]
+        if event.type != "say":
+            return super().handle_event(state, event)
+        p = event.payload
+        if "audio" not in p:
+            if "text" in p:
+                raise ParamError("'say' with text needs the tts model, which this build lacks; send 'audio' instead")
+            raise ParamError("'say' needs 'audio' (base64 PCM16 mono)")
+        rate = p.get("sample_rate_hz", SAMPLE_RATE_HZ)
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
+            raise ParamError(f"'sample_rate_hz' must be an integer in 8000..48000, got {rate!r}")
+        final = p.get("final", True)
+        if not isinstance(final, bool):
+            raise ParamError("'final' must be true or false")
+        samples = resample_to_model(decode_pcm16(p["audio"]), rate)
+        if (state.speech.num_queued + len(samples)) / SAMPLE_RATE_HZ > MAX_QUEUED_S:
+            raise ParamError(f"more than {MAX_QUEUED_S:.0f} s of agent speech would be queued")
+        state.speech.push(samples, final)
+        return [{"type": "speech_queued", "frame": state.frame, "seconds": round(len(samples) / SAMPLE_RATE_HZ, 3),
+                 "queued_s": round(state.speech.num_queued / SAMPLE_RATE_HZ, 3)}]  # fmt: skip
+
+    # -- stepping ------------------------------------------------------------------------------------
+    def step(
+        self, states: Sequence[AvatarSession], inputs: Sequence[StepInput], padded_batch_size: int
+    ) -> list[StepOutput]:
+        """One 40 ms frame for every session of the batch."""
+        notices: list[list[dict[str, Any]]] = [[] for _ in states]
+        user_audio = np.stack([self._mic(i) for i in inputs])  # (B, HOP)
+        user_feat = self.featurizer.step([s.user_track for s in states], user_audio)
+        self._enter_pipeline(states)
+        agent_audio = [s.speech.pipeline.popleft() for s in states]
+        for s, uf in zip(states, user_feat, strict=True):
+            s.user_window = np.concatenate([s.user_window[1:], uf[None]])
+        conv = [self._update_state(s, n) for s, n in zip(states, notices, strict=True)]
+        motion = self.motion_step(states, conv)
+        frames = np.stack([s.renderer.render(m) for s, m in zip(states, motion, strict=True)])
+        out = []
+        for i, s in enumerate(states):
+            s.motion = motion[i]
+            s.frame += 1
+            out.append(StepOutput(audio=agent_audio[i], video=frames[i : i + 1], notices=notices[i]))
+        return out
+
+    @torch.no_grad()
+    def motion_step(self, states: Sequence[AvatarSession], conv: Sequence[int]) -> np.ndarray:
+        """Advance the motion transformer one frame for a batch; returns motion (B, MOTION_DIM)."""
+        dev = self.device
+        agent_win = torch.from_numpy(np.stack([s.agent_window for s in states])).to(dev)
+        user_win = torch.from_numpy(np.stack([s.user_window for s in states])).to(dev)
+        cond = self.model.window_input(agent_win, user_win, torch.tensor(conv, device=dev))
+        prev = torch.stack([s.prev for s in states]).to(dev)
+        positions = torch.tensor([s.frame for s in states], device=dev)
+        h = self.model.step(self.cache, [s.slot for s in states], positions, prev, cond)
+        noise = torch.cat([torch.randn(1, MOTION_DIM, generator=s.rng) for s in states]).to(dev)
+        x = self.model.sample(h, noise)
+        for s, xi in zip(states, x.cpu(), strict=True):
+            s.prev = xi
+        return self.model.denormalize(x).cpu().numpy()
+
+    def _enter_pipeline(self, states: Sequence[AvatarSession]) -> None:
+        """Pull the next agent chunk of each session, featurize it, and queue it for playout."""
+        chunks = [s.speech.pull() for s in states]
+        feats = self.featurizer.step([s.agent_track for s in states], np.stack(chunks))
+        for s, chunk, f in zip(states, chunks, feats, strict=True):
+            s.speech.pipeline.append(chunk)
+            s.agent_window = np.concatenate([s.agent_window[1:], f[None]])
+
+    def _update_state(self, s: AvatarSession, notices: list[dict[str, Any]]) -> int:
+        """Conversational state of the frame being played; auto barge-in; notices on changes."""
+        cfg = self.cfg
+        before = s.tracker.state
+        now = s.tracker.update(float(s.agent_window[cfg.agent_past, -1]), float(s.user_window[-1, -1]))
+        s.interruption_frames = s.interruption_frames + 1 if now == ConvState.INTERRUPTION else 0
+        if s.barge_in_frames and s.interruption_frames == s.barge_in_frames and s.speech.num_queued:
+            dropped = s.speech.clear()
+            notices.append({"type": "barge_in", "frame": s.frame, "dropped_s": round(dropped, 3), "reason": "user"})
+        if now != before:
+            notices.append({"type": "state", "state": now.name.lower(), "frame": s.frame})
+        return int(now)
+
+    @staticmethod
+    def _mic(step_input: StepInput) -> np.ndarray:
+        if step_input.audio is None:
+            return np.zeros(HOP, np.float32)
+        audio = np.asarray(step_input.audio, np.float32)[:HOP]
+        return np.pad(audio, (0, HOP - len(audio))) if len(audio) < HOP else audio
+
+
+def decode_pcm16(data: Any) -> np.ndarray:
+    """Base64 PCM16 little-endian mono -> float32; ParamError with the reason otherwise."""
+    if not isinstance(data, str):
+        raise ParamError("'audio' must be a base64 string of PCM16 mono samples")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ParamError(f"'audio' is not valid base64: {e}") from e
+    if len(raw) % 2:
+        raise ParamError("'audio' has an odd number of bytes (PCM16 needs 2 per sample)")
+    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
+
+
+def resample_to_model(samples: np.ndarray, rate_hz: int) -> np.ndarray:
+    """Resample mono float32 audio to 16 kHz with FFmpeg's resampler (a whole utterance, flushed)."""
+    if rate_hz == SAMPLE_RATE_HZ or not len(samples):
+        return samples.astype(np.float32)
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
+    frame.sample_rate = rate_hz
+    frames = list(resampler.resample(frame)) + list(resampler.resample(None))  # the second call flushes
+    parts = [f.to_ndarray()[0] for f in frames]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def decode_portrait(data: Any) -> np.ndarray:
+    """A base64 PNG/JPEG portrait -> RGB (H, W, 3) uint8; ParamError if it is not an image."""
+    import av
+
+    if not isinstance(data, str):
+        raise ParamError("'portrait' must be a base64 string of a PNG or JPEG image")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ParamError(f"'portrait' is not valid base64: {e}") from e
+    if len(raw) > MAX_PORTRAIT_BYTES:
+        raise ParamError(f"'portrait' is larger than {MAX_PORTRAIT_BYTES} bytes")
+    try:
+        with av.open(io.BytesIO(raw)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, StopIteration, ValueError, IndexError) as e:
+        raise ParamError(f"'portrait' is not a decodable image (PNG or JPEG expected): {e}") from e
