@@ -32,7 +32,7 @@ from models.flow import interpolate, sample_training_times  # noqa: E402
 
 # mouth channels matter most for lip sync; weight their loss up
 LOSS_WEIGHT = torch.ones(MOTION_DIM)
-for name, w in (("jaw", 3.0), ("mouth_width", 1.5), ("lip_press", 1.5), ("pitch", 1.5)):
+for name, w in (("jaw", 3.0), ("mouth_width", 1.5), ("lip_press", 1.5), ("pitch", 2.0), ("smile", 1.5)):
     LOSS_WEIGHT[IDX[name]] = w
 
 

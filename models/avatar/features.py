@@ -79,6 +79,12 @@ class TrackFeaturizer:
         return np.concatenate([logmel, energy[:, None], vad[:, None]], axis=1).astype(np.float32)
 
 
+def frame_energy(samples: np.ndarray, hop: int = HOP) -> np.ndarray:
+    """RMS of each whole 40 ms frame of a signal: the speech envelope lip sync is measured against."""
+    n = len(samples) // hop
+    return np.sqrt((samples[: n * hop].reshape(n, hop) ** 2).mean(1))
+
+
 def track_features(featurizer: TrackFeaturizer, audio: np.ndarray) -> np.ndarray:
     """Offline features (T, TRACK_DIM) of a whole 16 kHz track, T = len // HOP, via the streaming path."""
     num = len(audio) // HOP

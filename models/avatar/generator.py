@@ -237,8 +237,7 @@ class Avatar(Generator):
         """One 40 ms frame for every session of the batch."""
         notices: list[list[dict[str, Any]]] = [[] for _ in states]
         user_audio = np.stack([self._mic(i) for i in inputs])  # (B, HOP)
-        user_feat = self.featurizer.step([s.user_track for s in states], user_audio)
-        self._enter_pipeline(states)
+        user_feat = self._enter_pipeline(states, user_audio)  # both tracks featurized in one batch
         agent_audio = [s.speech.pipeline.popleft() for s in states]
         for s, uf in zip(states, user_feat, strict=True):
             s.user_window = np.concatenate([s.user_window[1:], uf[None]])
@@ -268,13 +267,21 @@ class Avatar(Generator):
             s.prev = xi
         return self.model.denormalize(x).cpu().numpy()
 
-    def _enter_pipeline(self, states: Sequence[AvatarSession]) -> None:
-        """Pull the next agent chunk of each session, featurize it, and queue it for playout."""
-        chunks = [s.speech.pull() for s in states]
-        feats = self.featurizer.step([s.agent_track for s in states], np.stack(chunks))
-        for s, chunk, f in zip(states, chunks, feats, strict=True):
+    def _enter_pipeline(self, states: Sequence[AvatarSession], user_audio: np.ndarray | None = None) -> np.ndarray:
+        """Pull the next agent chunk of each session, featurize it, and queue it for playout.
+
+        With ``user_audio`` (B, HOP) the mic chunks are featurized in the same batch; returns their features.
+        """
+        chunks = np.stack([s.speech.pull() for s in states])
+        tracks = [s.agent_track for s in states]
+        if user_audio is not None:
+            tracks += [s.user_track for s in states]
+            chunks = np.concatenate([chunks, user_audio])
+        feats = self.featurizer.step(tracks, chunks)
+        for s, chunk, f in zip(states, chunks, feats, strict=False):
             s.speech.pipeline.append(chunk)
             s.agent_window = np.concatenate([s.agent_window[1:], f[None]])
+        return feats[len(states) :]
 
     def _update_state(self, s: AvatarSession, notices: list[dict[str, Any]]) -> int:
         """Conversational state of the frame being played; auto barge-in; notices on changes."""

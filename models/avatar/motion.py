@@ -127,10 +127,10 @@ def teacher_motion(
     m[:, IDX["upper_lip"]] = 0.5 * np.clip(cues.brightness, 0, 1) * jaw
 
     # head: idle sway everywhere, larger while speaking; beat nods on stressed syllables
-    sway = 1.0 + 1.2 * _smooth(speaking.astype(np.float32), 0.9)
-    m[:, IDX["yaw"]] += sway * _ou(rng, n, 0.04, 0.012)
-    m[:, IDX["pitch"]] += sway * _ou(rng, n, 0.05, 0.008)
-    m[:, IDX["roll"]] += sway * _ou(rng, n, 0.04, 0.006)
+    sway = 1.0 + 1.0 * _smooth(speaking.astype(np.float32), 0.9)  # pitch sway stays well below a nod
+    m[:, IDX["yaw"]] += sway * _ou(rng, n, 0.04, 0.010)
+    m[:, IDX["pitch"]] += sway * _ou(rng, n, 0.05, 0.0035)
+    m[:, IDX["roll"]] += sway * _ou(rng, n, 0.04, 0.005)
     m[:, IDX["tx"]] += _ou(rng, n, 0.03, 0.003)
     m[:, IDX["ty"]] += _ou(rng, n, 0.03, 0.002)
     m[:, IDX["lean"]] += _ou(rng, n, 0.02, 0.002)
@@ -182,7 +182,7 @@ def teacher_motion(
 def _nod(
     m: np.ndarray, t: int, rng: np.random.Generator, events: dict[str, list[int]], backchannel: bool, scale: float = 1.0
 ) -> None:
-    amplitude = scale * float(rng.uniform(0.08, 0.14))
+    amplitude = scale * float(rng.uniform(0.10, 0.16))
     _add_pulse(m[:, IDX["pitch"]], t, NOD, amplitude)
     events["nod"].append(t)
     if backchannel:  # a closed-mouth "mm-hm": lips press, corners rise, eyes smile
@@ -193,15 +193,21 @@ def _nod(
         events["backchannel"].append(t)
 
 
-def count_nods(pitch: np.ndarray, threshold: float = 0.045) -> np.ndarray:
-    """Frames where a nod starts in a pitch track: pitch rises by `threshold` above its last 0.4 s minimum."""
-    starts = []
-    last = -100
-    for t in range(10, len(pitch)):
-        if t - last > 12 and pitch[t] - pitch[t - 10 : t].min() > threshold:
-            starts.append(t)
-            last = t
-    return np.asarray(starts, np.int64)
+def count_nods(pitch: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """Frames where nods peak in a pitch track: local maxima of the high-passed pitch above ``threshold``.
+
+    High-passing (minus a 1 s moving average) removes slow sway; peaks closer than 0.5 s count once.
+    """
+    if len(pitch) < 27:
+        return np.zeros(0, np.int64)
+    kernel = np.ones(25, np.float32) / 25
+    high = pitch - np.convolve(np.pad(pitch, 12, mode="edge"), kernel, mode="valid")
+    peaks = np.flatnonzero((high[1:-1] > threshold) & (high[1:-1] >= high[:-2]) & (high[1:-1] > high[2:])) + 1
+    kept: list[int] = []
+    for p in peaks:
+        if not kept or p - kept[-1] > 12:
+            kept.append(int(p))
+    return np.asarray(kept, np.int64)
 
 
 def jitter(motion: np.ndarray) -> float:

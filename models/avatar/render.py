@@ -246,3 +246,14 @@ class FaceRenderer:
         else:  # closed: a thin dark line between the lips
             seam = np.maximum(np.abs(y - bend) - 0.5, edge + 1.0)
             self._blend(canvas, where, 0.8 * self._coverage(seam, pose), self._colors["mouth"])
+
+
+def mouth_openness(frame: np.ndarray) -> float:
+    """Share of dark mouth-interior pixels around a default-face mouth (robust to JPEG).
+
+    Benches and tests measure lip sync on received pixels with it.
+    """
+    h, w = frame.shape[:2]
+    box = frame[int(h * 0.52) : int(h * 0.78), int(w * 0.36) : int(w * 0.64)].astype(np.int32)
+    dark = (box[..., 0] < 140) & (box[..., 1] < 80) & (box[..., 2] < 90) & (box[..., 0] > box[..., 2])
+    return float(dark.mean())
