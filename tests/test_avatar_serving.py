@@ -125,12 +125,46 @@ def test_other_sample_rates_are_resampled():
         ({"seed": 1.5}, "'seed'"),
         ({"barge_in_ms": -1}, "barge_in_ms"),
         ({"colour": "red"}, "unknown avatar params"),
+        ({"portrait_mouth": [0.5, 0.6]}, "needs 'portrait'"),
     ],
 )
 def test_bad_params_are_refused_clearly(params, message):
     gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
     with pytest.raises(ParamError, match=message):
         gen.validate_params(params)
+
+
+def png_base64(image: np.ndarray) -> str:
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="image2pipe") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = image.shape[1], image.shape[0], "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_portrait_is_animated_by_warping():
+    from models.avatar.motion import REST
+    from models.avatar.render import FaceRenderer
+
+    portrait = png_base64(FaceRenderer(300, 360, "dark").render(REST))  # any frontal face image
+    gen = Avatar(config="tiny", checkpoint="", width=128, height=128)
+    params = gen.validate_params({"portrait": portrait, "portrait_mouth": [0.5, 0.62]})
+    state = gen.open_session(params)
+    closed, open_ = REST.copy(), REST.copy()
+    open_[IDX["jaw"]] = 1.0
+    a, b = state.renderer.render(closed), state.renderer.render(open_)
+    assert a.shape == (128, 128, 3)
+    assert mouth_openness(b) > mouth_openness(a) + 0.05  # the warped mouth opens
+    out = gen.step([state], [SILENCE], 1)[0]
+    assert out.video.shape == (1, 128, 128, 3)
+    with pytest.raises(ParamError, match="portrait_mouth"):
+        gen.validate_params({"portrait": portrait, "portrait_mouth": [2, 0]})
 
 
 async def test_av_offset_of_delivered_streams_within_40ms(start_server, shipped):

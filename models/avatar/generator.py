@@ -37,6 +37,7 @@ from models.avatar.features import (
 )
 from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
 from models.avatar.motion import MOTION_DIM
+from models.avatar.portrait import PortraitRenderer
 from models.avatar.render import STYLES, FaceRenderer
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
 from streaming.errors import ParamError
@@ -102,7 +103,7 @@ class AvatarSession:
 
     slot: int
     rng: torch.Generator
-    renderer: FaceRenderer
+    renderer: FaceRenderer | PortraitRenderer
     barge_in_frames: int  # 0: never stop the agent automatically
     agent_track: TrackState = field(default_factory=TrackState)
     user_track: TrackState = field(default_factory=TrackState)
@@ -156,8 +157,8 @@ class Avatar(Generator):
 
     # -- sessions ------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """`seed` (int), `style` (default/dark/light), `barge_in_ms` (0 = off; default 300), `portrait`."""
-        known = {"seed", "style", "barge_in_ms", "portrait"}
+        """`seed`, `style` (default/dark/light), `barge_in_ms` (0 = off), `portrait` (+ `portrait_mouth`)."""
+        known = {"seed", "style", "barge_in_ms", "portrait", "portrait_mouth"}
         if unknown := set(params) - known:
             raise ParamError(f"unknown avatar params {sorted(unknown)}; known: {sorted(known)}")
         seed = params.get("seed", 0)
@@ -172,7 +173,14 @@ class Avatar(Generator):
         out: dict[str, Any] = {"seed": seed, "style": style, "barge_in_ms": barge}
         if "portrait" in params:
             decode_portrait(params["portrait"])  # raises a clear ParamError if it is not an image
-            raise ParamError("portrait animation is not available in this build; use 'style' to pick a face")
+            out["portrait"] = params["portrait"]
+            mouth = params.get("portrait_mouth", [0.5, 0.68])
+            if (not isinstance(mouth, list | tuple) or len(mouth) != 2
+                    or not all(isinstance(v, int | float) and 0.1 <= v <= 0.9 for v in mouth)):  # fmt: skip
+                raise ParamError("'portrait_mouth' must be [x, y] in 0.1..0.9 (fractions of the image)")
+            out["portrait_mouth"] = [float(v) for v in mouth]
+        elif "portrait_mouth" in params:
+            raise ParamError("'portrait_mouth' needs 'portrait'")
         return out
 
     def open_session(self, params: Mapping[str, Any]) -> AvatarSession:
@@ -181,7 +189,7 @@ class Avatar(Generator):
         state = AvatarSession(
             slot=self.cache.allocate(),
             rng=torch.Generator().manual_seed(int(params.get("seed", 0))),
-            renderer=self._renderers[params.get("style", "default")],
+            renderer=self._session_renderer(params),
             barge_in_frames=round(float(params.get("barge_in_ms", 300)) / 1000 * FPS),
         )
         # frames before the session are all-zero rows, exactly as offline padding (model.condition_input)
@@ -191,6 +199,12 @@ class Avatar(Generator):
         for _ in range(cfg.agent_ahead):  # fill the look-ahead pipeline (silence until `say`)
             self._enter_pipeline([state])
         return state
+
+    def _session_renderer(self, params: Mapping[str, Any]) -> FaceRenderer | PortraitRenderer:
+        if "portrait" not in params:
+            return self._renderers[params.get("style", "default")]
+        image = fit_image(decode_portrait(params["portrait"]), self.width, self.height)
+        return PortraitRenderer(image, tuple(params.get("portrait_mouth", (0.5, 0.68))))
 
     def close_session(self, state: AvatarSession) -> None:
         """Give the cache slot back."""
@@ -329,6 +343,21 @@ def resample_to_model(samples: np.ndarray, rate_hz: int) -> np.ndarray:
     frames = list(resampler.resample(frame)) + list(resampler.resample(None))  # the second call flushes
     parts = [f.to_ndarray()[0] for f in frames]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop an RGB image to the output aspect ratio and resize it (FFmpeg's scaler)."""
+    import av
+
+    h, w = image.shape[:2]
+    if w * height > h * width:
+        crop = round(h * width / height)
+        image = image[:, (w - crop) // 2 : (w - crop) // 2 + crop]
+    else:
+        crop = round(w * height / width)
+        image = image[(h - crop) // 2 : (h - crop) // 2 + crop]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
 
 
 def decode_portrait(data: Any) -> np.ndarray:

@@ -43,7 +43,7 @@ STYLES = {
 }
 
 
-def _ellipse_sd(x: np.ndarray, y: np.ndarray, a: float, b: float) -> np.ndarray:
+def ellipse_sd(x: np.ndarray, y: np.ndarray, a: float, b: float) -> np.ndarray:
     """Approximate signed distance to an axis-aligned ellipse with radii (a, b) (negative inside)."""
     k0 = np.sqrt((x / a) ** 2 + (y / b) ** 2)
     k1 = np.sqrt((x / (a * a)) ** 2 + (y / (b * b)) ** 2) + 1e-6
@@ -128,7 +128,7 @@ class FaceRenderer:
         if reg is None:
             return
         where, x, y = reg
-        alpha = self._coverage(_ellipse_sd(x, y, *radii), pose)
+        alpha = self._coverage(ellipse_sd(x, y, *radii), pose)
         if shade:
             light = np.clip(1.0 - shade * (0.6 * x / radii[0] + y / radii[1] + 0.3), 0.85, 1.04)[..., None]
             region = canvas[where]
@@ -145,7 +145,7 @@ class FaceRenderer:
         y = np.arange(y0, h, dtype=np.float32)[:, None] - (h * 0.70 + 34 * u)
         neck = np.maximum(np.abs(x) - 22 * u, -(y + 40 * u))
         self._blend(canvas, (slice(y0, h), slice(0, w)), np.clip(0.5 - neck, 0, 1), self._colors["skin_shade"])
-        body = _ellipse_sd(x, y - 62 * u, 112 * u, 66 * u)
+        body = ellipse_sd(x, y - 62 * u, 112 * u, 66 * u)
         self._blend(canvas, (slice(y0, h), slice(0, w)), np.clip(0.5 - body, 0, 1), self._colors["shirt"])
 
     def _head(self, canvas: np.ndarray, pose: dict) -> None:
@@ -159,7 +159,7 @@ class FaceRenderer:
         if reg is None:
             return
         where, x, y = reg
-        cap = _ellipse_sd(x, y + 4.0, 62.0, 38.0)
+        cap = ellipse_sd(x, y + 4.0, 62.0, 38.0)
         hairline = -(y - (5.0 - 10.0 * np.cos(x / 14.0) * (np.abs(x) < 44) + 0.004 * x * x))  # fringe edge
         self._blend(canvas, where, self._coverage(np.maximum(cap, -hairline), pose), self._colors["hair"])
 
@@ -171,18 +171,18 @@ class FaceRenderer:
         if reg is None:
             return
         where, x, y = reg
-        white = _ellipse_sd(x, y, a, b)
+        white = ellipse_sd(x, y, a, b)
         lid_y = -b + 2.1 * b * blink  # upper lid edge moves down as the eye closes
         low_y = b * (1.0 - 0.6 * squint)
         open_sd = np.maximum(white, np.maximum(lid_y - y, y - low_y))
         alpha = self._coverage(open_sd, pose)
         self._blend(canvas, where, alpha, np.array([250, 250, 248], np.float32))
         gx, gy = float(m[IDX["gaze_x"]]) * 5.0, float(m[IDX["gaze_y"]]) * 3.0
-        iris = np.maximum(_ellipse_sd(x - gx, y - gy, 6.2, 6.2), open_sd)
+        iris = np.maximum(ellipse_sd(x - gx, y - gy, 6.2, 6.2), open_sd)
         self._blend(canvas, where, self._coverage(iris, pose), self._colors["iris"])
-        pupil = np.maximum(_ellipse_sd(x - gx, y - gy, 2.8, 2.8), open_sd)
+        pupil = np.maximum(ellipse_sd(x - gx, y - gy, 2.8, 2.8), open_sd)
         self._blend(canvas, where, self._coverage(pupil, pose), np.array([20, 20, 24], np.float32))
-        glint = _ellipse_sd(x - gx - 2.0, y - gy + 2.2, 1.3, 1.3)
+        glint = ellipse_sd(x - gx - 2.0, y - gy + 2.2, 1.3, 1.3)
         self._blend(canvas, where, 0.9 * self._coverage(np.maximum(glint, open_sd), pose), np.full(3, 255, np.float32))
         lash = np.maximum(np.abs(y - lid_y) - 1.1 - 0.4 * (1 - blink), white - 1.2)  # a line along the lid
         self._blend(canvas, where, self._coverage(lash, pose), np.array([40, 28, 26], np.float32))
@@ -241,7 +241,7 @@ class FaceRenderer:
             self._blend(canvas, where, inner_a, self._colors["mouth"])
             teeth = np.maximum(inner, y - (top_in + 2.0 + 2.0 * upper))
             self._blend(canvas, where, self._coverage(teeth, pose), np.array([244, 242, 236], np.float32))
-            tongue = np.maximum(inner, _ellipse_sd(x, y - bot_in, 0.55 * half_w, 0.45 * opening + 1.0))
+            tongue = np.maximum(inner, ellipse_sd(x, y - bot_in, 0.55 * half_w, 0.45 * opening + 1.0))
             self._blend(canvas, where, self._coverage(tongue, pose), np.array([200, 90, 96], np.float32))
         else:  # closed: a thin dark line between the lips
             seam = np.maximum(np.abs(y - bend) - 0.5, edge + 1.0)
