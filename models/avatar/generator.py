@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,7 @@ from streaming.errors import ParamError
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "avatar_default.safetensors"
 MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session
 MAX_PORTRAIT_BYTES = 1_500_000
+MAX_CACHED_PORTRAITS = 16
 FPS = 25
 
 
@@ -56,7 +58,6 @@ class AgentSpeech:
     num_queued: int = 0
     final: bool = True  # False while a streamed utterance (`say` with final=false) is still arriving
     pipeline: deque[np.ndarray] = field(default_factory=deque)  # featurized chunks not yet played
-    speaking: bool = False  # the last played chunk had agent speech
     num_underruns: int = 0
 
     def push(self, samples: np.ndarray, final: bool) -> None:
@@ -154,6 +155,7 @@ class Avatar(Generator):
         self.cache = self.model.new_cache(max_sessions, self.device)
         self.featurizer = TrackFeaturizer()
         self._renderers = {name: FaceRenderer(width, height, name) for name in STYLES}
+        self._portraits: dict[str, np.ndarray] = {}  # digest -> fitted image, oldest first
 
     # -- sessions ------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,13 +174,20 @@ class Avatar(Generator):
             raise ParamError("'barge_in_ms' must be a number of milliseconds in 0..5000 (0 disables)")
         out: dict[str, Any] = {"seed": seed, "style": style, "barge_in_ms": barge}
         if "portrait" in params:
-            decode_portrait(params["portrait"])  # raises a clear ParamError if it is not an image
-            out["portrait"] = params["portrait"]
             mouth = params.get("portrait_mouth", [0.5, 0.68])
             if (not isinstance(mouth, list | tuple) or len(mouth) != 2
                     or not all(isinstance(v, int | float) and 0.1 <= v <= 0.9 for v in mouth)):  # fmt: skip
                 raise ParamError("'portrait_mouth' must be [x, y] in 0.1..0.9 (fractions of the image)")
             out["portrait_mouth"] = [float(v) for v in mouth]
+            # decoded once here (a clear error if it is not an image); the session opens from this cache,
+            # and the normalised params echo a digest, not megabytes of base64
+            image = fit_image(decode_portrait(params["portrait"]), self.width, self.height)
+            digest = "sha256:" + hashlib.sha256(params["portrait"].encode()).hexdigest()[:16]
+            self._portraits.pop(digest, None)
+            self._portraits[digest] = image
+            while len(self._portraits) > MAX_CACHED_PORTRAITS:
+                self._portraits.pop(next(iter(self._portraits)))
+            out["portrait"] = digest
         elif "portrait_mouth" in params:
             raise ParamError("'portrait_mouth' needs 'portrait'")
         return out
@@ -203,7 +212,9 @@ class Avatar(Generator):
     def _session_renderer(self, params: Mapping[str, Any]) -> FaceRenderer | PortraitRenderer:
         if "portrait" not in params:
             return self._renderers[params.get("style", "default")]
-        image = fit_image(decode_portrait(params["portrait"]), self.width, self.height)
+        image = self._portraits.get(params["portrait"])
+        if image is None:
+            raise ParamError("the portrait was evicted before the session opened; start again")
         return PortraitRenderer(image, tuple(params.get("portrait_mouth", (0.5, 0.68))))
 
     def close_session(self, state: AvatarSession) -> None:
