@@ -24,9 +24,10 @@ The teacher (:func:`teacher_motion`) builds a motion track from a two-party conv
 agent's speech (jaw from the band energy envelope, a frame of anticipation; rounding/spreading from the
 spectral balance; lip presses at energy dips inside speech), beat nods on the agent's stressed syllables,
 gaze aversion at the start of the agent's turns, listening behaviour (attentive brows when the user starts,
-nods and backchannel smiles at the user's phrase ends and now and then during long user turns, a quick
-stop when interrupted), blinks and idle sway. Its random parts (when exactly to nod, blink timing, sway)
-are what the model's flow head learns to sample.
+a nod 160 ms after each of the user's phrase ends, with a closed-mouth smile "mm-hm" after phrases longer
+than 1.6 s, and a small nod every 2.8 s during long user phrases; a quick stop when interrupted), blinks
+and idle sway. Listening cues are timed by the conversation so a causal model can learn them; their
+amplitudes, blink timing, gaze shifts and sway are random, which is what the flow head learns to sample.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ def teacher_motion(
     # gaze: at the viewer while listening, averted at the start of each agent turn, small saccades
     gaze_x, gaze_y = _ou(rng, n, 0.3, 0.04), _ou(rng, n, 0.3, 0.03)
     prev = ConvState.IDLE
+    user_run = 0  # frames of the user's current phrase
     for t, s in enumerate(states):
         s = ConvState(int(s))
         if s == ConvState.SPEAKING and prev not in (ConvState.SPEAKING, ConvState.FEEDBACK, ConvState.AGENT_PAUSE):
@@ -156,11 +158,14 @@ def teacher_motion(
         if s == ConvState.LISTENING and prev != ConvState.LISTENING:  # attention when the user starts
             _add_pulse(m[:, IDX["brow_l"]], t + 2, BUMP, 0.35)
             _add_pulse(m[:, IDX["brow_r"]], t + 2, BUMP, 0.35)
-        if s == ConvState.USER_PAUSE and prev == ConvState.LISTENING and rng.random() < 0.85:
-            delay = t + int(rng.integers(3, 7))
-            _nod(m, delay, rng, events, backchannel=rng.random() < 0.5)
-        if s == ConvState.LISTENING and prev == ConvState.LISTENING and rng.random() < 1 / 75:
-            _nod(m, t, rng, events, backchannel=False, scale=0.6)  # ~one small nod per 3 s of user speech
+        # listening: timing follows the conversation (so a causal model can learn it), amplitude is random
+        if s == ConvState.LISTENING:
+            user_run = user_run + 1 if prev == ConvState.LISTENING else 1
+            if user_run % 70 == 0:
+                _nod(m, t, rng, events, backchannel=False, scale=0.6)  # a small nod every 2.8 s of user speech
+        if s == ConvState.USER_PAUSE and prev == ConvState.LISTENING:  # the user's phrase ended
+            _nod(m, t + 4, rng, events, backchannel=user_run >= 40)  # after a long phrase: "mm-hm" too
+            user_run = 0
         if s == ConvState.INTERRUPTION and prev != ConvState.INTERRUPTION:
             _add_pulse(m[:, IDX["brow_l"]], t, BUMP, 0.5)
             _add_pulse(m[:, IDX["brow_r"]], t, BUMP, 0.5)
