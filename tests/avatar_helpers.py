@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.avatar.generator import Avatar
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -20,3 +22,8 @@ def speech(name: str) -> np.ndarray:
 def b64_pcm16(samples: np.ndarray) -> str:
     """Float samples -> base64 PCM16 (the `say` event's audio field)."""
     return base64.b64encode((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+
+
+def tiny_avatar(size: int = 64, **options) -> Avatar:
+    """A random-weight tiny avatar without a speech generator (fast; for plumbing tests)."""
+    return Avatar(config="tiny", checkpoint="", width=size, height=size, tts=options.pop("tts", None), **options)

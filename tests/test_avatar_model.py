@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from avatar_helpers import speech
+from avatar_helpers import speech, tiny_avatar
 
 from models.avatar.features import HOP, TRACK_DIM, TrackFeaturizer, TrackState, track_features
-from models.avatar.generator import Avatar
 from models.avatar.model import AvatarConfig, MotionModel
 from models.avatar.motion import MOTION_DIM
 from models.avatar.render import FaceRenderer
@@ -53,7 +52,7 @@ def test_streaming_equals_offline_through_ring_wraparound():
 
 def test_generator_motion_equals_model_rollout_on_its_own_tracks():
     """The served path (pipeline, windows, tracker) feeds the model exactly what the offline path would."""
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     gen.model = tiny_model()
     gen.cfg = gen.model.cfg
     state = gen.open_session(gen.validate_params({"seed": 3}))
@@ -86,7 +85,7 @@ def test_batch_equals_single():
     from avatar_helpers import b64_pcm16
 
     def run(batch_seeds: list[int]) -> dict[int, np.ndarray]:
-        gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+        gen = tiny_avatar()
         gen.model = tiny_model()
         gen.cfg = gen.model.cfg
         states = {seed: gen.open_session(gen.validate_params({"seed": seed})) for seed in batch_seeds}
@@ -134,7 +133,7 @@ def test_bounded_memory_over_30_minutes_of_frames():
 
 
 def test_session_state_stays_bounded_through_long_silence():
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     state = gen.open_session(gen.validate_params({}))
     silence = StepInput(np.zeros(HOP, np.float32), 0)
     sizes = []

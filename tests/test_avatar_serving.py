@@ -7,7 +7,7 @@ import base64
 
 import numpy as np
 import pytest
-from avatar_helpers import b64_pcm16, speech
+from avatar_helpers import b64_pcm16, speech, tiny_avatar
 
 from models.avatar.features import HOP, frame_energy
 from models.avatar.generator import DEFAULT_CHECKPOINT, Avatar
@@ -27,7 +27,7 @@ SLACK = SessionConfig(clock_lead_ms=120)
 @pytest.fixture(scope="module")
 def shipped() -> Avatar:
     assert DEFAULT_CHECKPOINT.exists(), "the default avatar checkpoint must ship in checkpoints/"
-    return Avatar(width=128, height=128)
+    return Avatar(width=128, height=128, tts=None)
 
 
 def run(gen: Avatar, state, num_frames: int, mic: np.ndarray | None = None) -> list:
@@ -56,7 +56,7 @@ def test_shipped_checkpoint_loads_and_lip_syncs(shipped):
 
 
 def test_user_speech_makes_the_avatar_listen_and_interruption_is_detected_within_200ms():
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     state = gen.open_session(gen.validate_params({"barge_in_ms": 200}))
     gen.handle_event(state, ControlEvent("say", {"audio": b64_pcm16(np.tile(speech("agent"), 3))}))
     user = speech("user")
@@ -78,7 +78,7 @@ def test_user_speech_makes_the_avatar_listen_and_interruption_is_detected_within
 
 
 def test_interrupt_event_stops_speech_at_once():
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     state = gen.open_session(gen.validate_params({}))
     gen.handle_event(state, ControlEvent("say", {"audio": b64_pcm16(speech("agent"))}))
     run(gen, state, 10)
@@ -102,14 +102,14 @@ def test_interrupt_event_stops_speech_at_once():
     ],
 )
 def test_bad_say_events_are_refused_clearly(payload, message):
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     state = gen.open_session({})
     with pytest.raises(ParamError, match=message):
         gen.handle_event(state, ControlEvent("say", payload))
 
 
 def test_other_sample_rates_are_resampled():
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     state = gen.open_session({})
     one_second = {"audio": b64_pcm16(np.zeros(48000)), "sample_rate_hz": 48000}
     notice = gen.handle_event(state, ControlEvent("say", one_second))
@@ -129,7 +129,7 @@ def test_other_sample_rates_are_resampled():
     ],
 )
 def test_bad_params_are_refused_clearly(params, message):
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     with pytest.raises(ParamError, match=message):
         gen.validate_params(params)
 
@@ -153,7 +153,7 @@ def test_portrait_is_animated_by_warping():
     from models.avatar.render import FaceRenderer
 
     portrait = png_base64(FaceRenderer(300, 360, "dark").render(REST))  # any frontal face image
-    gen = Avatar(config="tiny", checkpoint="", width=128, height=128)
+    gen = tiny_avatar(128)
     params = gen.validate_params({"portrait": portrait, "portrait_mouth": [0.5, 0.62]})
     state = gen.open_session(params)
     closed, open_ = REST.copy(), REST.copy()
@@ -204,7 +204,7 @@ async def test_av_offset_of_delivered_streams_within_40ms(start_server, shipped)
 
 
 async def test_bad_input_through_the_server(start_server):
-    gen = Avatar(config="tiny", checkpoint="", width=64, height=64)
+    gen = tiny_avatar()
     server = await start_server(("avatar",), generators={"avatar": gen}, session=SLACK)
     async with Client(server.ws_url) as client:
         with pytest.raises(ServerError, match="not a decodable image"):

@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import io
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
 from models.avatar.motion import MOTION_DIM
 from models.avatar.portrait import PortraitRenderer
 from models.avatar.render import STYLES, FaceRenderer
+from models.avatar.speech_source import AgentSpeech, TextSpeech, decode_pcm16, load_speech_generator, resample_to_model
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
 from streaming.errors import ParamError
 
@@ -48,54 +48,6 @@ MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session
 MAX_PORTRAIT_BYTES = 1_500_000
 MAX_CACHED_PORTRAITS = 16
 FPS = 25
-
-
-@dataclass
-class AgentSpeech:
-    """Agent speech of one session: queued samples, the look-ahead pipeline, and whether more is coming."""
-
-    queue: deque[np.ndarray] = field(default_factory=deque)
-    num_queued: int = 0
-    final: bool = True  # False while a streamed utterance (`say` with final=false) is still arriving
-    pipeline: deque[np.ndarray] = field(default_factory=deque)  # featurized chunks not yet played
-    num_underruns: int = 0
-
-    def push(self, samples: np.ndarray, final: bool) -> None:
-        """Queue speech."""
-        if len(samples):
-            self.queue.append(samples)
-            self.num_queued += len(samples)
-        self.final = final
-
-    def pull(self) -> np.ndarray:
-        """The next chunk (HOP samples) entering the pipeline; silence when nothing (enough) is queued."""
-        if self.num_queued < HOP and not (self.final and self.num_queued):
-            if not self.final:
-                self.num_underruns += 1
-            return np.zeros(HOP, np.float32)
-        out, need = [], HOP
-        while need and self.queue:
-            head = self.queue[0]
-            take = head[:need]
-            out.append(take)
-            need -= len(take)
-            if len(take) == len(head):
-                self.queue.popleft()
-            else:
-                self.queue[0] = head[len(take) :]
-        self.num_queued -= HOP - need
-        chunk = np.concatenate(out)
-        return np.pad(chunk, (0, need)) if need else chunk
-
-    def clear(self) -> float:
-        """Drop everything not yet played (barge-in); returns the seconds dropped."""
-        dropped = self.num_queued + sum(int(np.abs(c).max() > 0) * len(c) for c in self.pipeline)
-        self.queue.clear()
-        self.num_queued = 0
-        self.final = True
-        for i in range(len(self.pipeline)):
-            self.pipeline[i] = np.zeros(HOP, np.float32)
-        return dropped / SAMPLE_RATE_HZ
 
 
 @dataclass
@@ -116,6 +68,8 @@ class AvatarSession:
     speech: AgentSpeech = field(default_factory=AgentSpeech)
     interruption_frames: int = 0
     motion: np.ndarray | None = None  # last frame's motion (for tests and benches)
+    tts_state: Any = None  # the session of the speech generator, once `say` brought text
+    tts_active: bool = False  # the speech generator has text left to speak
 
 
 class Avatar(Generator):
@@ -133,6 +87,7 @@ class Avatar(Generator):
         height: int = 256,
         max_batch_size: int = 16,
         max_sessions: int = 64,
+        tts: str | Generator | None = "auto",
     ) -> None:
         self.device = torch.device(device)
         if checkpoint is None and config == "default" and DEFAULT_CHECKPOINT.exists():
@@ -156,6 +111,8 @@ class Avatar(Generator):
         self.featurizer = TrackFeaturizer()
         self._renderers = {name: FaceRenderer(width, height, name) for name in STYLES}
         self._portraits: dict[str, np.ndarray] = {}  # digest -> fitted image, oldest first
+        speech_generator = load_speech_generator(tts, device)  # `say` with text needs one
+        self.text_speech = TextSpeech(speech_generator, SAMPLE_RATE_HZ) if speech_generator else None
 
     # -- sessions ------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -218,8 +175,10 @@ class Avatar(Generator):
         return PortraitRenderer(image, tuple(params.get("portrait_mouth", (0.5, 0.68))))
 
     def close_session(self, state: AvatarSession) -> None:
-        """Give the cache slot back."""
+        """Give the cache slot (and any speech generator session) back."""
         self.cache.free(state.slot)
+        if self.text_speech is not None:
+            self.text_speech.close(state)
 
     def warmup_events(self) -> list[ControlEvent]:
         """A second of speech-like noise so warm-up measures a talking avatar."""
@@ -232,16 +191,16 @@ class Avatar(Generator):
     def handle_event(self, state: AvatarSession, event: ControlEvent) -> list[dict[str, Any]]:
         """`say` {audio (base64 PCM16 mono), sample_rate_hz, final} queues agent speech; `interrupt` stops it."""
         if event.type == "interrupt":
-            dropped = state.speech.clear()
+            dropped = self._stop_speech(state)
             state.tracker.interrupt()
             return [{"type": "barge_in", "frame": state.frame, "dropped_s": round(dropped, 3), "reason": "interrupt"}]
         if event.type != "say":
             return super().handle_event(state, event)
         p = event.payload
+        if "text" in p and "audio" not in p:
+            return self._say_text(state, p)
         if "audio" not in p:
-            if "text" in p:
-                raise ParamError("'say' with text needs the tts model, which this build lacks; send 'audio' instead")
-            raise ParamError("'say' needs 'audio' (base64 PCM16 mono)")
+            raise ParamError("'say' needs 'audio' (base64 PCM16 mono) or 'text'")
         rate = p.get("sample_rate_hz", SAMPLE_RATE_HZ)
         if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
             raise ParamError(f"'sample_rate_hz' must be an integer in 8000..48000, got {rate!r}")
@@ -255,12 +214,30 @@ class Avatar(Generator):
         return [{"type": "speech_queued", "frame": state.frame, "seconds": round(len(samples) / SAMPLE_RATE_HZ, 3),
                  "queued_s": round(state.speech.num_queued / SAMPLE_RATE_HZ, 3)}]  # fmt: skip
 
+    def _say_text(self, state: AvatarSession, p: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if self.text_speech is None:
+            raise ParamError("'say' with text needs the tts model, which is not loaded; send 'audio' instead")
+        text, final, voice = p["text"], p.get("final", True), p.get("voice")
+        if not isinstance(text, str) or not text.strip():
+            raise ParamError("'text' must be a non-empty string")
+        if not isinstance(final, bool) or (voice is not None and not isinstance(voice, str)):
+            raise ParamError("'final' must be true or false and 'voice' a string")
+        return self.text_speech.say(state, text, final, voice)
+
+    def _stop_speech(self, state: AvatarSession) -> float:
+        """Drop the agent's unplayed speech and stop synthesis; returns the seconds dropped."""
+        if self.text_speech is not None:
+            self.text_speech.interrupt(state)
+        return state.speech.clear()
+
     # -- stepping ------------------------------------------------------------------------------------
     def step(
         self, states: Sequence[AvatarSession], inputs: Sequence[StepInput], padded_batch_size: int
     ) -> list[StepOutput]:
         """One 40 ms frame for every session of the batch."""
         notices: list[list[dict[str, Any]]] = [[] for _ in states]
+        if self.text_speech is not None:  # keep speech from text a few chunks ahead of the pipeline
+            self.text_speech.pump(states, target_samples=3 * HOP)
         user_audio = np.stack([self._mic(i) for i in inputs])  # (B, HOP)
         user_feat = self._enter_pipeline(states, user_audio)  # both tracks featurized in one batch
         agent_audio = [s.speech.pipeline.popleft() for s in states]
@@ -314,8 +291,8 @@ class Avatar(Generator):
         before = s.tracker.state
         now = s.tracker.update(float(s.agent_window[cfg.agent_past, -1]), float(s.user_window[-1, -1]))
         s.interruption_frames = s.interruption_frames + 1 if now == ConvState.INTERRUPTION else 0
-        if s.barge_in_frames and s.interruption_frames == s.barge_in_frames and s.speech.num_queued:
-            dropped = s.speech.clear()
+        if s.barge_in_frames and s.interruption_frames == s.barge_in_frames and (s.speech.num_queued or s.tts_active):
+            dropped = self._stop_speech(s)
             notices.append({"type": "barge_in", "frame": s.frame, "dropped_s": round(dropped, 3), "reason": "user"})
         if now != before:
             notices.append({"type": "state", "state": now.name.lower(), "frame": s.frame})
@@ -327,33 +304,6 @@ class Avatar(Generator):
             return np.zeros(HOP, np.float32)
         audio = np.asarray(step_input.audio, np.float32)[:HOP]
         return np.pad(audio, (0, HOP - len(audio))) if len(audio) < HOP else audio
-
-
-def decode_pcm16(data: Any) -> np.ndarray:
-    """Base64 PCM16 little-endian mono -> float32; ParamError with the reason otherwise."""
-    if not isinstance(data, str):
-        raise ParamError("'audio' must be a base64 string of PCM16 mono samples")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ParamError(f"'audio' is not valid base64: {e}") from e
-    if len(raw) % 2:
-        raise ParamError("'audio' has an odd number of bytes (PCM16 needs 2 per sample)")
-    return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
-
-
-def resample_to_model(samples: np.ndarray, rate_hz: int) -> np.ndarray:
-    """Resample mono float32 audio to 16 kHz with FFmpeg's resampler (a whole utterance, flushed)."""
-    if rate_hz == SAMPLE_RATE_HZ or not len(samples):
-        return samples.astype(np.float32)
-    import av
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
-    frame = av.AudioFrame.from_ndarray(samples.astype(np.float32)[None, :], format="flt", layout="mono")
-    frame.sample_rate = rate_hz
-    frames = list(resampler.resample(frame)) + list(resampler.resample(None))  # the second call flushes
-    parts = [f.to_ndarray()[0] for f in frames]
-    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
 
 def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
