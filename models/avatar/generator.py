@@ -15,9 +15,7 @@ before the sound, as people's do. That pipeline is the avatar's only added audio
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from models.avatar.features import (
 )
 from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
 from models.avatar.motion import MOTION_DIM
-from models.avatar.portrait import PortraitRenderer
+from models.avatar.portrait import PortraitRenderer, decode_portrait, fit_image
 from models.avatar.render import STYLES, FaceRenderer
 from models.avatar.speech_source import AgentSpeech, TextSpeech, decode_pcm16, load_speech_generator, resample_to_model
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
@@ -45,7 +43,6 @@ from streaming.errors import ParamError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "avatar_default.safetensors"
 MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session
-MAX_PORTRAIT_BYTES = 1_500_000
 MAX_CACHED_PORTRAITS = 16
 FPS = 25
 
@@ -304,38 +301,3 @@ class Avatar(Generator):
             return np.zeros(HOP, np.float32)
         audio = np.asarray(step_input.audio, np.float32)[:HOP]
         return np.pad(audio, (0, HOP - len(audio))) if len(audio) < HOP else audio
-
-
-def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop an RGB image to the output aspect ratio and resize it (FFmpeg's scaler)."""
-    import av
-
-    h, w = image.shape[:2]
-    if w * height > h * width:
-        crop = round(h * width / height)
-        image = image[:, (w - crop) // 2 : (w - crop) // 2 + crop]
-    else:
-        crop = round(w * height / width)
-        image = image[(h - crop) // 2 : (h - crop) // 2 + crop]
-    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-
-
-def decode_portrait(data: Any) -> np.ndarray:
-    """A base64 PNG/JPEG portrait -> RGB (H, W, 3) uint8; ParamError if it is not an image."""
-    import av
-
-    if not isinstance(data, str):
-        raise ParamError("'portrait' must be a base64 string of a PNG or JPEG image")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ParamError(f"'portrait' is not valid base64: {e}") from e
-    if len(raw) > MAX_PORTRAIT_BYTES:
-        raise ParamError(f"'portrait' is larger than {MAX_PORTRAIT_BYTES} bytes")
-    try:
-        with av.open(io.BytesIO(raw)) as container:
-            frame = next(container.decode(video=0))
-            return frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, StopIteration, ValueError, IndexError) as e:
-        raise ParamError(f"'portrait' is not a decodable image (PNG or JPEG expected): {e}") from e

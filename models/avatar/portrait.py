@@ -16,10 +16,18 @@ It is deliberately simple (a 2D warp, not a learned portrait animator) and costs
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+from typing import Any
+
 import numpy as np
 
 from models.avatar.motion import IDX, clamp
 from models.avatar.render import ellipse_sd
+from streaming.errors import ParamError
+
+MAX_PORTRAIT_BYTES = 1_500_000
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -112,3 +120,38 @@ class PortraitRenderer:
         alpha = np.clip(0.5 - ellipse_sd(x, y, a, b), 0, 1)[..., None]
         region = frame[y0:y1, x0:x1]
         region += alpha * (color - region)
+
+
+def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Centre-crop an RGB image to the output aspect ratio and resize it (FFmpeg's scaler)."""
+    import av
+
+    h, w = image.shape[:2]
+    if w * height > h * width:
+        crop = round(h * width / height)
+        image = image[:, (w - crop) // 2 : (w - crop) // 2 + crop]
+    else:
+        crop = round(w * height / width)
+        image = image[(h - crop) // 2 : (h - crop) // 2 + crop]
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+
+
+def decode_portrait(data: Any) -> np.ndarray:
+    """A base64 PNG/JPEG portrait -> RGB (H, W, 3) uint8; ParamError if it is not an image."""
+    import av
+
+    if not isinstance(data, str):
+        raise ParamError("'portrait' must be a base64 string of a PNG or JPEG image")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ParamError(f"'portrait' is not valid base64: {e}") from e
+    if len(raw) > MAX_PORTRAIT_BYTES:
+        raise ParamError(f"'portrait' is larger than {MAX_PORTRAIT_BYTES} bytes")
+    try:
+        with av.open(io.BytesIO(raw)) as container:
+            frame = next(container.decode(video=0))
+            return frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, StopIteration, ValueError, IndexError) as e:
+        raise ParamError(f"'portrait' is not a decodable image (PNG or JPEG expected): {e}") from e
