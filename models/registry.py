@@ -33,7 +33,7 @@ MODELS: dict[str, ModelEntry] = {
     "video": ModelEntry(None, "", "long interactive text-to-video (after LongLive)"),
 }
 
-DEFAULT_MODELS = ("pitch", "testcard")
+DEFAULT_MODELS = ("pitch", "testcard", "avatar")
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -15,13 +15,16 @@ from models.avatar.motion import IDX
 from models.avatar.render import mouth_openness
 from models.base import ControlEvent, StepInput
 from streaming.client import Client, MediaCollector, ServerError
+from streaming.engine.scheduler import AdmissionLimits
 from streaming.errors import ParamError
 from streaming.protocol import VIDEO_CLOCK_HZ, MediaKind
 from streaming.session import SessionConfig
 
 SILENCE = StepInput(np.zeros(HOP, np.float32), 0)
-# Produce 120 ms ahead of playout: CI's two cores are shared, and admission control prices the worst case
-SLACK = SessionConfig(clock_lead_ms=120)
+# One session per test: produce 120 ms ahead of playout and let admission control admit it even when CI's
+# two shared cores are busy (what these tests check does not depend on admission)
+LENIENT = {"session": SessionConfig(clock_lead_ms=120),
+           "limits": AdmissionLimits(max_utilization=10.0, max_recent_late_rate=1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +172,7 @@ def test_portrait_is_animated_by_warping():
 
 async def test_av_offset_of_delivered_streams_within_40ms(start_server, shipped):
     """Agent speech pushed over the WebSocket: received mouth motion and voice line up on their pts."""
-    server = await start_server(("avatar",), generators={"avatar": shipped}, session=SLACK)
+    server = await start_server(("avatar",), generators={"avatar": shipped}, **LENIENT)
     agent = speech("agent")
     gap = np.zeros(16000, np.float32)
     talk = np.concatenate([agent, gap, agent[::-1].copy(), gap, agent])
@@ -205,7 +208,7 @@ async def test_av_offset_of_delivered_streams_within_40ms(start_server, shipped)
 
 async def test_bad_input_through_the_server(start_server):
     gen = tiny_avatar()
-    server = await start_server(("avatar",), generators={"avatar": gen}, session=SLACK)
+    server = await start_server(("avatar",), generators={"avatar": gen}, **LENIENT)
     async with Client(server.ws_url) as client:
         with pytest.raises(ServerError, match="not a decodable image"):
             await client.start("avatar", {"portrait": base64.b64encode(b"GIF89a-nope").decode()})

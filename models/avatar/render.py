@@ -219,7 +219,7 @@ class FaceRenderer:
         jaw, width, press = float(m[IDX["jaw"]]), float(m[IDX["mouth_width"]]), float(m[IDX["lip_press"]])
         upper, smile = float(m[IDX["upper_lip"]]), float(m[IDX["smile"]])
         half_w = 19.0 * (1.0 + 0.22 * width - 0.25 * max(0.0, -width) * jaw) * (1.0 - 0.08 * press)
-        opening = 17.0 * jaw * (1.0 - 0.8 * press)
+        opening = 20.0 * jaw * (1.0 - 0.8 * press)
         reg = self._region(pose, (0.0, 40.0), 0.6, (half_w + 3, 12 + opening))
         if reg is None:
             return
