@@ -31,11 +31,11 @@ MODELS: dict[str, ModelEntry] = {
         "models.tts.generator", "TTSGenerator", "streaming text-to-speech (after CLEAR): text -> 16 kHz speech"
     ),
     "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
-    "avatar": ModelEntry(None, "", "interactive talking-head avatar (after ARIG)"),
+    "avatar": ModelEntry("models.avatar.generator", "Avatar", "interactive talking-head avatar (after ARIG)"),
     "video": ModelEntry("models.video.generator", "VideoGenerator", "long interactive text-to-video (after LongLive)"),
 }
 
-DEFAULT_MODELS = ("pitch", "testcard")
+DEFAULT_MODELS = ("pitch", "testcard", "avatar")
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""Interactive talking-head avatar family (after ARIG)."""
