@@ -160,15 +160,20 @@ def _rate(events: np.ndarray, where: np.ndarray) -> float:
     return round(float(events[where].sum() / minutes), 2) if minutes > 0 else float("nan")
 
 
-async def bench_serve(seconds: float) -> None:
+async def bench_serve(seconds: float, lead_ms: float) -> None:
     from aiohttp import web
 
     from streaming.client import Client, MediaCollector
     from streaming.engine.core import EngineConfig
+    from streaming.engine.scheduler import AdmissionLimits
     from streaming.protocol import VIDEO_CLOCK_HZ, MediaKind
     from streaming.server import ServerConfig, create_app
+    from streaming.session import SessionConfig
 
-    config = ServerConfig(host="127.0.0.1", port=0, models=("avatar",), engine=EngineConfig(warmup_max_batch=4))
+    # one session: admit it even on a busy machine; produce `lead_ms` ahead of playout
+    engine = EngineConfig(warmup_max_batch=4, session=SessionConfig(clock_lead_ms=lead_ms),
+                          limits=AdmissionLimits(max_utilization=10.0, max_recent_late_rate=1.0))  # fmt: skip
+    config = ServerConfig(host="127.0.0.1", port=0, models=("avatar",), engine=engine)
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -215,7 +220,7 @@ async def bench_serve(seconds: float) -> None:
     def ms(values: list[float], fn) -> float | None:
         return round(1e3 * float(fn(values)), 1) if values else None
 
-    emit(bench="avatar_serve", seconds=seconds, utterances=len(mouth_latencies),
+    emit(bench="avatar_serve", seconds=seconds, clock_lead_ms=lead_ms, utterances=len(mouth_latencies),
          say_to_voice_frame_ms_mean=ms(voice_latencies, np.mean), say_to_voice_frame_ms_max=ms(voice_latencies, np.max),
          motion_to_photon_ms_mean=ms(mouth_latencies, np.mean), motion_to_photon_ms_max=ms(mouth_latencies, np.max),
          av_offset_ms_measured=40 * lags[int(np.argmax(scores))], av_mouth_voice_corr=round(max(scores), 3),
@@ -231,6 +236,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--serve-seconds", type=float, default=30.0)
+    ap.add_argument("--lead-ms", type=float, default=80.0, help="serve: how far ahead of playout chunks are made")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = set(args.only.split(","))
@@ -241,7 +247,7 @@ def main() -> None:
     if "quality" in parts:
         bench_quality(args.clips)
     if "serve" in parts:
-        asyncio.run(bench_serve(args.serve_seconds))
+        asyncio.run(bench_serve(args.serve_seconds, args.lead_ms))
 
 
 if __name__ == "__main__":
