@@ -13,8 +13,9 @@
   motion jitter (mean |frame-to-frame acceleration|) of model vs teacher.
 - serve: through the real server on 127.0.0.1 over the WebSocket client: time from sending agent speech
   (`say`) to receiving the chunk that carries its first sound (video and audio of a chunk share its pts),
-  motion-to-photon latency to the first received frame with the mouth clearly open, and the A/V offset
-  measured on received pts and pixels over the run.
+  motion-to-photon latency to the first received frame with the mouth clearly open, the A/V offset
+  measured on received pts and pixels over the run, and the time from the user's voice onset (sent while
+  the agent talks) to the `interruption` state notice.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ async def bench_serve(seconds: float, lead_ms: float) -> None:
                     if mouth_openness(collector.video[1][-1]) > 0.01:
                         mouth_latencies.append(now - sent_at)
                         mouth_seen = True
+            interruption_s = await _interrupt_latency(client, agent)
             await client.stop()
     finally:
         await runner.cleanup()
@@ -221,10 +223,35 @@ async def bench_serve(seconds: float, lead_ms: float) -> None:
         return round(1e3 * float(fn(values)), 1) if values else None
 
     emit(bench="avatar_serve", seconds=seconds, clock_lead_ms=lead_ms, utterances=len(mouth_latencies),
+         user_onset_to_interruption_notice_ms=round(1e3 * interruption_s, 1) if interruption_s else None,
          say_to_voice_frame_ms_mean=ms(voice_latencies, np.mean), say_to_voice_frame_ms_max=ms(voice_latencies, np.max),
          motion_to_photon_ms_mean=ms(mouth_latencies, np.mean), motion_to_photon_ms_max=ms(mouth_latencies, np.max),
          av_offset_ms_measured=40 * lags[int(np.argmax(scores))], av_mouth_voice_corr=round(max(scores), 3),
          max_pts_offset_ms=round(pts_offset_ms, 3), frames=len(video_frames))  # fmt: skip
+
+
+async def _interrupt_latency(client, agent: np.ndarray) -> float | None:
+    """Wall time from the user's first voiced mic frame, sent while the agent talks, to `interruption`.
+
+    The mic is sent paced in 20 ms frames: 1 s of silence, then the user's speech.
+    """
+    await client.send({"type": "say", "audio": b64_pcm16(np.tile(agent, 3))})
+    user = speech("user")
+    onset = int(np.argmax(np.abs(user) > 0.02)) // 320 * 320
+    mic = np.concatenate([np.zeros(16000, np.float32), user[onset:]])  # 1 s of silence, then speech
+    start = time.monotonic()
+    voiced_at = start + 1.0
+    for i in range(0, len(mic), 320):
+        await client.send_audio(mic[i : i + 320])
+        while True:  # drain what arrived, watching for the notice, until the next frame is due
+            due = start + (i + 320) / 16000
+            try:
+                item = await client.receive(max(0.001, due - time.monotonic()))
+            except TimeoutError:
+                break
+            if isinstance(item, dict) and item.get("state") == "interruption" and time.monotonic() > voiced_at:
+                return time.monotonic() - voiced_at
+    return None
 
 
 def main() -> None:
