@@ -23,33 +23,30 @@ import argparse
 import json
 import sys
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from speech_corpus import load_manifest  # noqa: E402
+
+from models.audio.dsp import read_wav  # noqa: E402
 from models.avatar.features import HOP, SAMPLE_RATE_HZ, TrackFeaturizer, conversation_states, track_features  # noqa: E402
 from models.avatar.motion import teacher_motion  # noqa: E402
 
 
-def read_wav16(path: Path) -> np.ndarray:
-    """A 16 kHz 16-bit mono wav as float32."""
-    with wave.open(str(path)) as w:
-        if w.getframerate() != SAMPLE_RATE_HZ or w.getsampwidth() != 2 or w.getnchannels() != 1:
-            raise ValueError(f"{path}: expected 16 kHz 16-bit mono")
-        return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
-
-
 def load_pool(root: Path, split: str, limit: int, rng: np.random.Generator) -> dict[str, list[np.ndarray]]:
     """Up to ``limit`` utterances of a corpus split, grouped by voice."""
-    rows = [json.loads(line) for line in open(root / "manifest.jsonl")]
-    rows = [r for r in rows if r["split"] == split]
+    rows = load_manifest(root, (split,))
     rng.shuffle(rows)
     pool: dict[str, list[np.ndarray]] = {}
     for r in rows[:limit]:
-        pool.setdefault(r["voice_id"], []).append(read_wav16(root / r["wav"]))
+        audio, rate = read_wav(str(root / r["wav"]))
+        if rate != SAMPLE_RATE_HZ:
+            raise ValueError(f"{r['wav']}: expected {SAMPLE_RATE_HZ} Hz, got {rate}")
+        pool.setdefault(r["voice_id"], []).append(audio)
     return {v: u for v, u in pool.items() if len(u) >= 2}
 
 

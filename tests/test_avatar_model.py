@@ -175,3 +175,14 @@ def test_renderer_draws_anti_aliased_frames(style):
     assert len(np.unique(row)) > 8
     batch = renderer.render_batch(np.stack([closed, open_]))
     np.testing.assert_array_equal(batch[1], b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_motion_model_on_gpu_matches_cpu():
+    model = tiny_model()
+    agent, user, states = random_tracks(40, model.cfg.agent_ahead)
+    cpu = model.rollout(agent, user, states, torch.Generator().manual_seed(1))
+    gpu_model = tiny_model().cuda()
+    gpu = gpu_model.rollout(agent.cuda(), user.cuda(), states.cuda(), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)

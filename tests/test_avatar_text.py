@@ -13,6 +13,7 @@ from avatar_helpers import speech, tiny_avatar
 from models.avatar.features import HOP
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from streaming.errors import ParamError
+from tests.tts_helpers import make_tiny_checkpoint, requires_espeak
 
 
 @dataclass
@@ -100,3 +101,20 @@ def test_bad_text_is_refused(payload, message):
     gen = tiny_avatar(tts=FakeTts())
     with pytest.raises(ParamError, match=message):
         gen.handle_event(gen.open_session({}), ControlEvent("say", payload))
+
+
+@requires_espeak
+def test_say_text_with_the_real_tts_generator(tmp_path):
+    """The tts family's generator (tiny random weights) drives the avatar's voice through the contract."""
+    from models.tts.generator import TTSGenerator
+
+    tts = TTSGenerator(checkpoint=make_tiny_checkpoint(str(tmp_path / "t.safetensors"), never_stop=False),
+                       max_sessions=2)
+    gen = tiny_avatar(tts=tts)
+    state = gen.open_session({})
+    notices = gen.handle_event(state, ControlEvent("say", {"text": "Hello there."}))
+    assert notices and notices[0]["type"] == "text_queued"
+    audio = np.concatenate([gen.step([state], [StepInput(np.zeros(HOP, np.float32), 0)], 1)[0].audio
+                            for _ in range(40)])
+    assert len(audio) == 40 * HOP and np.abs(audio).max() > 0  # synthesized speech is played
+    gen.close_session(state)

@@ -214,11 +214,12 @@ class MotionModel(nn.Module):
         cond = self.condition_input(agent[None], user[None], states[None])[0]  # (T, cond_in)
         cache = self.new_cache(1, cond.device)
         cache.allocate()
-        x = torch.zeros(1, self.cfg.motion_dim) if prev is None else self.normalize(prev)[None]
+        dev = cond.device
+        x = torch.zeros(1, self.cfg.motion_dim, device=dev) if prev is None else self.normalize(prev)[None]
         out = []
         for t in range(cond.shape[0]):
-            h = self.step(cache, [0], torch.tensor([t]), x, cond[t : t + 1])
-            noise = torch.randn(1, self.cfg.motion_dim, generator=generator)
+            h = self.step(cache, [0], torch.tensor([t], device=dev), x, cond[t : t + 1])
+            noise = torch.randn(1, self.cfg.motion_dim, generator=generator).to(dev)  # a CPU generator: same draws
             x = self.sample(h, noise)
             out.append(x)
         return self.denormalize(torch.cat(out))
