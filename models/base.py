@@ -56,6 +56,10 @@ class StreamSpec:
     output_audio: AudioFormat | None = None
     output_video: VideoFormat | None = None
     lookahead_ms: float = 0.0  # algorithmic delay beyond the chunk (right context the model waits for)
+    # How long a due chunk may take before it is late: clock-paced, the lead over playout; input-paced,
+    # from its last input sample. None: one chunk. A larger allowance admits more sessions per device
+    # (admission keeps twice a full engine turn inside it) at the price of that much added latency.
+    latency_allowance_ms: float | None = None
     # Control messages this model accepts ("prompt", "text", ...). "interrupt" is special: the runtime also
     # drops the session's queued output at once (barge-in), before the model sees the event.
     event_types: frozenset[str] = frozenset()
@@ -105,6 +109,7 @@ class StreamSpec:
             "chunk_ms": self.chunk_ms,
             "pacing": self.pacing.value,
             "lookahead_ms": self.lookahead_ms,
+            "latency_allowance_ms": self.latency_allowance_ms or self.chunk_ms,
             "events": sorted(self.event_types),
         }
         if self.input_audio:

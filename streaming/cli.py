@@ -13,12 +13,17 @@ from models.registry import DEFAULT_MODELS
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ServerConfig, run
+from streaming.session import SessionConfig
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(f"CAUSALCAST_{name}", default)
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse sessions that would keep the device busier than this share of real time",
     )
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
+    serve.add_argument("--clock-lead-ms", type=float, default=_optional_float(_env("CLOCK_LEAD_MS", "")),
+                       help="clock-paced models produce this far ahead of playout (default: each model's)")
+    serve.add_argument("--late-after-ms", type=float, default=_optional_float(_env("LATE_AFTER_MS", "")),
+                       help="input-paced chunks are late after this (default: each model's)")
     serve.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", str(2 * 1024 * 1024))))
     serve.add_argument("--codec-threads", type=int, default=int(_env("CODEC_THREADS", "2")))
     serve.add_argument(
@@ -101,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=EngineConfig(
             device=args.device,
             limits=AdmissionLimits(max_utilization=args.max_utilization, max_sessions=args.max_sessions),
+            session=SessionConfig(clock_lead_ms=args.clock_lead_ms, late_after_ms=args.late_after_ms),
         ),
         ws=WsConfig(max_message_bytes=args.max_message_bytes),
         codec_threads=args.codec_threads,

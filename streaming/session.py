@@ -47,8 +47,8 @@ class SessionConfig:
     max_gap_s: float = 1.0  # larger pts jumps in client input are resyncs, not silence
     output_queue_chunks: int = 32  # media chunks waiting for a slow client before dropping
     max_pending_events: int = 64  # control events waiting for the next step
-    clock_lead_ms: float | None = None  # clock-paced: produce this far ahead of playout (default 1 chunk)
-    late_after_ms: float | None = None  # input-paced: a chunk is late after this (default 1 chunk)
+    clock_lead_ms: float | None = None  # clock-paced: produce this far ahead of playout (default: the model's)
+    late_after_ms: float | None = None  # input-paced: a chunk is late after this (default: the model's)
 
 
 def latency_allowance_s(spec: StreamSpec, config: SessionConfig) -> float:
@@ -59,7 +59,9 @@ def latency_allowance_s(spec: StreamSpec, config: SessionConfig) -> float:
     the chunk's own turn) inside this allowance.
     """
     override = config.clock_lead_ms if spec.pacing is Pacing.CLOCK else config.late_after_ms
-    return (override if override is not None else spec.chunk_ms) / 1000.0
+    if override is not None:  # the server's setting wins over the model's
+        return override / 1000.0
+    return (spec.latency_allowance_ms or spec.chunk_ms) / 1000.0
 
 
 @dataclass

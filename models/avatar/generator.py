@@ -101,6 +101,9 @@ class Avatar(Generator):
             output_audio=AudioFormat(SAMPLE_RATE_HZ),
             output_video=VideoFormat(width, height, FPS),
             event_types=frozenset({"say", "interrupt"}),
+            # two frames of lead over playout: a 40 ms step budget would admit one session per core, and
+            # the extra 40 ms is small next to the 80 ms agent-audio look-ahead
+            latency_allowance_ms=80.0,
         )
         self.max_batch_size = max_batch_size
         self.width, self.height = width, height
