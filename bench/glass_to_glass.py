@@ -393,7 +393,7 @@ async def sessions_held(
     ms = np.array(delays) * 1000 if delays else np.array([np.inf])
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
     reference = baseline_ms if baseline_ms is not None else p50
-    held = failed == 0 and lost <= 0.02 and growth_ms <= 50.0 and p99 <= reference + 150.0
+    held = bool(failed == 0 and lost <= 0.02 and growth_ms <= 50.0 and p99 <= reference + 150.0)
     return {
         "sessions": num,
         "failed_sessions": failed,
