@@ -241,6 +241,69 @@ async def ws_python(base_url: str, num_markers: int, period_s: float) -> tuple[l
     return match_onsets(sent_times, onset_times(received, MODEL_RATE)), len(sent_times)
 
 
+def ulaw_encode(pcm: np.ndarray) -> bytes:
+    """G.711 mu-law bytes of int16 samples (what fastrtc's WebSocket protocol carries)."""
+    x = pcm.astype(np.int32)
+    sign = (x < 0).astype(np.int32)
+    x = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = np.clip(np.floor(np.log2(x)).astype(np.int32) - 7, 0, 7)
+    mantissa = (x >> (exponent + 3)) & 0x0F
+    return (~((sign << 7) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+
+
+def ulaw_decode(data: bytes) -> np.ndarray:
+    """Int16 samples of G.711 mu-law bytes, as float32."""
+    u = ~np.frombuffer(data, np.uint8).astype(np.int32) & 0xFF
+    exponent, mantissa = (u >> 4) & 7, u & 0x0F
+    x = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    return np.where(u & 0x80, -x, x).astype(np.float32) / 32768
+
+
+async def fastrtc_ws_python(base_url: str, num_markers: int, period_s: float) -> tuple[list[float], int]:
+    """Round trips over fastrtc's WebSocket protocol (JSON events, base64 mu-law at the handler's rate)."""
+    import aiohttp
+
+    signal, _ = marker_train(MODEL_RATE, num_markers, period_s)
+    frame = 320
+    sent: list[tuple[float, np.ndarray]] = []
+    received: list[tuple[float, np.ndarray]] = []
+    url = base_url.replace("http://", "ws://") + "/websocket/offer"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        await ws.send_json({"event": "start", "websocket_id": uuid.uuid4().hex})
+
+        async def receive() -> None:
+            async for msg in ws:
+                if msg.type is not aiohttp.WSMsgType.TEXT:
+                    continue
+                event = json.loads(msg.data)
+                if event.get("event") == "media":
+                    received.append((time.monotonic(), ulaw_decode(base64.b64decode(event["media"]["payload"]))))
+
+        task = asyncio.create_task(receive())
+        start = time.monotonic()
+        for i in range(0, len(signal) - frame + 1, frame):
+            await asyncio.sleep(max(0.0, start + i / MODEL_RATE - time.monotonic()))
+            chunk = signal[i : i + frame]
+            sent.append((time.monotonic(), chunk))
+            pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16)
+            await ws.send_json({"event": "media", "media": {"payload": base64.b64encode(ulaw_encode(pcm)).decode()}})
+        await asyncio.sleep(1.0)
+        await ws.send_json({"event": "stop"})
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    sent_times = onset_times(sent, MODEL_RATE)
+    return match_onsets(sent_times, onset_times(received, MODEL_RATE), max_delay_s=5.0), len(sent_times)
+
+
+def growth_ms(delays_s: list[float]) -> float:
+    """Median latency of the last quarter of markers minus that of the first quarter."""
+    if len(delays_s) < 4:
+        return 0.0
+    q = len(delays_s) // 4
+    return round(float(np.median(delays_s[-q:]) - np.median(delays_s[:q])) * 1000, 1)
+
+
 # -- Chromium ----------------------------------------------------------------------------------------------
 def chromium_available() -> bool:
     return bool(shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER))
@@ -330,7 +393,7 @@ async def sessions_held(
     ms = np.array(delays) * 1000 if delays else np.array([np.inf])
     p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
     reference = baseline_ms if baseline_ms is not None else p50
-    held = failed == 0 and lost <= 0.02 and growth_ms <= 50.0 and p99 <= reference + 150.0
+    held = bool(failed == 0 and lost <= 0.02 and growth_ms <= 50.0 and p99 <= reference + 150.0)
     return {
         "sessions": num,
         "failed_sessions": failed,
@@ -360,7 +423,8 @@ async def latency_runs(url: str, server: str, args: argparse.Namespace, model_ms
             client = "python-aiortc" + ("" if prefetch == 0 else "-default-jitter")
             emit({**base, "transport": "webrtc", "client": client, **summarize(delays, sent, model_ms)})
         delays, sent = await ws_python(url, args.markers, args.period)
-        emit({**base, "transport": "ws", "client": "python", **summarize(delays, sent, model_ms)})
+        emit({**base, "transport": "ws", "client": "python", "latency_growth_ms": growth_ms(delays),
+              **summarize(delays, sent, model_ms)})  # fmt: skip
         if args.chromium and chromium_available():
             for transport in ("webrtc", "ws"):
                 delays, sent = await asyncio.to_thread(chromium_round_trip, url, transport, args.markers, args.period)
@@ -372,6 +436,9 @@ async def latency_runs(url: str, server: str, args: argparse.Namespace, model_ms
             delays, sent = await webrtc_python(url, args.markers, args.period, fastrtc=True, prefetch=prefetch)
             client = "python-aiortc" + ("" if prefetch == 0 else "-default-jitter")
             emit({**base, "transport": "webrtc", "client": client, **summarize(delays, sent, model_ms)})
+        delays, sent = await fastrtc_ws_python(url, args.markers, args.period)
+        emit({**base, "transport": "ws", "client": "python", "latency_growth_ms": growth_ms(delays),
+              **summarize(delays, sent, model_ms)})  # fmt: skip
 
 
 async def load_runs(urls: dict[str, str], args: argparse.Namespace) -> None:

@@ -306,6 +306,10 @@ class RtcPeer:
         if not self._closing and self._closer is None:
             self._closer = asyncio.get_running_loop().create_task(self.close(reason, error))
 
+    @property
+    def _pc_closing(self) -> bool:
+        return self.pc.signalingState == "closed"
+
     def _output_expected(self) -> bool:
         session = self.session
         if not session.running or session.outbox.media_full:
@@ -342,7 +346,7 @@ class RtcPeer:
             except CausalcastError as e:
                 self.send_error(e)
         if not self._closing and self.session.spec.pacing is Pacing.INPUT:
-            self._close_soon("client audio ended")
+            self._close_soon("connection closed" if self._pc_closing else "client audio ended")
 
     # -- control ----------------------------------------------------------------------------------------
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
@@ -489,7 +493,8 @@ class RtcPeer:
         session = self.session
         try:
             await self.hub.engine.close_session(session, reason)
-            if notify and self.channel is not None and self.channel.readyState == "open":
+            # A peer connection already closing (signalling state "closed") has lost its client: say nothing.
+            if notify and self.channel is not None and self.channel.readyState == "open" and not self._pc_closing:
                 if error is not None:
                     self._send_now(error.to_message())
                 self._send_now(
