@@ -7,7 +7,8 @@ Used by the WebRTC transport and by the Python WebRTC client alike:
   (``127.0.0.1`` for tests and local development), by wrapping ``aioice.ice.get_host_addresses`` once
   and consulting a context variable: connections gathered outside the context behave exactly as before.
 * **Candidate filtering.** :func:`filter_candidates` keeps only the remote candidates a loopback-only peer
-  may reach (so no connectivity check, and no mDNS lookup, ever leaves 127.0.0.1).
+  may reach (so no connectivity check, and no mDNS lookup, ever leaves 127.0.0.1), and a connection
+  gathered only on loopback ignores checks from other addresses (no peer-reflexive pair off loopback).
 * **Audio jitter buffer.** aiortc's audio receiver holds 4 packets (80 ms) before decoding, then decodes
   on a thread of its own. :func:`tune_audio_receiver` installs :class:`InlineAudioDecoder` (each packet
   decoded on arrival, on the loop) or aiortc's own buffer with a chosen prefetch.
@@ -54,6 +55,22 @@ def _get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 aioice.ice.get_host_addresses = _get_host_addresses
+
+
+_ORIGINAL_REQUEST_RECEIVED = aioice.ice.Connection.request_received
+
+
+def _request_received(self: aioice.ice.Connection, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+    # A connection gathered only on loopback answers only loopback peers. Without this a browser's check
+    # sent from another local interface (e.g. eth0's address) becomes a peer-reflexive pair, and media
+    # would flow over a non-loopback address.
+    candidates = self.local_candidates
+    if candidates and all(is_loopback(c.host) for c in candidates) and not is_loopback(addr[0]):
+        return
+    _ORIGINAL_REQUEST_RECEIVED(self, message, addr, protocol)
+
+
+aioice.ice.Connection.request_received = _request_received
 
 
 @contextlib.contextmanager
