@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.base import StepInput  # noqa: E402
+from models.base import ControlEvent, StepInput  # noqa: E402
 from models.video.generator import VideoGenerator  # noqa: E402
 from models.video.scenes import ATTRIBUTES, Scene, adherence, detect, random_scene, switch_scene  # noqa: E402
 
@@ -201,7 +201,7 @@ def bench_drift(gen: VideoGenerator, minutes: float, seed: int) -> None:
     for b in range(int(minutes * blocks_per_min)):
         if b and b % blocks_per_switch == 0:
             scene = switch_scene(scene, rng)
-            gen.handle_event(state, _event(scene.prompt()))
+            gen.handle_event(state, ControlEvent("prompt", {"text": scene.prompt()}))
         frames = gen.step([state], [StepInput()], 1)[0].video
         if b % blocks_per_switch >= 2 and prev is not None:  # settled blocks only
             d = detect(frames[:, ::gen.cfg.display_scale, ::gen.cfg.display_scale],
@@ -215,12 +215,6 @@ def bench_drift(gen: VideoGenerator, minutes: float, seed: int) -> None:
             per_minute.append([])
             stats.append([])
     gen.close_session(state)
-
-
-def _event(text: str):
-    from models.base import ControlEvent
-
-    return ControlEvent("prompt", {"text": text})
 
 
 # -- GPU: paper shape -----------------------------------------------------------------------------------
