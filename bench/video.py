@@ -6,7 +6,8 @@ CPU, default config (the shipped checkpoint):
     python bench/video.py --drift-minutes 30       # the issue's 30-minute drift (about 15 min of CPU)
 Lines: `speed` (block latency, fps, first-frame latency, recache/clear/keep latency; 1..N streams),
 `switch` (per strategy: prompt adherence before/after a switch, frames until the new prompt is followed,
-smoothness = frame-difference spike at the switch vs normal, object presence), `drift` (adherence and
+smoothness = frame-difference spike at the switch vs normal, beside the spike of the same switch rendered
+procedurally, object presence), `drift` (adherence and
 image statistics per minute of a long rollout with a prompt switch every 10 s).
 
 Adherence: :func:`models.video.scenes.detect` reads colour, shape, size, motion and background back
@@ -37,9 +38,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.base import StepInput  # noqa: E402
+from models.base import ControlEvent, StepInput  # noqa: E402
 from models.video.generator import VideoGenerator  # noqa: E402
-from models.video.scenes import ATTRIBUTES, Scene, adherence, detect, random_scene, switch_scene  # noqa: E402
+from models.video.scenes import (  # noqa: E402
+    ATTRIBUTES,
+    Scene,
+    adherence,
+    detect,
+    random_scene,
+    render_timeline,
+    switch_scene,
+)
 
 
 def out(kind: str, **kw) -> None:
@@ -143,11 +152,20 @@ def scores_and_changes(frames, scenes, a: Scene, b: Scene, before: int, fpb: int
         if all(scores[k][n] == 1.0 for n in changed):
             follow_block = k + 1 - before
             break
-    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # (N-1,)
-    cut = before * fpb - 1  # difference between the last frame of A and the first of B
-    normal = float(np.median(np.delete(diffs, [cut])))
+    # the same switch rendered procedurally: how large a jump the switch itself is in the ground truth
+    truth = render_timeline([a] * (before * fpb) + [b] * (len(frames) - before * fpb),
+                            np.array([frames.shape[2] / 2, frames.shape[1] / 2]), frames.shape[1])
     return {"before": scores[1:before - 1], "after": scores[before + 1:], "changed": changed,
-            "follow_blocks": follow_block, "spike": float(diffs[cut]) / max(normal, 1e-3)}
+            "follow_blocks": follow_block, "spike": switch_spike(frames, before * fpb),
+            "spike_truth": switch_spike(truth, before * fpb)}
+
+
+def switch_spike(frames: np.ndarray, first_new: int) -> float:
+    """Mean absolute frame difference across the switch over the median difference elsewhere."""
+    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3))  # (N-1,)
+    cut = first_new - 1  # difference between the last frame of A and the first of B
+    normal = float(np.median(np.delete(diffs, [cut])))
+    return float(diffs[cut]) / max(normal, 1e-3)
 
 
 def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -171,7 +189,8 @@ def bench_switch(gen: VideoGenerator, num_sessions: int, seed: int) -> None:
             unchanged_attributes_kept=round(float(np.mean(unchanged_after)), 3),
             followed_within_run=f"{len(followed)}/{len(follow)}",
             frames_until_followed_median=(fpb * float(np.median(followed))) if followed else None,
-            switch_spike_vs_normal_median=round(float(np.median([s["spike"] for s in stats])), 2))
+            switch_spike_vs_normal_median=round(float(np.median([s["spike"] for s in stats])), 2),
+            same_switch_rendered_spike_median=round(float(np.median([s["spike_truth"] for s in stats])), 2))
         if strategy == "recache":
             save_strip(results[0][0], Path("out/video_switch_recache.png"), fpb)
 
@@ -201,7 +220,7 @@ def bench_drift(gen: VideoGenerator, minutes: float, seed: int) -> None:
     for b in range(int(minutes * blocks_per_min)):
         if b and b % blocks_per_switch == 0:
             scene = switch_scene(scene, rng)
-            gen.handle_event(state, _event(scene.prompt()))
+            gen.handle_event(state, ControlEvent("prompt", {"text": scene.prompt()}))
         frames = gen.step([state], [StepInput()], 1)[0].video
         if b % blocks_per_switch >= 2 and prev is not None:  # settled blocks only
             d = detect(frames[:, ::gen.cfg.display_scale, ::gen.cfg.display_scale],
@@ -215,12 +234,6 @@ def bench_drift(gen: VideoGenerator, minutes: float, seed: int) -> None:
             per_minute.append([])
             stats.append([])
     gen.close_session(state)
-
-
-def _event(text: str):
-    from models.base import ControlEvent
-
-    return ControlEvent("prompt", {"text": text})
 
 
 # -- GPU: paper shape -----------------------------------------------------------------------------------

@@ -8,12 +8,15 @@ samples that contain a switch, the clean history before the switch is shown unde
 KV-recache does at inference), so recache helps instead of hurting.
 Stage ``pack``: writes the shipped checkpoint (autoencoder + DiT + configs, float16, safetensors).
 
-Reproducible (seeded); shares the machine politely (``--threads``, default 1). Example (what shipped):
+Seeded; shares the machine politely (``--threads``, default 1; on a busy 2-core machine 1 thread ran the
+DiT 6x faster than 2). What shipped (docs/models/video.md has the details; the DiT stage stops on a
+wall-clock budget, so the step count depends on the machine):
 
     python scripts/make_video_data.py --out data/video
-    python scripts/train_video.py ae  --data data/video --steps 2500 --threads 2
-    python scripts/train_video.py dit --data data/video --minutes 60 --threads 2
-    python scripts/train_video.py pack --data data/video --out checkpoints/video_default.safetensors
+    python scripts/train_video.py ae --steps 1200 --batch 16 --threads 2   # stopped at ~780 steps
+    python scripts/train_video.py ae --finetune-decoder --steps 500 --batch 16 --lr 1e-3 --latent-noise 0.2 --seed 1
+    python scripts/train_video.py dit --minutes 62 --batch 8               # 3384 steps here
+    python scripts/train_video.py pack --out checkpoints/video_default.safetensors
 """
 
 from __future__ import annotations

@@ -103,6 +103,9 @@ class VideoGenerator(Generator):
             chunk_ms=1000.0 * cfg.video_frames_per_block / cfg.fps,
             pacing=Pacing.CLOCK,
             output_video=VideoFormat(cfg.width * cfg.display_scale, cfg.height * cfg.display_scale, cfg.fps),
+            # produce up to two blocks ahead of playout: a block's cost varies (first blocks take more steps,
+            # a switch adds a recache pass) and a shared CPU is noisy; a switch shows within ~3 blocks
+            latency_allowance_ms=2000.0 * cfg.video_frames_per_block / cfg.fps,
             event_types=frozenset({"prompt"}),
         )
 

@@ -144,20 +144,28 @@ def render_clip(
     """A clip with prompt switches at multiples of ``switch_every_frames`` (the model's block)."""
     scene = random_scene(rng)
     prompt = scene.prompt(rng)
-    cx, cy = rng.uniform(0, size, 2)
-    step = SPEED_SIDES_PER_S * size / fps
+    start = rng.uniform(0, size, 2)
     p_switch = switch_every_frames / (mean_switch_s * fps)  # chance of a switch at each block boundary
-    frames, scenes, prompts = [], [], []
+    scenes, prompts = [], []
     for i in range(num_frames):
         if i > 0 and i % switch_every_frames == 0 and rng.random() < p_switch:
             scene = switch_scene(scene, rng)
             prompt = scene.prompt(rng)
-        frames.append(render_frame(scene, cx, cy, size))
         scenes.append(scene)
         prompts.append(prompt)
+    return Clip(render_timeline(scenes, start, size, fps), scenes, prompts)
+
+
+def render_timeline(scenes: list[Scene], start: np.ndarray, size: int = 64, fps: float = 16.0) -> np.ndarray:
+    """Frames (N, size, size, 3) of one object following a scene per frame from position ``start`` (x, y)."""
+    cx, cy = float(start[0]), float(start[1])
+    step = SPEED_SIDES_PER_S * size / fps
+    frames = []
+    for scene in scenes:
+        frames.append(render_frame(scene, cx, cy, size))
         dx, dy = MOTIONS[scene.motion]
         cx, cy = (cx + dx * step) % size, (cy + dy * step) % size
-    return Clip(np.stack(frames), scenes, prompts)
+    return np.stack(frames)
 
 
 # -- detection ---------------------------------------------------------------------------------------
