@@ -30,6 +30,7 @@ from models.base import ControlEvent, Generator, Pacing, StepInput, StepOutput, 
 from models.video.autoencoder import LatentAutoencoder, to_uint8
 from models.video.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, random_models
 from models.video.model import Condition, VideoConfig, VideoDiT
+from models.video.scenes import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SIZES, Scene
 from models.video.text import HashTextEncoder, PromptEncoder
 from streaming.errors import ParamError
 
@@ -255,8 +256,18 @@ class VideoGenerator(Generator):
         return to_uint8(frames.float()).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        """Summary for /healthz."""
-        return {**super().describe(), "config": self.cfg.describe(), "switch": self.default_switch}
+        """Summary for /healthz, with the prompt vocabulary the default model was trained on.
+
+        Clients show it: prompts outside it give arbitrary pictures.
+        """
+        vocabulary = {"colour": list(COLOURS), "shape": list(SHAPES), "size": list(SIZES), "motion": list(MOTIONS),
+                      "background": list(BACKGROUNDS)}
+        examples = [Scene("red", "circle", "large", "right", "black").prompt(),
+                    Scene("yellow", "square", "large", "left", "gray").prompt(),
+                    Scene("green", "circle", "small", "down", "navy").prompt(),
+                    Scene("purple", "triangle", "small", "still", "black").prompt()]
+        return {**super().describe(), "config": self.cfg.describe(), "switch": self.default_switch,
+                "vocabulary": vocabulary, "example_prompts": examples}
 
 
 def default_checkpoint_exists() -> bool:
