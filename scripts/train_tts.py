@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_corpus import load_utterances  # noqa: E402
 
-from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, reconstruction_loss  # noqa: E402
+from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, magnitude_loss, reconstruction_loss  # noqa: E402
 from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import save_checkpoint  # noqa: E402
@@ -58,15 +58,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 # -- stage 1: VAE --------------------------------------------------------------------------------------
 def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: random.Random):
-    """Random crops (B, L) and their delayed targets (the decoder's output lags by ``delay`` samples)."""
+    """Random crops (B, L) and their delayed targets (B, L + delay).
+
+    The decoder's output lags by ``delay`` samples, and its last frames reach ``delay`` samples past the crop.
+    """
     length = num_latents * hop
     xs, ys = [], []
     for _ in range(batch):
         audio = rng.choice(utts).audio
-        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(length, np.float32)])
+        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(2 * length, np.float32)])
         start = rng.randrange(0, max(1, len(audio) - length // 2)) + delay  # index into padded
         xs.append(padded[start : start + length])
-        ys.append(padded[start - delay : start - delay + length])
+        ys.append(padded[start - delay : start + length])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -95,9 +98,10 @@ def train_vae(args) -> None:
             mean, logvar = vae.encode(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         pred = vae.decode(z)
-        losses = reconstruction_loss(pred, y)
+        losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
+        losses["mag"] = magnitude_loss(vae, z, y)
         kl = kl_loss(mean, logvar)
-        loss = losses["stft"] + losses["mel"] + args.kl_weight * kl
+        loss = losses["stft"] + losses["mel"] + 2.0 * losses["mag"] + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -105,7 +109,7 @@ def train_vae(args) -> None:
         minutes = (time.time() - start) / 60
         if step % 50 == 0 or step == args.steps - 1:
             log(out / f"{name[:-3]}_log.jsonl", step=step, min=minutes, stft=losses["stft"].item(),
-                mel=losses["mel"].item(), kl=kl.item())
+                mel=losses["mel"].item(), mag=losses["mag"].item(), kl=kl.item())
         if step % 200 == 0 or minutes > args.minutes:
             torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
         if minutes > args.minutes:
@@ -118,7 +122,11 @@ def load_vae(out: Path, device: str = "cpu", name: str = "vae.pt") -> WaveformVA
     saved = torch.load(out / name, map_location=device)
     cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
     vae = WaveformVAE(cfg).to(device)
-    vae.load_state_dict(saved["state"])
+    state = saved["state"]
+    bins = cfg.n_fft // 2 + 1
+    if state["head.weight"].shape[0] == 2 * bins:  # the first VAE run had a learned phase head: keep magnitudes
+        state["head.weight"], state["head.bias"] = state["head.weight"][:bins], state["head.bias"][:bins]
+    vae.load_state_dict(state)
     return vae.eval()
 
 
@@ -241,7 +249,8 @@ def export(args) -> None:
     for v in sorted(set(data["voice_ids"])):
         rows = [data["stats"][i] for i, vid in enumerate(data["voice_ids"]) if vid == v]
         voice_stats[v] = torch.stack(rows).mean(0)
-    voice_info = {v: {"language": table[v]["language"], "espeak_voice": table[v]["espeak_voice"]} for v in voice_stats}
+    keys = ("language", "espeak_voice", "pitch", "speed_wpm")
+    voice_info = {v: {k: table[v][k] for k in keys} for v in voice_stats}
     symbols = PhonemeVocab(phoneme_inventory(args.data)).symbols
     size = save_checkpoint(args.checkpoint, model, vae, silence, symbols, voice_stats, voice_info)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size}))
