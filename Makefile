@@ -57,10 +57,13 @@ speech-data: $(STAMP)
 	$(PY) scripts/make_speech_data.py --out data/speech
 
 train-tts: $(STAMP)
-	$(PY) scripts/train_tts.py vae --out runs/tts --batch 8 --crop 24 --minutes 26
+	$(PY) scripts/train_tts.py vae --out runs/tts --steps 2000 --minutes 26 --batch 8 --crop 24 --threads 2
 	$(PY) scripts/train_tts.py latents --out runs/tts
-	$(PY) scripts/train_tts.py ar --out runs/tts --threads 1 --minutes 40 & \
-	$(PY) scripts/train_tts.py vae --decoder-only --out runs/tts --threads 1 --batch 8 --crop 24 --minutes 40; wait
+	$(PY) scripts/train_tts.py ar --out runs/tts --steps 2000 --minutes 45 --batch 12 --head-repeats 2 --threads 1 & \
+	$(PY) scripts/train_tts.py vae --decoder-only --out runs/tts --steps 4000 --minutes 35 --batch 8 --crop 24 \
+		--lr 1e-3 --threads 1; wait
+	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 600 --minutes 20 --batch 12 --head-repeats 2 \
+		--lr 5e-4 --threads 2
 	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
 
 clean:

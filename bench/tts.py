@@ -103,7 +103,7 @@ def bench_quality(gen: TTSGenerator, args) -> None:
     for split in ("test_seen_voice", "test_unseen_voice"):
         test = [r for r in rows if r["split"] == split][: args.num_eval]
         recognizer = VocabularyRecognizer({w for r in test for w in words_of(r["text"])})
-        ref_pairs, voc_pairs, our_pairs, mcds = [], [], [], []
+        ref_pairs, voc_pairs, our_pairs, mcds, voc_mcds = [], [], [], [], []
         for i, r in enumerate(test):
             ref, _ = read_wav(str(root / r["wav"]))
             if split == "test_seen_voice":
@@ -118,10 +118,12 @@ def bench_quality(gen: TTSGenerator, args) -> None:
             voc_pairs.append((r["text"], vocode(gen, ref)))
             our_pairs.append((r["text"], ours))
             mcds.append(mel_cepstral_distortion(ref, ours))
+            voc_mcds.append(mel_cepstral_distortion(ref, voc_pairs[-1][1]))
         wer_ref, wer_voc, wer_ours = (recognizer.wer(p) for p in (ref_pairs, voc_pairs, our_pairs))
         emit(bench="tts.quality", split=split, utterances=len(test), vocabulary=len(recognizer.vocabulary),
              wer_reference=wer_ref, wer_vocoded=wer_voc, wer_ours=wer_ours,
              wer_ratio_ours_to_reference=wer_ours / max(1e-6, wer_ref), mcd_db=statistics.mean(mcds),
+             mcd_vocoded_db=statistics.mean(voc_mcds),
              duration_ratio=sum(len(a) for _, a in our_pairs) / sum(len(a) for _, a in ref_pairs))
 
 

@@ -1,17 +1,28 @@
 """Train the default TTS model on CPU: the waveform VAE first, then the AR transformer + flow head.
 
-Reproducible (seeded; one or two threads). Stages, each bounded by steps and wall-clock minutes:
+Reproducible (seeded; one or two threads). Stages, each bounded by steps and wall-clock minutes. The shipped
+checkpoint (checkpoints/tts_default.safetensors) came from exactly these runs on a shared 2-core machine
+(``make train-tts``; wall-clock minutes, the cores shared with other jobs, so steps per minute vary):
 
-    python scripts/train_tts.py vae --data data/speech --out runs/tts --steps 3000 --minutes 20
-    python scripts/train_tts.py latents --data data/speech --out runs/tts
-    python scripts/train_tts.py ar  --data data/speech --out runs/tts --steps 4000 --minutes 35
+    python scripts/train_tts.py vae --out runs/tts --steps 2000 --minutes 26 --batch 8 --crop 24 --threads 2
+    python scripts/train_tts.py latents --out runs/tts
+    python scripts/train_tts.py ar --out runs/tts --steps 2000 --minutes 45 --batch 12 --head-repeats 2 --threads 1 &
+    python scripts/train_tts.py vae --decoder-only --out runs/tts --steps 4000 --minutes 35 --batch 8 --crop 24 \
+        --lr 1e-3 --threads 1
+    python scripts/train_tts.py ar --resume --out runs/tts --steps 600 --minutes 20 --batch 12 --head-repeats 2 \
+        --lr 5e-4 --threads 2
     python scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
 
 ``vae`` writes runs/tts/vae.pt; ``latents`` encodes the training corpus with it (normalised latents, per
-utterance, plus per-voice reference embeddings); ``ar`` trains the AR transformer and flow head on those
-latents (guided-attention loss for alignment, noisy context against exposure bias); ``export`` writes the
-one safetensors checkpoint (VAE decoder + encoder, AR, head, voice table, phoneme vocabulary) the server
-loads. With a GPU, ``--device cuda`` runs the same stages faster.
+utterance, plus per-voice reference-encoder inputs); ``ar`` trains the AR transformer and flow head on those
+latents (guided-attention loss for alignment, noisy context against exposure bias); ``vae --decoder-only``
+fine-tunes the decoder on the frozen encoder (so it can run beside ``ar``); ``export`` writes the one
+safetensors checkpoint (VAE, AR, head, voice table, phoneme vocabulary) the server loads. With a GPU,
+``--device cuda`` runs the same stages faster.
+
+History that a re-run will not repeat exactly: the shipped VAE *encoder* was trained (first stage, ~480
+steps) with an earlier decoder head that also predicted phase and a per-example spectral-convergence loss;
+``load_vae`` keeps that head's magnitude half. The current code trains the fixed-phase head from the start.
 """
 
 from __future__ import annotations
@@ -33,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_corpus import load_utterances  # noqa: E402
 
-from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, reconstruction_loss  # noqa: E402
+from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, magnitude_loss, reconstruction_loss  # noqa: E402
 from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import save_checkpoint  # noqa: E402
@@ -58,15 +69,18 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
 
 # -- stage 1: VAE --------------------------------------------------------------------------------------
 def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: random.Random):
-    """Random crops (B, L) and their delayed targets (the decoder's output lags by ``delay`` samples)."""
+    """Random crops (B, L) and their delayed targets (B, L + delay).
+
+    The decoder's output lags by ``delay`` samples, and its last frames reach ``delay`` samples past the crop.
+    """
     length = num_latents * hop
     xs, ys = [], []
     for _ in range(batch):
         audio = rng.choice(utts).audio
-        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(length, np.float32)])
+        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(2 * length, np.float32)])
         start = rng.randrange(0, max(1, len(audio) - length // 2)) + delay  # index into padded
         xs.append(padded[start : start + length])
-        ys.append(padded[start - delay : start - delay + length])
+        ys.append(padded[start - delay : start + length])
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -95,9 +109,10 @@ def train_vae(args) -> None:
             mean, logvar = vae.encode(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
         pred = vae.decode(z)
-        losses = reconstruction_loss(pred, y)
+        losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
+        losses["mag"] = magnitude_loss(vae, z, y)
         kl = kl_loss(mean, logvar)
-        loss = losses["stft"] + losses["mel"] + args.kl_weight * kl
+        loss = losses["stft"] + losses["mel"] + 2.0 * losses["mag"] + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -105,7 +120,7 @@ def train_vae(args) -> None:
         minutes = (time.time() - start) / 60
         if step % 50 == 0 or step == args.steps - 1:
             log(out / f"{name[:-3]}_log.jsonl", step=step, min=minutes, stft=losses["stft"].item(),
-                mel=losses["mel"].item(), kl=kl.item())
+                mel=losses["mel"].item(), mag=losses["mag"].item(), kl=kl.item())
         if step % 200 == 0 or minutes > args.minutes:
             torch.save({"cfg": cfg.__dict__, "state": vae.state_dict(), **extra}, out / name)
         if minutes > args.minutes:
@@ -118,7 +133,11 @@ def load_vae(out: Path, device: str = "cpu", name: str = "vae.pt") -> WaveformVA
     saved = torch.load(out / name, map_location=device)
     cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
     vae = WaveformVAE(cfg).to(device)
-    vae.load_state_dict(saved["state"])
+    state = saved["state"]
+    bins = cfg.n_fft // 2 + 1
+    if state["head.weight"].shape[0] == 2 * bins:  # the first VAE run had a learned phase head: keep magnitudes
+        state["head.weight"], state["head.bias"] = state["head.weight"][:bins], state["head.bias"][:bins]
+    vae.load_state_dict(state)
     return vae.eval()
 
 
@@ -177,15 +196,20 @@ def train_ar(args) -> None:
     vae = load_vae(out)
     cfg = TTSConfig(vocab_size=len(vocab), latent_dim=vae.cfg.latent_dim, vae=vae.cfg)
     model = TTSModel(cfg).to(args.device)
+    first = 0
+    if args.resume:  # continue a run (optimizer state is not kept: the warm-up restarts it)
+        saved = torch.load(out / "ar.pt")
+        model.load_state_dict(saved["state"])
+        first = saved["step"] + 1
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     by_voice: dict[str, list[int]] = {}
     for i, v in enumerate(data["voice_ids"]):
         by_voice.setdefault(v, []).append(i)
-    rng = random.Random(args.seed)
+    rng = random.Random(args.seed + first)
     start = time.time()
-    for step in range(args.steps):
+    for step in range(first, first + args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
+            group["lr"] = lr_at(step - first, args.steps, args.lr, warmup=50 if first else 200)
         spk, ph, num_ph, z, num_lat = (t.to(args.device) for t in ar_batch(data, vocab, by_voice, args.batch, rng))
         b, n_max, d = z.shape
         sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
@@ -241,7 +265,8 @@ def export(args) -> None:
     for v in sorted(set(data["voice_ids"])):
         rows = [data["stats"][i] for i, vid in enumerate(data["voice_ids"]) if vid == v]
         voice_stats[v] = torch.stack(rows).mean(0)
-    voice_info = {v: {"language": table[v]["language"], "espeak_voice": table[v]["espeak_voice"]} for v in voice_stats}
+    keys = ("language", "espeak_voice", "pitch", "speed_wpm")
+    voice_info = {v: {k: table[v][k] for k in keys} for v in voice_stats}
     symbols = PhonemeVocab(phoneme_inventory(args.data)).symbols
     size = save_checkpoint(args.checkpoint, model, vae, silence, symbols, voice_stats, voice_info)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size}))
@@ -257,6 +282,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kl-weight", type=float, default=1e-3)
+    ap.add_argument("--resume", action="store_true", help="ar: continue from runs/.../ar.pt")
     ap.add_argument("--decoder-only", action="store_true", help="vae: fine-tune the decoder, encoder frozen")
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")

@@ -2,10 +2,13 @@
 
 import asyncio
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
+from models.audio.dsp import read_wav, resample, trim_silence
 from models.registry import load_model
 from models.tts.generator import DEFAULT_CHECKPOINT, TTSGenerator
 from streaming.client import Client, MediaCollector
@@ -69,24 +72,27 @@ def test_registry_builds_tts_with_backend_option(tmp_path):
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoint")
-def test_shipped_checkpoint_speaks_a_held_out_sentence():
-    """Duration, energy and voicing are speech-like, and (with pocketsphinx) most words are recognized.
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs the espeak-ng command for the reference")
+def test_shipped_checkpoint_speaks_a_held_out_sentence(tmp_path):
+    """The shipped model speaks a sentence it never saw with the timing and loudness of its reference.
 
-    The sentence is not in the training corpus (it comes from the held-out split's grammar, fixed here).
+    What this proves: the checkpoint loads, aligns text to audio (duration within 0.6-1.8x of espeak-ng's
+    rendering of the same sentence in the same voice, where a failed alignment babbles on to the cap or
+    stops at once) and produces speech-like energy (loud over most of it, a pause at the comma). It does
+    not prove intelligibility: bench/tts.py measures that (pocketsphinx WER against the reference).
     """
     gen = TTSGenerator()
-    text = "Why did the angry pilot wait near the river?"
-    audio = run_session(gen, [("text", {"text": text, "final": True})], {"seed": 0, "voice": "v001"})
-    seconds = len(audio) / 16_000
-    assert 1.2 < seconds < 6.0, seconds
+    voice = "v001"
+    text = "Why did the angry pilot wait near the river, while the band played?"
+    info = gen.voice_info[voice]
+    wav = str(tmp_path / "ref.wav")
+    subprocess.run(["espeak-ng", "-v", info["espeak_voice"], "-p", str(info["pitch"]), "-s", str(info["speed_wpm"]),
+                    "-w", wav, text], check=True)
+    ref, rate = read_wav(wav)
+    ref = trim_silence(resample(ref, rate, 16_000), 16_000)
+    audio = run_session(gen, [("text", {"text": text, "final": True})], {"seed": 0, "voice": voice})
+    assert 0.6 < len(audio) / len(ref) < 1.8, (len(audio), len(ref))
     frames = audio[: len(audio) // 320 * 320].reshape(-1, 320)
     rms = np.sqrt((frames**2).mean(1))
     assert rms.max() > 0.02 and (rms > 0.1 * rms.max()).mean() > 0.4  # speech energy over most of it
-    try:
-        from models.audio.recognizer import VocabularyRecognizer, words_of
-    except ImportError:
-        return
-    vocab = set(words_of(text)) | {"the", "a", "river", "farmer", "painted", "boat", "why", "did", "leave", "market"}
-    rec = VocabularyRecognizer(vocab)
-    hyp = rec.transcribe(audio)
-    assert rec.wer([(text, audio)]) <= 0.5, hyp
+    assert (rms < 0.1 * rms.max()).sum() >= 2  # and some pause (the comma, the segment gap)

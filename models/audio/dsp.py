@@ -104,13 +104,20 @@ def log_mel(
 
 
 def mel_cepstral_distortion(ref: np.ndarray, hyp: np.ndarray, rate_hz: int = 16_000, num_coeffs: int = 13) -> float:
-    """MCD in dB between two signals, frames aligned by dynamic time warping (c0 excluded)."""
+    """MCD in dB between two signals, frames aligned by dynamic time warping (c0 excluded).
+
+    Cepstra are the orthonormal DCT of 40-band log-mel magnitudes (not SPTK mel-generalized cepstra), so
+    values are comparable between systems measured here, not with published MCD numbers.
+    """
 
     def cepstra(x: np.ndarray) -> np.ndarray:
-        m = log_mel(torch.from_numpy(x.astype(np.float32))[None], rate_hz, 512, 160, 40)[0].T.numpy()  # (F, 40)
+        spec = torch.stft(torch.from_numpy(x.astype(np.float32)), 512, 160, window=torch.hann_window(512),
+                          return_complex=True).abs()
+        mel = (mel_filterbank(rate_hz, 512, 40) @ spec).T.numpy()  # (F, 40)
+        m = np.log(np.maximum(mel, mel.max() * 1e-4))  # a floor 80 dB under the peak: silence stays finite
         n = m.shape[1]
-        dct = np.cos(np.pi / n * (np.arange(n)[None, :] + 0.5) * np.arange(num_coeffs + 1)[:, None])  # DCT-II
-        return (m @ dct.T)[:, 1:]
+        dct = np.sqrt(2.0 / n) * np.cos(np.pi / n * (np.arange(n)[None, :] + 0.5) * np.arange(num_coeffs + 1)[:, None])
+        return (m @ dct.T)[:, 1:]  # orthonormal DCT-II, c0 (loudness) dropped
 
     a, b = cepstra(ref), cepstra(hyp)
     dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))  # (Fa, Fb)

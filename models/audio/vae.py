@@ -10,8 +10,14 @@ The speech families' latent codec: 16 kHz audio <-> continuous latents at ``samp
   downsampling is the STFT here.) The encoder is non-causal: it only encodes training audio and
   reference prompts, never a live stream.
 - Decoder: *causal* convolutions at the latent rate, up blocks with the mirror shortcut (duplicate channels,
-  channel-to-space), then a linear head to STFT frames (log-magnitude, phase) and overlap-add with a Hann
-  window. The output is the input delayed by ``n_fft - frame_hop`` samples, which makes it strictly causal:
+  channel-to-space), then a linear head to STFT log-magnitudes, a *fixed* phase, and overlap-add with a
+  Hann window. The phase of bin k in frame f is ``phi0_k + 2 pi k f frame_hop / n_fft`` (each bin a
+  sinusoid at its centre frequency, random fixed initial phases): overlapping frames add coherently, so
+  the output's spectrum follows the predicted magnitudes. A learned phase head (Vocos-style) was tried
+  first: without adversarial training it reached its losses through interference between frames while
+  its magnitudes stayed flat, and the audio was a blur; a fixed phase sounds phasey but keeps formants and
+  harmonics, which is what intelligibility (and an MFCC recognizer) needs.
+  The output is the input delayed by ``n_fft - frame_hop`` samples, which makes it strictly causal:
   the samples of latent k depend only on latents <= k. Streaming decode therefore equals offline decode
   exactly when each chunk is decoded together with ``context_latents`` latents of left context
   (:meth:`WaveformVAE.decode_chunk`).
@@ -19,6 +25,7 @@ The speech families' latent codec: 16 kHz audio <-> continuous latents at ``samp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -131,8 +138,15 @@ class WaveformVAE(nn.Module):
             stages.append(UpBlock(widths[i], widths[i + 1], factor, k))
             stages.append(ResBlock(widths[i + 1], k, 1, True))
         self.dec = nn.Sequential(*stages)
-        self.head = nn.Conv1d(widths[-1], 2 * (cfg.n_fft // 2 + 1), 1)
+        self.head = nn.Conv1d(widths[-1], cfg.n_fft // 2 + 1, 1)  # log-magnitude per bin
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        if cfg.hop % cfg.n_fft:
+            raise ValueError("hop must be a multiple of n_fft so the fixed phase repeats every latent")
+        bins = torch.arange(cfg.n_fft // 2 + 1, dtype=torch.float64)
+        phi0 = torch.rand(len(bins), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 * math.pi
+        frame = torch.arange(cfg.hop // cfg.frame_hop, dtype=torch.float64)  # frames per latent: phase period
+        phase = phi0[None, :] + 2 * math.pi * bins[None, :] * frame[:, None] * cfg.frame_hop / cfg.n_fft
+        self.register_buffer("phase", torch.polar(torch.ones_like(phase), phase).to(torch.complex64), persistent=False)
         # Normalisation of latents for the generators (set from data after training; identity until then).
         self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
         self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
@@ -173,12 +187,19 @@ class WaveformVAE(nn.Module):
         return z * self.latent_std[:, None] + self.latent_mean[:, None]
 
     # -- decoder -------------------------------------------------------------------------------------
+    def log_magnitudes(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> predicted STFT log-magnitudes (B, n_fft // 2 + 1, T * up), causal in T."""
+        return self.head(F.silu(self.dec(self.dec_in(z)))).float()
+
     def frames(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, n_fft), causal in T."""
-        h = self.dec(self.dec_in(z))
-        log_mag, phase = self.head(F.silu(h)).float().chunk(2, dim=1)  # (B, F, frames) each
-        spec = torch.polar(log_mag.clamp(max=8.0).exp(), phase)
-        return torch.fft.irfft(spec.transpose(1, 2), n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
+        """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, n_fft), causal in T.
+
+        ``z`` must start at a latent boundary of the stream (the fixed phase repeats every latent).
+        """
+        mag = self.log_magnitudes(z).clamp(max=8.0).exp().transpose(1, 2)  # (B, frames, F)
+        period = self.phase.shape[0]
+        phase = self.phase.repeat(mag.shape[1] // period, 1)  # (frames, F)
+        return torch.fft.irfft(mag * phase, n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
 
     def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, N, n_fft) frames at frame_hop -> (B, N * frame_hop) samples, the last n_fft - hop dropped."""
@@ -216,6 +237,18 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, t
         out["stft"] = out["stft"] + (p.log() - t.log()).abs().mean() + convergence
     out["mel"] = (log_mel(pred) - log_mel(target)).abs().mean()
     return out
+
+
+def magnitude_loss(vae: WaveformVAE, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the decoder's log-magnitudes and the STFT of the (delayed) target, frame for frame.
+
+    ``target`` (B, T * hop + n_fft - frame_hop): the frames of the output's time axis, uncentred.
+    """
+    cfg = vae.cfg
+    spec = torch.stft(target, cfg.n_fft, cfg.frame_hop, window=vae.window, center=False, return_complex=True)
+    floor = math.log(1e-4)  # below ~-80 dB nothing is audible: do not spend capacity there
+    pred = vae.log_magnitudes(z).clamp_min(floor)
+    return (pred - spec.abs().clamp_min(1e-4).log()).abs().mean()
 
 
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ class TTSGenerator(Generator):
         backend: str = "torch",
         chunk_latents: int = 2,
         max_sessions: int = 64,
-        max_batch_size: int = 32,
+        max_batch_size: int = 16,
         flow_steps: int | None = None,
         cfg_scale: float | None = None,
         max_words: int = 10,
