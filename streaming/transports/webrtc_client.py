@@ -6,8 +6,10 @@ ready = await client.expect("ready")
 arrival_s, frame = await client.audio_frames.get()     # decoded av.AudioFrame and its arrival time
 await client.close()
 
-By default it gathers only a 127.0.0.1 host candidate, uses no ICE servers (so nothing leaves the
-machine), and releases received audio packets at once (``audio_prefetch=0``; aiortc's default holds 4).
+``await client.watch(session_id, receive_video=True)`` instead makes a receive-only viewer of a shared
+session. By default it gathers only a 127.0.0.1 host candidate, uses no ICE servers (so nothing leaves the
+machine), releases received audio packets at once (``audio_prefetch=0``; aiortc's default holds 4), and
+hands a video frame to the decoder when its last packet arrives (aiortc waits for the next frame's first).
 The same client talks to any server that speaks aiortc's ``/offer`` shape (fastrtc's included, given its
 extra body fields).
 """
@@ -153,6 +155,33 @@ class RtcClient:
         timeout: float = 20.0,
     ) -> dict[str, Any]:
         """Offer, post, apply the answer; returns the answer body. Raises :class:`RtcServerError`."""
+        body = {"model": model, "params": params or {}, **(extra or {})}
+        return await self._negotiate(body, audio, receive_audio, receive_video, data_channel, video_codec, timeout)
+
+    async def watch(
+        self,
+        session_id: str,
+        *,
+        receive_audio: bool = True,
+        receive_video: bool = True,
+        data_channel: bool = True,
+        video_codec: str | None = None,
+        timeout: float = 20.0,
+    ) -> dict[str, Any]:
+        """Watch a shared session (a receive-only peer); returns the answer body."""
+        body = {"watch": session_id}
+        return await self._negotiate(body, None, receive_audio, receive_video, data_channel, video_codec, timeout)
+
+    async def _negotiate(
+        self,
+        fields: dict[str, Any],
+        audio: MediaStreamTrack | None,
+        receive_audio: bool,
+        receive_video: bool,
+        data_channel: bool,
+        video_codec: str | None,
+        timeout: float,
+    ) -> dict[str, Any]:
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers]))
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
@@ -173,10 +202,10 @@ class RtcClient:
                 chosen = [c for c in codecs if c.mimeType.lower() == f"video/{video_codec.lower()}"]
                 video.setCodecPreferences(chosen + [c for c in codecs if c.mimeType.lower() == "video/rtx"])
         rtc_support.tune_audio_receivers(pc, self.audio_prefetch)
+        rtc_support.tune_video_receivers(pc)  # a frame goes to the decoder when its last packet arrives
         with rtc_support.gathering_from(self.host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "model": model, "params": params or {}}
-        body.update(extra or {})
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", **fields}
         answer = await self.post_offer(body, timeout)
         sdp = rtc_support.filter_candidates(answer["sdp"], loopback_only=self.loopback_only)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=answer["type"]))
