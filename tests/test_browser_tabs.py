@@ -1,8 +1,9 @@
-"""The Video and Avatar tabs in real headless Chromium, against a real server with the test card and avatar.
+"""The Video and Avatar tabs in real headless Chromium, against a real server with the test card, avatar and video.
 
 Video: a producer page shares its test card over WebRTC; a second window finds it in the page's list of
 shared streams, watches it (over WebRTC or the WebSocket), and sees the producer's prompt switch both as
-a colour change of the card and as an entry in the timeline. Avatar: the page streams the real avatar,
+a colour change of the card and as an entry in the timeline; the trained `video` model follows a prompt
+typed in the page, with the switch in the timeline. Avatar: the page streams the real avatar,
 shows a face, and an uploaded WAV of agent speech makes the mouth open (and the conversation state
 `speaking`), over WebRTC and the WebSocket. Screenshots land in each test's tmp dir.
 """
@@ -33,7 +34,7 @@ BARS = (slice(130, 170), slice(0, 200))  # a patch of the card's tinted colour b
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveServer]:
-    with run_live_server(make_server_config(models=("testcard", "avatar"))) as running:
+    with run_live_server(make_server_config(models=("testcard", "avatar", "video"))) as running:
         yield running
 
 
@@ -93,6 +94,8 @@ def test_viewer_page_watches_a_shared_stream_and_sees_prompt_switches(
     open_page(browser, live)
     browser.execute_script("causalcast.selectMode('video'); causalcast.setTransport('webrtc')")
     choose_model(browser, "testcard")
+    browser.find_element(By.ID, "prompt").clear()
+    browser.find_element(By.ID, "prompt").send_keys(FIRST_PROMPT)  # sent when the session is ready
     click(browser, "#share")
     click(browser, "#start")
     sid = wait_until(browser, "const r = causalcast.state().last.ready; return r && r.session")
@@ -145,6 +148,38 @@ def test_viewer_page_watches_a_shared_stream_and_sees_prompt_switches(
         browser.execute_script("causalcast.stop()")
     with urllib.request.urlopen(f"{live.http_url}/streams") as r:
         assert all(s["session"] != sid for s in json.load(r)["streams"])  # the producer stopped: unlisted
+
+
+def test_video_model_follows_a_prompt_typed_in_the_page(browser, live: LiveServer, tmp_path: Path) -> None:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, live)
+    browser.execute_script("causalcast.selectMode('video'); causalcast.setTransport('webrtc')")
+    choose_model(browser, "video")
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("a large red circle moving right on a black background")
+    click(browser, "#start")
+    try:
+        ready = wait_until(browser, "return causalcast.state().last.ready")
+        assert ready["model"] == "video" and ready["params"]["prompt"].startswith("a large red circle")
+        time.sleep(1.5)
+        before = next_frame(browser).reshape(-1, 3).astype(float).mean(axis=0)
+        prompt.clear()
+        prompt.send_keys("a large green circle moving down on a navy background" + Keys.ENTER)
+        entry = wait_until(browser, "const t = causalcast.state().timeline; return t.length > 1 && t[t.length - 1]")
+        assert entry["text"].startswith("a large green circle") and entry["frame"] > 0 and entry["switch"] == "recache"
+        deadline, after = time.monotonic() + 10, before
+        while not (after[2] > before[2] + 25 and after[1] > before[1] + 10):  # navy background, green circle
+            assert time.monotonic() < deadline, (before, after)
+            time.sleep(0.25)
+            after = next_frame(browser).reshape(-1, 3).astype(float).mean(axis=0)
+        browser.save_screenshot(str(tmp_path / "video-model.png"))
+        assert severe_console_entries(browser) == []
+    finally:
+        browser.execute_script("causalcast.stop()")
+        wait_until(browser, "return !causalcast.state().running")
 
 
 @pytest.mark.parametrize("transport", ["webrtc", "ws"])

@@ -243,6 +243,7 @@ function onMessage(m) {
   } else if (m.type === "ready" || m.type === "watching") {
     logLine(`${m.type}: session ${m.session} (${m.model})`);
     if (m.output_video) timeline.fps = m.output_video.fps;
+    if (m.params && m.params.prompt) timeline.add({ text: m.params.prompt, frame: 0, switch: "first prompt" });
     if (m.type === "ready" && (m.events || []).includes("prompt") && m.model !== "video" && $("prompt").value.trim()) switchPrompt();
     if (m.type === "ready" && state.mode === "video" && $("share").checked) {
       streams.ownSession = m.session;
