@@ -240,6 +240,11 @@ class BroadcastHub:
             self._broadcasts[session_id] = broadcast
         return broadcast, broadcast.add_viewer(audio_codec, video_codec)
 
+    def num_viewers(self, session_id: str) -> int:
+        """Viewers attached to a session's broadcast now."""
+        broadcast = self._broadcasts.get(session_id)
+        return len(broadcast.viewers) if broadcast else 0
+
     def describe(self) -> list[dict[str, Any]]:
         """Shared sessions and their viewer counts, for GET /streams."""
         out = []

@@ -274,6 +274,23 @@ async def test_bad_watch_offers_are_refused_with_reasons(card_server: RunningSer
             await client.post_offer({"type": "offer", "sdp": "v=0\r\n", "watch": 7})
         assert refused.value.code == "bad_offer" and "watch" in refused.value.message["message"]
 
+    # A stream's viewer limit: refused with 503 at the offer.
+    running, runner = await serve_app(make_server_config(models=("testcard",), max_viewers_per_stream=1))
+    producer, first, second = DrainedProducer(running), RtcClient(running.http_url), RtcClient(running.http_url)
+    try:
+        sid = await producer.start()
+        await first.watch(sid)
+        await first.wait_connected(10)
+        await asyncio.wait_for(first.video_frames.get(), 5)
+        with pytest.raises(RtcServerError) as refused:
+            await second.watch(sid)
+        assert refused.value.status == 503 and refused.value.code == "capacity"
+    finally:
+        for client in (first, second):
+            await client.close()
+        await producer.close()
+        await runner.cleanup()
+
     # A viewer gets the shared Opus packets as they are: an offer whose audio takes only G.711 is refused.
     producer = DrainedProducer(card_server)
     sid = await producer.start()

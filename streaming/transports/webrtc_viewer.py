@@ -142,9 +142,12 @@ class RtcViewer(RtcPeerBase):
         await self._connected.wait()
         try:
             self.broadcast, self.viewer = self.hub.broadcasts.watch(self.session.id, AudioCodec.OPUS, self.video_codec)
-        except ProtocolError:  # the producer ended while this viewer connected
-            self.send({"type": "stream_ended", "session": self.session.id, "reason": self.session.close_reason})
-            await self.close(self.session.close_reason or "stream ended", notify=False)
+        except ProtocolError as e:
+            if e.code == "unknown_session":  # the producer ended while this viewer connected
+                self.send({"type": "stream_ended", "session": self.session.id, "reason": self.session.close_reason})
+                await self.close(self.session.close_reason or "stream ended", notify=False)
+            else:  # e.g. the stream's viewer limit, reached by viewers that connected first
+                await self.close(str(e), e)
             return
         pacers = {
             MediaKind.AUDIO: self.audio_track.pacer if self.audio_track is not None else None,
@@ -201,7 +204,11 @@ async def answer_watch(hub: RtcHub, body: dict[str, Any]) -> tuple[dict[str, Any
         raise ShutdownError("server shutting down")
     if hub.broadcasts is None:
         raise ProtocolError("this server does not share streams", "unknown_session")
-    session = hub.broadcasts.shared_session(body["watch"])  # raises unknown_session: refused before any ICE
+    broadcasts = hub.broadcasts
+    session = broadcasts.shared_session(body["watch"])  # raises unknown_session: refused before any ICE
+    limit = broadcasts.max_viewers_per_session
+    if broadcasts.num_viewers(session.id) >= limit:
+        raise ProtocolError(f"session {session.id} already has {limit} viewers", "capacity")
     inspect_offer(body["sdp"], session.spec, session.model, viewer=True)
     pc, sdp, host_addresses = hub.new_connection(body["sdp"])
     peer = RtcViewer(hub, pc, session)
