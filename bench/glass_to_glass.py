@@ -14,6 +14,11 @@ without one). Output: one JSON object per line.
 
     .venv/bin/python bench/glass_to_glass.py                      # everything available
     .venv/bin/python bench/glass_to_glass.py --markers 60 --load 1,2,4,8,16 --no-chromium
+    .venv/bin/python bench/glass_to_glass.py --only-viewers --viewers 1,4,8   # shared streams only
+
+Shared streams (``--viewers``): one WebRTC test-card producer with N WebRTC viewers, server and clients in
+this process so the broadcast's counters can be read: encodes per chunk, frame latency from the model to
+the decoded frame at each client, frames in order, and the A/V offset at the clients.
 """
 
 from __future__ import annotations
@@ -406,6 +411,115 @@ async def sessions_held(
     }
 
 
+# -- shared streams: one producer, many viewers --------------------------------------------------------------
+class _ChunkTimes:
+    """A session tap that notes when each output chunk was produced (by its first video pts)."""
+
+    def __init__(self) -> None:
+        self.produced: dict[int, float] = {}
+
+    def on_chunk(self, chunk: Any) -> None:
+        if chunk.video_pts:
+            self.produced[chunk.video_pts[0]] = time.monotonic()
+
+    def on_notice(self, notice: dict[str, Any]) -> None:
+        pass
+
+    def on_close(self, reason: str) -> None:
+        pass
+
+
+async def _collect(queue: asyncio.Queue, seconds: float) -> list[Any]:
+    out, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            out.append(await asyncio.wait_for(queue.get(), left))
+        except TimeoutError:
+            break
+    return out
+
+
+async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
+    """A WebRTC test-card producer with ``num_viewers`` WebRTC viewers, in this process (white-box counters).
+
+    Reports encodes per chunk (what viewers cost in encoding), frame latency from the chunk leaving the
+    model to the decoded frame at the client (producer and viewers), frames in order, and the A/V offset
+    (video minus audio arrival of the once-a-second beep and marker) at the clients.
+    """
+    from aiohttp import web
+
+    from models.diagnostic.testcard import read_frame_number
+    from streaming.server import BROADCASTS_KEY, ENGINE_KEY, ServerConfig, create_app
+    from streaming.transports.webrtc import RtcConfig
+    from streaming.transports.webrtc_client import av_offsets_ms, beep_onsets, marker_onsets
+
+    config = ServerConfig(models=("testcard",), webrtc=RtcConfig(loopback_only=True))
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    producer = RtcClient(url)
+    viewers = [RtcClient(url) for _ in range(num_viewers)]
+    try:
+        answer = await producer.connect("testcard", receive_audio=True, receive_video=True, extra={"share": True})
+        await producer.wait_connected(10)
+        session = next(s for s in runner.app[ENGINE_KEY].scheduler.sessions.values() if s.id == answer["session"])
+        times = _ChunkTimes()
+        session.taps.append(times)
+        for viewer in viewers:
+            await viewer.watch(answer["session"])
+        await asyncio.gather(*(v.wait_connected(20) for v in viewers))
+        await asyncio.sleep(1.0)  # every viewer joined and started at a key frame
+        broadcast = runner.app[BROADCASTS_KEY]._broadcasts[answer["session"]]
+        clients = [producer, *viewers]
+        for client in clients:
+            for queue in (client.audio_frames, client.video_frames):
+                while not queue.empty():
+                    queue.get_nowait()
+        encoded0, chunks0 = broadcast.num_encoded_chunks, session.stats.chunks_out
+        media = await asyncio.gather(*(_collect(q, seconds) for c in clients for q in (c.audio_frames, c.video_frames)))
+        encodes_per_chunk = (broadcast.num_encoded_chunks - encoded0) / max(1, session.stats.chunks_out - chunks0)
+        latency: dict[str, list[float]] = {"producer": [], "viewer": []}
+        offsets: dict[str, list[float]] = {"producer": [], "viewer": []}
+        gaps = 0
+        for i in range(len(clients)):
+            role = "producer" if i == 0 else "viewer"
+            audio, video = media[2 * i], media[2 * i + 1]
+            numbers = []
+            for arrival, frame in video:
+                number = read_frame_number(frame.to_ndarray(format="rgb24"))
+                numbers.append(number)
+                produced = times.produced.get(number * 3600)  # 25 fps: 3600 ticks of 90 kHz per frame
+                if produced is not None:
+                    latency[role].append(arrival - produced)
+            gaps += sum(b != a + 1 for a, b in zip(numbers, numbers[1:], strict=False))
+            offsets[role] += av_offsets_ms(beep_onsets(audio), marker_onsets(video))
+        out: dict[str, Any] = {"bench": "shared_stream", "model": "testcard", "viewers": num_viewers,
+                               "transport": "webrtc", "codec_choices": len(broadcast._encoders),
+                               "encodes_per_chunk": round(encodes_per_chunk, 3), "frame_gaps": gaps,
+                               "load_avg": os.getloadavg()[0]}  # fmt: skip
+        for role in ("producer", "viewer"):
+            if latency[role]:
+                ms = np.array(latency[role]) * 1000
+                out[f"{role}_frame_latency_ms_p50"] = round(float(np.percentile(ms, 50)), 1)
+                out[f"{role}_frame_latency_ms_p99"] = round(float(np.percentile(ms, 99)), 1)
+            if offsets[role]:
+                av = np.array(offsets[role])
+                out[f"{role}_av_offset_ms_median"] = round(float(np.median(av)), 1)
+                out[f"{role}_av_offset_ms_max_abs"] = round(float(np.abs(av).max()), 1)
+        return out
+    finally:
+        for client in viewers + [producer]:
+            await client.close()
+        await runner.cleanup()
+
+
+async def shared_stream_runs(args: argparse.Namespace) -> None:
+    for num in args.viewers:
+        emit(await shared_stream_run(num, args.viewer_seconds))
+
+
 # -- main --------------------------------------------------------------------------------------------------
 def fastrtc_installed() -> bool:
     try:
@@ -496,9 +610,16 @@ def main() -> None:
     parser.add_argument("--no-fastrtc", dest="fastrtc", action="store_false")
     parser.add_argument("--serve-fastrtc", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency-limit", type=int, default=64, help="fastrtc's (integer) concurrency_limit")
+    parser.add_argument("--viewers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8],
+                        help="shared-stream runs: WebRTC viewers of one test-card producer")  # fmt: skip
+    parser.add_argument("--viewer-seconds", type=float, default=8.0)
+    parser.add_argument("--only-viewers", action="store_true", help="only the shared-stream runs")
     args = parser.parse_args()
     if args.serve_fastrtc:
         serve_fastrtc(args.serve_fastrtc, args.concurrency_limit)
+        return
+    if args.only_viewers:
+        asyncio.run(shared_stream_runs(args))
         return
     model_ms = pitch_model_delay_ms()
     emit({"bench": "setup", "model": "pitch", "semitones": 0, "model_delay_ms": round(model_ms, 2),
@@ -517,6 +638,7 @@ def main() -> None:
             urls["fastrtc"] = servers.enter_context(fastrtc_server(free_port(), args.concurrency_limit))
             asyncio.run(latency_runs(urls["fastrtc"], "fastrtc", args, model_ms))
         asyncio.run(load_runs(urls, args))
+    asyncio.run(shared_stream_runs(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ memory. A viewer joining late starts at a key frame for the same reason.
 
 Design of the encode loop: chunks wait in a small bounded queue; if encoding falls behind, the oldest
 chunks are dropped and every encoder is asked for a key frame, so viewers resume cleanly.
+
+Viewers come over the WebSocket (``streaming/transports/ws.py``: frames written as they are) or WebRTC
+(``streaming/transports/webrtc_viewer.py``: the same frames' payloads packetized into RTP, released on
+their pts). A viewer whose decoder lost a picture (a WebRTC receiver's RTCP PLI/FIR) asks for a key frame
+with :meth:`Broadcast.request_keyframe`; such requests are rate-limited per encoder, because a key frame
+goes to every viewer of that codec choice.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections import deque
 from concurrent.futures import Executor
 from typing import Any
@@ -89,8 +97,9 @@ class Broadcast:
     """Taps one shared session and fans its output out to viewers."""
 
     def __init__(self, session: Session, codec_pool: Executor, *, max_viewers: int, max_pending_s: float = 1.0,
-                 viewer_queue_frames: int = 128) -> None:
+                 viewer_queue_frames: int = 128, min_keyframe_interval_s: float = 0.25) -> None:
         self.session = session
+        self.min_keyframe_interval_s = min_keyframe_interval_s
         self.codec_pool = codec_pool
         self.max_viewers = max_viewers
         self.viewer_queue_frames = viewer_queue_frames
@@ -101,6 +110,8 @@ class Broadcast:
         self._task: asyncio.Task[None] | None = None
         self.num_encoded_chunks = 0  # per codec choice: what viewers cost in encoding
         self.num_dropped_chunks = 0  # chunks skipped because encoding fell behind
+        self.num_keyframe_requests = 0  # viewers' requests that forced a key frame
+        self._last_key_request: dict[tuple[AudioCodec, VideoCodec], float] = {}
 
     # -- viewers -------------------------------------------------------------------------------------
     def add_viewer(self, audio_codec: AudioCodec, video_codec: VideoCodec) -> Viewer:
@@ -128,6 +139,22 @@ class Broadcast:
         for key in list(self._encoders):
             if key not in in_use:
                 del self._encoders[key]
+
+    def request_keyframe(self, viewer: Viewer) -> bool:
+        """A viewer lost pictures: the next video frame of its codec choice is a key frame.
+
+        At most one forced key frame per ``min_keyframe_interval_s`` per encoder (receivers repeat their
+        requests, and every viewer of that codec choice pays for the key frame); returns whether this
+        request forced one.
+        """
+        encoder = self._encoders.get(viewer.codecs)
+        now = time.monotonic()
+        if encoder is None or now - self._last_key_request.get(viewer.codecs, -math.inf) < self.min_keyframe_interval_s:
+            return False
+        self._last_key_request[viewer.codecs] = now
+        encoder.request_keyframe()
+        self.num_keyframe_requests += 1
+        return True
 
     def streams(self, viewer: Viewer) -> list[dict[str, Any]]:
         """Stream declarations for the viewer's `watching` message."""
@@ -197,16 +224,26 @@ class BroadcastHub:
         self._shared.pop(session.id, None)
         self._broadcasts.pop(session.id, None)
 
-    def watch(self, session_id: str, audio_codec: AudioCodec, video_codec: VideoCodec) -> tuple[Broadcast, Viewer]:
-        """Attach a viewer to a shared session; raises ProtocolError if there is none by that id."""
+    def shared_session(self, session_id: str) -> Session:
+        """The running shared session by that id; raises ProtocolError (``unknown_session``) if there is none."""
         session = self._shared.get(session_id)
         if session is None or not session.running:
             raise ProtocolError(f"no shared session '{session_id}' is running", "unknown_session")
+        return session
+
+    def watch(self, session_id: str, audio_codec: AudioCodec, video_codec: VideoCodec) -> tuple[Broadcast, Viewer]:
+        """Attach a viewer to a shared session; raises ProtocolError if there is none by that id."""
+        session = self.shared_session(session_id)
         broadcast = self._broadcasts.get(session_id)
         if broadcast is None:
             broadcast = Broadcast(session, self.codec_pool, max_viewers=self.max_viewers_per_session)
             self._broadcasts[session_id] = broadcast
         return broadcast, broadcast.add_viewer(audio_codec, video_codec)
+
+    def num_viewers(self, session_id: str) -> int:
+        """Viewers attached to a session's broadcast now."""
+        broadcast = self._broadcasts.get(session_id)
+        return len(broadcast.viewers) if broadcast else 0
 
     def describe(self) -> list[dict[str, Any]]:
         """Shared sessions and their viewer counts, for GET /streams."""

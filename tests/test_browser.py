@@ -9,72 +9,25 @@ Screenshots of every tab land in the test's tmp dir.
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import shutil
 import time
 import urllib.request
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from browser_helpers import (
+    launch,
+    needs_chromium,
+    open_page,
+    peak_hz,
+    record,
+    severe_console_entries,
+    wait_until,
+)
 from conftest import RunningServer, make_server_config, run_live_server
 
-CHROMIUM = os.environ.get("CAUSALCAST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CAUSALCAST_CHROMEDRIVER", "/usr/bin/chromedriver")
-
-pytestmark = pytest.mark.skipif(
-    not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)),
-    reason=f"needs {CHROMIUM} and {CHROMEDRIVER} (Debian packages chromium, chromium-driver; `make browser`)",
-)
-
-
-def write_tone_wav(path: Path, freq_hz: float = 440.0, seconds: float = 10.0, rate: int = 48_000) -> Path:
-    t = np.arange(int(rate * seconds)) / rate
-    pcm = (0.3 * 32767 * np.sin(2 * np.pi * freq_hz * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
-def launch(tmp: Path, *, fake_ui: bool = True, block_mic: bool = False):  # noqa: ANN201
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp / 'profile'}",
-        "--window-size=1200,900",
-        "--autoplay-policy=no-user-gesture-required",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={write_tone_wav(tmp / 'mic.wav')}",
-        "--allow-loopback-in-peer-connection",
-        "--disable-features=WebRtcHideLocalIpsWithMdns",
-    ):
-        options.add_argument(arg)
-    if fake_ui:
-        options.add_argument("--use-fake-ui-for-media-stream")
-    if block_mic:
-        options.add_experimental_option("prefs", {"profile.default_content_setting_values.media_stream_mic": 2})
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium-manager must not look for drivers online
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -85,43 +38,6 @@ def browser(live_server: RunningServer, tmp_path_factory: pytest.TempPathFactory
         yield driver
     finally:
         driver.quit()
-
-
-def open_page(driver, server: RunningServer) -> None:  # noqa: ANN001
-    driver.get(server.http_url + "/")
-    driver.execute_async_script("window.causalcast.ready.then(() => arguments[arguments.length - 1]())")
-
-
-def wait_until(driver, script: str, timeout: float = 20.0):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(
-        f"timed out waiting for: {script}\nstate: {driver.execute_script('return causalcast.state()')}"
-    )
-
-
-def record(driver, seconds: float) -> tuple[int, np.ndarray, np.ndarray]:  # noqa: ANN001
-    result = driver.execute_async_script(
-        "const done = arguments[arguments.length - 1];"
-        "causalcast.record(arguments[0]).then(done, (e) => done({error: String(e)}));",
-        seconds,
-    )
-    assert "error" not in result, result
-    decode = lambda b: np.frombuffer(base64.b64decode(b), "<i2").astype(np.float32) / 32768  # noqa: E731
-    return result["rate"], decode(result["input"]), decode(result["output"])
-
-
-def peak_hz(samples: np.ndarray, rate: int) -> float:
-    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
-    return float(np.argmax(spectrum) * rate / len(samples))
-
-
-def severe_console_entries(driver) -> list[dict]:  # noqa: ANN001
-    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def test_page_loads_without_console_errors_and_shows_each_tab(

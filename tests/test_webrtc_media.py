@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import numpy as np
+import pytest
 
 from streaming.media.markers import find_onsets, marker_train
 from streaming.media.pacing import AudioPacer, PacingConfig, VideoPacer
@@ -129,3 +130,111 @@ def test_session_audio_input_and_opus_encoder_keep_whole_packets() -> None:
     encoder = AudioEncoder(AudioCodec.OPUS, 16_000)
     counts = [len(encoder.encode(np.zeros(320, np.float32), i * 320)) for i in range(5)]
     assert counts == [1] * 5  # FFmpeg's resampler made it [0, 1, 1, 1, 1] and delayed every packet by one
+
+
+# -- pre-encoded packets on their pts, and video following the audio clock ---------------------------------
+async def test_packet_pacers_release_audio_and_video_together_on_their_pts() -> None:
+    """0.4 s of packets arriving at once leave at their pts, not in a burst, audio and video in step."""
+    from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
+
+    clock = MediaClock(PacingConfig(margin_ms=5.0))
+    audio, video = PacketPacer(clock, 48_000), PacketPacer(clock, 90_000, keyed=True)
+    base = 123.0  # the stream started long ago: only differences matter
+    start = time.monotonic()
+    for i in range(10):
+        video.push(TimedPacket(b"v", round((base + i * 0.04) * 90_000), key=i == 0))
+        for j in range(2):
+            audio.push(TimedPacket(b"a", round((base + i * 0.04 + j * 0.02) * 48_000)))
+
+    async def drain(pacer: PacketPacer, n: int) -> list[tuple[float, float]]:
+        out = []
+        for _ in range(n):
+            packet = await pacer.next_packet()
+            out.append((time.monotonic() - start, packet.pts / pacer.clock_hz - base))
+        return out
+
+    audio_out, video_out = await asyncio.gather(drain(audio, 20), drain(video, 10))
+    for released, media in audio_out + video_out:
+        assert released >= media + 0.004, (released, media)  # never before its slot (margin 5 ms)
+    late = [released - media - 0.005 for released, media in audio_out + video_out]
+    assert np.percentile(late, 90) < 0.015, late  # loose for a loaded machine; ~1 ms when idle
+    assert clock.stats.late == 0 and clock.stats.reanchors == 1
+
+
+def test_media_clock_follows_late_data_but_not_a_late_loop_and_trims_back() -> None:
+    from streaming.media.pacing import MediaClock
+
+    clock = MediaClock(PacingConfig(margin_ms=5.0, grace_ms=15.0, trim_above_ms=4.0, window_s=0.5), max_trim_s=0.1)
+    clock.arrived(10.0, now=100.0)
+    assert clock.slot(10.0) == pytest.approx(100.005)
+    clock.arrived_late(0.010)  # within grace (e.g. the loop woke late): nothing moves
+    assert clock.slot(10.0) == pytest.approx(100.005)
+    clock.arrived_late(0.080)  # data 80 ms late: the clock follows, later packets keep their spacing
+    assert clock.slot(10.0) == pytest.approx(100.085) and clock.stats.late == 1
+    # from now on packets arrive 80 ms ahead of their slot: after a whole window of that, the excess is trimmed
+    for i in range(1, 60):
+        clock.arrived(10.0 + i * 0.02, now=100.0 + i * 0.02)
+    assert clock.slot(10.0) == pytest.approx(100.005, abs=0.001) and clock.stats.trimmed_s == pytest.approx(0.08)
+    # a jump in media time (a pause with a pts jump, or a restart) re-anchors
+    clock.arrived(50.0, now=102.0)
+    assert clock.slot(50.0) == pytest.approx(102.005) and clock.stats.reanchors == 2
+
+
+async def test_packet_pacer_overflow_resumes_video_at_a_key_frame() -> None:
+    from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
+
+    requests = []
+    pacer = PacketPacer(MediaClock(), 90_000, keyed=True, max_buffer_s=0.2, on_need_key=lambda: requests.append(1))
+    pacer.push(TimedPacket(b"d", 0, key=False))  # a viewer's first video must be a key frame
+    assert pacer.buffered == 0 and pacer.num_dropped == 1
+    for i in range(8):  # nobody drains: 0.28 s of video overflows the 0.2 s bound
+        pacer.push(TimedPacket(b"k" if i == 0 else b"d", i * 3600, key=i == 0))
+    assert requests == [1] and pacer.buffered == 0  # dropped, and a key frame was asked for
+    pacer.push(TimedPacket(b"d", 9 * 3600, key=False))
+    assert pacer.buffered == 0  # deltas wait for the key frame
+    pacer.push(TimedPacket(b"k", 10 * 3600, key=True))
+    assert (await pacer.next_packet()).payload == b"k"
+    pacer.close()
+    assert await pacer.next_packet() is None
+
+
+async def test_video_follows_the_audio_clock_through_a_trimmed_backlog() -> None:
+    """Audio trims a start-up backlog (dropping audio); video, paced apart, would lag it: it follows instead."""
+    audio = AudioPacer(16_000, 320, PacingConfig(margin_ms=2.0, window_s=0.2))
+    video = VideoPacer(25.0, PacingConfig(margin_ms=2.0, window_s=0.2), follow=audio.anchor)
+
+    def push_chunk(k: int) -> None:  # a 40 ms chunk: 640 samples and one frame, pts k * 40 ms
+        audio.push(np.zeros(640, np.float32), pts=k * 640)
+        video.push(np.full((2, 2, 3), k % 256, np.uint8), media_s=k * 0.04)
+
+    for k in range(6):  # a 240 ms burst at start-up
+        push_chunk(k)
+
+    async def produce() -> None:
+        start = time.monotonic()
+        for k in range(6, 45):
+            await asyncio.sleep(max(0.0, start + (k - 6) * 0.04 - time.monotonic()))
+            push_chunk(k)
+        await asyncio.sleep(0.1)
+        audio.close()
+        video.close()
+
+    async def play_audio() -> None:
+        while await audio.next_frame() is not None:
+            pass
+
+    offsets = []
+
+    async def play_video() -> None:
+        while (item := await video.next_frame()) is not None:
+            frame, repeated = item
+            anchor = audio.anchor()
+            if not repeated and anchor is not None:
+                media_s = int(frame[0, 0, 0]) * 0.04
+                offsets.append(time.monotonic() - (anchor + media_s))
+
+    await asyncio.gather(produce(), play_audio(), play_video())
+    assert audio.stats.trimmed_frames >= 5  # the audio pacer cut the backlog
+    late = np.abs(np.array(offsets[-15:]))
+    assert np.median(late) < 0.01, offsets  # video plays where its audio plays (idle machine: ~1 ms)
+    assert video.stats.sync_moves + video.stats.sync_skips > 0

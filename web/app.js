@@ -1,16 +1,20 @@
 // The causalcast page: four modes (tabs), a transport selector, live stats, clear errors, reconnect.
 // Models come from /healthz: those not implemented or not loaded show as unavailable, never as broken
-// buttons. `window.causalcast` exposes a small API the browser tests and the latency bench drive.
+// buttons. The Video tab can share its stream, watch streams others share, and keeps a timeline of
+// prompt switches; the Avatar tab sends the agent's speech (text or a WAV). `window.causalcast`
+// exposes a small API the browser tests and the latency bench drive.
 
-import { AudioGraph, markerTrain, openMic, toBase64Pcm16 } from "./media.js";
+import { decodeAudioFile, isNoTtsError, SAY_RATE_HZ, sayAudioMessages } from "./avatar.js";
+import { AudioGraph, grabFrame, markerTrain, openMic, toBase64Pcm16 } from "./media.js";
 import { RtcConnection } from "./rtc.js";
+import { StreamsList, Timeline } from "./shared.js";
 import { WsConnection } from "./ws.js";
 
 const MODES = {
   voice: { help: "Talk into your microphone; your voice comes back converted to the target voice.", models: ["vc", "pitch"] },
   speak: { help: "Type text and hear it spoken as it is generated.", models: ["tts"] },
-  avatar: { help: "Talk with a talking-head avatar: your microphone in, its face and voice out.", models: ["avatar"] },
-  video: { help: "Type a prompt and watch the stream; type a new prompt any time and see it switch.", models: ["video", "testcard"] },
+  avatar: { help: "Talk with a talking-head avatar: your microphone in, its face and voice out. Make it say something by text or with a WAV of the agent's voice.", models: ["avatar"] },
+  video: { help: "Type a prompt and watch the stream; type a new prompt any time and see it switch. Share it, or watch a stream someone else shares.", models: ["video", "testcard"] },
 };
 const PITCH_VOICES = [["higher (+4 semitones)", 4], ["much higher (+7)", 7], ["deeper (−4)", -4], ["much deeper (−7)", -7], ["unchanged (0)", 0]];
 const MAX_RETRIES = 3;
@@ -18,11 +22,18 @@ const MAX_RETRIES = 3;
 const $ = (id) => document.getElementById(id);
 const state = {
   mode: "voice", models: {}, iceServers: [], conn: null, graph: null, mic: null, running: false,
-  retries: 0, retryTimer: null, statsTimer: null, synthetic: null, log: [], errors: [], last: {},
+  watching: null, // the shared session this page watches (null: it runs its own, or nothing)
+  startOptions: {}, retries: 0, retryTimer: null, statsTimer: null, synthetic: null,
+  log: [], errors: [], last: {}, notices: [],
 };
+let streams = null;
+let timeline = null;
 
 // -- start-up ------------------------------------------------------------------------------------------
 async function init() {
+  streams = new StreamsList($("streams"), (s) => watch(s.session, s.model));
+  timeline = new Timeline($("timeline"));
+  timeline.reset(null);
   try {
     const [health, config] = await Promise.all([getJson("/healthz"), getJson("/config")]);
     for (const m of health.models) state.models[m.name] = m;
@@ -39,7 +50,7 @@ async function init() {
   }
   $("start").addEventListener("click", () => start());
   $("stop").addEventListener("click", () => stop("stopped"));
-  $("reconnect").addEventListener("click", () => start());
+  $("reconnect").addEventListener("click", () => start(state.startOptions));
   $("model").addEventListener("change", () => renderModel());
   $("voice").addEventListener("change", () => {
     if (state.running && currentModel() === "pitch") send({ type: "set_pitch", semitones: Number($("voice").value) });
@@ -47,6 +58,8 @@ async function init() {
   $("say").addEventListener("click", () => say());
   $("switch").addEventListener("click", () => switchPrompt());
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter") switchPrompt(); });
+  $("avatar-say").addEventListener("click", () => avatarSayText());
+  $("agent-audio").addEventListener("change", () => avatarSayFile());
   selectMode("voice");
 }
 
@@ -90,6 +103,7 @@ function selectMode(mode) {
   const firstLoaded = modelsFor(mode).find((m) => m.status === "loaded");
   if (firstLoaded) select.value = firstLoaded.name;
   else select.selectedIndex = 0; // show the unavailable model's name rather than an empty box
+  if (mode === "video") streams.start(); else streams.stop();
   renderModel();
 }
 
@@ -114,18 +128,34 @@ function renderModel() {
   voice.innerHTML = "";
   const voices = name === "pitch" ? PITCH_VOICES : (info && info.voices ? info.voices.map((v) => [v, v]) : [["default", ""]]);
   for (const [label, value] of voices) voice.add(new Option(label, value));
+  const examples = $("prompt-examples");
+  examples.replaceChildren(...((info && info.example_prompts) || []).map((p) => new Option(p)));
+  if (info && info.example_prompts && info.example_prompts.length && !state.running) $("prompt").value = info.example_prompts[0];
+  const tts = state.models.tts;
+  $("say-note").textContent = tts && tts.status === "loaded" ? ""
+    : "Saying text needs the tts model, which this server has not loaded: upload a WAV of the agent's voice instead.";
   setRunning(state.running);
 }
 
 function setRunning(running) {
   state.running = running;
   const loaded = Boolean(currentModel());
+  const producing = running && !state.watching;
   $("start").disabled = running || !loaded;
   $("stop").disabled = !running;
-  $("say").disabled = !running;
-  $("switch").disabled = !running;
+  $("say").disabled = !producing;
+  $("switch").disabled = !producing;
+  $("prompt").disabled = Boolean(state.watching) || !loaded;
+  $("avatar-say").disabled = !producing;
+  $("agent-audio").disabled = !producing;
   $("transport").disabled = running;
-  $("stat-state").textContent = running ? `streaming (${$("transport").value})` : "idle";
+  $("share").disabled = running;
+  $("use-mic").disabled = running;
+  streams.busy = running;
+  streams.render();
+  const what = state.watching ? `watching ${state.watching}` : "streaming";
+  $("stat-state").textContent = running ? `${what} (${$("transport").value})` : "idle";
+  if (!running) $("share-status").textContent = "";
 }
 
 function showMessage(text, isError = false) {
@@ -148,26 +178,34 @@ function logLine(text) {
 function paramsFor(model) {
   if (model === "pitch") return { semitones: Number($("voice").value) };
   if (model === "vc" && $("voice").value) return { voice: $("voice").value };
+  if (model === "video" && $("prompt").value.trim()) return { prompt: $("prompt").value.trim() };
   return {};
 }
 
-async function start() {
+/** Start a session with the selected model, or (with `watch`) watch a shared session of `model`. */
+async function start({ watch = null, model = null } = {}) {
   clearTimeout(state.retryTimer);
   await teardown();
-  const model = currentModel();
-  if (!model) return;
-  const info = state.models[model];
+  model = model || currentModel();
+  const info = model && state.models[model];
+  if (!info) return;
   const transport = $("transport").value;
-  showMessage(`Connecting over ${transport === "ws" ? "WebSocket" : "WebRTC"}…`);
+  const via = transport === "ws" ? "WebSocket" : "WebRTC";
+  state.startOptions = { watch, model: watch ? model : null };
+  state.watching = watch;
+  showMessage(watch ? `Connecting to shared stream ${watch} over ${via}…` : `Connecting over ${via}…`);
   $("reconnect").hidden = true;
+  state.notices = [];
+  timeline.reset(info.output_video ? info.output_video.fps : null);
   setRunning(true);
   try {
     state.graph = await AudioGraph.create();
     state.graph.onLevel = (level) => { $("audio-meter").firstChild.style.width = `${Math.min(100, level * 150)}%`; };
-    state.mic = info.input_audio ? await openMic(state.graph, state.synthetic) : null;
+    const wantsMic = info.input_audio && !watch && (state.mode !== "avatar" || $("use-mic").checked);
+    state.mic = wantsMic ? await openMic(state.graph, state.synthetic) : null;
     const options = {
-      model, params: paramsFor(model), mic: state.mic, graph: state.graph,
-      wantsAudio: Boolean(info.output_audio), wantsVideo: Boolean(info.output_video),
+      model, params: paramsFor(model), share: !watch && state.mode === "video" && $("share").checked, watch,
+      mic: state.mic, graph: state.graph, wantsAudio: Boolean(info.output_audio), wantsVideo: Boolean(info.output_video),
       iceServers: state.iceServers, videoEl: $("remote-video"), audioEl: $("remote-audio"), canvas: $("ws-canvas"),
     };
     const conn = (state.conn = transport === "ws" ? new WsConnection(options) : new RtcConnection(options));
@@ -175,36 +213,70 @@ async function start() {
     conn.addEventListener("closed", (e) => onLost(e.detail.reason));
     await conn.start();
     state.retries = 0;
-    showMessage(`Streaming with ${model} over ${transport === "ws" ? "WebSocket" : "WebRTC"}.`);
+    showMessage(watch ? `Watching ${watch} (${model}) over ${via}; its producer switches the prompts.`
+      : `Streaming with ${model} over ${via}.`);
     state.statsTimer = setInterval(pollStats, 1000);
   } catch (e) {
     await teardown();
+    state.watching = null;
     setRunning(false);
     if (e.code === "capacity") showMessage(`The server is at capacity, try again in a moment. (${e.message})`, true);
     else if (e.code === "mic_denied") showMessage(e.message, true);
+    else if (e.code === "unknown_session") showMessage(`That stream is no longer shared. (${e.message})`, true);
     else showMessage(`Could not start: ${e.message}`, true);
+    if (watch) streams.refresh();
   }
+}
+
+function watch(sessionId, model) {
+  if (state.running) return;
+  start({ watch: sessionId, model });
 }
 
 function onMessage(m) {
   state.last[m.type] = m;
   if (m.type === "pong") $("stat-rtt").textContent = `${(performance.now() - m.t).toFixed(0)} ms`;
   else if (m.type === "stats") {
-    $("stat-late").textContent = `${m.late_chunks} of ${m.chunks_out}`;
-    $("stat-underruns").textContent = String((m.audio_underruns || 0) + (m.video_underruns || 0));
-  } else if (m.type === "ready") {
-    logLine(`ready: session ${m.session} (${m.model})`);
-    if ((m.events || []).includes("prompt") && $("prompt").value.trim()) switchPrompt();
+    // a viewer's stats are its own: frames it lost, packets that came late to it
+    $("stat-late").textContent = m.viewer ? `${m.late_packets} late packets` : `${m.late_chunks} of ${m.chunks_out}`;
+    $("stat-underruns").textContent = m.viewer ? `${m.dropped_frames} dropped frames` : String((m.audio_underruns || 0) + (m.video_underruns || 0));
+  } else if (m.type === "ready" || m.type === "watching") {
+    logLine(`${m.type}: session ${m.session} (${m.model})`);
+    if (m.output_video) timeline.fps = m.output_video.fps;
+    if (m.params && m.params.prompt) timeline.add({ text: m.params.prompt, frame: 0, switch: "first prompt" });
+    if (m.type === "ready" && (m.events || []).includes("prompt") && m.model !== "video" && $("prompt").value.trim()) switchPrompt();
+    if (m.type === "ready" && state.mode === "video" && $("share").checked) {
+      streams.ownSession = m.session;
+      $("share-status").textContent = `Shared as ${m.session}: others can watch it from this page.`;
+      streams.refresh();
+    }
   } else if (m.type === "error") {
     logLine(`error ${m.code}: ${m.message}`);
-    showMessage(`Server: ${m.message}`, true);
+    if (isNoTtsError(m)) {
+      $("say-note").textContent = "This server's avatar cannot speak text (no tts model is loaded): upload a WAV of the agent's voice instead.";
+    } else {
+      showMessage(`Server: ${m.message}`, true);
+    }
     if (m.fatal) { state.expectClose = true; }
   } else if (m.type === "stopped") {
     logLine(`stopped: ${m.reason}`);
     stop(m.reason, false);
+  } else if (m.type === "stream_ended") {
+    logLine(`stream ended: ${m.reason}`);
+    state.expectClose = true;
+    stop(`the shared stream ended (${m.reason})`, false);
   } else {
-    logLine(`${m.type}: ${JSON.stringify(m).slice(0, 120)}`);
+    onNotice(m);
   }
+}
+
+/** A model's notice: prompt switches go to the timeline, the avatar's state to its badge, all to the log. */
+function onNotice(m) {
+  state.notices.push(m);
+  if (m.type === "prompt_applied") timeline.add(m);
+  else if (m.type === "state") $("conv-state").textContent = m.state.replace("_", " ");
+  else if (m.type === "barge_in") $("conv-state").textContent = `interrupted (${m.reason})`;
+  logLine(`${m.type}: ${JSON.stringify(m).slice(0, 120)}`);
 }
 
 function onLost(reason) {
@@ -221,7 +293,7 @@ function onLost(reason) {
     const delay = 1000 * 2 ** state.retries++;
     showMessage(`Connection lost (${reason}). Reconnecting in ${delay / 1000} s…`, true);
     $("reconnect").hidden = false;
-    state.retryTimer = setTimeout(start, delay);
+    state.retryTimer = setTimeout(() => start(state.startOptions), delay);
   });
 }
 
@@ -233,6 +305,10 @@ async function pollStats() {
   state.last.client_stats = s;
   $("stat-fps").textContent = s.fps == null ? "–" : `${s.fps.toFixed(1)} fps`;
   $("stat-kbps").textContent = s.kbps == null ? "–" : `${s.kbps.toFixed(0)} kbps`;
+  if (state.mode === "video" && streams.ownSession && !state.watching) {
+    const viewers = streams.ownViewers();
+    if (viewers != null) $("share-status").textContent = `Shared as ${streams.ownSession}: ${viewers} watching.`;
+  }
 }
 
 function send(message) { if (state.conn) state.conn.send(message); }
@@ -244,7 +320,25 @@ function say() {
 
 function switchPrompt() {
   const text = $("prompt").value.trim();
-  if (text && state.running) { send({ type: "prompt", text }); logLine(`prompt: ${text}`); }
+  if (text && state.running && !state.watching) { send({ type: "prompt", text }); logLine(`prompt: ${text}`); }
+}
+
+function avatarSayText() {
+  const text = $("say-text").value.trim();
+  if (text && state.running) { send({ type: "say", text }); logLine(`say: ${text}`); }
+}
+
+async function avatarSayFile() {
+  const file = $("agent-audio").files[0];
+  if (!file || !state.running) return;
+  try {
+    const samples = await decodeAudioFile(file);
+    for (const message of sayAudioMessages(samples)) send(message);
+    logLine(`say: ${file.name} (${(samples.length / SAY_RATE_HZ).toFixed(1)} s of agent audio)`);
+  } catch (e) {
+    showMessage(`Could not use ${file.name}: ${e.message}`, true);
+  }
+  $("agent-audio").value = ""; // the same file can be sent again
 }
 
 async function stop(reason = "stopped", tellServer = true) {
@@ -252,8 +346,11 @@ async function stop(reason = "stopped", tellServer = true) {
   if (tellServer) send({ type: "stop" });
   state.expectClose = true;
   await teardown();
+  state.watching = null;
+  streams.ownSession = null;
   setRunning(false);
   showMessage(reason === "stopped" ? "" : `Stopped: ${reason}`);
+  if (state.mode === "video") streams.refresh();
 }
 
 async function teardown() {
@@ -266,15 +363,22 @@ async function teardown() {
   state.expectClose = false;
 }
 
+function shownVideo() {
+  return $("remote-video").hidden ? $("ws-canvas") : $("remote-video");
+}
+
 // -- hooks for tests and the latency bench ---------------------------------------------------------------
 window.causalcast = {
   ready: null,
   state: () => ({ mode: state.mode, running: state.running, model: currentModel(), transport: $("transport").value,
-    message: $("message").textContent, log: state.log, errors: state.errors, last: state.last }),
+    watching: state.watching, message: $("message").textContent, log: state.log, errors: state.errors, last: state.last,
+    notices: state.notices, timeline: timeline.entries, conversation: $("conv-state").textContent }),
   selectMode: (mode) => selectMode(mode),
   setTransport: (t) => { $("transport").value = t; },
   start: () => start(),
   stop: () => stop(),
+  watch: (sessionId, model) => watch(sessionId, model),
+  refreshStreams: () => streams.refresh(),
   /** Use a marker train instead of the microphone on the next start (the latency bench). */
   useMarkers: (count, periodS) => { state.synthetic = markerTrain(48000, count, periodS); },
   /** Record `seconds` of the input and of what came back; resolves to base64 PCM16 at `rate`. */
@@ -284,5 +388,14 @@ window.causalcast = {
     return { rate: r.rate, input: toBase64Pcm16(r.recorded[0]), output: toBase64Pcm16(r.recorded[1]) };
   },
   stats: async () => (state.conn ? state.conn.stats() : null),
+  /** The video frame now shown (either transport): {width, height, rgba: base64}, or null before one. */
+  grabFrame: () => {
+    const image = grabFrame(shownVideo());
+    if (!image) return null;
+    const bytes = new Uint8Array(image.data.buffer);
+    let s = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+    return { width: image.width, height: image.height, rgba: btoa(s) };
+  },
 };
 window.causalcast.ready = init();

@@ -91,3 +91,19 @@ export function toBase64Pcm16(samples) {
   for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
   return btoa(s);
 }
+
+/** The frame a <video> shows or a canvas holds, as ImageData; null before the first frame. */
+export function grabFrame(source) {
+  if (source instanceof HTMLCanvasElement) {
+    if (!source.width || !source.height) return null;
+    return source.getContext("2d").getImageData(0, 0, source.width, source.height);
+  }
+  const w = source.videoWidth, h = source.videoHeight;
+  if (!w || !h) return null;
+  const canvas = (grabFrame.canvas ||= document.createElement("canvas"));
+  canvas.width = w;
+  canvas.height = h;
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(source, 0, 0, w, h);
+  return ctx.getImageData(0, 0, w, h);
+}

@@ -1,12 +1,13 @@
 // WebRTC transport: one RTCPeerConnection per session, signalled by POST /offer (non-trickle ICE),
-// a "control" data channel speaking the same JSON messages as the WebSocket protocol.
+// a "control" data channel speaking the same JSON messages as the WebSocket protocol. With `watch` (a
+// shared session's id) the peer only receives: the server sends that stream's already-encoded media.
 
 import { Connection } from "./connection.js";
 
 export class RtcConnection extends Connection {
-  constructor({ model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl }) {
+  constructor({ model, params, share, watch, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl }) {
     super();
-    Object.assign(this, { model, params, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl });
+    Object.assign(this, { model, params, share, watch, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl });
     this.pc = null;
     this.channel = null;
     this.session = null;
@@ -24,7 +25,7 @@ export class RtcConnection extends Connection {
       }
     };
     pc.ontrack = (e) => this._onTrack(e);
-    if (this.mic) {
+    if (this.mic && !this.watch) {
       pc.addTransceiver(this.mic.stream.getAudioTracks()[0], {
         direction: this.wantsAudio ? "sendrecv" : "sendonly", streams: [this.mic.stream] });
     } else if (this.wantsAudio) {
@@ -36,7 +37,9 @@ export class RtcConnection extends Connection {
     const response = await fetch("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", model: this.model, params: this.params }),
+      body: JSON.stringify(this.watch
+        ? { sdp: pc.localDescription.sdp, type: "offer", watch: this.watch }
+        : { sdp: pc.localDescription.sdp, type: "offer", model: this.model, params: this.params, share: Boolean(this.share) }),
     });
     const body = await response.json().catch(() => ({ code: "http", message: response.statusText }));
     if (!response.ok) {

@@ -1,5 +1,6 @@
 // WebSocket transport: the causalcast protocol (JSON control + 16-byte-header binary media) with
 // microphone PCM16 up, Opus/VP8 down decoded by WebCodecs (PCM16/JPEG where WebCodecs is missing).
+// With `watch` (a shared session's id) it watches that stream instead of starting a session.
 
 import { Connection } from "./connection.js";
 
@@ -9,9 +10,9 @@ const CODEC_PCM16 = 1;
 const FLAG_KEY = 1;
 
 export class WsConnection extends Connection {
-  constructor({ model, params, mic, wantsAudio, wantsVideo, graph, canvas }) {
+  constructor({ model, params, share, watch, mic, wantsAudio, wantsVideo, graph, canvas }) {
     super();
-    Object.assign(this, { model, params, mic, wantsAudio, wantsVideo, graph, canvas });
+    Object.assign(this, { model, params, share, watch, mic, wantsAudio, wantsVideo, graph, canvas });
     this.ws = null;
     this.session = null;
     this._seq = 0;
@@ -32,13 +33,16 @@ export class WsConnection extends Connection {
     });
     const audio = await pickAudioCodec();
     const video = typeof VideoDecoder !== "undefined" ? "vp8" : "jpeg";
-    const start = { type: "start", protocol: 1, model: this.model, params: this.params, output: { audio, video } };
-    if (this.mic) start.input = { sample_rate_hz: this.graph.ctx.sampleRate, codec: "pcm16" };
+    const start = this.watch
+      ? { type: "watch", session: this.watch, output: { audio, video } }
+      : { type: "start", protocol: 1, model: this.model, params: this.params, output: { audio, video }, share: Boolean(this.share) };
+    if (this.mic && !this.watch) start.input = { sample_rate_hz: this.graph.ctx.sampleRate, codec: "pcm16" };
+    const first = this.watch ? "watching" : "ready";
     const ready = await new Promise((resolve, reject) => {
       ws.onmessage = (e) => {
         if (typeof e.data !== "string") return;
         const message = JSON.parse(e.data);
-        if (message.type === "ready") resolve(message);
+        if (message.type === first) resolve(message);
         else if (message.type === "error") reject(Object.assign(new Error(message.message), { code: message.code }));
       };
       ws.onclose = () => reject(Object.assign(new Error("the server closed the connection"), { code: "network" }));
@@ -49,7 +53,7 @@ export class WsConnection extends Connection {
     this._setupOutputs(ready.streams);
     ws.onmessage = (e) => this._onMessage(e.data);
     ws.onclose = () => this._lost("the WebSocket closed");
-    if (this.mic) this._setupCapture();
+    if (this.mic && !this.watch) this._setupCapture();
   }
 
   _setupOutputs(streams) {

@@ -55,6 +55,8 @@ class PacerStats:
     late: int = 0  # slots sent after waiting for their data (the grid moved later)
     trimmed_frames: float = 0.0  # frames dropped (or skipped by moving the grid) to cut latency
     stalls: int = 0  # slots the loop reached more than a frame late (grid moved, nothing burst)
+    sync_moves: int = 0  # video grid re-aligned to the audio clock (a frame held back, or the grid moved earlier)
+    sync_skips: int = 0  # video frames skipped because the audio they go with has already played
 
 
 class _Pacer:
@@ -77,6 +79,7 @@ class _Pacer:
         self._trim_above = config.trim_above_ms / 1000.0
         self._window_slots = max(1, round(config.window_s / period_s))
         self._t0: float | None = None
+        self._last_slot = 0.0  # the slot of the frame being released
         self._n = 0
         self._window_min_lead = math.inf
         self._window_count = 0
@@ -156,6 +159,7 @@ class _Pacer:
                 self.stats.late += 1
                 self._t0 += self._clock() - slot
                 slot = self._t0 + self._n * self.period_s
+        self._last_slot = slot
         if ready:
             self._note_lead(slot - self._needed_arrival())
         elif self._active():
@@ -205,12 +209,19 @@ class AudioPacer(_Pacer):
         self._fifo = FloatFifo(max(2 * frame_samples, int(sample_rate_hz * config.max_buffer_s)))
         self._arrivals: deque[tuple[int, float]] = deque()  # (total samples pushed after a push, time)
         self._num_pushed = 0
+        self._media_next: float | None = None  # media time (s) of the first buffered sample, when pts are given
+        self._fifo_drops_seen = 0
+        self._anchor: tuple[float, float] | None = None  # (slot - media time, when) of the last full frame
 
-    def push(self, samples: np.ndarray, now: float | None = None) -> None:
-        """Queue audio produced by the session."""
+    def push(self, samples: np.ndarray, now: float | None = None, pts: int | None = None) -> None:
+        """Queue audio produced by the session (``pts``: its first sample's, in samples, for A/V sync)."""
         if self._closed or len(samples) == 0:
             return
+        if pts is not None and (self._media_next is None or len(self._fifo) == 0):
+            self._media_next = pts / self.sample_rate_hz  # (re)start, e.g. after a pause with a pts jump
         self._fifo.push(np.asarray(samples, dtype=np.float32))
+        self._consumed(self._fifo.num_dropped - self._fifo_drops_seen)  # the buffer overflowed: oldest dropped
+        self._fifo_drops_seen = self._fifo.num_dropped
         self._num_pushed += len(samples)
         self._arrivals.append((self._num_pushed, self._clock() if now is None else now))
         self._notify()
@@ -219,6 +230,19 @@ class AudioPacer(_Pacer):
     def buffered_samples(self) -> int:
         """Samples waiting to be sent."""
         return len(self._fifo)
+
+    def anchor(self, max_age_s: float = 1.0) -> float | None:
+        """Release time minus media time of the audio now playing: where media time t plays is ``anchor + t``.
+
+        None before the first full frame with pts, and when no full frame went out for ``max_age_s``.
+        """
+        if self._anchor is None or self._clock() - self._anchor[1] > max_age_s:
+            return None
+        return self._anchor[0]
+
+    def _consumed(self, num_samples: int) -> None:
+        if self._media_next is not None:
+            self._media_next += num_samples / self.sample_rate_hz
 
     def _ready(self) -> bool:
         return len(self._fifo) >= self.frame_samples
@@ -233,6 +257,7 @@ class AudioPacer(_Pacer):
         num = min(num, len(self._fifo) // self.frame_samples - 1)
         if num > 0:
             self._fifo.pop(num * self.frame_samples)
+            self._consumed(num * self.frame_samples)
         return max(0, num)
 
     async def next_frame(self) -> np.ndarray | None:
@@ -240,14 +265,23 @@ class AudioPacer(_Pacer):
         ready = await self._slot()
         if ready is None:
             return None
+        if ready and self._media_next is not None:
+            self._anchor = (self._last_slot - self._media_next, self._clock())
         out = self._fifo.pop(self.frame_samples)
+        self._consumed(len(out))
         if len(out) < self.frame_samples:  # underrun: what there is, then silence
             out = np.concatenate([out, np.zeros(self.frame_samples - len(out), dtype=np.float32)])
         return out
 
 
 class VideoPacer(_Pacer):
-    """RGB frames -> one frame per period on the slot clock; an underrun repeats the last frame."""
+    """RGB frames -> one frame per period on the slot clock; an underrun repeats the last frame.
+
+    With ``follow`` (an :meth:`AudioPacer.anchor`), video follows the audio's clock (lip sync): a frame
+    whose media time plays later in the audio than its slot is held back (the grid moves with it), frames
+    whose audio has already played are skipped, and video does not trim latency on its own (the audio
+    pacer does, and video follows). Frames then need their media time (``push(..., media_s=)``).
+    """
 
     def __init__(
         self,
@@ -256,23 +290,27 @@ class VideoPacer(_Pacer):
         *,
         active: Callable[[], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        follow: Callable[[], float | None] | None = None,
+        sync_tolerance_s: float = 0.005,
     ) -> None:
         config = config or PacingConfig()
         super().__init__(1.0 / fps, config, active, clock)
         self.fps = fps
-        self._frames: deque[tuple[np.ndarray, float]] = deque()
+        self._follow = follow
+        self._sync_tolerance_s = sync_tolerance_s
+        self._frames: deque[tuple[np.ndarray, float, float | None]] = deque()  # (frame, arrival, media time)
         self._max_frames = max(2, int(fps * config.max_buffer_s))
         self._last: np.ndarray | None = None
         self.num_dropped = 0  # frames dropped because the buffer was full
 
-    def push(self, frame: np.ndarray, now: float | None = None) -> None:
-        """Queue one (H, W, 3) uint8 frame."""
+    def push(self, frame: np.ndarray, now: float | None = None, media_s: float | None = None) -> None:
+        """Queue one (H, W, 3) uint8 frame (``media_s``: its pts in seconds, for following the audio)."""
         if self._closed:
             return
         if len(self._frames) >= self._max_frames:
             self._frames.popleft()
             self.num_dropped += 1
-        self._frames.append((frame, self._clock() if now is None else now))
+        self._frames.append((frame, self._clock() if now is None else now, media_s))
         self._notify()
 
     def _ready(self) -> bool:
@@ -287,6 +325,36 @@ class VideoPacer(_Pacer):
             self._frames.popleft()
         return max(0, num)
 
+    def _note_lead(self, lead: float) -> None:
+        if self._audio_anchor() is None:  # following the audio: its pacer trims latency, video follows
+            super()._note_lead(lead)
+
+    def _audio_anchor(self) -> float | None:
+        return self._follow() if self._follow is not None else None
+
+    async def _follow_audio(self) -> None:
+        """Hold the head frame until its audio plays, or skip frames whose audio already played.
+
+        Either way the grid is re-derived from the audio's clock, so the following frames keep in step.
+        """
+        anchor = self._audio_anchor()
+        media_s = self._frames[0][2]
+        if anchor is None or media_s is None:
+            return
+        now = self._clock()
+        early = anchor + media_s - now
+        if early > self._sync_tolerance_s:
+            await asyncio.sleep(min(early, self.config.max_buffer_s))
+        elif early < -self._sync_tolerance_s:
+            while len(self._frames) > 1 and (nxt := self._frames[1][2]) is not None and anchor + nxt <= now:
+                self._frames.popleft()
+                self.stats.sync_skips += 1
+            media_s = self._frames[0][2] if self._frames[0][2] is not None else media_s
+        else:
+            return
+        self.stats.sync_moves += 1
+        self._t0 = anchor + media_s - (self._n - 1) * self.period_s  # this frame's slot: where its audio plays
+
     async def next_frame(self) -> tuple[np.ndarray, bool] | None:
         """``(frame, repeated)`` at its slot; None once closed. Before any frame exists it waits."""
         while True:
@@ -294,7 +362,196 @@ class VideoPacer(_Pacer):
             if ready is None:
                 return None
             if ready:
-                self._last = self._frames.popleft()[0]
-                return self._last, False
+                await self._follow_audio()
+                if self._closed:
+                    return None
+                if self._frames:
+                    self._last = self._frames.popleft()[0]
+                    return self._last, False
             if self._last is not None:
                 return self._last, True
+
+
+# -- pre-encoded packets on their pts ----------------------------------------------------------------------
+@dataclass
+class ClockStats:
+    """What a :class:`MediaClock` did; all counts since it started."""
+
+    packets: int = 0
+    late: int = 0  # packets that arrived after their slot plus grace (the clock moved later)
+    late_s: float = 0.0  # total the clock moved later
+    trimmed_s: float = 0.0  # total the clock moved earlier to cut latency
+    reanchors: int = 0  # the media time jumped (or started): the clock was set from scratch
+
+
+class MediaClock:
+    """Media time (seconds of pts) -> monotonic release time, one clock for all tracks of a stream.
+
+    Pre-encoded packets (a shared stream's audio and video, encoded once for many viewers) cannot be
+    re-cut into frames, dropped or repeated the way :class:`AudioPacer` / :class:`VideoPacer` do; they are
+    released when the clock says their pts plays. Because the audio and the video track of a stream ask
+    the same clock, a packet of either kind with the same media time is released at the same moment: A/V
+    sync holds by construction, whatever the clock does.
+
+    Design of the clock (``release = anchor + media_s``):
+
+    * the anchor is set by the first packet (released ``margin`` after it arrived), and again when the
+      media time jumps by more than ``max_jump_s`` against the wall clock;
+    * a packet that *arrived* more than ``grace`` after its slot moves the anchor later by its lateness
+      (the stream was late: later packets keep their spacing instead of bursting out to catch up). A
+      packet that arrived in time but went out late because the event loop woke late does not: the
+      packets behind it are due already and go out at once, so loop hiccups never add lasting latency;
+    * once a window, if the smallest lead seen (slot minus arrival) exceeds ``margin + trim_above``, the
+      anchor moves earlier by the excess, at most ``max_trim_s`` a window, so latency comes back after a
+      late stretch within a few windows, each step a short burst.
+    """
+
+    def __init__(
+        self,
+        config: PacingConfig | None = None,
+        *,
+        max_jump_s: float = 1.0,
+        max_trim_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config = config or PacingConfig()
+        self.config = config
+        self.stats = ClockStats()
+        self._clock = clock
+        self._margin = config.margin_ms / 1000.0
+        self._grace = (config.grace_ms if config.grace_ms is not None else 10.0) / 1000.0
+        self._trim_above = config.trim_above_ms / 1000.0
+        self._window_s = config.window_s
+        self._max_jump_s = max_jump_s
+        self._max_trim_s = max_trim_s
+        self._anchor: float | None = None
+        self._window_end = 0.0
+        self._window_min_lead = math.inf
+
+    def now(self) -> float:
+        """The clock's current monotonic time."""
+        return self._clock()
+
+    def slot(self, media_s: float) -> float:
+        """Release time of media time ``media_s`` (only after :meth:`arrived` anchored the clock)."""
+        assert self._anchor is not None
+        return self._anchor + media_s
+
+    def arrived(self, media_s: float, now: float | None = None) -> None:
+        """A packet of media time ``media_s`` arrived: anchor the clock if needed and note its lead."""
+        now = self._clock() if now is None else now
+        self.stats.packets += 1
+        if self._anchor is None or abs(self._anchor + media_s - now) > self._max_jump_s:
+            self._anchor = now + self._margin - media_s
+            self.stats.reanchors += 1
+            self._window_end, self._window_min_lead = now + self._window_s, math.inf
+        self._window_min_lead = min(self._window_min_lead, self._anchor + media_s - now)
+        if now >= self._window_end:
+            excess = self._window_min_lead - self._margin
+            if excess > self._trim_above:
+                step = min(excess, self._max_trim_s)
+                self._anchor -= step
+                self.stats.trimmed_s += step
+            self._window_end, self._window_min_lead = now + self._window_s, math.inf
+
+    def arrived_late(self, lateness_s: float) -> None:
+        """A packet arrived ``lateness_s`` after its slot; beyond grace the clock follows the stream."""
+        if lateness_s > self._grace and self._anchor is not None:
+            self._anchor += lateness_s
+            self.stats.late += 1
+            self.stats.late_s += lateness_s
+
+
+@dataclass
+class TimedPacket:
+    """One pre-encoded unit waiting for its slot."""
+
+    payload: bytes
+    pts: int  # in the track's clock (``clock_hz``)
+    key: bool = True
+    arrival: float = 0.0  # monotonic time it was pushed
+
+
+class PacketPacer:
+    """One track's pre-encoded packets, released on a shared :class:`MediaClock` by their pts.
+
+    Bounded: more than ``max_buffer_s`` of media waiting drops the oldest packets; for video (``keyed``)
+    it then skips to the next key frame (and calls ``on_need_key``) so a decoder never gets a frame whose
+    reference was dropped.
+    """
+
+    def __init__(
+        self,
+        clock: MediaClock,
+        clock_hz: int,
+        *,
+        keyed: bool = False,
+        max_buffer_s: float = 2.0,
+        on_need_key: Callable[[], None] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.clock_hz = clock_hz
+        self.keyed = keyed
+        self.max_buffer_s = max_buffer_s
+        self.num_dropped = 0
+        self.num_sent = 0
+        self.num_key_sent = 0
+        self._on_need_key = on_need_key
+        self._packets: deque[TimedPacket] = deque()
+        self._needs_key = keyed
+        self._data = asyncio.Event()
+        self._closed = False
+
+    @property
+    def buffered(self) -> int:
+        """Packets waiting."""
+        return len(self._packets)
+
+    def push(self, packet: TimedPacket, now: float | None = None) -> None:
+        """Queue a packet (never blocks)."""
+        if self._closed:
+            return
+        if self._packets and (packet.pts - self._packets[0].pts) / self.clock_hz > self.max_buffer_s:
+            self.num_dropped += len(self._packets)
+            self._packets.clear()
+            if self.keyed:
+                self._needs_key = True
+                if self._on_need_key is not None:
+                    self._on_need_key()
+        if self._needs_key:
+            if not packet.key:
+                self.num_dropped += 1
+                return
+            self._needs_key = False
+        now = self.clock.now() if now is None else now
+        packet.arrival = now
+        self.clock.arrived(packet.pts / self.clock_hz, now)
+        self._packets.append(packet)
+        self._data.set()
+
+    def close(self) -> None:
+        """No more packets: :meth:`next_packet` returns None from now on."""
+        self._closed = True
+        self._data.set()
+
+    async def next_packet(self) -> TimedPacket | None:
+        """The next packet at its slot; None once closed."""
+        while True:
+            while not self._packets:
+                if self._closed:
+                    return None
+                self._data.clear()
+                await self._data.wait()
+            if self._closed:
+                return None
+            slot = self.clock.slot(self._packets[0].pts / self.clock_hz)
+            now = self.clock.now()
+            if now < slot:
+                # Look again after the sleep: the head may have been dropped, or the shared clock moved.
+                await asyncio.sleep(slot - now)
+                continue
+            packet = self._packets.popleft()
+            self.clock.arrived_late(packet.arrival - slot)
+            self.num_sent += 1
+            self.num_key_sent += int(packet.key)
+            return packet

@@ -12,6 +12,13 @@ Used by the WebRTC transport and by the Python WebRTC client alike:
 * **Audio jitter buffer.** aiortc's audio receiver holds 4 packets (80 ms) before decoding, then decodes
   on a thread of its own. :func:`tune_audio_receiver` installs :class:`InlineAudioDecoder` (each packet
   decoded on arrival, on the loop) or aiortc's own buffer with a chosen prefetch.
+* **Video frames on their last packet.** aiortc's video jitter buffer hands a frame to the decoder only
+  when the *next* frame's first packet arrives, one frame period late. :class:`MarkerJitterBuffer`
+  (installed by :func:`tune_video_receivers`, used by the Python client) also releases a frame as soon
+  as its last packet (RTP marker bit) completes it, as browsers do.
+* **Key frame requests for pre-encoded video.** aiortc answers a receiver's RTCP PLI/FIR by setting a
+  flag that only its own encoder reads; a track that hands over finished packets (a shared stream's
+  viewers) gets nothing. :func:`route_keyframe_requests` sends those requests to a callback instead.
 * :func:`selected_pair` reads the nominated ICE candidate pair (aiortc does not expose it).
 """
 
@@ -19,14 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
@@ -191,11 +198,59 @@ def tune_audio_receiver(receiver: RTCRtpReceiver, prefetch: int = 0) -> None:
     setattr(receiver, _JITTER_ATTR, buffer)
 
 
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, releasing a frame when its marker packet arrives (not one frame later).
+
+    The RTP marker bit is set on the last packet of a video frame. When it arrives and every packet from
+    the buffer's origin up to it is present and carries the same timestamp, the frame is complete: it is
+    released and its packets removed, so aiortc's own logic (which releases a frame once the next one
+    starts) never sees it again. Anything else (a gap, a frame split by loss) is left to aiortc's logic.
+    """
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        """Store a packet; returns ``(pli_needed, frame or None)`` like :class:`JitterBuffer`."""
+        pli, frame = super().add(packet)
+        if frame is None and packet.marker and self._origin is not None:
+            frame = self._complete_frame(packet.sequence_number)
+        return pli, frame
+
+    def _complete_frame(self, last_seq: int) -> JitterFrame | None:
+        count = uint16_add(last_seq, -self._origin) + 1
+        if count > self.capacity:
+            return None
+        packets = [self._packets[(self._origin + i) % self.capacity] for i in range(count)]
+        if any(p is None for p in packets) or len({p.timestamp for p in packets}) != 1:
+            return None
+        frame = JitterFrame(data=b"".join(p._data for p in packets), timestamp=packets[0].timestamp)  # type: ignore[attr-defined]
+        self.remove(count)
+        return frame
+
+
+def tune_video_receivers(pc: RTCPeerConnection) -> None:
+    """Give every video receiver of a peer connection a :class:`MarkerJitterBuffer`."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "video":
+            if not hasattr(transceiver.receiver, _JITTER_ATTR):
+                raise RuntimeError("this aiortc version has no RTCRtpReceiver jitter buffer to tune")
+            setattr(transceiver.receiver, _JITTER_ATTR, MarkerJitterBuffer(capacity=512, is_video=True))
+
+
 def tune_audio_receivers(pc: RTCPeerConnection, prefetch: int = 0) -> None:
     """Tune every audio receiver of a peer connection."""
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "audio":
             tune_audio_receiver(transceiver.receiver, prefetch)
+
+
+def route_keyframe_requests(sender: RTCRtpSender, request_keyframe: Callable[[], None]) -> None:
+    """Make a sender's incoming RTCP PLI/FIR (and ``_send_keyframe`` calls) call ``request_keyframe``.
+
+    aiortc's ``RTCRtpSender._handle_rtcp_packet`` calls ``self._send_keyframe()`` for PLI and FIR; an
+    instance attribute of that name takes precedence over the method, for this sender only.
+    """
+    if not callable(getattr(sender, "_send_keyframe", None)):
+        raise RuntimeError("this aiortc version has no RTCRtpSender._send_keyframe to route")
+    sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
 
 
 def selected_pair(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]] | None:

@@ -1,36 +1,34 @@
 """WebRTC transport (aiortc): the peer of the WebSocket transport over the same Session and Engine.
 
 Signalling is one HTTP exchange, non-trickle ICE as in aiortc's examples: ``POST /offer`` with
-``{"sdp", "type": "offer", "model", "params"}`` is answered by ``{"sdp", "type": "answer", "session"}``,
-or by HTTP 400 (bad offer, bad parameters) / 503 (at capacity) with an ``error`` message as body.
+``{"sdp", "type": "offer", "model", "params", "share"}`` is answered by ``{"sdp", "type": "answer",
+"session"}``, or by HTTP 400 (bad offer, bad parameters) / 503 (at capacity) with an ``error`` message as
+body. An offer with ``"watch": SESSION_ID`` instead of a model makes a receive-only viewer of a shared
+session (``streaming/transports/webrtc_viewer.py``).
 
-One :class:`RtcPeer` is one peer connection serving one session. Data flows one way per direction:
+One :class:`RtcPeer` is one peer connection serving one session (the connection, control channel and
+close path are :class:`~streaming.transports.webrtc_peer.RtcPeerBase`'s). Data flows one way per
+direction:
 
 * in: the remote audio track -> :class:`~streaming.media.resample.CausalResampler` to the model rate ->
   ``session.push_audio`` (pts from RTP, so lost packets become gap-filled silence);
 * out: one task drains the session's outbox: control messages go to the data channel, media chunks to an
   :class:`~streaming.media.pacing.AudioPacer` / :class:`~streaming.media.pacing.VideoPacer`; aiortc's
   senders pull from :class:`PacedAudioTrack` / :class:`PacedVideoTrack`, which release one frame per slot
-  of the pacer's clock (underruns send silence or repeat a frame and are counted in metrics);
+  of the pacer's clock (underruns send silence or repeat a frame and are counted in metrics); video
+  follows the audio pacer's clock by the chunks' pts, so lip sync survives each pacer's own adjustments;
 * control: a data channel opened by the client carries the WebSocket protocol's JSON messages (``ping``,
   ``stop``, ``request_keyframe`` and the model's events) and brings back ``ready``, ``stats``, ``error``,
   ``stopped`` and the model's notices.
-
-Whatever ends a peer (client ``stop``, data channel or connection closed, ICE not connecting in time, the
-session failing, server shutdown) goes through :meth:`RtcPeer.close`, which is idempotent and releases
-the session, the tasks and the peer connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import json
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 import av
@@ -38,117 +36,32 @@ from aiohttp import web
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
-    RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from aiortc.sdp import SessionDescription
 
-from models.base import Pacing, StreamSpec
+from models.base import Pacing
+from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
 from streaming.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.media.audio import float_to_pcm16
 from streaming.media.codecs import AudioEncoder
-from streaming.media.pacing import AudioPacer, PacingConfig, VideoPacer
+from streaming.media.pacing import AudioPacer, VideoPacer
 from streaming.media.resample import CausalResampler
-from streaming.protocol import PROTOCOL_VERSION, VIDEO_CLOCK_HZ, AudioCodec, parse_control
+from streaming.protocol import PROTOCOL_VERSION, VIDEO_CLOCK_HZ, AudioCodec
 from streaming.session import Session
 from streaming.transports import rtc_support
+from streaming.transports.webrtc_peer import DIRECTIONS, RtcConfig, RtcPeerBase, inspect_offer
+from streaming.transports.webrtc_viewer import answer_watch
+
+__all__ = ["RtcConfig", "RtcHub", "RtcPeer", "inspect_offer"]
 
 log = logging.getLogger(__name__)
 
 RTC_AUDIO_RATE_HZ = 48_000  # what aiortc's Opus encoder takes without resampling (no added packet delay)
 RTC_AUDIO_FRAME_S = 0.020
-AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma"})
-VIDEO_CODECS = frozenset({"vp8", "h264"})
-SEND_DIRECTIONS = frozenset({"sendrecv", "sendonly"})  # the offerer sends media in this section
-RECV_DIRECTIONS = frozenset({"sendrecv", "recvonly"})  # the offerer receives media in this section
-_DIRECTIONS = {
-    (True, True): "sendrecv",
-    (True, False): "sendonly",
-    (False, True): "recvonly",
-    (False, False): "inactive",
-}
-
-
-@dataclass(frozen=True)
-class RtcConfig:
-    """Settings of the WebRTC transport."""
-
-    # Host candidate addresses the server gathers from. None: per offer, 127.0.0.1 only when the offer
-    # has a loopback candidate (tests, the bench), else aioice's default (every non-loopback interface).
-    host_addresses: tuple[str, ...] | None = None
-    loopback_only: bool = False  # refuse offers without a loopback candidate (hermetic test machines)
-    # ICE servers the server itself uses; None: the ones given to clients (ServerConfig.ice_servers).
-    ice_servers: tuple[dict[str, Any], ...] | None = None
-    connect_timeout_s: float = 15.0  # ICE + DTLS must be up this long after the answer
-    audio_prefetch: int = 0  # packets aiortc's audio receiver holds before decoding (aiortc's default: 4)
-    pacing: PacingConfig = field(default_factory=PacingConfig)
-    max_message_bytes: int = 64 * 1024  # data channel messages
-    max_offer_bytes: int = 256 * 1024
-    max_errors_per_s: int = 50
-    stats_interval_s: float = 1.0
-    max_pending_control: int = 256  # control messages held until the data channel opens
-
-
-@dataclass(frozen=True)
-class OfferInfo:
-    """What an offer asks for, checked against a model before any peer connection exists."""
-
-    sends_audio: bool
-    receives_audio: bool
-    receives_video: bool
-    has_data_channel: bool
-
-
-def inspect_offer(sdp: str, spec: StreamSpec, model: str) -> OfferInfo:
-    """Validate an SDP offer for a model; raises :class:`ProtocolError` (code ``bad_offer``) with a reason."""
-    if not sdp.lstrip().startswith("v=0"):
-        raise ProtocolError("offer SDP is malformed: it must start with 'v=0'", "bad_offer")
-    try:
-        description = SessionDescription.parse(sdp)
-    except Exception as e:  # aiortc's parser raises assorted errors on junk
-        raise ProtocolError(f"offer SDP is malformed: {e}", "bad_offer") from e
-    if not description.media:
-        raise ProtocolError("offer SDP has no media sections", "bad_offer")
-    sends_audio = receives_audio = receives_video = has_data = False
-    for media in description.media:
-        if not media.ice.usernameFragment or not media.ice.password:
-            raise ProtocolError(f"offer's {media.kind} section has no ICE credentials", "bad_offer")
-        if media.kind == "application":
-            has_data = True
-            continue
-        if media.kind not in ("audio", "video"):
-            continue
-        names = {c.mimeType.split("/")[-1].lower() for c in media.rtp.codecs}
-        supported = AUDIO_CODECS if media.kind == "audio" else VIDEO_CODECS
-        if not names & supported:
-            raise ProtocolError(
-                f"offer's {media.kind} section has no codec the server speaks (offered: {sorted(names) or 'none'}; "
-                f"supported: {sorted(supported)})",
-                "unsupported_codec",
-            )
-        direction = media.direction or "sendrecv"
-        if media.kind == "audio":
-            sends_audio |= direction in SEND_DIRECTIONS
-            receives_audio |= direction in RECV_DIRECTIONS
-        else:
-            receives_video |= direction in RECV_DIRECTIONS
-    if spec.input_audio is not None and spec.pacing is Pacing.INPUT and not sends_audio:
-        raise ProtocolError(
-            f"model '{model}' needs microphone audio, but the offer sends no audio "
-            "(add a sendrecv or sendonly audio section)",
-            "bad_offer",
-        )
-    wants = (spec.output_audio is not None and receives_audio) or (spec.output_video is not None and receives_video)
-    if not wants:
-        outputs = [k for k, v in (("audio", spec.output_audio), ("video", spec.output_video)) if v is not None]
-        raise ProtocolError(
-            f"the offer receives none of model '{model}''s outputs ({' and '.join(outputs)})", "bad_offer"
-        )
-    return OfferInfo(sends_audio, receives_audio, receives_video, has_data)
 
 
 class PacedAudioTrack(MediaStreamTrack):
@@ -244,23 +157,15 @@ class PacedVideoTrack(MediaStreamTrack):
         super().stop()
 
 
-class RtcPeer:
+class RtcPeer(RtcPeerBase):
     """One WebRTC peer connection serving one session."""
 
+    kind = "session"
+
     def __init__(self, hub: RtcHub, pc: RTCPeerConnection, session: Session) -> None:
-        self.hub = hub
-        self.pc = pc
+        super().__init__(hub, pc, session.id)
         self.session = session
-        self.config = hub.config
-        self.channel: RTCDataChannel | None = None
-        self.closed = asyncio.Event()
-        self.close_reason: str | None = None
-        self._closing = False
-        self._pending: deque[dict[str, Any]] = deque(maxlen=self.config.max_pending_control)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._error_times: deque[float] = deque()
         self._last_input = 0.0
-        self._closer: asyncio.Task[None] | None = None
         spec = session.spec
         active = self._output_expected
         self.audio_track: PacedAudioTrack | None = None
@@ -274,41 +179,22 @@ class RtcPeer:
             )
             self.audio_track = PacedAudioTrack(pacer, self._count_underruns)
         if spec.output_video is not None:
-            self.video_track = PacedVideoTrack(
-                VideoPacer(spec.output_video.fps, self.config.pacing, active=active), self._count_underruns
-            )
+            # Lip sync: with audio, video follows the audio pacer's clock (they are paced apart otherwise).
+            follow = self.audio_track.pacer.anchor if self.audio_track is not None else None
+            pacer = VideoPacer(spec.output_video.fps, self.config.pacing, active=active, follow=follow)
+            self.video_track = PacedVideoTrack(pacer, self._count_underruns)
 
     # -- wiring -----------------------------------------------------------------------------------------
     def attach(self) -> None:
         """Register peer-connection handlers (before the remote description is set)."""
-        self.pc.on("datachannel", self._on_datachannel)
+        super().attach()
         self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_connection_state)
 
     def start(self) -> None:
         """Start the output pump and the connect watchdog (after the answer is ready)."""
         self._spawn(self._pump_output(), "out")
         self._spawn(self._watch_connect(), "watch")
         self._spawn(self._report_stats(), "stats")
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=f"rtc-{name}-{self.session.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("peer %s: task %s failed", self.session.id, task.get_name(), exc_info=task.exception())
-            self._close_soon("internal error")
-
-    def _close_soon(self, reason: str, error: CausalcastError | None = None) -> None:
-        if not self._closing and self._closer is None:
-            self._closer = asyncio.get_running_loop().create_task(self.close(reason, error))
-
-    @property
-    def _pc_closing(self) -> bool:
-        return self.pc.signalingState == "closed"
 
     def _output_expected(self) -> bool:
         session = self.session
@@ -349,84 +235,30 @@ class RtcPeer:
             self._close_soon("connection closed" if self._pc_closing else "client audio ended")
 
     # -- control ----------------------------------------------------------------------------------------
-    def _on_datachannel(self, channel: RTCDataChannel) -> None:
-        if self.channel is not None:  # one control channel; extra ones are refused
-            channel.close()
-            return
-        self.channel = channel
-        channel.on("message", self._on_message)
-        channel.on("close", lambda: self._close_soon("data channel closed"))
-        if channel.readyState == "open":
-            self._on_channel_open()
-        else:
-            channel.on("open", self._on_channel_open)
-
-    def _on_channel_open(self) -> None:
+    def _first_message(self) -> dict[str, Any]:
         spec = self.session.spec
         streams = [k for k, v in (("audio", spec.output_audio), ("video", spec.output_video)) if v is not None]
-        self._send_now(
-            {
-                "type": "ready",
-                "protocol": PROTOCOL_VERSION,
-                "transport": "webrtc",
-                "session": self.session.id,
-                "model": self.session.model,
-                "params": self.session.params,
-                "streams": streams,
-                **spec.describe(),
-            }
-        )
-        while self._pending:
-            self._send_now(self._pending.popleft())
+        return {
+            "type": "ready",
+            "protocol": PROTOCOL_VERSION,
+            "transport": "webrtc",
+            "session": self.session.id,
+            "model": self.session.model,
+            "params": self.session.params,
+            "streams": streams,
+            "shared": self.session.shared,
+            **spec.describe(),
+        }
 
-    def _on_message(self, message: str | bytes) -> None:
-        try:
-            if isinstance(message, bytes):
-                raise ProtocolError("the control channel takes JSON text messages, not binary", "bad_message")
-            if len(message) > self.config.max_message_bytes:
-                raise ProtocolError(f"control message of {len(message)} bytes is too large", "too_large")
-            self._handle_control(parse_control(message))
-        except CausalcastError as e:
-            self.send_error(e)
+    def _request_keyframe(self) -> None:
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video" and transceiver.sender.track is not None:
+                transceiver.sender._send_keyframe()
 
-    def _handle_control(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "ping":
-            self.send({"type": "pong", "t": message.get("t"), "server_time": time.time()})
-        elif kind == "stop":
-            self._close_soon("stopped by client")
-        elif kind == "request_keyframe":
-            for transceiver in self.pc.getTransceivers():
-                if transceiver.kind == "video" and transceiver.sender.track is not None:
-                    transceiver.sender._send_keyframe()
-        elif kind == "start":
-            raise ProtocolError("the session was started by the offer; 'start' is for WebSocket clients")
-        else:
-            if not self.session.running:
-                raise ProtocolError(f"'{kind}' after the session ended", "not_started")
-            self.session.push_event(kind, {k: v for k, v in message.items() if k != "type"})
-
-    def send(self, message: dict[str, Any]) -> None:
-        """Send a control message now, or once the data channel opens."""
-        if self.channel is not None and self.channel.readyState == "open":
-            self._send_now(message)
-        elif not self._closing:
-            self._pending.append(message)
-
-    def _send_now(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(Exception):  # a channel closing under us: the close path handles it
-            self.channel.send(json.dumps(message))
-
-    def send_error(self, error: CausalcastError) -> None:
-        """Report an error; a client flooding errors is disconnected."""
-        self.hub.engine.metrics.errors.labels(error.code).inc()
-        now = time.monotonic()
-        self._error_times.append(now)
-        while self._error_times and self._error_times[0] < now - 1.0:
-            self._error_times.popleft()
-        self.send(error.to_message())
-        if len(self._error_times) > self.config.max_errors_per_s:
-            self._close_soon("too many errors")
+    def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
+        if not self.session.running:
+            raise ProtocolError(f"'{kind}' after the session ended", "not_started")
+        self.session.push_event(kind, {k: v for k, v in message.items() if k != "type"})
 
     # -- output -----------------------------------------------------------------------------------------
     async def _pump_output(self) -> None:
@@ -440,10 +272,10 @@ class RtcPeer:
                 continue
             now = time.monotonic()
             if audio is not None and item.audio is not None:
-                audio.push(item.audio, now)
+                audio.push(item.audio, now, item.audio_pts)
             if video is not None and item.video is not None:
-                for frame in item.video:
-                    video.push(frame, now)
+                for frame, pts in zip(item.video, item.video_pts, strict=True):
+                    video.push(frame, now, pts / VIDEO_CLOCK_HZ)
         if not self._closing:  # the engine ended the session (fatal error): the error was queued above
             await self.close(session.close_reason or "session ended", notify=False)
 
@@ -469,72 +301,48 @@ class RtcPeer:
                 out[f"{kind}_underruns"] = s.underruns
                 out[f"{kind}_late_frames"] = s.late
                 out[f"{kind}_trimmed_frames"] = round(s.trimmed_frames, 2)
+        if self.video_track is not None:
+            out["video_sync_moves"] = self.video_track.pacer.stats.sync_moves
+            out["video_sync_skips"] = self.video_track.pacer.stats.sync_skips
         return out
 
-    async def _watch_connect(self) -> None:
-        await asyncio.sleep(self.config.connect_timeout_s)
-        if self.pc.connectionState != "connected" and not self._closing:
-            await self.close(f"ICE/DTLS did not connect within {self.config.connect_timeout_s:g} s")
-
-    def _on_connection_state(self) -> None:
-        state = self.pc.connectionState
-        log.debug("peer %s: connection %s", self.session.id, state)
-        if state in ("failed", "closed"):
-            self._close_soon(f"connection {state}")
-
     # -- teardown ---------------------------------------------------------------------------------------
-    async def close(self, reason: str, error: CausalcastError | None = None, *, notify: bool = True) -> None:
-        """End the session and the peer connection; safe to call from anywhere, any number of times."""
-        if self._closing:
-            await self.closed.wait()
-            return
-        self._closing = True
-        self.close_reason = reason
-        session = self.session
-        try:
-            await self.hub.engine.close_session(session, reason)
-            # A peer connection already closing (signalling state "closed") has lost its client: say nothing.
-            if notify and self.channel is not None and self.channel.readyState == "open" and not self._pc_closing:
-                if error is not None:
-                    self._send_now(error.to_message())
-                self._send_now(
-                    {"type": "stopped", "session": session.id, "reason": reason, "stats": session.stats.snapshot()}
-                )
-                await _drain_channel(self.channel)
-            for track in (self.audio_track, self.video_track):
-                if track is not None:
-                    track.stop()
-            current = asyncio.current_task()
-            tasks = [t for t in self._tasks if t is not current]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.pc.close()
-        finally:
-            self.hub.discard(self)
-            self.closed.set()
-            log.info("peer %s closed: %s", session.id, reason)
+    async def _release(self, reason: str) -> None:
+        await self.hub.engine.close_session(self.session, reason)
+        if self.hub.broadcasts is not None:
+            self.hub.broadcasts.unshare(self.session)
 
+    def _stopped_message(self, reason: str) -> dict[str, Any]:
+        return {"type": "stopped", "session": self.id, "reason": reason, "stats": self.session.stats.snapshot()}
 
-async def _drain_channel(channel: RTCDataChannel, timeout_s: float = 0.5) -> None:
-    """Give queued data channel messages a moment to leave before the connection closes."""
-    if channel.bufferedAmount > 0:
-        drained = asyncio.Event()
-        channel.once("bufferedamountlow", drained.set)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(drained.wait(), timeout_s)
-    await asyncio.sleep(0.02)  # SCTP sends on its own task; let it run once more
+    def _stop_tracks(self) -> None:
+        for track in (self.audio_track, self.video_track):
+            if track is not None:
+                track.stop()
 
 
 class RtcHub:
     """All WebRTC peers of one server: answers offers, closes everything on shutdown."""
 
-    def __init__(self, engine: Engine, config: RtcConfig, *, ice_servers: tuple[dict[str, Any], ...]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        config: RtcConfig,
+        *,
+        ice_servers: tuple[dict[str, Any], ...],
+        broadcasts: BroadcastHub | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
-        self.peers: set[RtcPeer] = set()
+        self.broadcasts = broadcasts  # shared sessions: producers may `share`, viewers `watch`
+        self.peers: set[RtcPeerBase] = set()
         self.ice_servers = config.ice_servers if config.ice_servers is not None else ice_servers
         self._shutting_down = False
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` began: offers are refused."""
+        return self._shutting_down
 
     def ice_plan(self, sdp: str) -> tuple[tuple[str, ...] | None, bool]:
         """Host addresses to gather from for this offer, and whether the peer is confined to loopback.
@@ -556,22 +364,40 @@ class RtcHub:
             )
         return None, False
 
-    def discard(self, peer: RtcPeer) -> None:
+    def new_connection(self, offer_sdp: str) -> tuple[RTCPeerConnection, str, tuple[str, ...] | None]:
+        """A peer connection for an offer: ``(pc, the offer's SDP as the server will apply it, host addresses)``."""
+        host_addresses, loopback_only = self.ice_plan(offer_sdp)
+        sdp = rtc_support.filter_candidates(offer_sdp, loopback_only=loopback_only)
+        if loopback_only and rtc_support.count_candidates(offer_sdp) and not rtc_support.count_candidates(sdp):
+            raise ProtocolError(
+                "this server gathers only loopback candidates and the offer has none; a browser needs "
+                "--allow-loopback-in-peer-connection, or set the server's ICE host addresses",
+                "bad_offer",
+            )
+        # A loopback peer never asks anyone outside the machine for candidates.
+        ice_servers = () if loopback_only else self.ice_servers
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers]))
+        return pc, sdp, host_addresses
+
+    def discard(self, peer: RtcPeerBase) -> None:
         """Forget a closed peer."""
         self.peers.discard(peer)
 
     async def handle_offer(self, request: web.Request) -> web.Response:
-        """``POST /offer``: answer an SDP offer with a session, or explain why not."""
+        """``POST /offer``: answer an SDP offer with a session (or a viewer), or explain why not."""
         try:
             body = await self._read_offer(request)
-            answer, peer = await self.answer(body)
+            if "watch" in body:
+                answer, _ = await answer_watch(self, body)
+            else:
+                answer, _ = await self.answer(body)
         except CapacityError as e:
             return _error_response(e, 503)
         except ShutdownError as e:
             return _error_response(e, 503)
         except CausalcastError as e:
             self.engine.metrics.errors.labels(e.code).inc()
-            return _error_response(e, 400)
+            return _error_response(e, 503 if e.code == "capacity" else 400)  # e.g. a stream's viewer limit
         return web.json_response(answer)
 
     async def _read_offer(self, request: web.Request) -> dict[str, Any]:
@@ -588,33 +414,32 @@ class RtcHub:
             raise ProtocolError("offer body must be a JSON object", "bad_offer")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise ProtocolError("offer body needs 'type': 'offer' and a string 'sdp'", "bad_offer")
+        if "watch" in body:
+            if not isinstance(body["watch"], str) or not body["watch"]:
+                raise ProtocolError("'watch' must be the string id of a shared session", "bad_offer")
+            return body
         if not isinstance(body.get("model"), str) or not body["model"]:
-            raise ProtocolError("offer body needs a string 'model'", "bad_offer")
+            raise ProtocolError("offer body needs a string 'model' (or 'watch' with a shared session id)", "bad_offer")
         if not isinstance(body.get("params", {}), dict):
             raise ProtocolError("'params' must be an object", "bad_offer")
+        if not isinstance(body.get("share", False), bool):
+            raise ProtocolError("'share' must be true or false", "bad_offer")
         return body
 
     async def answer(self, body: dict[str, Any]) -> tuple[dict[str, Any], RtcPeer]:
         """Validate an offer, admit its session, and build the answer (with gathered candidates)."""
-        if self._shutting_down:
+        if self.shutting_down:
             raise ShutdownError("server shutting down")
         model, params = body["model"], body.get("params", {})
+        share = body.get("share", False)
+        if share and self.broadcasts is None:
+            raise ProtocolError("this server does not share streams", "bad_offer")
         generator = self.engine.generators.get(model)
         input_rate = generator.spec.input_audio.sample_rate_hz if generator and generator.spec.input_audio else None
         # Raises for unknown models and bad params. The transport resamples to the model rate itself.
         session = self.engine.new_session(model, params, input_rate)
         inspect_offer(body["sdp"], session.spec, model)
-        host_addresses, loopback_only = self.ice_plan(body["sdp"])
-        sdp = rtc_support.filter_candidates(body["sdp"], loopback_only=loopback_only)
-        if loopback_only and rtc_support.count_candidates(body["sdp"]) and not rtc_support.count_candidates(sdp):
-            raise ProtocolError(
-                "this server gathers only loopback candidates and the offer has none; a browser needs "
-                "--allow-loopback-in-peer-connection, or set the server's ICE host addresses",
-                "bad_offer",
-            )
-        # A loopback peer never asks anyone outside the machine for candidates.
-        ice_servers = () if loopback_only else self.ice_servers
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in ice_servers]))
+        pc, sdp, host_addresses = self.new_connection(body["sdp"])
         peer = RtcPeer(self, pc, session)
         peer.attach()
         try:
@@ -629,7 +454,7 @@ class RtcHub:
             for transceiver in pc.getTransceivers():  # the answer declines media the model does not take
                 receives = transceiver.kind == "audio" and session.input is not None
                 sends = transceiver.sender.track is not None
-                transceiver.direction = _DIRECTIONS[(sends, receives)]
+                transceiver.direction = DIRECTIONS[(sends, receives)]
             await self.engine.open_session(session)
             try:
                 with rtc_support.gathering_from(host_addresses):
@@ -643,15 +468,16 @@ class RtcHub:
                     peer.audio_track.use_opus()
         except BaseException:
             session.close("offer failed")
-            for track in (peer.audio_track, peer.video_track):
-                if track is not None:
-                    track.stop()
+            peer._stop_tracks()
             await pc.close()
             raise
+        if share:
+            self.broadcasts.share(session)
         self.peers.add(peer)
         peer.start()
         local = pc.localDescription
-        return {"sdp": local.sdp, "type": local.type, "session": session.id, "model": model}, peer
+        answer = {"sdp": local.sdp, "type": local.type, "session": session.id, "model": model, "shared": share}
+        return answer, peer
 
     async def shutdown(self) -> None:
         """Close every peer (server shutdown), telling clients why."""

@@ -6,8 +6,10 @@ ready = await client.expect("ready")
 arrival_s, frame = await client.audio_frames.get()     # decoded av.AudioFrame and its arrival time
 await client.close()
 
-By default it gathers only a 127.0.0.1 host candidate, uses no ICE servers (so nothing leaves the
-machine), and releases received audio packets at once (``audio_prefetch=0``; aiortc's default holds 4).
+``await client.watch(session_id, receive_video=True)`` instead makes a receive-only viewer of a shared
+session. By default it gathers only a 127.0.0.1 host candidate, uses no ICE servers (so nothing leaves the
+machine), releases received audio packets at once (``audio_prefetch=0``; aiortc's default holds 4), and
+hands a video frame to the decoder when its last packet arrives (aiortc waits for the next frame's first).
 The same client talks to any server that speaks aiortc's ``/offer`` shape (fastrtc's included, given its
 extra body fields).
 """
@@ -153,6 +155,33 @@ class RtcClient:
         timeout: float = 20.0,
     ) -> dict[str, Any]:
         """Offer, post, apply the answer; returns the answer body. Raises :class:`RtcServerError`."""
+        body = {"model": model, "params": params or {}, **(extra or {})}
+        return await self._negotiate(body, audio, receive_audio, receive_video, data_channel, video_codec, timeout)
+
+    async def watch(
+        self,
+        session_id: str,
+        *,
+        receive_audio: bool = True,
+        receive_video: bool = True,
+        data_channel: bool = True,
+        video_codec: str | None = None,
+        timeout: float = 20.0,
+    ) -> dict[str, Any]:
+        """Watch a shared session (a receive-only peer); returns the answer body."""
+        body = {"watch": session_id}
+        return await self._negotiate(body, None, receive_audio, receive_video, data_channel, video_codec, timeout)
+
+    async def _negotiate(
+        self,
+        fields: dict[str, Any],
+        audio: MediaStreamTrack | None,
+        receive_audio: bool,
+        receive_video: bool,
+        data_channel: bool,
+        video_codec: str | None,
+        timeout: float,
+    ) -> dict[str, Any]:
         pc = self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers]))
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
@@ -173,10 +202,10 @@ class RtcClient:
                 chosen = [c for c in codecs if c.mimeType.lower() == f"video/{video_codec.lower()}"]
                 video.setCodecPreferences(chosen + [c for c in codecs if c.mimeType.lower() == "video/rtx"])
         rtc_support.tune_audio_receivers(pc, self.audio_prefetch)
+        rtc_support.tune_video_receivers(pc)  # a frame goes to the decoder when its last packet arrives
         with rtc_support.gathering_from(self.host_addresses):
             await pc.setLocalDescription(await pc.createOffer())
-        body = {"sdp": pc.localDescription.sdp, "type": "offer", "model": model, "params": params or {}}
-        body.update(extra or {})
+        body = {"sdp": pc.localDescription.sdp, "type": "offer", **fields}
         answer = await self.post_offer(body, timeout)
         sdp = rtc_support.filter_candidates(answer["sdp"], loopback_only=self.loopback_only)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=answer["type"]))
@@ -252,3 +281,40 @@ async def _collect(track: MediaStreamTrack, queue: asyncio.Queue[Any]) -> None:
         except MediaStreamError:
             return
         queue.put_nowait((time.monotonic(), frame))
+
+
+# -- measuring what arrived ---------------------------------------------------------------------------------
+def beep_onsets(audio: Sequence[tuple[float, av.AudioFrame]], threshold: float = 0.05) -> list[float]:
+    """Arrival times of sound onsets after silence (the test card's beeps): frame arrival + offset in it."""
+    onsets, quiet = [], True
+    for arrival, frame in audio:
+        samples = rtc_support.mono_samples(frame)
+        loud = np.flatnonzero(np.abs(samples) > threshold)
+        if len(loud) and quiet:
+            onsets.append(arrival + loud[0] / frame.sample_rate)
+        quiet = len(loud) == 0 or loud[-1] < len(samples) - frame.sample_rate // 500  # silent for the last 2 ms
+    return onsets
+
+
+def marker_onsets(video: Sequence[tuple[float, av.VideoFrame]]) -> list[float]:
+    """Arrival times of the frames where the test card's once-a-second corner marker appears."""
+    from models.diagnostic.testcard import has_beep_marker
+
+    onsets, shown = [], False
+    for arrival, frame in video:
+        marker = has_beep_marker(frame.to_ndarray(format="rgb24"))
+        if marker and not shown:
+            onsets.append(arrival)
+        shown = marker
+    return onsets
+
+
+def av_offsets_ms(audio_onsets: Sequence[float], video_onsets: Sequence[float], max_s: float = 0.5) -> list[float]:
+    """Video minus audio arrival (ms) for each video onset with an audio onset within ``max_s``."""
+    out = []
+    for video_t in video_onsets:
+        if audio_onsets:
+            audio_t = min(audio_onsets, key=lambda t: abs(t - video_t))
+            if abs(audio_t - video_t) < max_s:
+                out.append((video_t - audio_t) * 1000)
+    return out

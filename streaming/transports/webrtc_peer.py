@@ -1,0 +1,317 @@
+"""What every server-side WebRTC peer has, whether it runs a session or watches a shared one.
+
+:class:`RtcPeerBase` owns one ``RTCPeerConnection`` and its control data channel (the WebSocket
+protocol's JSON messages), the peer's background tasks, a connect watchdog, error-flood protection and
+the single close path. Subclasses say what the peer is: :class:`~streaming.transports.webrtc.RtcPeer`
+(a session from an offer with a model) and :class:`~streaming.transports.webrtc_viewer.RtcViewer` (a
+viewer of a shared session, from an offer with ``watch``).
+
+Whatever ends a peer (client ``stop``, data channel or connection closed, ICE not connecting in time, the
+session or stream ending, server shutdown) goes through :meth:`RtcPeerBase.close`, which is idempotent
+and releases what the subclass holds (:meth:`~RtcPeerBase._release`), the tasks and the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc.sdp import SessionDescription
+
+from models.base import Pacing, StreamSpec
+from streaming.errors import CausalcastError, ProtocolError
+from streaming.media.pacing import PacingConfig
+from streaming.protocol import parse_control
+
+if TYPE_CHECKING:
+    from streaming.transports.webrtc import RtcHub
+
+log = logging.getLogger(__name__)
+
+AUDIO_CODECS = frozenset({"opus", "pcmu", "pcma"})
+VIEWER_AUDIO_CODECS = frozenset({"opus"})  # viewers get the shared stream's Opus packets as they are
+VIDEO_CODECS = frozenset({"vp8", "h264"})
+SEND_DIRECTIONS = frozenset({"sendrecv", "sendonly"})  # the offerer sends media in this section
+RECV_DIRECTIONS = frozenset({"sendrecv", "recvonly"})  # the offerer receives media in this section
+DIRECTIONS = {
+    (True, True): "sendrecv",
+    (True, False): "sendonly",
+    (False, True): "recvonly",
+    (False, False): "inactive",
+}
+
+
+
+@dataclass(frozen=True)
+class RtcConfig:
+    """Settings of the WebRTC transport."""
+
+    # Host candidate addresses the server gathers from. None: per offer, 127.0.0.1 only when the offer
+    # has a loopback candidate (tests, the bench), else aioice's default (every non-loopback interface).
+    host_addresses: tuple[str, ...] | None = None
+    loopback_only: bool = False  # refuse offers without a loopback candidate (hermetic test machines)
+    # ICE servers the server itself uses; None: the ones given to clients (ServerConfig.ice_servers).
+    ice_servers: tuple[dict[str, Any], ...] | None = None
+    connect_timeout_s: float = 15.0  # ICE + DTLS must be up this long after the answer
+    audio_prefetch: int = 0  # packets aiortc's audio receiver holds before decoding (aiortc's default: 4)
+    pacing: PacingConfig = field(default_factory=PacingConfig)
+    # Viewers of shared streams: pre-encoded packets released on their pts (streaming.media.pacing.MediaClock).
+    # The margin absorbs the jitter of the shared encode (video encoding runs on the codec pool).
+    viewer_pacing: PacingConfig = field(
+        default_factory=lambda: PacingConfig(margin_ms=5.0, grace_ms=15.0, window_s=0.5)
+    )
+    max_message_bytes: int = 64 * 1024  # data channel messages
+    max_offer_bytes: int = 256 * 1024
+    max_errors_per_s: int = 50
+    stats_interval_s: float = 1.0
+    max_pending_control: int = 256  # control messages held until the data channel opens
+
+
+@dataclass(frozen=True)
+class OfferInfo:
+    """What an offer asks for, checked against a model before any peer connection exists."""
+
+    sends_audio: bool
+    receives_audio: bool
+    receives_video: bool
+    has_data_channel: bool
+
+
+def inspect_offer(sdp: str, spec: StreamSpec, model: str, *, viewer: bool = False) -> OfferInfo:
+    """Validate an SDP offer for a model; raises :class:`ProtocolError` (code ``bad_offer``) with a reason.
+
+    A ``viewer`` (of a shared session) needs no microphone, and takes audio as Opus only.
+    """
+    if not sdp.lstrip().startswith("v=0"):
+        raise ProtocolError("offer SDP is malformed: it must start with 'v=0'", "bad_offer")
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as e:  # aiortc's parser raises assorted errors on junk
+        raise ProtocolError(f"offer SDP is malformed: {e}", "bad_offer") from e
+    if not description.media:
+        raise ProtocolError("offer SDP has no media sections", "bad_offer")
+    sends_audio = receives_audio = receives_video = has_data = False
+    for media in description.media:
+        if not media.ice.usernameFragment or not media.ice.password:
+            raise ProtocolError(f"offer's {media.kind} section has no ICE credentials", "bad_offer")
+        if media.kind == "application":
+            has_data = True
+            continue
+        if media.kind not in ("audio", "video"):
+            continue
+        names = {c.mimeType.split("/")[-1].lower() for c in media.rtp.codecs}
+        direction = media.direction or "sendrecv"
+        if media.kind == "audio":
+            supported = VIEWER_AUDIO_CODECS if viewer else AUDIO_CODECS
+        else:
+            supported = VIDEO_CODECS
+        if not names & supported and (not viewer or direction in RECV_DIRECTIONS):
+            raise ProtocolError(
+                f"offer's {media.kind} section has no codec the server speaks (offered: {sorted(names) or 'none'}; "
+                f"supported: {sorted(supported)})",
+                "unsupported_codec",
+            )
+        if media.kind == "audio":
+            sends_audio |= direction in SEND_DIRECTIONS
+            receives_audio |= direction in RECV_DIRECTIONS
+        else:
+            receives_video |= direction in RECV_DIRECTIONS
+    if not viewer and spec.input_audio is not None and spec.pacing is Pacing.INPUT and not sends_audio:
+        raise ProtocolError(
+            f"model '{model}' needs microphone audio, but the offer sends no audio "
+            "(add a sendrecv or sendonly audio section)",
+            "bad_offer",
+        )
+    wants = (spec.output_audio is not None and receives_audio) or (spec.output_video is not None and receives_video)
+    if not wants:
+        outputs = [k for k, v in (("audio", spec.output_audio), ("video", spec.output_video)) if v is not None]
+        raise ProtocolError(
+            f"the offer receives none of model '{model}''s outputs ({' and '.join(outputs)})", "bad_offer"
+        )
+    return OfferInfo(sends_audio, receives_audio, receives_video, has_data)
+
+
+class RtcPeerBase:
+    """One peer connection and its control channel; subclasses supply what the peer serves."""
+
+    kind = "peer"  # for task names and logs
+
+    def __init__(self, hub: RtcHub, pc: RTCPeerConnection, peer_id: str) -> None:
+        self.hub = hub
+        self.pc = pc
+        self.id = peer_id
+        self.config = hub.config
+        self.channel: RTCDataChannel | None = None
+        self.closed = asyncio.Event()
+        self.close_reason: str | None = None
+        self._closing = False
+        self._pending: deque[dict[str, Any]] = deque(maxlen=self.config.max_pending_control)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._error_times: deque[float] = deque()
+        self._closer: asyncio.Task[None] | None = None
+
+    # -- what a subclass supplies ---------------------------------------------------------------------
+    def _first_message(self) -> dict[str, Any]:
+        """Sent when the control channel opens (`ready`, `watching`)."""
+        raise NotImplementedError
+
+    def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
+        """A control message that is not ping/stop/request_keyframe/start."""
+        raise NotImplementedError
+
+    def _request_keyframe(self) -> None:
+        """The client asked for a key frame."""
+
+    async def _release(self, reason: str) -> None:
+        """Free what the peer serves (first step of :meth:`close`)."""
+
+    def _stopped_message(self, reason: str) -> dict[str, Any]:
+        """The `stopped` message a client gets when the server ends the peer."""
+        return {"type": "stopped", "session": self.id, "reason": reason}
+
+    def _stop_tracks(self) -> None:
+        """Stop the outgoing tracks (and what feeds them)."""
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def attach(self) -> None:
+        """Register peer-connection handlers (before the remote description is set)."""
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"rtc-{self.kind}-{name}-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s %s: task %s failed", self.kind, self.id, task.get_name(), exc_info=task.exception())
+            self._close_soon("internal error")
+
+    def _close_soon(self, reason: str, error: CausalcastError | None = None) -> None:
+        if not self._closing and self._closer is None:
+            self._closer = asyncio.get_running_loop().create_task(self.close(reason, error))
+
+    @property
+    def _pc_closing(self) -> bool:
+        return self.pc.signalingState == "closed"
+
+    async def _watch_connect(self) -> None:
+        await asyncio.sleep(self.config.connect_timeout_s)
+        if self.pc.connectionState != "connected" and not self._closing:
+            await self.close(f"ICE/DTLS did not connect within {self.config.connect_timeout_s:g} s")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("%s %s: connection %s", self.kind, self.id, state)
+        if state in ("failed", "closed"):
+            self._close_soon(f"connection {state}")
+
+    # -- control --------------------------------------------------------------------------------------
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if self.channel is not None:  # one control channel; extra ones are refused
+            channel.close()
+            return
+        self.channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self._close_soon("data channel closed"))
+        if channel.readyState == "open":
+            self._on_channel_open()
+        else:
+            channel.on("open", self._on_channel_open)
+
+    def _on_channel_open(self) -> None:
+        self._send_now(self._first_message())
+        while self._pending:
+            self._send_now(self._pending.popleft())
+
+    def _on_message(self, message: str | bytes) -> None:
+        try:
+            if isinstance(message, bytes):
+                raise ProtocolError("the control channel takes JSON text messages, not binary", "bad_message")
+            if len(message) > self.config.max_message_bytes:
+                raise ProtocolError(f"control message of {len(message)} bytes is too large", "too_large")
+            self._handle_control(parse_control(message))
+        except CausalcastError as e:
+            self.send_error(e)
+
+    def _handle_control(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "ping":
+            self.send({"type": "pong", "t": message.get("t"), "server_time": time.time()})
+        elif kind == "stop":
+            self._close_soon("stopped by client")
+        elif kind == "request_keyframe":
+            self._request_keyframe()
+        elif kind in ("start", "watch"):
+            raise ProtocolError(f"the {self.kind} was started by the offer; '{kind}' is for WebSocket clients")
+        else:
+            self._handle_event(kind, message)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send a control message now, or once the data channel opens."""
+        if self.channel is not None and self.channel.readyState == "open":
+            self._send_now(message)
+        elif not self._closing:
+            self._pending.append(message)
+
+    def _send_now(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):  # a channel closing under us: the close path handles it
+            self.channel.send(json.dumps(message))
+
+    def send_error(self, error: CausalcastError) -> None:
+        """Report an error; a client flooding errors is disconnected."""
+        self.hub.engine.metrics.errors.labels(error.code).inc()
+        now = time.monotonic()
+        self._error_times.append(now)
+        while self._error_times and self._error_times[0] < now - 1.0:
+            self._error_times.popleft()
+        self.send(error.to_message())
+        if len(self._error_times) > self.config.max_errors_per_s:
+            self._close_soon("too many errors")
+
+    # -- teardown -------------------------------------------------------------------------------------
+    async def close(self, reason: str, error: CausalcastError | None = None, *, notify: bool = True) -> None:
+        """End the peer; safe to call from anywhere, any number of times."""
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._closing = True
+        self.close_reason = reason
+        try:
+            await self._release(reason)
+            # A peer connection already closing (signalling state "closed") has lost its client: say nothing.
+            if notify and self.channel is not None and self.channel.readyState == "open" and not self._pc_closing:
+                if error is not None:
+                    self._send_now(error.to_message())
+                self._send_now(self._stopped_message(reason))
+                await drain_channel(self.channel)
+            self._stop_tracks()
+            current = asyncio.current_task()
+            tasks = [t for t in self._tasks if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.pc.close()
+        finally:
+            self.hub.discard(self)
+            self.closed.set()
+            log.info("%s %s closed: %s", self.kind, self.id, reason)
+
+
+async def drain_channel(channel: RTCDataChannel, timeout_s: float = 0.5) -> None:
+    """Give queued data channel messages a moment to leave before the connection closes."""
+    if channel.bufferedAmount > 0:
+        drained = asyncio.Event()
+        channel.once("bufferedamountlow", drained.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained.wait(), timeout_s)
+    await asyncio.sleep(0.02)  # SCTP sends on its own task; let it run once more
