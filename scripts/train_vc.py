@@ -87,22 +87,25 @@ def train_content(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    symbols = ctc_symbols(phoneme_inventory(args.data))
+    resume = args.resume and (out / "content.pt").exists()
+    symbols = torch.load(out / "content.pt")["symbols"] if resume else ctc_symbols(phoneme_inventory(args.data))
     utts = load_utterances(args.data, ("train",), args.limit)
     cfg = VCConfig(num_phonemes=len(symbols))
     model = VCModel(cfg)
-    # fixed feature statistics from a sample of the data (never per utterance: streaming must see the same)
-    sample = [torch.from_numpy(u.audio) for u in utts[:300]]
-    mels = torch.cat([model.mel.offline(a[None])[0] for a in sample])
-    model.mel.mean.copy_(mels.mean(0))
-    model.mel.std.copy_(mels.std(0).clamp_min(1e-3))
+    if resume:  # continue (e.g. on a corpus with more voices), keeping the classes and feature statistics
+        load_content(out, model)
+    else:  # fixed feature statistics from a sample of the data (never per utterance: streaming sees the same)
+        sample = [torch.from_numpy(u.audio) for u in utts[:300]]
+        mels = torch.cat([model.mel.offline(a[None])[0] for a in sample])
+        model.mel.mean.copy_(mels.mean(0))
+        model.mel.std.copy_(mels.std(0).clamp_min(1e-3))
     enc = model.content
     opt = torch.optim.AdamW(list(enc.parameters()), lr=args.lr, weight_decay=0.01)
     hop2 = 2 * cfg.mel_hop
     start = time.time()
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
+            group["lr"] = lr_at(step, args.steps, args.lr, warmup=20 if resume else 200)
         batch = rng.sample(utts, args.batch)
         audio = [augment(u.audio, rng) for u in batch]
         length = max(len(a) for a in audio) // hop2 * hop2 + hop2
@@ -174,7 +177,7 @@ def make_features(args) -> None:
     model = VCModel(VCConfig(vae=vae.cfg, num_phonemes=len(torch.load(out / "content.pt")["symbols"])))
     load_content(out, model)
     hop = vae.cfg.hop
-    utts = load_utterances(args.data, ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_voice"))
+    utts = load_utterances(args.data, ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_voice"), args.limit)
     feats = defaultdict(list)
     grain = int(0.03 * 16_000)
     start = time.time()
@@ -281,6 +284,7 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
             return model.dit.forward_offline(clean[rows], z_, content[rows], r_, t_, speaker[rows], kv_rows,
                                              tmask[rows], chunk, context[rows])
 
+        model.dit.set_explicit_attention(mf)  # forward-mode AD needs attention written out; SDPA otherwise
         if mf:
             u, target = mean_flow_target(u_fn, z, r, t, v)
         else:
@@ -308,7 +312,6 @@ def train_dit(args) -> None:
         state = torch.load(resume)
         model.speaker.load_state_dict(state["speaker"])
         model.dit.load_state_dict(state["dit"])
-    model.dit.set_explicit_attention(True)
     params = list(model.speaker.parameters()) + list(model.dit.parameters())
     print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
                       "speaker_params": sum(p.numel() for p in model.speaker.parameters())}), flush=True)
@@ -376,7 +379,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--frames", type=int, default=48, help="latent frames per training crop (40 ms each)")
+    ap.add_argument("--frames", type=int, default=40, help="latent frames per training crop (40 ms each)")
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--num-voices", type=int, default=8)

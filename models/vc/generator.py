@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ MIN_REFERENCE_S = 3.0  # of speech, after trimming silence
 MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the first max_ref_s are used
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
+MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not opened yet
 
 
 @dataclass
@@ -113,6 +115,8 @@ class VCGenerator(Generator):
         per = cfg.content_per_latent * cfg.content_dim
         self._recent = torch.zeros(max_sessions, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
         self._voices = {v: self._embed_reference(m) for v, m in ckpt.voice_mels.items()}
+        self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._num_pending = 0
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -192,7 +196,12 @@ class VCGenerator(Generator):
         seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ParamError(f"'seed' must be an integer, got {seed!r}")
-        return {"voice": voice, "reference": reference, "steps": _steps(params.get("steps", 1)), "seed": seed}
+        # Validated params are echoed to the client (JSON): an uploaded reference's embedding waits here.
+        self._num_pending += 1
+        self._pending[self._num_pending] = reference
+        while len(self._pending) > MAX_PENDING_REFERENCES:
+            self._pending.popitem(last=False)
+        return {"voice": voice, "reference_id": self._num_pending, "steps": _steps(params.get("steps", 1)), "seed": seed}
 
     def open_session(self, params: Mapping[str, Any]) -> VCState:
         """Take a slot and reset its state; params come from :meth:`validate_params`."""
@@ -204,7 +213,11 @@ class VCGenerator(Generator):
         self._content.gru[:, slot] = 0
         self._vae_context[slot] = self._silence
         self._recent[slot] = 0
-        self._set_reference(slot, params["reference"])
+        reference = self._pending.pop(params["reference_id"], None)
+        if reference is None:
+            self._slots.free(slot)
+            raise ParamError("the session's reference expired before it started; start again")
+        self._set_reference(slot, reference)
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])

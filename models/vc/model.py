@@ -142,7 +142,9 @@ class ContentEncoder(nn.Module):
         self.conv2 = nn.Conv1d(ch, ch, 4, stride=2)  # causal by left padding 2: output j sees frames <= 2j + 1
         self.gru = nn.GRU(ch, ch, num_layers=cfg.content_layers, batch_first=True)
         self.bottleneck = nn.Linear(ch, cfg.content_dim)
-        self.head = nn.Sequential(nn.SiLU(), nn.Linear(cfg.content_dim, ch), nn.SiLU(), nn.Linear(ch, cfg.num_phonemes))
+        # A linear head: the bottleneck is a linear map of what the classifier reads, so it stays phonetic
+        # (a deeper head learned far slower here: CTC sat on its blank plateau ~900 steps instead of ~50).
+        self.head = nn.Linear(cfg.content_dim, cfg.num_phonemes)
         self.cfg = cfg
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> ContentState:
