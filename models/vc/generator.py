@@ -201,7 +201,8 @@ class VCGenerator(Generator):
         self._pending[self._num_pending] = reference
         while len(self._pending) > MAX_PENDING_REFERENCES:
             self._pending.popitem(last=False)
-        return {"voice": voice, "reference_id": self._num_pending, "steps": _steps(params.get("steps", 1)), "seed": seed}
+        steps = _steps(params.get("steps", 1))
+        return {"voice": voice, "reference_id": self._num_pending, "steps": steps, "seed": seed}
 
     def open_session(self, params: Mapping[str, Any]) -> VCState:
         """Take a slot and reset its state; params come from :meth:`validate_params`."""
