@@ -50,9 +50,9 @@ def make_tiny_checkpoint(path: str, seed: int = 0, **overrides) -> str:
     """A random tiny model with two shipped voices."""
     torch.manual_seed(seed)
     model = VCModel(tiny_config(**overrides)).eval()
-    for p in model.dit.parameters():  # zero-initialised gates would make the DiT an identity: randomise
-        if p.dim() >= 1:
-            torch.nn.init.normal_(p, std=0.2 if p.dim() == 1 else 0.3 / p.shape[-1] ** 0.5)
+    # zero-initialised gates would make the DiT an identity: randomise it, strongly enough that the voice matters
+    for p in [*model.dit.parameters(), *model.speaker.pool.parameters()]:
+        torch.nn.init.normal_(p, std=0.5 if p.dim() == 1 else 1.0 / p.shape[-1] ** 0.5)
     refs = {
         "low": {"audio": speechlike(4.0, 1, 100.0), "info": {"description": "test voice low"}},
         "high": {"audio": speechlike(4.0, 2, 220.0), "info": {"description": "test voice high"}},

@@ -25,6 +25,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ from models.audio.dsp import read_wav, resample, trim_silence
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
 from models.flow import mean_flow_sample
+from models.graphs import BucketGraphs
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import ContentState, VCConfig, VCModel
 from streaming.errors import ParamError
@@ -73,6 +75,7 @@ class VCGenerator(Generator):
         max_sessions: int = 64,
         max_batch_size: int = 32,
         num_threads: int | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -87,36 +90,40 @@ class VCGenerator(Generator):
             raise ValueError(f"chunk_ms must be a multiple of {1000 * hop // SAMPLE_RATE_HZ} ms up to the window")
         self.chunk_latents = int(chunk_latents)
         self.max_batch_size = max_batch_size
-        self.pads_to_bucket = False
+        # On a GPU a batch is padded to the engine's bucket and one step runs as a captured graph per bucket.
+        self.pads_to_bucket = self.device.type == "cuda"
         fmt = AudioFormat(SAMPLE_RATE_HZ)
         self.spec = StreamSpec(
             chunk_ms=chunk_ms, pacing=Pacing.INPUT, input_audio=fmt, output_audio=fmt,
             lookahead_ms=1000.0 * self.model.vae.delay_samples / SAMPLE_RATE_HZ, event_types=EVENTS,
         )
         self._slots = SlotAllocator(max_sessions)
-        cfg, dev = self.cfg, self.device
+        self._pad_slot = max_sessions  # one more row: scratch space for the padding rows of a bucket
+        rows, cfg, dev = max_sessions + 1, self.cfg, self.device
         self.cache = RingKVCache(
-            num_layers=cfg.depth, num_slots=max_sessions, num_heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
+            num_layers=cfg.depth, num_slots=rows, num_heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
             window=cfg.window_latents + self.chunk_latents, device=dev,
         )
         # Per-slot state tensors (row = slot): see the module docstring.
         mel, content = self.model.mel, self.model.content
         self.num_ref_tokens = int(cfg.max_ref_s * SAMPLE_RATE_HZ / cfg.mel_hop) // cfg.ref_stride
         heads, head_dim = cfg.num_heads, cfg.dim // cfg.num_heads
-        self._tail = torch.zeros(max_sessions, mel.tail, device=dev)
-        self._content = content.initial_state(max_sessions, dev)
+        self._tail = torch.zeros(rows, mel.tail, device=dev)
+        self._content = content.initial_state(rows, dev)
         with torch.inference_mode():
             silence = self.model.vae.encode(torch.zeros(1, 8 * hop, device=dev))[0][0, :, 4]
         self._silence = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
-        self._vae_context = torch.zeros(max_sessions, self.model.vae.context_latents, cfg.vae.latent_dim, device=dev)
-        self._speaker = torch.zeros(max_sessions, cfg.dim, device=dev)
-        self._timbre = torch.zeros(cfg.depth, 2, max_sessions, heads, self.num_ref_tokens, head_dim, device=dev)
-        self._timbre_mask = torch.zeros(max_sessions, self.num_ref_tokens, dtype=torch.bool, device=dev)
+        self._vae_context = torch.zeros(rows, self.model.vae.context_latents, cfg.vae.latent_dim, device=dev)
+        self._speaker = torch.zeros(rows, cfg.dim, device=dev)
+        self._timbre = torch.zeros(cfg.depth, 2, rows, heads, self.num_ref_tokens, head_dim, device=dev)
+        self._timbre_mask = torch.zeros(rows, self.num_ref_tokens, dtype=torch.bool, device=dev)
         per = cfg.content_per_latent * cfg.content_dim
-        self._recent = torch.zeros(max_sessions, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
+        self._recent = torch.zeros(rows, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
         self._voices = {v: self._embed_reference(m) for v, m in ckpt.voice_mels.items()}
         self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
         self._num_pending = 0
+        self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
+                        for n in (1, 2)}
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -260,26 +267,51 @@ class VCGenerator(Generator):
     # -- stepping -----------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, states: Sequence[VCState], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
-        """Convert one chunk for every session of the batch (see module docstring)."""
-        slots = [s.slot for s in states]
-        audio = torch.from_numpy(np.stack([_clean(i.audio) for i in inputs])).to(self.device)  # (B, N)
-        content = self._content_step(slots, audio)  # (B, K * per, content_dim)
-        b, k = len(states), self.chunk_latents
-        positions = torch.tensor([[s.num_frames + j for j in range(k)] for s in states], device=self.device)
-        noise = torch.stack([
-            torch.randn(k, self.cfg.vae.latent_dim, generator=s.rng, device=self.device) for s in states
-        ])
-        latents = self._sample(slots, noise, content, positions, [s.steps for s in states])  # (B, K, D)
-        self._write_context(slots, latents, content, positions)
-        per = self.cfg.content_per_latent * self.cfg.content_dim
-        recent = torch.cat([latents, content.reshape(b, k, per)], dim=-1)
-        self._recent[slots] = torch.cat([self._recent[slots], recent], dim=1)[:, -self.cfg.window_latents :]
+        """Convert one chunk for every session of the batch (see module docstring).
+
+        Host work (slot ids, ring positions, each session's noise) happens here; the tensor work is
+        :meth:`_core`, one call per step count in the batch (a captured graph per bucket on a GPU).
+        """
+        k, dim = self.chunk_latents, self.cfg.vae.latent_dim
+        audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
+        noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
+        out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
+        steps = [s.steps for s in states]
+        for num_steps in sorted(set(steps)):
+            rows = [i for i, n in enumerate(steps) if n == num_steps]
+            group = [states[i] for i in rows]
+            size = _bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
+            pad = size - len(rows)
+            slots = [s.slot for s in group] + [self._pad_slot] * pad
+            positions = torch.tensor([[s.num_frames + j for j in range(k)] for s in group] + [list(range(k))] * pad)
+            index = self.cache.reserve(slots, positions)  # the ring's bookkeeping is host-side, outside the graph
+            chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
+            group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
+            tensors = [t.to(self.device) for t in (chunk, torch.tensor(slots), positions, index, group_noise)]
+            out[rows] = self._graphs[num_steps](*tensors)[: len(rows)].cpu().numpy()
         for s in states:
             s.num_frames += k
-        out = self._decode(slots, latents)
         return [StepOutput(audio=row) for row in out]
 
-    def _content_step(self, slots: list[int], audio: torch.Tensor) -> torch.Tensor:
+    def _core(self, audio, slots, positions, index, noise, num_steps: int) -> torch.Tensor:
+        """One chunk for a batch of slots, tensors only: (B, N) audio -> (B, K * hop) audio, state updated."""
+        content = self._content_step(slots, audio)  # (B, K * per, content_dim)
+        kv, tmask = self._timbre_of(slots)
+        speaker = self._speaker[slots]
+
+        def u_fn(z, r, t):
+            expand = lambda x: x[:, None].expand(-1, z.shape[1])  # noqa: E731 - (B,) -> (B, K)
+            return self.model.dit.denoise(z, content, expand(r), expand(t), speaker, kv, tmask, positions,
+                                          self.cache, slots)
+
+        latents = mean_flow_sample(u_fn, noise, num_steps)  # (B, K, D)
+        self.model.dit.write_context(latents, content, speaker, kv, tmask, positions, self.cache, slots, index)
+        b, k = latents.shape[:2]
+        recent = torch.cat([latents, content.reshape(b, k, -1)], dim=-1)
+        self._recent[slots] = torch.cat([self._recent[slots], recent], dim=1)[:, -self.cfg.window_latents :]
+        return self._decode(slots, latents)
+
+    def _content_step(self, slots: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
         """Mel frames and content features of one chunk, carrying each slot's front-end state."""
         model = self.model
         mel = model.mel(torch.cat([self._tail[slots], audio], dim=1))
@@ -290,38 +322,24 @@ class VCGenerator(Generator):
         self._content.gru[:, slots] = new.gru
         return content
 
-    def _timbre_of(self, slots: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _timbre_of(self, slots: torch.Tensor | list[int]) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
         kv = self._timbre[:, :, slots]  # (depth, 2, B, H, S, hd)
         return [(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])], self._timbre_mask[slots]
 
-    def _sample(self, slots, noise, content, positions, steps: list[int]) -> torch.Tensor:
-        """Mean-flow sampling of one chunk; sessions with different step counts are sampled in groups."""
-        out = torch.empty_like(noise)
-        for num_steps in sorted(set(steps)):
-            rows = [i for i, s in enumerate(steps) if s == num_steps]
-            sub = [slots[i] for i in rows]
-            kv, tmask = self._timbre_of(sub)
-            speaker, pos, con = self._speaker[sub], positions[rows], content[rows]
-
-            def u_fn(z, r, t, sub=sub, kv=kv, tmask=tmask, speaker=speaker, pos=pos, con=con):
-                expand = lambda x: x[:, None].expand(-1, z.shape[1])  # noqa: E731 - (B,) -> (B, K)
-                return self.model.dit.denoise(z, con, expand(r), expand(t), speaker, kv, tmask, pos, self.cache, sub)
-
-            out[rows] = mean_flow_sample(u_fn, noise[rows], num_steps)
-        return out
-
     def _write_context(self, slots, latents, content, positions) -> None:
         kv, tmask = self._timbre_of(slots)
-        self.model.dit.write_context(latents, content, self._speaker[slots], kv, tmask, positions, self.cache, slots)
+        index = self.cache.reserve(slots, positions)
+        self.model.dit.write_context(latents, content, self._speaker[slots], kv, tmask, positions, self.cache, slots,
+                                     index)
 
-    def _decode(self, slots: list[int], latents: torch.Tensor) -> np.ndarray:
-        """Decode normalised latents (B, K, D) with each slot's left context; returns (B, K * hop) float32."""
+    def _decode(self, slots: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Decode normalised latents (B, K, D) with each slot's left context; returns (B, K * hop) audio."""
         vae = self.model.vae
         z = vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)
         full = torch.cat([self._vae_context[slots], z], dim=1)  # (B, ctx + K, D)
         audio = vae.decode_chunk(full.transpose(1, 2), latents.shape[1])
         self._vae_context[slots] = full[:, -vae.context_latents :]
-        return audio.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+        return audio.clamp(-1.0, 1.0).float()
 
     def warmup_events(self) -> list[ControlEvent]:
         """None needed: any input audio (silence included) makes real steps."""
@@ -332,6 +350,11 @@ class VCGenerator(Generator):
         voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self._voices)]
         return {**super().describe(), "voices": voices, "steps": [1, 2],
                 "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s]}
+
+
+def _bucket(num: int, padded: int) -> int:
+    """The engine's bucket for the whole batch, or the next power of two for a smaller group of it."""
+    return padded if num == padded else min(padded, 1 << max(0, num - 1).bit_length())
 
 
 def _steps(value: Any) -> int:

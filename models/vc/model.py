@@ -343,6 +343,8 @@ class DiT(nn.Module):
         cond = self.condition(speaker, r, t)
         k_new = x.shape[1]
         cached = cache.mask(slots, positions, self.cfg.window_latents)  # (B, 1, K, S)
+        # Entries already reserved for this chunk's clean tokens (written after sampling) are not context.
+        cached = cached & (cache.labels[slots] < positions[:, :1])[:, None, None, :]
         own = torch.ones(x.shape[0], 1, k_new, k_new, dtype=torch.bool, device=x.device)
         mask = torch.cat([cached, own], dim=-1)
         tmask = timbre_mask[:, None, None, :]
@@ -358,12 +360,15 @@ class DiT(nn.Module):
         x = self._run(x, cond, timbre_kv, tmask, attn)
         return self.head(x, cond)
 
-    def write_context(self, clean, content, speaker, timbre_kv, timbre_mask, positions, cache: RingKVCache, slots):
-        """Run one chunk's clean latents (B, K, D) through the clean stream, writing their keys/values."""
+    def write_context(self, clean, content, speaker, timbre_kv, timbre_mask, positions, cache: RingKVCache, slots,
+                      index: torch.Tensor) -> None:
+        """Run one chunk's clean latents (B, K, D) through the clean stream, writing their keys/values.
+
+        ``index`` comes from :meth:`RingKVCache.reserve` (called by the owner, outside any CUDA graph).
+        """
         x = self.embed(clean, content) + self.clean_embed
         zeros = torch.zeros(positions.shape, device=x.device)
         cond = self.condition(speaker, zeros, zeros)
-        index = cache.reserve(slots, positions)
         mask = cache.mask(slots, positions, self.cfg.window_latents)
         tmask = timbre_mask[:, None, None, :]
 
