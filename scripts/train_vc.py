@@ -3,7 +3,9 @@ r"""Train the default voice-conversion model on CPU: content recognizer, then sp
 Reproducible (seeded; one thread each). Stages, each bounded by steps and wall-clock minutes:
 
     python scripts/train_vc.py content  --data data/speech_vc --out runs/vc --minutes 12
-    python scripts/train_vc.py features --data data/speech_vc --out runs/vc --vae-dir ../wt-tts/runs/tts
+    python scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc --vae-dir ../wt-tts/runs/tts
+    python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 0 --num-shards 2
+    python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 1 --num-shards 2
     python scripts/train_vc.py dit      --out runs/vc --minutes 40
     python scripts/train_vc.py export   --data data/speech_vc --out runs/vc --vae-dir ../wt-tts/runs/tts \\
         --checkpoint checkpoints/vc_default.safetensors
@@ -168,34 +170,60 @@ def load_vae(vae_dir: Path) -> WaveformVAE:
     return vae.eval()
 
 
+FEATURE_SPLITS = ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_voice")
+
+
 @torch.no_grad()
 def make_features(args) -> None:
+    """``--part latents``: VAE latents + reference mels; ``--part content``: content features (shardable)."""
     out = Path(args.out)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
     vae = load_vae(Path(args.vae_dir))
+    hop = vae.cfg.hop
+    utts = load_utterances(args.data, FEATURE_SPLITS, args.limit)
+    feats = defaultdict(list)
+    start = time.time()
+    if args.part == "latents":
+        model = VCModel(VCConfig(vae=vae.cfg))
+        for i, u in enumerate(utts):
+            x = torch.from_numpy(pad(u.audio, hop))[None]
+            feats["latents"].append(vae.normalize(vae.encode(x)[0])[0].T.half())  # (N, D)
+            feats["mel"].append(model.mel.offline(torch.from_numpy(u.audio)[None])[0].half())
+            for key in ("id", "split", "voice_id"):
+                feats[key].append(getattr(u, key))
+            if i % 500 == 0:
+                minutes = round((time.time() - start) / 60, 2)
+                print(json.dumps({"latents": i, "of": len(utts), "min": minutes}), flush=True)
+        torch.save(dict(feats), out / "features_latents.pt")
+        return
     model = VCModel(VCConfig(vae=vae.cfg, num_phonemes=len(torch.load(out / "content.pt")["symbols"])))
     load_content(out, model)
-    hop = vae.cfg.hop
-    utts = load_utterances(args.data, ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_voice"), args.limit)
-    feats = defaultdict(list)
     grain = int(0.03 * 16_000)
-    start = time.time()
-    for i, u in enumerate(utts):
+    for i in range(args.shard, len(utts), args.num_shards):
+        u = utts[i]
+        rng = random.Random(f"{args.seed}-{u.id}")  # the same shift whatever the sharding
         x = torch.from_numpy(pad(u.audio, hop))[None]
-        semitones = rng.choice([-1, 1]) * rng.uniform(2, 5)
-        ratio = torch.tensor([2 ** (semitones / 12)])
+        ratio = torch.tensor([2 ** (rng.choice([-1, 1]) * rng.uniform(2, 5) / 12)])
         shifted = shift_pitch(torch.zeros(1, grain + 1), x, torch.zeros(1), ratio, grain)
-        z = vae.normalize(vae.encode(x)[0])[0].T  # (N, D)
-        feats["latents"].append(z.half())
+        feats["index"].append(i)
         feats["content"].append(model.content_offline(x)[0].half())
         feats["content_shifted"].append(model.content_offline(shifted)[0].half())
-        feats["mel"].append(model.mel.offline(torch.from_numpy(u.audio)[None])[0].half())
-        for key in ("id", "split", "voice_id"):
-            feats[key].append(getattr(u, key))
-        if i % 500 == 0:
-            print(json.dumps({"features": i, "of": len(utts), "min": round((time.time() - start) / 60, 2)}), flush=True)
-    torch.save(dict(feats), out / "features.pt")
+        if len(feats["index"]) % 500 == 0:
+            print(json.dumps({"content": i, "of": len(utts), "min": round((time.time() - start) / 60, 2)}), flush=True)
+    torch.save(dict(feats), out / f"features_content_{args.shard}.pt")
+
+
+def load_features(out: Path) -> dict:
+    """The latents part and every content shard, merged per utterance."""
+    feats = torch.load(out / "features_latents.pt")
+    content = [None] * len(feats["id"])
+    shifted = [None] * len(feats["id"])
+    for path in sorted(out.glob("features_content_*.pt")):
+        shard = torch.load(path)
+        for i, c, s in zip(shard["index"], shard["content"], shard["content_shifted"], strict=True):
+            content[i], shifted[i] = c, s
+    if any(c is None for c in content):
+        raise ValueError("content features are missing for some utterances: run every shard")
+    return {**feats, "content": content, "content_shifted": shifted}
 
 
 # -- stage 3: DiT -----------------------------------------------------------------------------------------
@@ -211,7 +239,7 @@ class DitBatches:
 
     def reference(self, row: int, max_frames: int) -> torch.Tensor:
         """Mel (T, M) of 1-3 other utterances of the row's voice, cut to a random 2.5 s..max length."""
-        others = [j for j in self.by_voice[self.f["voice_id"][row]] if j != row]
+        others = [j for j in self.by_voice[self.f["voice_id"][row]] if j != row] or [row]  # (tiny subsets)
         mel = torch.cat([self.f["mel"][j].float() for j in self.rng.sample(others, min(3, len(others)))])
         length = min(len(mel), self.rng.randint(250, max_frames))
         start = self.rng.randint(0, len(mel) - length)
@@ -303,7 +331,7 @@ def train_dit(args) -> None:
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     saved = torch.load(out / "content.pt")
-    feats = torch.load(out / "features.pt")
+    feats = load_features(out)
     vae_cfg = VAEConfig()
     cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae_cfg)
     model = VCModel(cfg)
@@ -339,11 +367,22 @@ def train_dit(args) -> None:
 
 # -- stage 4: export --------------------------------------------------------------------------------------
 def shipped_voices(data: str, num: int) -> dict[str, dict]:
-    """Training voices to ship as references: spread over pitch and variant (female/male/other)."""
+    """Training voices to ship as references: distinct espeak-ng variants (female and male) across the pitch range."""
     table = {k: v for k, v in voices(data).items() if not v["held_out"]}
-    chosen = sorted(table, key=lambda k: table[k]["pitch"])
-    step = max(1, len(chosen) // num)
-    return {k: table[k] for k in chosen[::step][:num]}
+    female = [k for k in table if table[k]["variant"] in FEMALE_VARIANTS]
+    male = [k for k in table if table[k]["variant"] in MALE_VARIANTS]
+    chosen: dict[str, dict] = {}
+    for group in (female, male):
+        group = sorted(group, key=lambda k: table[k]["pitch"])
+        step = max(1, len(group) // (num // 2))
+        for k in group[::step]:
+            if len(chosen) < num and table[k]["variant"] not in {c["variant"] for c in chosen.values()}:
+                chosen[k] = table[k]
+    return chosen
+
+
+FEMALE_VARIANTS = {"f1", "f2", "f3", "f5", "Annie", "Andrea", "anika", "belinda", "linda", "steph", "aunty", "grandma"}
+MALE_VARIANTS = {"m1", "m2", "m3", "m4", "m5", "m7", "m8", "Andy", "david", "john", "max", "paul", "rob", "Michael"}
 
 
 @torch.no_grad()
@@ -384,6 +423,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--num-voices", type=int, default=8)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--part", choices=["latents", "content"], default="content", help="features: which part")
+    ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
+    ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

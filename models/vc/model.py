@@ -258,7 +258,8 @@ class DiT(nn.Module):
         self.latent_in = nn.Linear(cfg.vae.latent_dim, cfg.dim)
         self.content_in = nn.Linear(cfg.content_per_latent * cfg.content_dim, cfg.dim)
         self.clean_embed = nn.Parameter(torch.zeros(cfg.dim))  # marks the clean (context) stream
-        self.t_embed, self.dt_embed = TimeEmbedding(cfg.dim), TimeEmbedding(cfg.dim)
+        # Frequencies up to 30 (in units of t): smooth in t, so MeanFlow's du/dt target stays small.
+        self.t_embed, self.dt_embed = TimeEmbedding(cfg.dim, max_freq=30.0), TimeEmbedding(cfg.dim, max_freq=30.0)
         self.blocks = nn.ModuleList(DiTBlock(cfg, self.rope) for _ in range(cfg.depth))
         self.ada = nn.Linear(cfg.dim, 6 * cfg.dim)  # adaLN-single, shared by all blocks; zero: blocks start as identity
         nn.init.zeros_(self.ada.weight)
