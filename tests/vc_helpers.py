@@ -15,7 +15,7 @@ from models.vc.checkpoint import save_checkpoint
 from models.vc.generator import VCGenerator
 from models.vc.model import VCConfig, VCModel
 
-SYMBOLS = ["<blank>", "a", "b", "d", "e", "i", "k", "m", "n", "o", "s", "t"]
+SYMBOLS = ["<blank>", "@", "D", "a", "b", "d", "e@", "h", "i", "k", "l", "m", "n", "oU", "s", "t"]
 
 
 def tiny_config(**overrides) -> VCConfig:

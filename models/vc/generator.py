@@ -76,10 +76,14 @@ class VCGenerator(Generator):
         max_batch_size: int = 32,
         num_threads: int | None = None,
         cuda_graphs: bool = True,
+        sampler: str = "mean",
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = torch.device(device)
+        if sampler not in ("mean", "euler"):
+            raise ValueError(f"sampler must be 'mean' (average velocity over each jump) or 'euler', got {sampler!r}")
+        self.sampler = sampler
         ckpt = self._load(config, checkpoint)
         self.model: VCModel = ckpt.model.to(self.device)
         self.cfg: VCConfig = self.model.cfg
@@ -301,6 +305,8 @@ class VCGenerator(Generator):
 
         def u_fn(z, r, t):
             expand = lambda x: x[:, None].expand(-1, z.shape[1])  # noqa: E731 - (B,) -> (B, K)
+            if self.sampler == "euler":  # the instantaneous velocity u(z, t, t): each jump an Euler step
+                r = t
             return self.model.dit.denoise(z, content, expand(r), expand(t), speaker, kv, tmask, positions,
                                           self.cache, slots)
 
