@@ -71,21 +71,23 @@ train-tts: $(STAMP)
 	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
-# The VAE vocoder comes from the TTS run (VAE_DIR: train_tts.py's folder with vae.pt).
-VAE_DIR ?= runs/tts
+# The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).
+VAE ?= checkpoints/tts_default.safetensors
 speech-data-vc: $(STAMP)
 	$(PY) scripts/make_speech_data.py --out data/speech_vc --num-train-voices 240 --train-variants all \
 	  --pitch-min 10 --pitch-max 90 --num-refs-per-unseen-voice 8 --seed 1
 
 train-vc: $(STAMP)
 	$(PY) scripts/train_vc.py content --data data/speech_vc --out runs/vc --minutes 13 --steps 1600 --batch 12 --lr 3e-3
-	$(PY) scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc --vae-dir $(VAE_DIR)
-	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae-dir $(VAE_DIR) \
+	$(PY) scripts/train_vc.py content --resume --data data/speech_vc --out runs/vc --minutes 7 --steps 700 --batch 12 \
+	  --lr 2e-3
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc --vae $(VAE)
+	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --shard 0 --num-shards 2 & \
-	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae-dir $(VAE_DIR) \
+	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --shard 1 --num-shards 2; wait
-	$(PY) scripts/train_vc.py dit --out runs/vc --minutes 55 --steps 3000 --batch 8
-	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae-dir $(VAE_DIR) \
+	$(PY) scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --checkpoint checkpoints/vc_default.safetensors
 
 clean:

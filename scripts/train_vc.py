@@ -1,22 +1,26 @@
 r"""Train the default voice-conversion model on CPU: content recognizer, then speaker encoder + mean-flow DiT.
 
-Reproducible (seeded; one thread each). Stages, each bounded by steps and wall-clock minutes:
+Reproducible (seeded; one thread each). Stages, each bounded by steps and wall-clock minutes. The shipped
+checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores):
 
-    python scripts/train_vc.py content  --data data/speech_vc --out runs/vc --minutes 12
-    python scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc --vae-dir ../wt-tts/runs/tts
+    python scripts/train_vc.py content --data data/speech_vc --out runs/vc --minutes 13 --steps 1600 --lr 3e-3 \
+        --batch 12
+    python scripts/train_vc.py content --resume --data data/speech_vc --out runs/vc --minutes 7 --steps 700 --lr 2e-3 \
+        --batch 12
+    python scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 0 --num-shards 2
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 1 --num-shards 2
-    python scripts/train_vc.py dit      --out runs/vc --minutes 40
-    python scripts/train_vc.py export   --data data/speech_vc --out runs/vc --vae-dir ../wt-tts/runs/tts \\
+    python scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+    python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
 
-``content`` trains the streaming CTC phoneme recognizer (noise/gain augmentation; mel statistics from the
-data); ``features`` runs the frozen recognizer and the TTS family's waveform-VAE encoder over every
-utterance (padded with silence), also on a pitch-shifted copy (content that carries less of the source's
-pitch); ``dit`` trains the speaker encoder and the DiT with the MeanFlow objective (self-reconstruction:
-content of an utterance + a reference from *another* utterance of the same voice -> its latents), with
-noisy context and context dropout against exposure bias; ``export`` writes the one safetensors checkpoint
-with the VAE (encoder from ``vae.pt``, the newest decoder from ``vae_decoder.pt`` if present) and the
+``content`` trains the streaming CTC phoneme recognizer (level/noise augmentation; fixed mel statistics from
+the data); ``features`` runs the TTS family's waveform-VAE encoder (``--vae``: its shipped checkpoint by
+default) and the frozen recognizer over every utterance padded with silence, the latter also on a
+pitch-shifted copy (content that carries less of the source's pitch); ``dit`` trains the speaker encoder
+and the DiT with the MeanFlow objective (self-reconstruction: content of an utterance + a reference from
+*another* utterance of the same voice -> its latents), with noisy context and context dropout against
+exposure bias; ``export`` writes the one safetensors checkpoint (the VAE's weights copied in) with the
 shipped reference voices.
 """
 
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -154,14 +159,27 @@ def load_content(out: Path, model: VCModel) -> list[str]:
 
 
 # -- stage 2: features ------------------------------------------------------------------------------------
-def load_vae(vae_dir: Path) -> WaveformVAE:
-    """The TTS family's VAE: encoder and latent statistics from vae.pt, the newest decoder if fine-tuned."""
-    saved = torch.load(vae_dir / "vae.pt", map_location="cpu")
+def load_vae(source: Path) -> WaveformVAE:
+    """The TTS family's VAE, from its shipped checkpoint or from a train_tts.py run folder.
+
+    A .safetensors checkpoint holds it under ``vae.*``; a run folder has the encoder and latent statistics
+    in vae.pt and the fine-tuned decoder, if any, in vae_decoder.pt.
+    """
+    if source.suffix == ".safetensors":
+        with safe_open(str(source), framework="pt") as f:
+            cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in json.loads(f.metadata()["config"])["vae"].items()})
+        tensors = load_file(str(source))
+        vae = WaveformVAE(cfg)
+        vae.load_state_dict({k.removeprefix("vae."): v.float() for k, v in tensors.items()
+                             if k.startswith("vae.") and k != "vae.silence"})
+        return vae.eval()
+    saved = torch.load(source / "vae.pt", map_location="cpu")
     cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
     vae = WaveformVAE(cfg)
     state = saved["state"]
-    if (vae_dir / "vae_decoder.pt").exists():
-        dec = torch.load(vae_dir / "vae_decoder.pt", map_location="cpu")["state"]
+    if (source / "vae_decoder.pt").exists():
+        dec = torch.load(source / "vae_decoder.pt", map_location="cpu")["state"]
         state = {k: (v if k.startswith("enc") or k.startswith("latent_") else dec[k]) for k, v in state.items()}
     bins = cfg.n_fft // 2 + 1
     if state["head.weight"].shape[0] == 2 * bins:  # a learned-phase head: the magnitudes are the first half
@@ -177,7 +195,7 @@ FEATURE_SPLITS = ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_v
 def make_features(args) -> None:
     """``--part latents``: VAE latents + reference mels; ``--part content``: content features (shardable)."""
     out = Path(args.out)
-    vae = load_vae(Path(args.vae_dir))
+    vae = load_vae(Path(args.vae))
     hop = vae.cfg.hop
     utts = load_utterances(args.data, FEATURE_SPLITS, args.limit)
     feats = defaultdict(list)
@@ -388,7 +406,7 @@ MALE_VARIANTS = {"m1", "m2", "m3", "m4", "m5", "m7", "m8", "Andy", "david", "joh
 @torch.no_grad()
 def export(args) -> None:
     out = Path(args.out)
-    vae = load_vae(Path(args.vae_dir))
+    vae = load_vae(Path(args.vae))
     saved = torch.load(out / "content.pt")
     cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae.cfg)
     model = VCModel(cfg)
@@ -413,7 +431,8 @@ def main() -> None:
     ap.add_argument("stage", choices=["content", "features", "dit", "export"])
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--out", default="runs/vc")
-    ap.add_argument("--vae-dir", default="../wt-tts/runs/tts", help="train_tts.py's run folder (vae.pt)")
+    ap.add_argument("--vae", default="checkpoints/tts_default.safetensors",
+                    help="the TTS family's VAE: its shipped checkpoint, or a train_tts.py run folder (vae.pt)")
     ap.add_argument("--checkpoint", default="checkpoints/vc_default.safetensors")
     ap.add_argument("--steps", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=10.0)
