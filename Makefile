@@ -9,7 +9,7 @@ TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
 LINTED  = $(wildcard streaming models tests bench scripts)
 
-.PHONY: serve test lint bench bench-tts speech-data train-tts install clean browser
+.PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc train-tts train-vc install clean browser
 
 # Browser tests drive Debian's chromium + chromium-driver. Installed here when missing and when we can
 # (root, or passwordless sudo); otherwise those tests skip with the reason.
@@ -52,6 +52,10 @@ bench: $(STAMP)
 bench-tts: $(STAMP)
 	$(PY) bench/tts.py --threads 1
 
+bench-vc: $(STAMP)
+	$(PY) -m pip install -q -e ".[vc-bench]"
+	$(PY) bench/vc.py --threads 1
+
 # The speech corpus (data/speech, ~4 h, git-ignored) and the default TTS training run (see the scripts' docstrings).
 speech-data: $(STAMP)
 	$(PY) scripts/make_speech_data.py --out data/speech
@@ -65,6 +69,26 @@ train-tts: $(STAMP)
 	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 600 --minutes 20 --batch 12 --head-repeats 2 \
 		--lr 5e-4 --threads 2
 	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
+
+# The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
+# The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).
+VAE ?= checkpoints/tts_default.safetensors
+speech-data-vc: $(STAMP)
+	$(PY) scripts/make_speech_data.py --out data/speech_vc --num-train-voices 240 --train-variants all \
+	  --pitch-min 10 --pitch-max 90 --num-refs-per-unseen-voice 8 --seed 1
+
+train-vc: $(STAMP)
+	$(PY) scripts/train_vc.py content --data data/speech_vc --out runs/vc --minutes 13 --steps 1600 --batch 12 --lr 3e-3
+	$(PY) scripts/train_vc.py content --resume --data data/speech_vc --out runs/vc --minutes 7 --steps 700 --batch 12 \
+	  --lr 2e-3
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc --vae $(VAE)
+	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae $(VAE) \
+	  --shard 0 --num-shards 2 & \
+	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae $(VAE) \
+	  --shard 1 --num-shards 2; wait
+	$(PY) scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae $(VAE) \
+	  --checkpoint checkpoints/vc_default.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

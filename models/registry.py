@@ -30,7 +30,9 @@ MODELS: dict[str, ModelEntry] = {
     "tts": ModelEntry(
         "models.tts.generator", "TTSGenerator", "streaming text-to-speech (after CLEAR): text -> 16 kHz speech"
     ),
-    "vc": ModelEntry(None, "", "streaming voice conversion (after MeanVC)"),
+    "vc": ModelEntry(
+        "models.vc.generator", "VCGenerator", "streaming voice conversion (after MeanVC): mic -> 16 kHz speech"
+    ),
     "avatar": ModelEntry("models.avatar.generator", "Avatar", "interactive talking-head avatar (after ARIG)"),
     "video": ModelEntry("models.video.generator", "VideoGenerator", "long interactive text-to-video (after LongLive)"),
 }

@@ -6,6 +6,12 @@ Usage (reproducible; defaults give ~4,900 utterances, ~4 h of 16 kHz audio, ~1.5
 
 Voices are espeak-ng *language/accent* × *variant* × pitch × speed. Training voices use variants that the
 held-out voices never use, so a held-out voice is genuinely unseen (accent, timbre, pitch and rate).
+Voice conversion needs many more voices than TTS for zero-shot conversion: ``--train-variants all`` takes
+every variant the installed espeak-ng lists (~100) except the held-out ones, and ``--pitch-min/--pitch-max``
+widen the pitch range, e.g. the VC corpus:
+
+    python scripts/make_speech_data.py --out data/speech_vc --num-train-voices 240 --train-variants all \
+        --pitch-min 10 --pitch-max 90 --seed 1
 Sentences come from an offline random grammar (``scripts/speech_sentences.py``); held-out sentences never
 occur in training.
 
@@ -54,18 +60,29 @@ TRAIN_VARIANTS = (
 HELD_OUT_VARIANTS = "f4 m6 klatt3 adam Alicia caleb Hugo Henrique".split()
 
 
-def make_voices(num_train: int, rng: random.Random) -> dict[str, dict]:
+def installed_variants() -> list[str]:
+    """The installed espeak-ng variants (file names under ``!v/``), held-out and whispering ones excluded."""
+    listing = subprocess.run(["espeak-ng", "--voices=variant"], check=True, capture_output=True, text=True).stdout
+    names = [line.split()[4].removeprefix("!v/") for line in listing.splitlines()[1:] if len(line.split()) >= 5]
+    held = {v.lower() for v in HELD_OUT_VARIANTS} | {"whisper", "whisperf"}  # whispering has no voice to convert to
+    return sorted({n for n in names if n.lower() not in held})
+
+
+def make_voices(
+    num_train: int, rng: random.Random, train_variants: list[str] | None = None, pitch_range: tuple[int, int] = (25, 75)
+) -> dict[str, dict]:
     """Training and held-out voice definitions."""
+    train_variants = train_variants or list(TRAIN_VARIANTS)
     voices = {}
     for i in range(num_train + len(HELD_OUT_VARIANTS)):
         held_out = i >= num_train
-        variant = HELD_OUT_VARIANTS[i - num_train] if held_out else TRAIN_VARIANTS[i % len(TRAIN_VARIANTS)]
+        variant = HELD_OUT_VARIANTS[i - num_train] if held_out else train_variants[i % len(train_variants)]
         language = rng.choice(LANGUAGES)
         voices[f"{'h' if held_out else 'v'}{i:03d}"] = {
             "espeak_voice": f"{language}+{variant}",
             "language": language,
             "variant": variant,
-            "pitch": rng.randint(25, 75),
+            "pitch": rng.randint(*pitch_range),
             "speed_wpm": rng.randint(140, 185),
             "held_out": held_out,
         }
@@ -95,11 +112,15 @@ def main() -> None:
     ap.add_argument("--num-test-sentences", type=int, default=100)
     ap.add_argument("--num-refs-per-unseen-voice", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--train-variants", default="default", help="'default' (28 variants) or 'all' installed ones")
+    ap.add_argument("--pitch-min", type=int, default=25)
+    ap.add_argument("--pitch-max", type=int, default=75)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
-    voices = make_voices(args.num_train_voices, rng)
+    variants = installed_variants() if args.train_variants == "all" else None
+    voices = make_voices(args.num_train_voices, rng, variants, (args.pitch_min, args.pitch_max))
     train_ids = [v for v, d in voices.items() if not d["held_out"]]
     unseen_ids = [v for v, d in voices.items() if d["held_out"]]
     texts = sentences(args.num_train_sentences + args.num_test_sentences, args.seed)

@@ -1,0 +1,256 @@
+"""Benchmark of the `vc` model: latency, real-time factor, sessions per core, conversion quality. JSON lines.
+
+CPU (default config, the shipped checkpoint):
+- ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
+  latency = chunk + look-ahead (the VAE decoder's 30 ms); end-to-end per chunk = algorithmic + the
+  measured compute of that chunk (the output of chunk k is ready this long after the first sample of
+  chunk k was spoken; transport and codec excluded: see bench/glass_to_glass.py for those), p50/p99; RTF.
+- ``vc.sessions``: N sessions stepped together; real time while a step (p90) fits in one chunk.
+- ``vc.quality``: held-out voices (unseen in training) and seen voices. Speaker similarity with
+  resemblyzer (GE2E embeddings; its own model, not ours): margin = cos(x, target voice) - cos(x, source
+  voice) for converted speech, for real target speech through the same VAE vocoder (the upper bound)
+  and for the unconverted source (the lower bound). Voice embeddings come from clips not used as the
+  reference. Pairs are the held-out voices resemblyzer tells apart best (it barely separates some
+  espeak-ng voices). Intelligibility: phoneme error rate by our content recognizer
+  (``models/audio/phoneme_recognizer.py``) and pocketsphinx WER over the evaluation vocabulary, for the
+  source, the vocoded source and the converted speech.
+
+GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at batch 1..1024, content
+encoder, DiT and vocoder included, eager and (where the generator captures them) CUDA graphs. Written to
+run on a CUDA machine but untested here (no GPU in the session that wrote it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import statistics
+import sys
+import time
+import wave
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from speech_corpus import load_utterances, voices  # noqa: E402
+
+from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
+from models.base import StepInput  # noqa: E402
+from models.vc.generator import VCGenerator  # noqa: E402
+
+
+def emit(**fields) -> None:
+    """One JSON line."""
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
+
+
+def convert(gen: VCGenerator, audio: np.ndarray, params: dict) -> tuple[np.ndarray, list[float]]:
+    """Stream audio through one session: (converted audio, compute seconds per chunk)."""
+    state = gen.open_session(gen.validate_params(params))
+    n = gen.spec.input_chunk_samples
+    audio = np.pad(audio, (0, -len(audio) % n))
+    out, times = [], []
+    for k in range(len(audio) // n):
+        start = time.perf_counter()
+        out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
+        times.append(time.perf_counter() - start)
+    gen.close_session(state)
+    delay = gen.model.vae.delay_samples  # the output lags by the decoder's delay: align with the input
+    return np.concatenate(out)[delay:], times
+
+
+def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
+    convert(gen, speech[:16_000], {"seed": 0})  # warm-up
+    for steps in (1, 2):
+        out, times = convert(gen, speech, {"seed": 0, "steps": steps})
+        ms = np.array(times) * 1000
+        algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
+        emit(bench="vc.latency", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=steps,
+             algorithmic_ms=algorithmic, compute_ms_p50=float(np.percentile(ms, 50)),
+             compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
+             end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)),
+             rtf=float(ms.sum() / 1000 / (len(speech) / 16_000)), seconds=round(len(speech) / 16_000, 1))
+
+
+def bench_sessions(gen: VCGenerator, speech: np.ndarray, args) -> None:
+    n = gen.spec.input_chunk_samples
+    best = 0
+    for num in [int(x) for x in args.sessions.split(",")]:
+        if num > gen.max_batch_size:
+            break
+        states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(num)]
+        times = []
+        for k in range(args.session_chunks):
+            chunk = [StepInput(audio=speech[(k + i) * n : (k + i + 1) * n], num_valid_samples=n) for i in range(num)]
+            start = time.perf_counter()
+            gen.step(states, chunk, num)
+            times.append(time.perf_counter() - start)
+        for s in states:
+            gen.close_session(s)
+        p90 = float(np.percentile(times, 90)) * 1000
+        real_time = p90 < gen.spec.chunk_ms
+        best = num if real_time else best
+        emit(bench="vc.sessions", threads=args.threads, sessions=num, step_ms_p90=p90, chunk_ms=gen.spec.chunk_ms,
+             real_time=real_time)
+        if not real_time:
+            break
+    emit(bench="vc.sessions_per_core", threads=args.threads, chunk_ms=gen.spec.chunk_ms,
+         sessions_in_real_time=best, per_core=best / args.threads)
+
+
+# -- quality ----------------------------------------------------------------------------------------------
+class Judge:
+    """resemblyzer speaker embeddings (cosine similarity)."""
+
+    def __init__(self) -> None:
+        from resemblyzer import VoiceEncoder, preprocess_wav
+
+        self.encoder, self.prep = VoiceEncoder("cpu", verbose=False), preprocess_wav
+
+    def embed(self, clips: list[np.ndarray]) -> np.ndarray:
+        """Unit embedding of one or more clips of one voice."""
+        e = np.mean([self.encoder.embed_utterance(self.prep(c, source_sr=16_000)) for c in clips], axis=0)
+        return e / np.linalg.norm(e)
+
+
+def wav_base64(audio: np.ndarray, rate_hz: int = 16_000) -> str:
+    """A 16-bit PCM WAV file, base64-encoded (the `reference_audio` parameter)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@torch.inference_mode()
+def vocode(gen: VCGenerator, audio: np.ndarray) -> np.ndarray:
+    """Real speech through our vocoder (VAE encode, causal decode), delay removed."""
+    vae = gen.model.vae
+    hop = vae.cfg.hop
+    x = torch.from_numpy(np.pad(audio, (0, -len(audio) % hop)))[None]
+    return vae.decode(vae.encode(x)[0])[0, vae.delay_samples :].numpy()
+
+
+def pick_pairs(by_voice: dict[str, list], judge: Judge, num: int) -> list[tuple[str, str]]:
+    """(source, target) voice pairs resemblyzer separates best: each target with its least similar source."""
+    emb = {v: judge.embed([u.audio for u in utts[:3]]) for v, utts in by_voice.items()}
+    pairs = []
+    for target in sorted(emb):
+        source = min((v for v in emb if v != target), key=lambda v: float(emb[v] @ emb[target]))
+        pairs.append((float(emb[source] @ emb[target]), source, target))
+    return [(s, t) for _, s, t in sorted(pairs)[:num]]
+
+
+def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, recognizer) -> None:
+    table = voices(args.data)
+    for split, ref_split in (("test_unseen_voice", "ref_unseen_voice"), ("test_seen_voice", "train")):
+        sources = defaultdict(list)
+        for u in load_utterances(args.data, (split,)):
+            sources[u.voice_id].append(u)
+        refs = defaultdict(list)
+        for u in load_utterances(args.data, (ref_split,)):
+            if u.voice_id in sources:
+                refs[u.voice_id].append(u)
+        pairs = pick_pairs({v: refs[v] for v in sources if len(refs[v]) >= 6}, judge, args.num_pairs)
+        margins = defaultdict(list)
+        per_items = defaultdict(list)
+        wer_items = defaultdict(list)
+        for source, target in pairs:
+            ref_audio = np.concatenate([u.audio for u in refs[target][:3]])
+            target_emb = judge.embed([u.audio for u in refs[target][3:6]])
+            source_emb = judge.embed([u.audio for u in refs[source][:3]])
+            reference = wav_base64(ref_audio)  # the same path as an upload from the page
+            for i, u in enumerate(sources[source][: args.utterances_per_pair]):
+                out, _ = convert(gen, u.audio, {"seed": i, "steps": args.steps, "reference_audio": reference})
+                real = refs[target][6 + i % max(1, len(refs[target]) - 6)].audio if len(refs[target]) > 6 else None
+                for name, x in (("converted", out), ("source", u.audio), ("vocoded_target", vocode(gen, real))
+                                if real is not None else ("vocoded_target", None)):
+                    if x is None:
+                        continue
+                    e = judge.embed([x])
+                    margins[name].append(float(e @ target_emb) - float(e @ source_emb))
+                    margins[name + "_to_target"].append(float(e @ target_emb))
+                for name, x in (("source", u.audio), ("vocoded_source", vocode(gen, u.audio)), ("converted", out)):
+                    per_items[name].append((u.text, u.language, x))
+                    wer_items[name].append((u.text, x))
+        fields = {f"margin_{k}": statistics.mean(v) for k, v in margins.items() if not k.endswith("_to_target")}
+        fields |= {f"similarity_{k}": statistics.mean(v) for k, v in margins.items() if k.endswith("_to_target")}
+        fields |= {f"per_{k}": per.per(v) for k, v in per_items.items()}
+        if recognizer is not None:
+            fields |= {f"wer_{k}": recognizer.wer(v) for k, v in wer_items.items()}
+        emit(bench="vc.quality", split=split, steps=args.steps, pairs=[f"{s}->{t}" for s, t in pairs],
+             pitch_pairs=[(table[s]["pitch"], table[t]["pitch"]) for s, t in pairs],
+             utterances=len(per_items["converted"]), **fields)
+
+
+# -- GPU --------------------------------------------------------------------------------------------------
+def bench_gpu(args) -> None:
+    """Paper config on CUDA: per-step time at growing batch sizes (untested here: no GPU)."""
+    for graphs in (False, True):
+        gen = VCGenerator(device="cuda", config="paper", max_sessions=1024, max_batch_size=1024, cuda_graphs=graphs)
+        n = gen.spec.input_chunk_samples
+        for batch in (1, 8, 64, 256, 1024):
+            states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
+            chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32),
+                               num_valid_samples=n) for i in range(batch)]
+            for _ in range(3):
+                gen.step(states, chunk, batch)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(10):
+                gen.step(states, chunk, batch)
+            torch.cuda.synchronize()
+            ms = (time.perf_counter() - start) / 10 * 1000
+            for s in states:
+                gen.close_session(s)
+            emit(bench="vc.gpu", config="paper", graphs=graphs, batch=batch, step_ms=ms, chunk_ms=gen.spec.chunk_ms,
+                 sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms), device=torch.cuda.get_device_name())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="data/speech_vc")
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--chunk-ms", type=float, default=160.0)
+    ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
+    ap.add_argument("--sessions", default="1,2,4,8,16,32,64")
+    ap.add_argument("--session-chunks", type=int, default=20)
+    ap.add_argument("--num-pairs", type=int, default=4)
+    ap.add_argument("--utterances-per-pair", type=int, default=4)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,sessions,quality")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        bench_gpu(args)
+        return
+    skip = set(args.skip.split(","))
+    gen = VCGenerator(checkpoint=args.checkpoint, chunk_ms=args.chunk_ms, max_sessions=128, max_batch_size=128)
+    speech = np.concatenate([u.audio for u in load_utterances(args.data, ("test_unseen_voice",), 40)])
+    if "latency" not in skip:
+        bench_latency(gen, speech[: 30 * 16_000], args)
+    if "sessions" not in skip:
+        bench_sessions(gen, speech, args)
+    if "quality" not in skip:
+        from models.audio.recognizer import VocabularyRecognizer, words_of
+
+        texts = [u.text for u in load_utterances(args.data, ("test_unseen_voice", "test_seen_voice"))]
+        try:
+            recognizer = VocabularyRecognizer({w for t in texts for w in words_of(t)})
+        except ImportError:
+            recognizer = None
+        bench_quality(gen, args, Judge(), PhonemeRecognizer(model=gen.model, symbols=gen.symbols), recognizer)
+
+
+if __name__ == "__main__":
+    main()

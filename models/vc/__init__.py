@@ -1,0 +1,1 @@
+"""Streaming voice conversion (after MeanVC): content recognizer, speaker encoder, chunk-wise mean-flow DiT."""

@@ -1,0 +1,376 @@
+"""Model `vc`: serves the voice-conversion model through the generator contract, sessions batched per step.
+
+Design note of the step loop. A step is due when a full chunk of mic audio has arrived (input pacing).
+For every session of the batch at once: the chunk becomes causal log-mel frames (with the session's last
+240 samples), the streaming content encoder turns them into bottleneck features (with the session's conv
+contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
+mean-flow steps against its KV-cache slot, the clean latents are written to the cache (the context of
+later chunks), and the shared waveform VAE decodes them with a fixed left context of latents. Output chunk
+k therefore covers input chunk k, delayed by the VAE's 30 ms (declared as look-ahead).
+
+Per-session state is O(window) and lives in preallocated per-slot tensors (one row per session, as the KV
+cache): nothing grows with stream length. Randomness comes from a per-session generator, so a session's
+audio depends on its input, reference and seed only, never on the batch it shares.
+
+A new reference (``set_reference``) takes effect at the next chunk: the speaker vector and timbre keys are
+replaced, and the cached context of the last second is recomputed under the new voice (KV-recache, as
+LongLive does on a prompt switch), so the next chunk follows the new voice without old-voice context.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.audio.dsp import read_wav, resample, trim_silence
+from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.cache import RingKVCache, SlotAllocator
+from models.flow import mean_flow_sample
+from models.graphs import BucketGraphs
+from models.vc.checkpoint import Checkpoint, load_checkpoint
+from models.vc.model import ContentState, VCConfig, VCModel
+from streaming.errors import ParamError
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
+SAMPLE_RATE_HZ = 16_000
+MIN_REFERENCE_S = 3.0  # of speech, after trimming silence
+MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the first max_ref_s are used
+PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
+EVENTS = frozenset({"set_reference", "set_steps"})
+MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not opened yet
+
+
+@dataclass
+class VCState:
+    """One session: its slot, stream position, sampling settings and noise generator."""
+
+    slot: int
+    rng: torch.Generator
+    steps: int  # mean-flow steps per chunk (1 or 2)
+    voice: str  # shipped voice id, or "reference" for uploaded audio
+    num_frames: int = 0  # latent frames generated so far (the next chunk's first position)
+
+
+class VCGenerator(Generator):
+    """Model `vc`: mic audio in, the same speech in a reference voice out, 16 kHz, chunk by chunk."""
+
+    name = "vc"
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        config: str = "default",
+        checkpoint: str | None = None,
+        chunk_ms: float = 160.0,
+        max_sessions: int = 64,
+        max_batch_size: int = 32,
+        num_threads: int | None = None,
+        cuda_graphs: bool = True,
+        sampler: str = "mean",
+    ) -> None:
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.device = torch.device(device)
+        if sampler not in ("mean", "euler"):
+            raise ValueError(f"sampler must be 'mean' (average velocity over each jump) or 'euler', got {sampler!r}")
+        self.sampler = sampler
+        ckpt = self._load(config, checkpoint)
+        self.model: VCModel = ckpt.model.to(self.device)
+        self.cfg: VCConfig = self.model.cfg
+        self.symbols, self.voice_info = ckpt.symbols, ckpt.voice_info
+        hop = self.cfg.latent_hop
+        chunk_latents = chunk_ms * SAMPLE_RATE_HZ / 1000 / hop
+        if chunk_latents != int(chunk_latents) or not 1 <= chunk_latents <= self.cfg.window_latents:
+            raise ValueError(f"chunk_ms must be a multiple of {1000 * hop // SAMPLE_RATE_HZ} ms up to the window")
+        self.chunk_latents = int(chunk_latents)
+        self.max_batch_size = max_batch_size
+        # On a GPU a batch is padded to the engine's bucket and one step runs as a captured graph per bucket.
+        self.pads_to_bucket = self.device.type == "cuda"
+        fmt = AudioFormat(SAMPLE_RATE_HZ)
+        self.spec = StreamSpec(
+            chunk_ms=chunk_ms, pacing=Pacing.INPUT, input_audio=fmt, output_audio=fmt,
+            lookahead_ms=1000.0 * self.model.vae.delay_samples / SAMPLE_RATE_HZ, event_types=EVENTS,
+        )
+        self._slots = SlotAllocator(max_sessions)
+        self._pad_slot = max_sessions  # one more row: scratch space for the padding rows of a bucket
+        rows, cfg, dev = max_sessions + 1, self.cfg, self.device
+        self.cache = RingKVCache(
+            num_layers=cfg.depth, num_slots=rows, num_heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
+            window=cfg.window_latents + self.chunk_latents, device=dev,
+        )
+        # Per-slot state tensors (row = slot): see the module docstring.
+        mel, content = self.model.mel, self.model.content
+        self.num_ref_tokens = int(cfg.max_ref_s * SAMPLE_RATE_HZ / cfg.mel_hop) // cfg.ref_stride
+        heads, head_dim = cfg.num_heads, cfg.dim // cfg.num_heads
+        self._tail = torch.zeros(rows, mel.tail, device=dev)
+        self._content = content.initial_state(rows, dev)
+        with torch.inference_mode():
+            silence = self.model.vae.encode(torch.zeros(1, 8 * hop, device=dev))[0][0, :, 4]
+        self._silence = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
+        self._vae_context = torch.zeros(rows, self.model.vae.context_latents, cfg.vae.latent_dim, device=dev)
+        self._speaker = torch.zeros(rows, cfg.dim, device=dev)
+        self._timbre = torch.zeros(cfg.depth, 2, rows, heads, self.num_ref_tokens, head_dim, device=dev)
+        self._timbre_mask = torch.zeros(rows, self.num_ref_tokens, dtype=torch.bool, device=dev)
+        per = cfg.content_per_latent * cfg.content_dim
+        self._recent = torch.zeros(rows, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
+        self._voices = {v: self._embed_reference(m) for v, m in ckpt.voice_mels.items()}
+        self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
+        self._num_pending = 0
+        self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
+                        for n in (1, 2)}
+
+    def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
+        path = checkpoint or DEFAULT_CHECKPOINT
+        if config == "default":
+            if not os.path.exists(path):
+                raise ValueError(f"VC checkpoint {path} not found (train it: scripts/train_vc.py)")
+            return load_checkpoint(path, str(self.device))
+        if config != "paper":
+            raise ValueError(f"unknown VC config {config!r}; use 'default' or 'paper'")
+        # MeanVC sizes with random weights (GPU benchmarks); one random reference voice.
+        torch.manual_seed(0)
+        cfg = VCConfig.paper()
+        model = VCModel(cfg).eval()
+        mel = torch.randn(500, cfg.num_mels)
+        symbols = ["<blank>"] + [f"p{i}" for i in range(cfg.num_phonemes - 1)]
+        return Checkpoint(model, symbols, {"random": mel}, {"random": {"description": "random weights"}})
+
+    # -- references ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _embed_reference(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reference log-mel (T, M) -> speaker (dim,), timbre K/V (depth, 2, H, S, hd), token mask (S,)."""
+        limit = self.num_ref_tokens * self.cfg.ref_stride
+        mel = mel[:limit].to(self.device)
+        mask = torch.ones(1, mel.shape[0], dtype=torch.bool, device=self.device)
+        speaker, tokens, tmask = self.model.speaker(mel[None], mask)
+        kv = torch.stack([torch.stack(pair) for pair in self.model.dit.timbre_kv(tokens)])[:, :, 0]
+        pad = self.num_ref_tokens - kv.shape[-2]
+        kv = torch.nn.functional.pad(kv, (0, 0, 0, pad))
+        return speaker[0], kv, torch.nn.functional.pad(tmask[0], (0, pad))
+
+    def reference_from_wav(self, data: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed a base64 WAV reference (any rate); raises :class:`ParamError` when unusable."""
+        if not isinstance(data, str):
+            raise ParamError("'reference_audio' must be a base64-encoded WAV file")
+        try:
+            audio, rate = read_wav(base64.b64decode(data, validate=True))
+        except (ValueError, binascii.Error) as e:
+            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
+        if not np.isfinite(audio).all():
+            raise ParamError("'reference_audio' has NaN or infinite samples")
+        if len(audio) / rate > MAX_REFERENCE_UPLOAD_S:
+            seconds = len(audio) / rate
+            raise ParamError(f"'reference_audio' is {seconds:.1f} s; send at most {MAX_REFERENCE_UPLOAD_S:g} s")
+        audio = resample(audio, rate, SAMPLE_RATE_HZ)
+        peak = float(np.abs(audio).max()) if len(audio) else 0.0
+        if peak < 1e-3:
+            raise ParamError("'reference_audio' is silent")
+        speech = trim_silence(audio, SAMPLE_RATE_HZ)
+        seconds = len(speech) / SAMPLE_RATE_HZ
+        if seconds < MIN_REFERENCE_S:
+            raise ParamError(f"'reference_audio' is too short: {seconds:.1f} s of speech, {MIN_REFERENCE_S:g}-"
+                             f"{self.cfg.max_ref_s:g} s are needed")
+        speech = 0.7 * speech / peak  # the corpus's level; clipped input stays clipped but usable
+        mel = self.model.mel.offline(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
+        return self._embed_reference(mel)
+
+    def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if "reference_audio" in payload:
+            return "reference", self.reference_from_wav(payload["reference_audio"])
+        voice = payload.get("voice", self.default_voice)
+        if voice not in self._voices:
+            raise ParamError(f"unknown voice {voice!r}; shipped voices: {sorted(self._voices)}")
+        return voice, self._voices[voice]
+
+    @property
+    def default_voice(self) -> str:
+        """The first shipped voice."""
+        return sorted(self._voices)[0]
+
+    # -- sessions -----------------------------------------------------------------------------------------
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (shipped id) or ``reference_audio`` (base64 WAV, 3-10 s of speech), ``steps``, ``seed``."""
+        unknown = set(params) - PARAMS
+        if unknown:
+            raise ParamError(f"model 'vc' does not know parameters {sorted(unknown)}; it takes {sorted(PARAMS)}")
+        voice, reference = self._reference(params)
+        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ParamError(f"'seed' must be an integer, got {seed!r}")
+        # Validated params are echoed to the client (JSON): an uploaded reference's embedding waits here.
+        self._num_pending += 1
+        self._pending[self._num_pending] = reference
+        while len(self._pending) > MAX_PENDING_REFERENCES:
+            self._pending.popitem(last=False)
+        steps = _steps(params.get("steps", 1))
+        return {"voice": voice, "reference_id": self._num_pending, "steps": steps, "seed": seed}
+
+    def open_session(self, params: Mapping[str, Any]) -> VCState:
+        """Take a slot and reset its state; params come from :meth:`validate_params`."""
+        slot = self._slots.allocate()
+        self.cache.clear([slot], keep_sink=False)
+        self._tail[slot] = 0
+        for t in (self._content.conv1, self._content.conv2):
+            t[slot] = 0
+        self._content.gru[:, slot] = 0
+        self._vae_context[slot] = self._silence
+        self._recent[slot] = 0
+        reference = self._pending.pop(params["reference_id"], None)
+        if reference is None:
+            self._slots.free(slot)
+            raise ParamError("the session's reference expired before it started; start again")
+        self._set_reference(slot, reference)
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(params["seed"])
+        return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
+
+    def close_session(self, state: VCState) -> None:
+        """Free the slot."""
+        self._slots.free(state.slot)
+
+    def _set_reference(self, slot: int, reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        speaker, kv, tmask = reference
+        self._speaker[slot], self._timbre[:, :, slot], self._timbre_mask[slot] = speaker, kv, tmask
+
+    def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
+        """``set_reference {voice | reference_audio}`` and ``set_steps {steps}``, from the next chunk on."""
+        if event.type == "set_steps":
+            state.steps = _steps(event.payload.get("steps"))
+            return [{"type": "steps_set", "steps": state.steps}]
+        if event.type != "set_reference":
+            return super().handle_event(state, event)
+        voice, reference = self._reference(event.payload)
+        self._set_reference(state.slot, reference)
+        self._recache(state)
+        state.voice = voice
+        return [{"type": "reference_set", "voice": voice}]
+
+    @torch.inference_mode()
+    def _recache(self, state: VCState) -> None:
+        """Recompute the cached context of the last window under the session's new voice."""
+        num = min(state.num_frames, self.cfg.window_latents)
+        if num == 0:
+            return
+        slot = [state.slot]
+        self.cache.rewind(slot, num)
+        recent = self._recent[slot, -num:]  # (1, num, D + content)
+        latents, content = recent.split([self.cfg.vae.latent_dim, recent.shape[-1] - self.cfg.vae.latent_dim], -1)
+        positions = torch.arange(state.num_frames - num, state.num_frames, device=self.device)[None]
+        self._write_context(slot, latents, content.reshape(1, num * self.cfg.content_per_latent, -1), positions)
+
+    # -- stepping -----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, states: Sequence[VCState], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
+        """Convert one chunk for every session of the batch (see module docstring).
+
+        Host work (slot ids, ring positions, each session's noise) happens here; the tensor work is
+        :meth:`_core`, one call per step count in the batch (a captured graph per bucket on a GPU).
+        """
+        k, dim = self.chunk_latents, self.cfg.vae.latent_dim
+        audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
+        noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
+        out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
+        steps = [s.steps for s in states]
+        for num_steps in sorted(set(steps)):
+            rows = [i for i, n in enumerate(steps) if n == num_steps]
+            group = [states[i] for i in rows]
+            size = _bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
+            pad = size - len(rows)
+            slots = [s.slot for s in group] + [self._pad_slot] * pad
+            positions = torch.tensor([[s.num_frames + j for j in range(k)] for s in group] + [list(range(k))] * pad)
+            index = self.cache.reserve(slots, positions)  # the ring's bookkeeping is host-side, outside the graph
+            chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
+            group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
+            tensors = [t.to(self.device) for t in (chunk, torch.tensor(slots), positions, index, group_noise)]
+            out[rows] = self._graphs[num_steps](*tensors)[: len(rows)].cpu().numpy()
+        for s in states:
+            s.num_frames += k
+        return [StepOutput(audio=row) for row in out]
+
+    def _core(self, audio, slots, positions, index, noise, num_steps: int) -> torch.Tensor:
+        """One chunk for a batch of slots, tensors only: (B, N) audio -> (B, K * hop) audio, state updated."""
+        content = self._content_step(slots, audio)  # (B, K * per, content_dim)
+        kv, tmask = self._timbre_of(slots)
+        speaker = self._speaker[slots]
+
+        def u_fn(z, r, t):
+            expand = lambda x: x[:, None].expand(-1, z.shape[1])  # noqa: E731 - (B,) -> (B, K)
+            if self.sampler == "euler":  # the instantaneous velocity u(z, t, t): each jump an Euler step
+                r = t
+            return self.model.dit.denoise(z, content, expand(r), expand(t), speaker, kv, tmask, positions,
+                                          self.cache, slots)
+
+        latents = mean_flow_sample(u_fn, noise, num_steps)  # (B, K, D)
+        self.model.dit.write_context(latents, content, speaker, kv, tmask, positions, self.cache, slots, index)
+        b, k = latents.shape[:2]
+        recent = torch.cat([latents, content.reshape(b, k, -1)], dim=-1)
+        self._recent[slots] = torch.cat([self._recent[slots], recent], dim=1)[:, -self.cfg.window_latents :]
+        return self._decode(slots, latents)
+
+    def _content_step(self, slots: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Mel frames and content features of one chunk, carrying each slot's front-end state."""
+        model = self.model
+        mel = model.mel(torch.cat([self._tail[slots], audio], dim=1))
+        self._tail[slots] = audio[:, -model.mel.tail :]
+        state = ContentState(self._content.conv1[slots], self._content.conv2[slots], self._content.gru[:, slots])
+        content, new = model.content(mel, state)
+        self._content.conv1[slots], self._content.conv2[slots] = new.conv1, new.conv2
+        self._content.gru[:, slots] = new.gru
+        return content
+
+    def _timbre_of(self, slots: torch.Tensor | list[int]) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
+        kv = self._timbre[:, :, slots]  # (depth, 2, B, H, S, hd)
+        return [(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])], self._timbre_mask[slots]
+
+    def _write_context(self, slots, latents, content, positions) -> None:
+        kv, tmask = self._timbre_of(slots)
+        index = self.cache.reserve(slots, positions)
+        self.model.dit.write_context(latents, content, self._speaker[slots], kv, tmask, positions, self.cache, slots,
+                                     index)
+
+    def _decode(self, slots: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Decode normalised latents (B, K, D) with each slot's left context; returns (B, K * hop) audio."""
+        vae = self.model.vae
+        z = vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)
+        full = torch.cat([self._vae_context[slots], z], dim=1)  # (B, ctx + K, D)
+        audio = vae.decode_chunk(full.transpose(1, 2), latents.shape[1])
+        self._vae_context[slots] = full[:, -vae.context_latents :]
+        return audio.clamp(-1.0, 1.0).float()
+
+    def warmup_events(self) -> list[ControlEvent]:
+        """None needed: any input audio (silence included) makes real steps."""
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """Adds the shipped reference voices and the step counts for the page's voice picker."""
+        voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self._voices)]
+        return {**super().describe(), "voices": voices, "steps": [1, 2],
+                "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s]}
+
+
+def _bucket(num: int, padded: int) -> int:
+    """The engine's bucket for the whole batch, or the next power of two for a smaller group of it."""
+    return padded if num == padded else min(padded, 1 << max(0, num - 1).bit_length())
+
+
+def _steps(value: Any) -> int:
+    if value not in (1, 2) or isinstance(value, bool):
+        raise ParamError(f"'steps' must be 1 or 2, got {value!r}")
+    return int(value)
+
+
+def _clean(audio: np.ndarray | None) -> np.ndarray:
+    """Mic samples as finite float32 in [-1, 1]: NaN/inf become silence, overs are clipped."""
+    x = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return np.clip(x, -1.0, 1.0)
+

@@ -1,0 +1,43 @@
+"""CTC phoneme symbols of the content recognizer, greedy decoding and phoneme error counting.
+
+The recognizer's classes are espeak-ng's phoneme tokens (``models.speech_text.phonemize``) without the
+marks that are not sounds (stress, pauses, word separators), plus the CTC blank at id 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from models.audio.recognizer import word_errors
+
+BLANK = "<blank>"
+NOT_SOUNDS = frozenset({"'", ",", "%", "=", "|", ".", ";", "?", "!", ":", "_"})
+
+
+def ctc_symbols(inventory: Iterable[str]) -> list[str]:
+    """CTC classes for a phoneme inventory: blank first, then the sound tokens in sorted order."""
+    return [BLANK, *sorted(t for t in set(inventory) if t not in NOT_SOUNDS)]
+
+
+def ctc_labels(tokens: Iterable[str], symbols: Sequence[str]) -> list[int]:
+    """Class ids of the sound tokens of a phoneme sequence (unknown tokens are skipped)."""
+    index = {s: i for i, s in enumerate(symbols)}
+    return [index[t] for t in tokens if t in index and t != BLANK]
+
+
+def greedy_ctc(logits: torch.Tensor, symbols: Sequence[str]) -> list[str]:
+    """Best-path decoding of (N, V) logits: collapse repeats, drop blanks."""
+    best = logits.argmax(-1).tolist()
+    out, prev = [], -1
+    for i in best:
+        if i != prev and i != 0:
+            out.append(symbols[i])
+        prev = i
+    return out
+
+
+def phoneme_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Edit distance between two phoneme sequences."""
+    return word_errors(list(ref), list(hyp))

@@ -1,0 +1,458 @@
+r"""Train the default voice-conversion model on CPU: content recognizer, then speaker encoder + mean-flow DiT.
+
+Reproducible (seeded; one thread each). Stages, each bounded by steps and wall-clock minutes. The shipped
+checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores):
+
+    python scripts/train_vc.py content --data data/speech_vc --out runs/vc --minutes 13 --steps 1600 --lr 3e-3 \
+        --batch 12
+    python scripts/train_vc.py content --resume --data data/speech_vc --out runs/vc --minutes 7 --steps 700 --lr 2e-3 \
+        --batch 12
+    python scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vc
+    python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 0 --num-shards 2
+    python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 1 --num-shards 2
+    python scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+    python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
+        --checkpoint checkpoints/vc_default.safetensors
+
+``content`` trains the streaming CTC phoneme recognizer (level/noise augmentation; fixed mel statistics from
+the data); ``features`` runs the TTS family's waveform-VAE encoder (``--vae``: its shipped checkpoint by
+default) and the frozen recognizer over every utterance padded with silence, the latter also on a
+pitch-shifted copy (content that carries less of the source's pitch); ``dit`` trains the speaker encoder
+and the DiT with the MeanFlow objective (self-reconstruction: content of an utterance + a reference from
+*another* utterance of the same voice -> its latents), with noisy context and context dropout against
+exposure bias; ``export`` writes the one safetensors checkpoint (the VAE's weights copied in) with the
+shipped reference voices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E402
+
+from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
+from models.diagnostic.pitch import shift_pitch  # noqa: E402
+from models.flow import interpolate, mean_flow_target  # noqa: E402
+from models.vc.checkpoint import save_checkpoint  # noqa: E402
+from models.vc.model import VCConfig, VCModel  # noqa: E402
+from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
+
+PAD_S = 0.25  # silence added around every utterance so silence in -> silence out is learned
+
+
+def log(path: Path, **fields) -> None:
+    """Print and append one JSON line of progress."""
+    line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in fields.items()})
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    """Linear warm-up then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def pad(audio: np.ndarray, hop: int, pad_s: float = PAD_S, rate: int = 16_000) -> np.ndarray:
+    """Silence around the audio; length a multiple of ``hop``."""
+    n = int(pad_s * rate)
+    x = np.pad(audio, (n, n))
+    return np.pad(x, (0, -len(x) % hop))
+
+
+# -- stage 1: content recognizer --------------------------------------------------------------------------
+def augment(x: np.ndarray, rng: random.Random) -> np.ndarray:
+    """Random level (-20..0 dB), silence around, and sometimes white noise (25-50 dB SNR)."""
+    x = x * 10 ** (rng.uniform(-20, 0) / 20)
+    x = np.pad(x, (rng.randint(0, 4000), rng.randint(0, 4000)))
+    if rng.random() < 0.5:
+        level = np.sqrt((x**2).mean() + 1e-9) * 10 ** (-rng.uniform(25, 50) / 20)
+        x = x + np.random.default_rng(rng.randint(0, 2**31)).normal(0, level, len(x))
+    return x.astype(np.float32)
+
+
+def train_content(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    resume = args.resume and (out / "content.pt").exists()
+    symbols = torch.load(out / "content.pt")["symbols"] if resume else ctc_symbols(phoneme_inventory(args.data))
+    utts = load_utterances(args.data, ("train",), args.limit)
+    cfg = VCConfig(num_phonemes=len(symbols))
+    model = VCModel(cfg)
+    if resume:  # continue (e.g. on a corpus with more voices), keeping the classes and feature statistics
+        load_content(out, model)
+    else:  # fixed feature statistics from a sample of the data (never per utterance: streaming sees the same)
+        sample = [torch.from_numpy(u.audio) for u in utts[:300]]
+        mels = torch.cat([model.mel.offline(a[None])[0] for a in sample])
+        model.mel.mean.copy_(mels.mean(0))
+        model.mel.std.copy_(mels.std(0).clamp_min(1e-3))
+    enc = model.content
+    opt = torch.optim.AdamW(list(enc.parameters()), lr=args.lr, weight_decay=0.01)
+    hop2 = 2 * cfg.mel_hop
+    start = time.time()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr, warmup=20 if resume else 200)
+        batch = rng.sample(utts, args.batch)
+        audio = [augment(u.audio, rng) for u in batch]
+        length = max(len(a) for a in audio) // hop2 * hop2 + hop2
+        x = torch.from_numpy(np.stack([np.pad(a, (0, length - len(a)))[:length] for a in audio]))
+        content, _ = enc(model.mel.offline(x))
+        logp = enc.logits(content).log_softmax(-1).transpose(0, 1)  # (N, B, V)
+        labels = [torch.tensor(ctc_labels(u.phonemes, symbols)) for u in batch]
+        frames = torch.tensor([len(a) // hop2 for a in audio])
+        loss = F.ctc_loss(logp, torch.cat(labels), frames, torch.tensor([len(lb) for lb in labels]), zero_infinity=True)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
+        opt.step()
+        minutes = (time.time() - start) / 60
+        if step % 25 == 0:
+            log(out / "content_log.jsonl", step=step, min=minutes, ctc=loss.item())
+        if step % 100 == 0 or minutes > args.minutes or step == args.steps - 1:
+            torch.save({"cfg": cfg.to_dict(), "symbols": symbols, "mel": model.mel.state_dict(),
+                        "content": enc.state_dict()}, out / "content.pt")
+        if minutes > args.minutes:
+            break
+    per = evaluate_content(model, symbols, load_utterances(args.data, ("test_unseen_voice",), 60))
+    log(out / "content_log.jsonl", step=step, min=(time.time() - start) / 60, per_unseen=per)
+
+
+@torch.no_grad()
+def evaluate_content(model: VCModel, symbols: list[str], utts) -> float:
+    """Phoneme error rate (greedy CTC) over utterances."""
+    errors = total = 0
+    for u in utts:
+        content = model.content_offline(torch.from_numpy(u.audio)[None])
+        hyp = greedy_ctc(model.content.logits(content)[0], symbols)
+        ref = [symbols[i] for i in ctc_labels(u.phonemes, symbols)]
+        errors += phoneme_errors(ref, hyp)
+        total += len(ref)
+    return errors / max(1, total)
+
+
+def load_content(out: Path, model: VCModel) -> list[str]:
+    saved = torch.load(out / "content.pt")
+    model.mel.load_state_dict(saved["mel"])
+    model.content.load_state_dict(saved["content"])
+    return saved["symbols"]
+
+
+# -- stage 2: features ------------------------------------------------------------------------------------
+def load_vae(source: Path) -> WaveformVAE:
+    """The TTS family's VAE, from its shipped checkpoint or from a train_tts.py run folder.
+
+    A .safetensors checkpoint holds it under ``vae.*``; a run folder has the encoder and latent statistics
+    in vae.pt and the fine-tuned decoder, if any, in vae_decoder.pt.
+    """
+    if source.suffix == ".safetensors":
+        with safe_open(str(source), framework="pt") as f:
+            cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in json.loads(f.metadata()["config"])["vae"].items()})
+        tensors = load_file(str(source))
+        vae = WaveformVAE(cfg)
+        vae.load_state_dict({k.removeprefix("vae."): v.float() for k, v in tensors.items()
+                             if k.startswith("vae.") and k != "vae.silence"})
+        return vae.eval()
+    saved = torch.load(source / "vae.pt", map_location="cpu")
+    cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
+    vae = WaveformVAE(cfg)
+    state = saved["state"]
+    if (source / "vae_decoder.pt").exists():
+        dec = torch.load(source / "vae_decoder.pt", map_location="cpu")["state"]
+        state = {k: (v if k.startswith("enc") or k.startswith("latent_") else dec[k]) for k, v in state.items()}
+    bins = cfg.n_fft // 2 + 1
+    if state["head.weight"].shape[0] == 2 * bins:  # a learned-phase head: the magnitudes are the first half
+        state["head.weight"], state["head.bias"] = state["head.weight"][:bins], state["head.bias"][:bins]
+    vae.load_state_dict(state)
+    return vae.eval()
+
+
+FEATURE_SPLITS = ("train", "test_seen_voice", "test_unseen_voice", "ref_unseen_voice")
+
+
+@torch.no_grad()
+def make_features(args) -> None:
+    """``--part latents``: VAE latents + reference mels; ``--part content``: content features (shardable)."""
+    out = Path(args.out)
+    vae = load_vae(Path(args.vae))
+    hop = vae.cfg.hop
+    utts = load_utterances(args.data, FEATURE_SPLITS, args.limit)
+    feats = defaultdict(list)
+    start = time.time()
+    if args.part == "latents":
+        model = VCModel(VCConfig(vae=vae.cfg))
+        for i, u in enumerate(utts):
+            x = torch.from_numpy(pad(u.audio, hop))[None]
+            feats["latents"].append(vae.normalize(vae.encode(x)[0])[0].T.half())  # (N, D)
+            feats["mel"].append(model.mel.offline(torch.from_numpy(u.audio)[None])[0].half())
+            for key in ("id", "split", "voice_id"):
+                feats[key].append(getattr(u, key))
+            if i % 500 == 0:
+                minutes = round((time.time() - start) / 60, 2)
+                print(json.dumps({"latents": i, "of": len(utts), "min": minutes}), flush=True)
+        torch.save(dict(feats), out / "features_latents.pt")
+        return
+    model = VCModel(VCConfig(vae=vae.cfg, num_phonemes=len(torch.load(out / "content.pt")["symbols"])))
+    load_content(out, model)
+    grain = int(0.03 * 16_000)
+    for i in range(args.shard, len(utts), args.num_shards):
+        u = utts[i]
+        rng = random.Random(f"{args.seed}-{u.id}")  # the same shift whatever the sharding
+        x = torch.from_numpy(pad(u.audio, hop))[None]
+        ratio = torch.tensor([2 ** (rng.choice([-1, 1]) * rng.uniform(2, 5) / 12)])
+        shifted = shift_pitch(torch.zeros(1, grain + 1), x, torch.zeros(1), ratio, grain)
+        feats["index"].append(i)
+        feats["content"].append(model.content_offline(x)[0].half())
+        feats["content_shifted"].append(model.content_offline(shifted)[0].half())
+        if len(feats["index"]) % 500 == 0:
+            print(json.dumps({"content": i, "of": len(utts), "min": round((time.time() - start) / 60, 2)}), flush=True)
+    torch.save(dict(feats), out / f"features_content_{args.shard}.pt")
+
+
+def load_features(out: Path) -> dict:
+    """The latents part and every content shard, merged per utterance."""
+    feats = torch.load(out / "features_latents.pt")
+    content = [None] * len(feats["id"])
+    shifted = [None] * len(feats["id"])
+    for path in sorted(out.glob("features_content_*.pt")):
+        shard = torch.load(path)
+        for i, c, s in zip(shard["index"], shard["content"], shard["content_shifted"], strict=True):
+            content[i], shifted[i] = c, s
+    if any(c is None for c in content):
+        raise ValueError("content features are missing for some utterances: run every shard")
+    return {**feats, "content": content, "content_shifted": shifted}
+
+
+# -- stage 3: DiT -----------------------------------------------------------------------------------------
+class DitBatches:
+    """Random training crops: latents, content, and a reference from other utterances of the same voice."""
+
+    def __init__(self, feats: dict, cfg: VCConfig, rng: random.Random, split: str = "train") -> None:
+        self.f, self.cfg, self.rng = feats, cfg, rng
+        self.rows = [i for i, s in enumerate(feats["split"]) if s == split]
+        self.by_voice = defaultdict(list)
+        for i in self.rows:
+            self.by_voice[feats["voice_id"][i]].append(i)
+
+    def reference(self, row: int, max_frames: int) -> torch.Tensor:
+        """Mel (T, M) of 1-3 other utterances of the row's voice, cut to a random 2.5 s..max length."""
+        others = [j for j in self.by_voice[self.f["voice_id"][row]] if j != row] or [row]  # (tiny subsets)
+        mel = torch.cat([self.f["mel"][j].float() for j in self.rng.sample(others, min(3, len(others)))])
+        length = min(len(mel), self.rng.randint(250, max_frames))
+        start = self.rng.randint(0, len(mel) - length)
+        return mel[start : start + length]
+
+    def __call__(self, batch: int, frames: int, max_ref_frames: int = 600):
+        """A batch: latents (B, T, D), content (B, T * per, C), reference mel (B, R, M) and its mask (B, R)."""
+        lat, con, refs = [], [], []
+        for _ in range(batch):
+            row = self.rng.choice(self.rows)
+            z = self.f["latents"][row].float()
+            n = len(z)
+            start = self.rng.randint(0, max(0, n - frames))
+            key = "content_shifted" if self.rng.random() < 0.5 else "content"
+            c = self.f[key][row].float()
+            per = self.cfg.content_per_latent
+            zc, cc = z[start : start + frames], c[start * per : (start + frames) * per]
+            if len(zc) < frames:  # short utterance: pad with its own last (silent) frame
+                zc = torch.cat([zc, zc[-1:].expand(frames - len(zc), -1)])
+                cc = torch.cat([cc, cc[-1:].expand(frames * per - len(cc), -1)])
+            lat.append(zc)
+            con.append(cc)
+            refs.append(self.reference(row, max_ref_frames))
+        length = max(len(r) for r in refs)
+        length += -length % self.cfg.ref_stride
+        ref = torch.zeros(batch, length, refs[0].shape[1])
+        mask = torch.zeros(batch, length, dtype=torch.bool)
+        for i, r in enumerate(refs):
+            ref[i, : len(r)], mask[i, : len(r)] = r, True
+        return torch.stack(lat), torch.stack(con), ref, mask
+
+
+def chunk_times(batch: int, frames: int, chunk: int, mf: bool, rng: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Per-chunk (r, t), each (B, T): logit-normal times; r = t for flow-matching rows, r < t otherwise."""
+    num = -(-frames // chunk)
+    a = torch.sigmoid(torch.randn(batch, num, generator=rng) - 0.4)
+    if mf:
+        b = torch.sigmoid(torch.randn(batch, num, generator=rng) - 0.4)
+        t, r = torch.maximum(a, b), torch.minimum(a, b)
+        exact = torch.rand(batch, num, generator=rng) < 0.15  # the one-step interval itself, [0, 1]
+        t, r = torch.where(exact, torch.ones_like(t), t), torch.where(exact, torch.zeros_like(r), r)
+    else:
+        t = r = a
+    expand = lambda x: x.repeat_interleave(chunk, dim=1)[:, :frames]  # noqa: E731
+    return expand(r), expand(t)
+
+
+def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig) -> dict[str, torch.Tensor]:
+    """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain)."""
+    x, content, ref, ref_mask = batch
+    b, n, _ = x.shape
+    speaker, tokens, tmask = model.speaker(ref, ref_mask)
+    kv = model.dit.timbre_kv(tokens)
+    sigma = torch.rand(b, 1, 1, generator=rng) * cfg.context_noise
+    clean = x + sigma * torch.randn(x.shape, generator=rng)
+    context = torch.rand(b, generator=rng) >= cfg.context_drop
+    noise = torch.randn(x.shape, generator=rng)
+    num_mf = int(round(b * cfg.mf_fraction))
+    out = {}
+    for name, rows, mf in (("mf", slice(0, num_mf), True), ("fm", slice(num_mf, b), False)):
+        m = rows.stop - rows.start
+        if m == 0:
+            continue
+        r, t = chunk_times(m, n, chunk, mf, rng)
+        z = interpolate(x[rows], noise[rows], t)
+        v = noise[rows] - x[rows]
+        kv_rows = [(k[rows], vv[rows]) for k, vv in kv]
+
+        def u_fn(z_, r_, t_, rows=rows, kv_rows=kv_rows):
+            return model.dit.forward_offline(clean[rows], z_, content[rows], r_, t_, speaker[rows], kv_rows,
+                                             tmask[rows], chunk, context[rows])
+
+        model.dit.set_explicit_attention(mf)  # forward-mode AD needs attention written out; SDPA otherwise
+        if mf:
+            u, target = mean_flow_target(u_fn, z, r, t, v)
+        else:
+            u, target = u_fn(z, r, t), v
+        err = (u - target).pow(2).mean(-1)  # (m, T)
+        weight = 1.0 / (err.detach() + 1e-3) ** cfg.adaptive_p
+        out[name] = (weight * err).mean()
+        out[name + "_mse"] = err.mean().detach()
+    out["loss"] = sum(out[k] for k in ("mf", "fm") if k in out)
+    return out
+
+
+def train_dit(args) -> None:
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    saved = torch.load(out / "content.pt")
+    feats = load_features(out)
+    vae_cfg = VAEConfig()
+    cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae_cfg)
+    model = VCModel(cfg)
+    resume = out / "dit.pt"
+    if args.resume and resume.exists():
+        state = torch.load(resume)
+        model.speaker.load_state_dict(state["speaker"])
+        model.dit.load_state_dict(state["dit"])
+    params = list(model.speaker.parameters()) + list(model.dit.parameters())
+    print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
+                      "speaker_params": sum(p.numel() for p in model.speaker.parameters())}), flush=True)
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    batches = DitBatches(feats, cfg, rng)
+    start = time.time()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr)
+        chunk = 4 if rng.random() < 0.7 else 2
+        losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        minutes = (time.time() - start) / 60
+        if step % 25 == 0:
+            log(out / "dit_log.jsonl", step=step, min=minutes, **{k: v.item() for k, v in losses.items()})
+        if step % 200 == 0 or minutes > args.minutes:
+            torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+        if minutes > args.minutes:
+            break
+    torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+
+
+# -- stage 4: export --------------------------------------------------------------------------------------
+def shipped_voices(data: str, num: int) -> dict[str, dict]:
+    """Training voices to ship as references: distinct espeak-ng variants (female and male) across the pitch range."""
+    table = {k: v for k, v in voices(data).items() if not v["held_out"]}
+    female = [k for k in table if table[k]["variant"] in FEMALE_VARIANTS]
+    male = [k for k in table if table[k]["variant"] in MALE_VARIANTS]
+    chosen: dict[str, dict] = {}
+    for group in (female, male):
+        group = sorted(group, key=lambda k: table[k]["pitch"])
+        step = max(1, len(group) // (num // 2))
+        for k in group[::step]:
+            if len(chosen) < num and table[k]["variant"] not in {c["variant"] for c in chosen.values()}:
+                chosen[k] = table[k]
+    return chosen
+
+
+FEMALE_VARIANTS = {"f1", "f2", "f3", "f5", "Annie", "Andrea", "anika", "belinda", "linda", "steph", "aunty", "grandma"}
+MALE_VARIANTS = {"m1", "m2", "m3", "m4", "m5", "m7", "m8", "Andy", "david", "john", "max", "paul", "rob", "Michael"}
+
+
+@torch.no_grad()
+def export(args) -> None:
+    out = Path(args.out)
+    vae = load_vae(Path(args.vae))
+    saved = torch.load(out / "content.pt")
+    cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae.cfg)
+    model = VCModel(cfg)
+    load_content(out, model)
+    state = torch.load(out / "dit.pt")
+    model.speaker.load_state_dict(state["speaker"])
+    model.dit.load_state_dict(state["dit"])
+    model.vae.load_state_dict(vae.state_dict())
+    model.eval()
+    chosen = shipped_voices(args.data, args.num_voices)
+    utts = load_utterances(args.data, ("train",))
+    refs = {}
+    for voice_id, info in chosen.items():
+        audio = np.concatenate([u.audio for u in utts if u.voice_id == voice_id][:3])[: int(8 * 16_000)]
+        refs[voice_id] = {"audio": audio, "info": {k: info[k] for k in ("espeak_voice", "pitch", "variant")}}
+    size = save_checkpoint(args.checkpoint, model, saved["symbols"], refs)
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "voices": sorted(refs)}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=["content", "features", "dit", "export"])
+    ap.add_argument("--data", default="data/speech_vc")
+    ap.add_argument("--out", default="runs/vc")
+    ap.add_argument("--vae", default="checkpoints/tts_default.safetensors",
+                    help="the TTS family's VAE: its shipped checkpoint, or a train_tts.py run folder (vae.pt)")
+    ap.add_argument("--checkpoint", default="checkpoints/vc_default.safetensors")
+    ap.add_argument("--steps", type=int, default=20_000)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--frames", type=int, default=40, help="latent frames per training crop (40 ms each)")
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--num-voices", type=int, default=8)
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--part", choices=["latents", "content"], default="content", help="features: which part")
+    ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
+    ap.add_argument("--num-shards", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.lr is None:
+        args.lr = {"content": 2e-3, "dit": 5e-4}.get(args.stage, 1e-3)
+    {"content": train_content, "features": make_features, "dit": train_dit, "export": export}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Tiny seeded VC checkpoints, a session driver and a cache-free offline reference for the VC tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+import wave
+
+import numpy as np
+import torch
+
+from models.audio.vae import VAEConfig
+from models.base import ControlEvent, StepInput
+from models.vc.checkpoint import save_checkpoint
+from models.vc.generator import VCGenerator
+from models.vc.model import VCConfig, VCModel
+
+SYMBOLS = ["<blank>", "@", "D", "a", "b", "d", "e@", "h", "i", "k", "l", "m", "n", "oU", "s", "t"]
+
+
+def tiny_config(**overrides) -> VCConfig:
+    vae = VAEConfig(latent_dim=8, enc_channels=32, dec_channels=32, dec_up_channels=(32, 32), dec_blocks=2)
+    base = dict(num_phonemes=len(SYMBOLS), content_channels=32, content_dim=16, speaker_channels=32, dim=32,
+                depth=2, num_heads=2, ffn_hidden=32, window_latents=6, max_ref_s=4.0, vae=vae)
+    return VCConfig(**{**base, **overrides})
+
+
+def speechlike(seconds: float, seed: int, f0: float = 140.0) -> np.ndarray:
+    """A voiced, amplitude-modulated harmonic signal (deterministic)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16_000)) / 16_000
+    f = f0 * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t))
+    phase = 2 * np.pi * np.cumsum(f) / 16_000
+    x = sum(np.sin(k * phase) / k for k in range(1, 8)) + 0.05 * rng.standard_normal(len(t))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.0 * t + rng.uniform(0, 6)) ** 2
+    return (0.3 * envelope * x).astype(np.float32)
+
+
+def wav_b64(audio: np.ndarray, rate: int = 16_000) -> str:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def make_tiny_checkpoint(path: str, seed: int = 0, **overrides) -> str:
+    """A random tiny model with two shipped voices."""
+    torch.manual_seed(seed)
+    model = VCModel(tiny_config(**overrides)).eval()
+    # zero-initialised gates would make the DiT an identity: randomise it, strongly enough that the voice matters
+    for p in [*model.dit.parameters(), *model.speaker.pool.parameters()]:
+        torch.nn.init.normal_(p, std=0.5 if p.dim() == 1 else 1.0 / p.shape[-1] ** 0.5)
+    refs = {
+        "low": {"audio": speechlike(4.0, 1, 100.0), "info": {"description": "test voice low"}},
+        "high": {"audio": speechlike(4.0, 2, 220.0), "info": {"description": "test voice high"}},
+    }
+    save_checkpoint(path, model, SYMBOLS, refs)
+    return path
+
+
+def run_session(gen: VCGenerator, audio: np.ndarray, params: dict, events: dict[int, tuple] | None = None):
+    """Stream audio chunk by chunk through one session; ``events`` {chunk index: (type, payload)}."""
+    state = gen.open_session(gen.validate_params(params))
+    n = gen.spec.input_chunk_samples
+    out = []
+    for k in range(len(audio) // n):
+        if events and k in events:
+            gen.handle_event(state, ControlEvent(*events[k]))
+        out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
+    gen.close_session(state)
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int, steps: int = 1) -> np.ndarray:
+    """The same conversion without any cache or streaming state: whole-sequence passes, chunk after chunk.
+
+    Content over the whole signal at once; each chunk's latents from a two-stream pass over everything
+    before it (clean = the latents generated so far, noisy = this chunk's noise); one VAE decode at the end.
+    """
+    model, cfg = gen.model, gen.cfg
+    k, n = gen.chunk_latents, gen.spec.input_chunk_samples
+    num_chunks = len(audio) // n
+    content = model.content_offline(torch.from_numpy(audio[: num_chunks * n])[None])
+    rng = torch.Generator().manual_seed(seed)
+    noise = torch.cat([torch.randn(k, cfg.vae.latent_dim, generator=rng) for _ in range(num_chunks)])[None]
+    speaker, kv_all, tmask = gen._voices[voice]
+    kv = [(kv_all[i, 0][None], kv_all[i, 1][None]) for i in range(cfg.depth)]
+    latents = torch.zeros_like(noise)
+    for c in range(num_chunks):
+        end = (c + 1) * k
+        z = noise[:, :end].clone()
+        times = torch.linspace(1.0, 0.0, steps + 1)
+        for i in range(steps):
+            t, r = times[i].expand(1, end), times[i + 1].expand(1, end)
+            u = model.dit.forward_offline(latents[:, :end], z, content[:, : end * cfg.content_per_latent], r, t,
+                                          speaker[None], kv, tmask[None], k)
+            z = z - (t - r)[..., None] * u
+        latents[:, c * k : end] = z[:, c * k : end]
+    vae = model.vae
+    silence = gen._silence[None, :, None].expand(1, -1, vae.context_latents)
+    z = torch.cat([silence, vae.denormalize(latents.transpose(1, 2))], dim=2)
+    return vae.decode(z)[0, vae.context_latents * vae.cfg.hop :].clamp(-1, 1).numpy()
+
+
+def median_f0(audio: np.ndarray, rate: int = 16_000) -> float:
+    """Median pitch (Hz) of the voiced frames: autocorrelation peak in 60-500 Hz, frames 40 ms, hop 10 ms."""
+    size, hop = int(0.04 * rate), int(0.01 * rate)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, size)[::hop]
+    energy = (frames**2).mean(axis=1)
+    f0 = []
+    for frame in frames[energy > energy.max() * 10 ** (-30 / 10)]:
+        frame = frame - frame.mean()
+        ac = np.correlate(frame, frame, "full")[size - 1 :]
+        lo, hi = rate // 500, rate // 60
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] > 0.5 * ac[0]:
+            f0.append(rate / lag)
+    return float(np.median(f0)) if f0 else 0.0
