@@ -115,6 +115,10 @@ class Avatar(Generator):
         self.text_speech = TextSpeech(speech_generator, SAMPLE_RATE_HZ) if speech_generator else None
 
     # -- sessions ------------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Summary for /healthz; ``speaks_text`` says whether `say {text}` works (a tts model is inside)."""
+        return {**super().describe(), "speaks_text": self.text_speech is not None}
+
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """`seed`, `style` (default/dark/light), `barge_in_ms` (0 = off), `portrait` (+ `portrait_mouth`)."""
         known = {"seed", "style", "barge_in_ms", "portrait", "portrait_mouth"}
