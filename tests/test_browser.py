@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from browser_helpers import (
     launch,
@@ -104,6 +105,37 @@ def test_voice_round_trip(browser, live_server: RunningServer, transport: str) -
     assert abs(peak_hz(returned, rate) - expected) < 0.03 * expected, peak_hz(returned, rate)
     # Live stats are filled in from the server's `stats` and the round-trip pings.
     wait_until(browser, "return causalcast.state().last.stats && causalcast.state().last.pong")
+    browser.execute_script("causalcast.stop()")
+    wait_until(browser, "return !causalcast.state().running")
+    assert severe_console_entries(browser) == []
+
+
+@pytest.mark.parametrize("transport", ["webrtc", "ws"])
+def test_speak_tab_says_typed_text(browser, live_server: RunningServer, transport: str) -> None:  # noqa: ANN001
+    """Typed text comes back as speech: not silent, starting soon, as long as the words need."""
+    from selenium.webdriver.common.by import By
+
+    with urllib.request.urlopen(f"{live_server.http_url}/healthz") as r:
+        if not any(m["name"] == "tts" and m["status"] == "loaded" for m in json.load(r)["models"]):
+            pytest.skip("the tts model is not loaded (no checkpoint): the Speak tab shows as unavailable")
+    open_page(browser, live_server)
+    browser.execute_script("causalcast.selectMode('speak'); causalcast.setTransport(arguments[0])", transport)
+    browser.find_element(By.ID, "start").click()
+    wait_until(browser, "return causalcast.state().last.ready")
+    text = "Hello there, this is a test of streaming speech."
+    browser.find_element(By.ID, "text").send_keys(text)
+    browser.find_element(By.ID, "say").click()
+    rate, _, returned = record(browser, 8.0)
+    frames = returned[: len(returned) // (rate // 50) * (rate // 50)].reshape(-1, rate // 50)  # 20 ms frames
+    voiced = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > 0.01)
+    assert len(voiced), f"no speech came back over {transport}"
+    start_s, span_s = voiced[0] * 0.02, (voiced[-1] - voiced[0] + 1) * 0.02
+    num_words = len(text.split())
+    print(f"{transport}: speech from {start_s:.2f} s for {span_s:.2f} s ({span_s / num_words:.2f} s per word)")
+    assert start_s < 1.5, start_s  # streaming: speech starts before the sentence is synthesized
+    # all of it, at a speaking pace (0.36-0.43 s per word here; a loaded machine may add gaps)
+    assert 0.15 * num_words < span_s < 0.8 * num_words, span_s
+    assert np.abs(returned).max() > 0.1
     browser.execute_script("causalcast.stop()")
     wait_until(browser, "return !causalcast.state().running")
     assert severe_console_entries(browser) == []

@@ -131,9 +131,7 @@ function renderModel() {
   const examples = $("prompt-examples");
   examples.replaceChildren(...((info && info.example_prompts) || []).map((p) => new Option(p)));
   if (info && info.example_prompts && info.example_prompts.length && !state.running) $("prompt").value = info.example_prompts[0];
-  const tts = state.models.tts;
-  $("say-note").textContent = tts && tts.status === "loaded" ? ""
-    : "Saying text needs the tts model, which this server has not loaded: upload a WAV of the agent's voice instead.";
+  $("say-note").textContent = ""; // said when a `say` with text is refused (the avatar has no tts model)
   setRunning(state.running);
 }
 
@@ -315,7 +313,7 @@ function send(message) { if (state.conn) state.conn.send(message); }
 
 function say() {
   const text = $("text").value.trim();
-  if (text) send({ type: "text", text });
+  if (text) { send({ type: "text", text, final: true }); logLine(`text: ${text}`); } // final: speak all of it now
 }
 
 function switchPrompt() {
