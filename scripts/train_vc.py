@@ -353,20 +353,34 @@ def train_dit(args) -> None:
     vae_cfg = VAEConfig()
     cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae_cfg)
     model = VCModel(cfg)
+    params = list(model.speaker.parameters()) + list(model.dit.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     resume = out / "dit.pt"
+    first, rewarm = 0, 0
     if args.resume and resume.exists():
+        # Continue the same schedule (lr by step of --steps) from the saved step; fresh data order. A save
+        # without optimizer moments (older runs) gets a short re-warm-up to the scheduled lr instead.
         state = torch.load(resume)
         model.speaker.load_state_dict(state["speaker"])
         model.dit.load_state_dict(state["dit"])
-    params = list(model.speaker.parameters()) + list(model.dit.parameters())
+        first = state["step"] + 1
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        else:
+            rewarm = 50
+        torch.manual_seed(args.seed + first)
+        rng = random.Random(args.seed + first)
+        gen = torch.Generator().manual_seed(args.seed + first)
     print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
-                      "speaker_params": sum(p.numel() for p in model.speaker.parameters())}), flush=True)
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+                      "speaker_params": sum(p.numel() for p in model.speaker.parameters()),
+                      "first_step": first}), flush=True)
     batches = DitBatches(feats, cfg, rng)
     start = time.time()
-    for step in range(args.steps):
+    step = first
+    for step in range(first, args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
+            ramp = min(1.0, (step - first + 1) / rewarm) if rewarm else 1.0
+            group["lr"] = ramp * lr_at(step, args.steps, args.lr)
         chunk = 4 if rng.random() < 0.7 else 2
         losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg)
         opt.zero_grad(set_to_none=True)
@@ -377,10 +391,18 @@ def train_dit(args) -> None:
         if step % 25 == 0:
             log(out / "dit_log.jsonl", step=step, min=minutes, **{k: v.item() for k, v in losses.items()})
         if step % 200 == 0 or minutes > args.minutes:
-            torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+            save_dit(resume, model, opt, step)
         if minutes > args.minutes:
             break
-    torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+    save_dit(resume, model, opt, step)
+
+
+def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer, step: int) -> None:
+    """The DiT stage's resumable state: speaker encoder, DiT, optimizer moments and the step reached."""
+    state = {"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "opt": opt.state_dict(),
+             "step": step}
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # never a half-written dit.pt if the run is stopped mid-save
 
 
 # -- stage 4: export --------------------------------------------------------------------------------------
