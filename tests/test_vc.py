@@ -150,6 +150,29 @@ def test_bad_events_keep_the_session(gen):
     gen.close_session(state)
 
 
+def test_reference_sent_live_in_pieces(gen):
+    """A live upload in pieces (as the page sends it over a data channel): the final piece applies it."""
+    state = gen.open_session(gen.validate_params({"voice": "low", "seed": 0}))
+    data = wav_b64(speechlike(4.0, 31, 200.0))
+    pieces = [data[i : i + 10_000] for i in range(0, len(data), 10_000)]
+    for piece in pieces[:-1]:
+        assert gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": piece})) == []
+    last = ControlEvent("set_reference", {"reference_audio_part": pieces[-1], "final": True})
+    assert gen.handle_event(state, last) == [{"type": "reference_set", "voice": "reference"}]
+    expected = gen.reference_from_wav(data)
+    torch.testing.assert_close(gen._speaker[state.slot], expected[0])
+    # a bad piece, an over-long upload and a bad WAV are refused; the session keeps its voice
+    with pytest.raises(ParamError, match="piece"):
+        gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": 5}))
+    with pytest.raises(ParamError, match="over"):
+        for _ in range(100):
+            gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": "A" * 50_000}))
+    with pytest.raises(ParamError, match="WAV"):
+        gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": "bm90", "final": True}))
+    assert state.voice == "reference" and state.reference_parts == []
+    gen.close_session(state)
+
+
 def test_nan_clipped_and_silent_mic_input_stays_finite(gen):
     n = gen.spec.input_chunk_samples
     state = gen.open_session(gen.validate_params({"voice": "low", "seed": 0}))

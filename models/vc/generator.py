@@ -24,7 +24,7 @@ import binascii
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -47,6 +47,9 @@ MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the fir
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
 MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not opened yet
+# A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
+# enough for the longest accepted upload as 16-bit WAV at 48 kHz.
+MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
 
 
 @dataclass
@@ -58,6 +61,8 @@ class VCState:
     steps: int  # mean-flow steps per chunk (1 or 2)
     voice: str  # shipped voice id, or "reference" for uploaded audio
     num_frames: int = 0  # latent frames generated so far (the next chunk's first position)
+    reference_parts: list[str] = field(default_factory=list)  # base64 pieces of a live upload, until `final`
+    reference_chars: int = 0  # their total length (bounded by MAX_REFERENCE_PARTS_CHARS)
 
 
 class VCGenerator(Generator):
@@ -243,17 +248,44 @@ class VCGenerator(Generator):
         self._speaker[slot], self._timbre[:, :, slot], self._timbre_mask[slot] = speaker, kv, tmask
 
     def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``set_reference {voice | reference_audio}`` and ``set_steps {steps}``, from the next chunk on."""
+        """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
+
+        Both take effect from the next chunk on. ``reference_audio_part`` carries one piece of a base64 WAV
+        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it.
+        """
         if event.type == "set_steps":
             state.steps = _steps(event.payload.get("steps"))
             return [{"type": "steps_set", "steps": state.steps}]
         if event.type != "set_reference":
             return super().handle_event(state, event)
-        voice, reference = self._reference(event.payload)
+        payload = event.payload
+        if "reference_audio_part" in payload:
+            payload = self._reference_part(state, payload)
+            if payload is None:
+                return []  # more pieces to come
+        voice, reference = self._reference(payload)
         self._set_reference(state.slot, reference)
         self._recache(state)
         state.voice = voice
         return [{"type": "reference_set", "voice": voice}]
+
+    @staticmethod
+    def _reference_part(state: VCState, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Collect one piece of a live reference upload; the whole upload once the final piece is in."""
+        part = payload["reference_audio_part"]
+        if not isinstance(part, str):
+            state.reference_parts, state.reference_chars = [], 0
+            raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
+        state.reference_chars += len(part)
+        if state.reference_chars > MAX_REFERENCE_PARTS_CHARS:
+            state.reference_parts, state.reference_chars = [], 0
+            raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
+        state.reference_parts.append(part)
+        if not payload.get("final", False):
+            return None
+        data = "".join(state.reference_parts)
+        state.reference_parts, state.reference_chars = [], 0
+        return {"reference_audio": data}
 
     @torch.inference_mode()
     def _recache(self, state: VCState) -> None:
