@@ -186,7 +186,7 @@ class VCGenerator(Generator):
             raise ParamError(f"'reference_audio' is too short: {seconds:.1f} s of speech, {MIN_REFERENCE_S:g}-"
                              f"{self.cfg.max_ref_s:g} s are needed")
         speech = 0.7 * speech / peak  # the corpus's level; clipped input stays clipped but usable
-        mel = self.model.mel.offline(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
+        mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
         return self._embed_reference(mel)
 
     def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
