@@ -14,6 +14,11 @@ checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores
     python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
 
+The shipped run's ``dit`` stage was stopped by its environment after step 3000 (its last save) and
+continued with ``dit --resume --out runs/vc --minutes 24 --steps 5500 --batch 8 --lr 5e-4``: the same lr
+schedule from step 3001, a new data order, and fresh optimizer moments (that save had none) re-warmed
+over 50 steps.
+
 ``content`` trains the streaming CTC phoneme recognizer (level/noise augmentation; fixed mel statistics from
 the data); ``features`` runs the TTS family's waveform-VAE encoder (``--vae``: its shipped checkpoint by
 default) and the frozen recognizer over every utterance padded with silence, the latter also on a
@@ -205,7 +210,7 @@ def make_features(args) -> None:
         for i, u in enumerate(utts):
             x = torch.from_numpy(pad(u.audio, hop))[None]
             feats["latents"].append(vae.normalize(vae.encode(x)[0])[0].T.half())  # (N, D)
-            feats["mel"].append(model.mel.offline(torch.from_numpy(u.audio)[None])[0].half())
+            feats["mel"].append(model.mel.reference(torch.from_numpy(u.audio)[None])[0].half())  # plain log-mel
             for key in ("id", "split", "voice_id"):
                 feats[key].append(getattr(u, key))
             if i % 500 == 0:
@@ -305,8 +310,16 @@ def chunk_times(batch: int, frames: int, chunk: int, mf: bool, rng: torch.Genera
     return expand(r), expand(t)
 
 
-def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig) -> dict[str, torch.Tensor]:
-    """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain)."""
+def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig,
+             split_above: float = 2.0) -> dict[str, torch.Tensor]:
+    """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain).
+
+    Intervals longer than ``split_above`` (off by default) learn the interval-splitting identity instead
+    of MeanFlow's: u(z, r, t) = (u(z, m, t) + u(z', r, m)) / 2 with m the midpoint and z' = z - (t - m) u(z, m, t),
+    the model's own two half-jumps as the target (as shortcut models do). The shipped run needed it: near
+    the one-step corner (r, t) = (0, 1) the MeanFlow target v - (t - r) du/dt fed on itself (du/dt grew
+    with u) until u(z, 0, 1) was ~6x the velocity's size and one-step samples were noise.
+    """
     x, content, ref, ref_mask = batch
     b, n, _ = x.shape
     speaker, tokens, tmask = model.speaker(ref, ref_mask)
@@ -333,6 +346,9 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         model.dit.set_explicit_attention(mf)  # forward-mode AD needs attention written out; SDPA otherwise
         if mf:
             u, target = mean_flow_target(u_fn, z, r, t, v)
+            long = (t - r) > split_above  # (m, T)
+            if long.any():
+                target = torch.where(long[..., None], split_target(u_fn, z, r, t), target)
         else:
             u, target = u_fn(z, r, t), v
         err = (u - target).pow(2).mean(-1)  # (m, T)
@@ -341,6 +357,15 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         out[name + "_mse"] = err.mean().detach()
     out["loss"] = sum(out[k] for k in ("mf", "fm") if k in out)
     return out
+
+
+@torch.no_grad()
+def split_target(u_fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The average velocity over [r, t] as the mean of the model's own two half-jumps (no gradient)."""
+    mid = (r + t) / 2
+    u_late = u_fn(z, mid, t)
+    u_early = u_fn(z - (t - mid)[..., None] * u_late, r, mid)
+    return (u_late + u_early) / 2
 
 
 def train_dit(args) -> None:
@@ -380,9 +405,12 @@ def train_dit(args) -> None:
     for step in range(first, args.steps):
         for group in opt.param_groups:
             ramp = min(1.0, (step - first + 1) / rewarm) if rewarm else 1.0
-            group["lr"] = ramp * lr_at(step, args.steps, args.lr)
+            if args.new_schedule:  # a fine-tuning phase: its own warm-up and cosine from the resumed step
+                group["lr"] = lr_at(step - first, args.steps - first, args.lr, warmup=50)
+            else:
+                group["lr"] = ramp * lr_at(step, args.steps, args.lr)
         chunk = 4 if rng.random() < 0.7 else 2
-        losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg)
+        losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg, args.split_above)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -464,6 +492,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--num-voices", type=int, default=8)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--new-schedule", action="store_true",
+                    help="dit --resume: a new lr schedule (warm-up, cosine) from the resumed step to --steps")
+    ap.add_argument("--split-above", type=float, default=2.0,
+                    help="dit: intervals t - r above this learn the split-in-two target (default: never)")
     ap.add_argument("--part", choices=["latents", "content"], default="content", help="features: which part")
     ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
     ap.add_argument("--num-shards", type=int, default=1)
