@@ -11,13 +11,16 @@ checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 0 --num-shards 2
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 1 --num-shards 2
     python scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+    python scripts/train_vc.py dit --resume --new-schedule --split-above 0.6 --out runs/vc --minutes 30 \
+        --steps 7308 --batch 8 --lr 3e-4
     python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
 
-The shipped run's ``dit`` stage was stopped by its environment after step 3000 (its last save) and
-continued with ``dit --resume --out runs/vc --minutes 24 --steps 5500 --batch 8 --lr 5e-4``: the same lr
-schedule from step 3001, a new data order, and fresh optimizer moments (that save had none) re-warmed
-over 50 steps.
+The shipped run's first ``dit`` stage was stopped by its environment after step 3000 (its last save) and
+continued with ``dit --resume --out runs/vc --minutes 24 --steps 5500 --batch 8 --lr 5e-4`` (the same lr
+schedule from step 3001, a new data order, fresh optimizer moments re-warmed over 50 steps), which hit
+its minutes at step 5308. Its one-step samples were noise (see :func:`dit_loss`): the second ``dit``
+stage fine-tunes with the split-in-two target for intervals over 0.6, steps 5309-7308 on a new schedule.
 
 ``content`` trains the streaming CTC phoneme recognizer (level/noise augmentation; fixed mel statistics from
 the data); ``features`` runs the TTS family's waveform-VAE encoder (``--vae``: its shipped checkpoint by

@@ -78,10 +78,11 @@ class VCGenerator(Generator):
         checkpoint: str | None = None,
         chunk_ms: float = 160.0,
         max_sessions: int = 64,
-        max_batch_size: int = 32,
+        max_batch_size: int = 16,
         num_threads: int | None = None,
         cuda_graphs: bool = True,
         sampler: str = "mean",
+        temperature: float = 0.5,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -89,6 +90,9 @@ class VCGenerator(Generator):
         if sampler not in ("mean", "euler"):
             raise ValueError(f"sampler must be 'mean' (average velocity over each jump) or 'euler', got {sampler!r}")
         self.sampler = sampler
+        if not 0.0 <= float(temperature) <= 1.5:
+            raise ValueError(f"temperature must be in [0, 1.5], got {temperature!r}")
+        self.temperature = float(temperature)  # scales each chunk's starting noise (lower: less varied, clearer)
         ckpt = self._load(config, checkpoint)
         self.model: VCModel = ckpt.model.to(self.device)
         self.cfg: VCConfig = self.model.cfg
@@ -311,6 +315,7 @@ class VCGenerator(Generator):
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
         audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
+        noise = noise * self.temperature
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
         steps = [s.steps for s in states]
         for num_steps in sorted(set(steps)):
