@@ -144,6 +144,7 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
         "server_rss_mb": round(rss_loaded, 1),
         "loop_busy": loop_status["busy"],
         "loop_lag_ms": loop_status["lag_ms"],
+        "loop_cost_line": [loop_status["busy_base"], loop_status["busy_per_session"]],
     }
 
 

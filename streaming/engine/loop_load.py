@@ -96,8 +96,10 @@ class LoopLoad:
 
     def status(self) -> dict[str, float]:
         """For /healthz."""
+        base, slope = self.cost_line()
         return {
             "busy": round(self.busy, 4),
             "lag_ms": round(self.lag_s * 1000, 2),
-            "busy_per_session": round(self.per_session(), 5),
+            "busy_base": round(base, 4),
+            "busy_per_session": round(slope, 5),
         }
