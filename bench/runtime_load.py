@@ -8,6 +8,7 @@ Starts a real server process on 127.0.0.1 and, for each N in the sweep, connects
     latency_ms_p50/99 client round trip per 20 ms chunk (send of input frame -> arrival of its output)
     late_chunk_rate   server-side share of chunks finished after their allowance
     rss_mb_per_session  server resident memory growth divided by N
+    loop_busy         share of wall time the server's event loop thread was on CPU, mid-stream
 
 The clients run in this process and share the machine's cores with the server: on a 2-core machine the
 client side is a large part of the load, so the numbers are a floor for a dedicated server.
@@ -118,6 +119,9 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
              for i in range(num_sessions)]
     await asyncio.sleep(max(0.0, start_at - time.monotonic()) + seconds / 2)
     rss_loaded = rss_mb(pid)
+    async with aiohttp.ClientSession() as http:  # the server's own view of its event loop, mid-stream
+        async with http.get(url.replace("ws://", "http://").replace("/ws", "/healthz")) as r:
+            loop_status = (await r.json())["engine"]["event_loop"]
     await asyncio.gather(*tasks)
     admitted = [r for r in results if r["admitted"]]
     lat = np.concatenate([r["latencies"] for r in admitted]) * 1000 if admitted else np.zeros(0)
@@ -138,6 +142,9 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
         "lost_samples": int(lost),
         "rss_mb_per_session": round((rss_loaded - rss_idle) / max(1, len(admitted)), 3),
         "server_rss_mb": round(rss_loaded, 1),
+        "loop_busy": loop_status["busy"],
+        "loop_lag_ms": loop_status["lag_ms"],
+        "loop_cost_line": [loop_status["busy_base"], loop_status["busy_per_session"]],
     }
 
 
@@ -163,7 +170,7 @@ async def main() -> None:
         while n <= args.max_sessions:
             line = await run_level(f"ws://127.0.0.1:{port}/ws", n, args.seconds, server.pid, rss_idle)
             print(json.dumps(line), flush=True)
-            if not line["held_real_time"] and line["refused"]:
+            if line["refused"]:
                 break  # admission control has found the limit
             n *= 2
             await asyncio.sleep(1.0)

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=float(_env("MAX_UTILIZATION", "0.8")),
         help="refuse sessions that would keep the device busier than this share of real time",
     )
+    serve.add_argument(
+        "--max-loop-busy",
+        type=float,
+        default=float(_env("MAX_LOOP_BUSY", "0.75")),
+        help="refuse sessions whose media would keep the event loop busier than this share of real time",
+    )
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
     serve.add_argument("--clock-lead-ms", type=float, default=_optional_float(_env("CLOCK_LEAD_MS", "")),
                        help="clock-paced models produce this far ahead of playout (default: each model's)")
@@ -109,7 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         models=tuple(args.models),
         engine=EngineConfig(
             device=args.device,
-            limits=AdmissionLimits(max_utilization=args.max_utilization, max_sessions=args.max_sessions),
+            limits=AdmissionLimits(
+                max_utilization=args.max_utilization,
+                max_sessions=args.max_sessions,
+                max_loop_busy=args.max_loop_busy,
+            ),
             session=SessionConfig(clock_lead_ms=args.clock_lead_ms, late_after_ms=args.late_after_ms),
         ),
         ws=WsConfig(max_message_bytes=args.max_message_bytes),

@@ -42,6 +42,11 @@ class Metrics:
             "causalcast_dropped_output_chunks", "Chunks dropped because a client read too slowly", ["model"], registry=r
         )
 
+        self.loop_busy = Gauge(
+            "causalcast_event_loop_busy", "Share of wall time the event loop thread spent on CPU", registry=r
+        )
+        self.loop_lag = Gauge("causalcast_event_loop_lag_seconds", "Worst recent lateness of loop wake-ups", registry=r)
+
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)

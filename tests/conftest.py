@@ -50,13 +50,18 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         *,
         max_utilization: float = 0.8,
         max_sessions: int = 256,
+        max_loop_busy: float = AdmissionLimits.max_loop_busy,
         max_message_bytes: int = 2 * 1024 * 1024,
         stats_interval_s: float = 1.0,
         generators: dict[str, Any] | None = None,
         **engine_overrides: Any,
     ) -> RunningServer:
         engine = dataclasses.replace(
-            EngineConfig(limits=AdmissionLimits(max_utilization=max_utilization, max_sessions=max_sessions)),
+            EngineConfig(
+                limits=AdmissionLimits(
+                    max_utilization=max_utilization, max_sessions=max_sessions, max_loop_busy=max_loop_busy
+                )
+            ),
             **engine_overrides,
         )
         config = ServerConfig(

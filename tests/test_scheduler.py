@@ -7,6 +7,7 @@ import pytest
 
 from models.base import AudioFormat, Pacing, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
+from streaming.engine.loop_load import LoopLoad
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, RunnerOutput, Scheduler
 from streaming.errors import CapacityError
 from streaming.session import Session, SessionConfig
@@ -75,6 +76,25 @@ def test_admission_refuses_past_the_utilization_limit():
     for _ in range(12):  # ~9.8 ms of 20: under 50 %
         sched.reserve("m")
     with pytest.raises(CapacityError, match="53% busy"):
+        sched.reserve("m")
+
+
+def test_the_first_session_is_admitted_even_when_its_estimate_is_over_budget():
+    # Nothing runs that it could make late; a transiently inflated estimate must not lock everyone out.
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits())
+    sched.costs["m"].observe(1, 1, 0.030)  # 30 ms per 20 ms chunk
+    sched.reserve("m")
+    with pytest.raises(CapacityError, match="would need"):
+        sched.reserve("m")  # the second would make the first late
+
+
+def test_loop_load_projection_refuses_with_its_reason():
+    load = LoopLoad()
+    load._fit.extend([(n, 0.05 + 0.1 * n) for n in (1, 2, 3)])  # 10 % of the loop per session, 5 % base
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits(max_loop_busy=0.5), loop_load=load)
+    for _ in range(4):  # 0.05 + 4 x 0.1 = 45 %
+        sched.reserve("m")
+    with pytest.raises(CapacityError, match="event loop 55% busy"):
         sched.reserve("m")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.base import Generator
+from streaming.engine.loop_load import LoopLoad
 from streaming.engine.runner import Runner
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, Scheduler, SchedulerOutput
 from streaming.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
@@ -45,14 +46,19 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self.runner = Runner(generators)
+        self.loop_load = LoopLoad()
         self.scheduler = Scheduler(
             {name: ModelInfo(g.spec, g.max_batch_size, g.pads_to_bucket) for name, g in generators.items()},
             config.limits,
             config.session,
+            self.loop_load,
         )
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{config.device}")
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._loop_load_task: asyncio.Task[None] | None = None
+        self.metrics.loop_busy.set_function(lambda: self.loop_load.busy)
+        self.metrics.loop_lag.set_function(lambda: self.loop_load.lag_s)
         self._stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -66,18 +72,23 @@ class Engine:
                 self.scheduler.costs[name].observe(size, size, s)
             log.info("warmed up %s: %s", name, {b: f"{s * 1000:.2f} ms" for b, s in seconds.items()})
         self._task = asyncio.create_task(self._run(), name=f"engine-{self.config.device}")
+        self._loop_load_task = asyncio.create_task(
+            self.loop_load.run(lambda: (len(self.scheduler.sessions), self.scheduler.membership_changes)),
+            name="loop-load",
+        )
 
     async def stop(self) -> None:
         """Close every session and stop the loop and the worker."""
         self._stopping = True
         for session in list(self.scheduler.sessions.values()):
             await self.close_session(session, "server shutting down")
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        for task in (self._task, self._loop_load_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         self._worker.shutdown(wait=True)
 
     def wake(self, session: Session | None = None) -> None:
@@ -191,8 +202,9 @@ class Engine:
             "device": self.config.device,
             "sessions": len(self.scheduler.sessions),
             "utilization": round(self.scheduler.utilization(), 4),
-            "max_utilization": self.config.limits.max_utilization,
-            "max_sessions": self.config.limits.max_sessions,
+            "max_utilization": self.scheduler.limits.max_utilization,
+            "max_sessions": self.scheduler.limits.max_sessions,
+            "event_loop": self.loop_load.status(),
         }
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
+from streaming.engine.loop_load import LoopLoad
 from streaming.errors import CapacityError, CausalcastError
 from streaming.session import Session, SessionConfig, latency_allowance_s
 
@@ -90,6 +91,8 @@ class AdmissionLimits:
 
     max_utilization: float = 0.8  # share of each chunk period the device may be busy stepping
     max_sessions: int = 256
+    # Share of the event loop's time the transports may keep it busy (see loop_load.py).
+    max_loop_busy: float = 0.75
     # Safety net behind the projections: refuse while more than this share of recent chunks was late
     # (the projections price model steps; a saturated event loop or CPU shows up only here).
     max_recent_late_rate: float = 0.01
@@ -108,10 +111,15 @@ class Scheduler:
     """Tracks sessions per model, batches the due ones, and admits new ones against step costs."""
 
     def __init__(
-        self, models: dict[str, ModelInfo], limits: AdmissionLimits, session_config: SessionConfig | None = None
+        self,
+        models: dict[str, ModelInfo],
+        limits: AdmissionLimits,
+        session_config: SessionConfig | None = None,
+        loop_load: LoopLoad | None = None,
     ) -> None:
         self.models = models
         self.limits = limits
+        self.loop_load = loop_load  # the event loop's measured load (None: not priced, e.g. unit tests)
         session_config = session_config or SessionConfig()
         self.allowance_s = {name: latency_allowance_s(info.spec, session_config) for name, info in models.items()}
         self.buckets = {name: BatchBuckets(info.max_batch_size) for name, info in models.items()}
@@ -122,11 +130,16 @@ class Scheduler:
         self._clock: list[tuple[float, str]] = []  # heap of (due time, session id) for clock-paced sessions
         self._clock_due: dict[str, float] = {}  # the one live heap entry per session (others are stale)
         self._recent: deque[tuple[float, int, int]] = deque()  # (time, chunks, late) per turn
+        self.membership_changes = 0  # joins + leaves so far (the loop-load sampler's steadiness test)
 
     # -- admission -----------------------------------------------------------------------------------
     def count(self, model: str) -> int:
         """Sessions of ``model`` running or being opened."""
         return sum(1 for s in self.sessions.values() if s.model == model) + self._num_opening[model]
+
+    def num_opening(self) -> int:
+        """Sessions admitted but not yet running (their cost is not in any measurement yet)."""
+        return sum(self._num_opening.values())
 
     def _counts(self, extra: dict[str, int] | None = None) -> dict[str, int]:
         return {name: self.count(name) + (extra or {}).get(name, 0) for name in self.models}
@@ -143,14 +156,30 @@ class Scheduler:
     def reserve(self, model: str) -> None:
         """Admit one more session of ``model`` or raise :class:`CapacityError` saying why.
 
-        Two projections must hold with the new session: throughput (the device busy at most
-        ``max_utilization`` of real time) and latency (a chunk that falls due while a full turn is in
-        flight waits for it and then for its own turn: twice the turn must fit every served model's
-        allowance, so no existing session becomes late).
+        The first session is always admitted (nothing runs that it could make late). After that: the
+        event loop's projected busy share (its transports' work, :mod:`loop_load`) must stay under its
+        limit, recent chunks must be on time (the safety net), and two projections of model steps must
+        hold with the new session: throughput (the device busy at most ``max_utilization`` of real time)
+        and latency (a chunk that falls due while a full turn is in flight waits for it and then for its
+        own turn: twice the turn must fit every served model's allowance, so no existing session
+        becomes late).
         """
         num_total = sum(self.count(m) for m in self.models)
         if num_total >= self.limits.max_sessions:
             raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum")
+        if num_total == 0:
+            # Admission protects running sessions; with none there is nothing to protect, and a cost
+            # estimate inflated by a transient (or a model too slow for this device) must not lock
+            # everyone out. The session's stats then show whether it keeps up.
+            self._num_opening[model] += 1
+            return
+        if self.loop_load is not None:
+            busy = self.loop_load.projected_busy(num_total + 1)
+            if busy > self.limits.max_loop_busy:
+                raise CapacityError(
+                    f"server at capacity: moving media for {num_total + 1} sessions would keep its event loop "
+                    f"{busy:.0%} busy (limit {self.limits.max_loop_busy:.0%}; now {self.loop_load.busy:.0%})"
+                )
         chunks, late = self.recent_lateness()
         if chunks >= 50 and late > self.limits.max_recent_late_rate * chunks:
             raise CapacityError(
@@ -192,6 +221,7 @@ class Scheduler:
         """Start scheduling an opened, started session (turns its reservation into membership)."""
         self.unreserve(session.model)
         self.sessions[session.id] = session
+        self.membership_changes += 1
         self.mark(session)
 
     def remove(self, session_id: str) -> Session | None:
@@ -199,6 +229,7 @@ class Scheduler:
         self._marked.discard(session_id)
         self._clock_due.pop(session_id, None)
         session = self.sessions.pop(session_id, None)
+        self.membership_changes += session is not None
         if not self.sessions:
             self._recent.clear()  # lateness of sessions that are gone protects no one
         return session

@@ -1,4 +1,4 @@
-"""Output pacing: a session's media, produced in chunks, released as fixed frames on a wall clock.
+"""Output pacing: a session's media, produced in chunks, released on a wall clock (frames or packets).
 
 A paced track (an aiortc track, or any sender that wants one frame per period) asks :meth:`next_frame`;
 the pacer sleeps until the frame's slot and returns it. Slots are ``t0 + n * period`` on the monotonic
@@ -17,6 +17,12 @@ Design of the slot decision (one per frame):
 * once a window, if the smallest lead in it exceeds ``margin + trim_above``, the grid moves earlier (or
   whole frames are dropped, when the lead exceeds a frame) so latency comes back to the margin after a
   hiccup or clock drift between client and server.
+
+With audio and video, the video pacer follows the audio pacer's clock by the chunks' pts
+(:meth:`AudioPacer.anchor`), so each pacer's own adjustments never pull lips and voice apart.
+
+Pre-encoded packets (a shared stream's viewers) cannot be re-cut, padded or repeated: :class:`PacketPacer`
+releases each at its pts on a :class:`MediaClock` that all tracks of the stream share.
 
 Everything runs on the event loop; ``push`` is cheap and never blocks.
 """
