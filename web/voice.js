@@ -13,9 +13,9 @@ const PIECE_CHARS = 48000;
 /** A label for a shipped voice from /healthz (`{id, espeak_voice, pitch, variant}`). */
 export function voiceLabel(v) {
   if (typeof v !== "object") return String(v);
-  const variant = v.variant ? ` ${v.variant}` : "";
+  const voice = (v.espeak_voice || v.variant || "").replace("+", " "); // "en-gb+anika" -> "en-gb anika"
   const pitch = v.pitch != null ? `, pitch ${v.pitch}` : "";
-  return `${v.id} (${v.espeak_voice || "voice"}${variant}${pitch})`;
+  return voice ? `${v.id} (${voice}${pitch})` : v.id;
 }
 
 /** A reference clip {name, seconds, wav (base64)} from an audio file the browser can decode. */
