@@ -87,6 +87,8 @@ train-vc: $(STAMP)
 	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --shard 1 --num-shards 2; wait
 	$(PY) scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --split-above 0.6 --out runs/vc --minutes 30 --steps 7308 \
+	  --batch 8 --lr 3e-4
 	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --checkpoint checkpoints/vc_default.safetensors
 

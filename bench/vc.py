@@ -187,7 +187,8 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
         fields |= {f"per_{k}": per.per(v) for k, v in per_items.items()}
         if recognizer is not None:
             fields |= {f"wer_{k}": recognizer.wer(v) for k, v in wer_items.items()}
-        emit(bench="vc.quality", split=split, steps=args.steps, pairs=[f"{s}->{t}" for s, t in pairs],
+        emit(bench="vc.quality", split=split, steps=args.steps, temperature=gen.temperature,
+             pairs=[f"{s}->{t}" for s, t in pairs],
              pitch_pairs=[(table[s]["pitch"], table[t]["pitch"]) for s, t in pairs],
              utterances=len(per_items["converted"]), **fields)
 
@@ -224,6 +225,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
+    ap.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: the model's)")
     ap.add_argument("--sessions", default="1,2,4,8,16,32,64")
     ap.add_argument("--session-chunks", type=int, default=20)
     ap.add_argument("--num-pairs", type=int, default=4)
@@ -235,7 +237,9 @@ def main() -> None:
         bench_gpu(args)
         return
     skip = set(args.skip.split(","))
-    gen = VCGenerator(checkpoint=args.checkpoint, chunk_ms=args.chunk_ms, max_sessions=128, max_batch_size=128)
+    options = {} if args.temperature is None else {"temperature": args.temperature}
+    gen = VCGenerator(checkpoint=args.checkpoint, chunk_ms=args.chunk_ms, max_sessions=128, max_batch_size=128,
+                      **options)
     speech = np.concatenate([u.audio for u in load_utterances(args.data, ("test_unseen_voice",), 40)])
     if "latency" not in skip:
         bench_latency(gen, speech[: 30 * 16_000], args)

@@ -37,7 +37,8 @@ MODELS: dict[str, ModelEntry] = {
     "video": ModelEntry("models.video.generator", "VideoGenerator", "long interactive text-to-video (after LongLive)"),
 }
 
-DEFAULT_MODELS = ("pitch", "testcard", "avatar", "video", "tts:backend=onnx")  # tts onnx: RTF 0.14 vs 0.37 (torch)
+# tts onnx: RTF 0.14 vs 0.37 (torch)
+DEFAULT_MODELS = ("pitch", "testcard", "vc", "avatar", "video", "tts:backend=onnx")
 
 
 def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:

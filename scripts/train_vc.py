@@ -11,8 +11,16 @@ checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 0 --num-shards 2
     python scripts/train_vc.py features --part content --data data/speech_vc --out runs/vc --shard 1 --num-shards 2
     python scripts/train_vc.py dit --out runs/vc --minutes 50 --steps 5500 --batch 8 --lr 5e-4
+    python scripts/train_vc.py dit --resume --new-schedule --split-above 0.6 --out runs/vc --minutes 30 \
+        --steps 7308 --batch 8 --lr 3e-4
     python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
+
+The shipped run's first ``dit`` stage was stopped by its environment after step 3000 (its last save) and
+continued with ``dit --resume --out runs/vc --minutes 24 --steps 5500 --batch 8 --lr 5e-4`` (the same lr
+schedule from step 3001, a new data order, fresh optimizer moments re-warmed over 50 steps), which hit
+its minutes at step 5308. Its one-step samples were noise (see :func:`dit_loss`): the second ``dit``
+stage fine-tunes with the split-in-two target for intervals over 0.6, steps 5309-7308 on a new schedule.
 
 ``content`` trains the streaming CTC phoneme recognizer (level/noise augmentation; fixed mel statistics from
 the data); ``features`` runs the TTS family's waveform-VAE encoder (``--vae``: its shipped checkpoint by
@@ -205,7 +213,7 @@ def make_features(args) -> None:
         for i, u in enumerate(utts):
             x = torch.from_numpy(pad(u.audio, hop))[None]
             feats["latents"].append(vae.normalize(vae.encode(x)[0])[0].T.half())  # (N, D)
-            feats["mel"].append(model.mel.offline(torch.from_numpy(u.audio)[None])[0].half())
+            feats["mel"].append(model.mel.reference(torch.from_numpy(u.audio)[None])[0].half())  # plain log-mel
             for key in ("id", "split", "voice_id"):
                 feats[key].append(getattr(u, key))
             if i % 500 == 0:
@@ -305,8 +313,16 @@ def chunk_times(batch: int, frames: int, chunk: int, mf: bool, rng: torch.Genera
     return expand(r), expand(t)
 
 
-def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig) -> dict[str, torch.Tensor]:
-    """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain)."""
+def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig,
+             split_above: float = 2.0) -> dict[str, torch.Tensor]:
+    """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain).
+
+    Intervals longer than ``split_above`` (off by default) learn the interval-splitting identity instead
+    of MeanFlow's: u(z, r, t) = (u(z, m, t) + u(z', r, m)) / 2 with m the midpoint and z' = z - (t - m) u(z, m, t),
+    the model's own two half-jumps as the target (as shortcut models do). The shipped run needed it: near
+    the one-step corner (r, t) = (0, 1) the MeanFlow target v - (t - r) du/dt fed on itself (du/dt grew
+    with u) until u(z, 0, 1) was ~6x the velocity's size and one-step samples were noise.
+    """
     x, content, ref, ref_mask = batch
     b, n, _ = x.shape
     speaker, tokens, tmask = model.speaker(ref, ref_mask)
@@ -333,6 +349,9 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         model.dit.set_explicit_attention(mf)  # forward-mode AD needs attention written out; SDPA otherwise
         if mf:
             u, target = mean_flow_target(u_fn, z, r, t, v)
+            long = (t - r) > split_above  # (m, T)
+            if long.any():
+                target = torch.where(long[..., None], split_target(u_fn, z, r, t), target)
         else:
             u, target = u_fn(z, r, t), v
         err = (u - target).pow(2).mean(-1)  # (m, T)
@@ -341,6 +360,15 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         out[name + "_mse"] = err.mean().detach()
     out["loss"] = sum(out[k] for k in ("mf", "fm") if k in out)
     return out
+
+
+@torch.no_grad()
+def split_target(u_fn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The average velocity over [r, t] as the mean of the model's own two half-jumps (no gradient)."""
+    mid = (r + t) / 2
+    u_late = u_fn(z, mid, t)
+    u_early = u_fn(z - (t - mid)[..., None] * u_late, r, mid)
+    return (u_late + u_early) / 2
 
 
 def train_dit(args) -> None:
@@ -353,22 +381,39 @@ def train_dit(args) -> None:
     vae_cfg = VAEConfig()
     cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae_cfg)
     model = VCModel(cfg)
+    params = list(model.speaker.parameters()) + list(model.dit.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     resume = out / "dit.pt"
+    first, rewarm = 0, 0
     if args.resume and resume.exists():
+        # Continue the same schedule (lr by step of --steps) from the saved step; fresh data order. A save
+        # without optimizer moments (older runs) gets a short re-warm-up to the scheduled lr instead.
         state = torch.load(resume)
         model.speaker.load_state_dict(state["speaker"])
         model.dit.load_state_dict(state["dit"])
-    params = list(model.speaker.parameters()) + list(model.dit.parameters())
+        first = state["step"] + 1
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        else:
+            rewarm = 50
+        torch.manual_seed(args.seed + first)
+        rng = random.Random(args.seed + first)
+        gen = torch.Generator().manual_seed(args.seed + first)
     print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
-                      "speaker_params": sum(p.numel() for p in model.speaker.parameters())}), flush=True)
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+                      "speaker_params": sum(p.numel() for p in model.speaker.parameters()),
+                      "first_step": first}), flush=True)
     batches = DitBatches(feats, cfg, rng)
     start = time.time()
-    for step in range(args.steps):
+    step = first
+    for step in range(first, args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr)
+            ramp = min(1.0, (step - first + 1) / rewarm) if rewarm else 1.0
+            if args.new_schedule:  # a fine-tuning phase: its own warm-up and cosine from the resumed step
+                group["lr"] = lr_at(step - first, args.steps - first, args.lr, warmup=50)
+            else:
+                group["lr"] = ramp * lr_at(step, args.steps, args.lr)
         chunk = 4 if rng.random() < 0.7 else 2
-        losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg)
+        losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg, args.split_above)
         opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -377,10 +422,18 @@ def train_dit(args) -> None:
         if step % 25 == 0:
             log(out / "dit_log.jsonl", step=step, min=minutes, **{k: v.item() for k, v in losses.items()})
         if step % 200 == 0 or minutes > args.minutes:
-            torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+            save_dit(resume, model, opt, step)
         if minutes > args.minutes:
             break
-    torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step}, resume)
+    save_dit(resume, model, opt, step)
+
+
+def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer, step: int) -> None:
+    """The DiT stage's resumable state: speaker encoder, DiT, optimizer moments and the step reached."""
+    state = {"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "opt": opt.state_dict(),
+             "step": step}
+    torch.save(state, path.with_suffix(".tmp"))
+    path.with_suffix(".tmp").replace(path)  # never a half-written dit.pt if the run is stopped mid-save
 
 
 # -- stage 4: export --------------------------------------------------------------------------------------
@@ -442,6 +495,10 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--num-voices", type=int, default=8)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--new-schedule", action="store_true",
+                    help="dit --resume: a new lr schedule (warm-up, cosine) from the resumed step to --steps")
+    ap.add_argument("--split-above", type=float, default=2.0,
+                    help="dit: intervals t - r above this learn the split-in-two target (default: never)")
     ap.add_argument("--part", choices=["latents", "content"], default="content", help="features: which part")
     ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
     ap.add_argument("--num-shards", type=int, default=1)

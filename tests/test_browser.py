@@ -81,7 +81,8 @@ def test_voice_round_trip(browser, live_server: RunningServer, transport: str) -
     """Fake-mic 440 Hz goes through the pitch shifter (+4 semitones) and comes back as ~554 Hz."""
     open_page(browser, live_server)
     browser.execute_script(
-        "causalcast.selectMode('voice'); causalcast.setTransport(arguments[0]); causalcast.start()", transport
+        "causalcast.selectMode('voice'); causalcast.selectModel('pitch'); causalcast.setTransport(arguments[0]);"
+        " causalcast.start()", transport
     )
     wait_until(browser, "return causalcast.state().last.ready")
     if transport == "webrtc":

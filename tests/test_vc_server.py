@@ -11,11 +11,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
+from models.base import StepInput
 from models.vc.generator import DEFAULT_CHECKPOINT, VCGenerator
 from streaming.client import Client, MediaCollector
 from tests.streaming_helpers import Received, collect_until, send_paced
-from tests.vc_helpers import make_tiny_checkpoint, median_f0, run_session, speechlike, wav_b64
+from tests.vc_helpers import make_tiny_checkpoint, median_f0, offline_reference, run_session, speechlike, wav_b64
 
 SHIPPED = os.path.exists(DEFAULT_CHECKPOINT)
 VOICE = "v056"  # a shipped voice (espeak-ng "linda", pitch 75) far from the held-out source clip (tests/data)
@@ -23,6 +25,16 @@ SOURCE_TEXT = "This language danced. My dirty baker opened his forest!"  # held-
 SOURCE_LANGUAGE = "en-gb-scotland"
 OTHER_TEXTS = ["Why did the angry pilot wait near the river?", "Seven green boats sailed past the quiet village.",
                "Could you bring me the yellow cup tomorrow morning?"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread, as a model is served per core: more only contend with the rest of the suite (a
+    shipped-checkpoint test took 66 s instead of 0.8 s with the default threads on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +136,54 @@ def test_shipped_checkpoint_carries_the_words_toward_the_target_voice(shipped):
 def test_shipped_checkpoint_silence_in_silence_out(shipped):
     out = run_session(shipped, np.zeros(32_000, np.float32), {"voice": VOICE, "seed": 0})
     assert np.sqrt(np.mean(out**2)) < 0.01
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_shipped_checkpoint_streaming_equals_offline(shipped, steps):
+    """The cache proof on the real model: chunk-by-chunk streaming == whole-sequence passes."""
+    audio = _clip("vc_unseen_source.wav")[: 8 * 2560]
+    streamed = run_session(shipped, audio, {"voice": VOICE, "seed": 5, "steps": steps})
+    np.testing.assert_allclose(streamed, offline_reference(shipped, audio, VOICE, 5, steps), atol=2e-4)
+
+
+def test_shipped_checkpoint_batch_equals_single(shipped):
+    source = _clip("vc_unseen_source.wav")[: 6 * 2560]
+    inputs = [source, source[::-1].copy(), 0.5 * source]
+    params = [{"voice": VOICE, "seed": 1}, {"voice": "v057", "seed": 2, "steps": 2}, {"voice": VOICE, "seed": 3}]
+    alone = [run_session(shipped, a, p) for a, p in zip(inputs, params, strict=True)]
+    states = [shipped.open_session(shipped.validate_params(p)) for p in params]
+    together = [[] for _ in inputs]
+    for k in range(6):
+        chunk = [StepInput(audio=a[k * 2560 : (k + 1) * 2560], num_valid_samples=2560) for a in inputs]
+        for i, o in enumerate(shipped.step(states, chunk, 4)):
+            together[i].append(o.audio)
+    for s in states:
+        shipped.close_session(s)
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_allclose(np.concatenate(t), a, atol=2e-4)
+
+
+def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shipped, monkeypatch):
+    """Deep male (v057) -> high female (v056) mid-word (before chunk 4) of held-out speech: nothing before it changes;
+    the first chunk after it is generated in the new voice (its latents near those of a session in the new
+    voice all along, far from the old voice's); the waveform crosses the boundary without a jump."""
+    latents = []
+    decode = shipped._decode
+    monkeypatch.setattr(shipped, "_decode", lambda slots, z: latents.append(z.clone()) or decode(slots, z))
+    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 16 * 2560]
+
+    def run(voice, events=None):
+        latents.clear()
+        out = run_session(shipped, audio, {"voice": voice, "seed": 4}, events)
+        return out, torch.cat(latents, dim=1)[0]
+
+    k = 4
+    (old, z_old), (new, z_new) = run("v057"), run("v056")
+    switched, z_sw = run("v057", {k: ("set_reference", {"voice": "v056"})})
+    n, f = 2560, shipped.chunk_latents
+    np.testing.assert_allclose(switched[: k * n], old[: k * n], atol=1e-6)
+    chunk = slice(k * f, (k + 1) * f)
+    assert (z_sw[chunk] - z_new[chunk]).abs().mean() < 0.7 * (z_sw[chunk] - z_old[chunk]).abs().mean()
+    assert median_f0(switched[(k + 1) * n :]) > 1.5 * median_f0(switched[: k * n])  # and stays switched
+    steps = np.abs(np.diff(np.concatenate([old, new])))
+    assert abs(switched[k * n] - switched[k * n - 1]) <= np.percentile(steps, 99.9)

@@ -219,7 +219,6 @@ async def test_bad_offers_get_400_with_reason(server: RunningServer) -> None:
     assert (await refused(_offer_body("hello, I am not SDP")))["code"] == "bad_offer"
     assert (await refused(_offer_body("v=0\r\n")))["code"] == "bad_offer"
     assert (await refused(_offer_body(good, model="nope")))["code"] == "unknown_model"
-    assert (await refused(_offer_body(good, model="vc")))["code"] == "unknown_model"  # not implemented yet
     assert (await refused(_offer_body(good, params={"semitones": "high"})))["code"] == "bad_params"
     no_audio = await _offer_sdp(audio=False, video=True)
     reply = await refused(_offer_body(no_audio))

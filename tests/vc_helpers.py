@@ -87,6 +87,7 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
     content = model.content_offline(torch.from_numpy(audio[: num_chunks * n])[None])
     rng = torch.Generator().manual_seed(seed)
     noise = torch.cat([torch.randn(k, cfg.vae.latent_dim, generator=rng) for _ in range(num_chunks)])[None]
+    noise = gen.temperature * noise  # the generator's sampling temperature
     speaker, kv_all, tmask = gen._voices[voice]
     kv = [(kv_all[i, 0][None], kv_all[i, 1][None]) for i in range(cfg.depth)]
     latents = torch.zeros_like(noise)

@@ -8,6 +8,7 @@ import { decodeAudioFile, isNoTtsError, SAY_RATE_HZ, sayAudioMessages } from "./
 import { AudioGraph, grabFrame, markerTrain, openMic, toBase64Pcm16 } from "./media.js";
 import { RtcConnection } from "./rtc.js";
 import { StreamsList, Timeline } from "./shared.js";
+import { recordReference, referenceFromFile, setReferenceMessages, voiceLabel } from "./voice.js";
 import { WsConnection } from "./ws.js";
 
 const MODES = {
@@ -18,6 +19,7 @@ const MODES = {
 };
 const PITCH_VOICES = [["higher (+4 semitones)", 4], ["much higher (+7)", 7], ["deeper (−4)", -4], ["much deeper (−7)", -7], ["unchanged (0)", 0]];
 const MAX_RETRIES = 3;
+const OWN_VOICE = "__reference__"; // the Voice tab's option for the user's own clip (vc)
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -25,6 +27,7 @@ const state = {
   watching: null, // the shared session this page watches (null: it runs its own, or nothing)
   startOptions: {}, retries: 0, retryTimer: null, statsTimer: null, synthetic: null,
   log: [], errors: [], last: {}, notices: [],
+  reference: null, // the user's own target-voice clip for vc: {name, seconds, wav (base64)}
 };
 let streams = null;
 let timeline = null;
@@ -54,7 +57,13 @@ async function init() {
   $("model").addEventListener("change", () => renderModel());
   $("voice").addEventListener("change", () => {
     if (state.running && currentModel() === "pitch") send({ type: "set_pitch", semitones: Number($("voice").value) });
+    if (state.running && currentModel() === "vc") sendVoice();
   });
+  $("vc-steps").addEventListener("change", () => {
+    if (state.running && currentModel() === "vc") send({ type: "set_steps", steps: Number($("vc-steps").value) });
+  });
+  $("ref-file").addEventListener("change", () => useReference(() => referenceFromFile($("ref-file").files[0])));
+  $("ref-record").addEventListener("click", () => useReference(() => recordReference(6)));
   $("say").addEventListener("click", () => say());
   $("switch").addEventListener("click", () => switchPrompt());
   $("prompt").addEventListener("keydown", (e) => { if (e.key === "Enter") switchPrompt(); });
@@ -92,6 +101,7 @@ function selectMode(mode) {
   for (const tab of document.querySelectorAll("#tabs button")) tab.setAttribute("aria-selected", String(tab.dataset.mode === mode));
   $("mode-help").textContent = MODES[mode].help;
   for (const row of document.querySelectorAll("[data-for]")) row.hidden = row.dataset.for !== mode;
+  showModelRows();
   const select = $("model");
   select.innerHTML = "";
   for (const m of modelsFor(mode)) {
@@ -126,13 +136,58 @@ function renderModel() {
   }
   const voice = $("voice");
   voice.innerHTML = "";
-  const voices = name === "pitch" ? PITCH_VOICES : (info && info.voices ? info.voices.map((v) => [v, v]) : [["default", ""]]);
+  const voices = name === "pitch" ? PITCH_VOICES
+    : (info && info.voices ? info.voices.map((v) => [voiceLabel(v), typeof v === "object" ? v.id : v]) : [["default", ""]]);
   for (const [label, value] of voices) voice.add(new Option(label, value));
+  if (name === "vc" && state.reference) voice.add(ownVoiceOption(), 0);
+  voice.selectedIndex = 0;
+  showModelRows();
   const examples = $("prompt-examples");
   examples.replaceChildren(...((info && info.example_prompts) || []).map((p) => new Option(p)));
   if (info && info.example_prompts && info.example_prompts.length && !state.running) $("prompt").value = info.example_prompts[0];
   $("say-note").textContent = ""; // said when a `say` with text is refused (the avatar has no tts model)
   setRunning(state.running);
+}
+
+/** Rows for one model only (`data-model`): the vc reference upload and steps. */
+function showModelRows() {
+  const name = currentModel();
+  for (const el of document.querySelectorAll("[data-model]")) {
+    el.hidden = el.dataset.model !== name || (el.dataset.for && el.dataset.for !== state.mode);
+  }
+}
+
+function ownVoiceOption() {
+  const r = state.reference;
+  return new Option(`your clip: ${r.name} (${r.seconds.toFixed(1)} s)`, OWN_VOICE);
+}
+
+/** Load the user's own target voice (upload or recording), select it, and use it now if streaming. */
+async function useReference(load) {
+  $("ref-note").textContent = "reading the clip…";
+  try {
+    state.reference = await load();
+  } catch (e) {
+    $("ref-note").textContent = "";
+    showMessage(`Could not use that clip: ${e.message}`, true);
+    return;
+  }
+  $("ref-file").value = ""; // the same file can be chosen again
+  const voice = $("voice");
+  for (const opt of [...voice.options]) if (opt.value === OWN_VOICE) opt.remove();
+  voice.add(ownVoiceOption(), 0);
+  voice.value = OWN_VOICE;
+  $("ref-note").textContent = `${state.reference.name}: ${state.reference.seconds.toFixed(1)} s`;
+  logLine(`reference: ${state.reference.name} (${state.reference.seconds.toFixed(1)} s)`);
+  if (state.running && currentModel() === "vc") sendVoice();
+}
+
+/** Switch the running vc session to the selected target voice (a shipped one, or the user's clip). */
+function sendVoice() {
+  const value = $("voice").value;
+  if (value !== OWN_VOICE) send({ type: "set_reference", voice: value });
+  else if (state.reference) for (const message of setReferenceMessages(state.reference.wav)) send(message);
+  logLine(`voice: ${value === OWN_VOICE ? state.reference.name : value}`);
 }
 
 function setRunning(running) {
@@ -175,7 +230,11 @@ function logLine(text) {
 // -- sessions ------------------------------------------------------------------------------------------
 function paramsFor(model) {
   if (model === "pitch") return { semitones: Number($("voice").value) };
-  if (model === "vc" && $("voice").value) return { voice: $("voice").value };
+  if (model === "vc") {
+    const steps = Number($("vc-steps").value);
+    if ($("voice").value === OWN_VOICE && state.reference) return { reference_audio: state.reference.wav, steps };
+    return $("voice").value ? { voice: $("voice").value, steps } : { steps };
+  }
   if (model === "video" && $("prompt").value.trim()) return { prompt: $("prompt").value.trim() };
   return {};
 }
@@ -372,6 +431,8 @@ window.causalcast = {
     watching: state.watching, message: $("message").textContent, log: state.log, errors: state.errors, last: state.last,
     notices: state.notices, timeline: timeline.entries, conversation: $("conv-state").textContent }),
   selectMode: (mode) => selectMode(mode),
+  /** Pick a model of the current tab (e.g. `pitch` rather than `vc` on the Voice tab). */
+  selectModel: (name) => { $("model").value = name; renderModel(); },
   setTransport: (t) => { $("transport").value = t; },
   start: () => start(),
   stop: () => stop(),

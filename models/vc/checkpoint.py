@@ -2,8 +2,9 @@
 
 Weights are stored as float16 and loaded as float32 (feature and latent statistics stay float32).
 Metadata (JSON strings): ``config`` (VCConfig with its VAEConfig), ``symbols`` (the content recognizer's
-CTC classes) and ``voices`` ({voice_id: description}); the tensor ``voices.<id>`` is that voice's reference
-log-mel (frames, num_mels), so the speaker encoder embeds shipped and uploaded references the same way.
+CTC classes) and ``voices`` ({voice_id: description}); the tensor ``voices.<id>`` is that voice's reference log-mel
+(frames, num_mels; ``CausalMel.reference``, not normalised), so the speaker encoder embeds shipped and
+uploaded references the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def save_checkpoint(path: str, model: VCModel, symbols: list[str], refs: dict[st
     with torch.no_grad():
         for voice_id, ref in refs.items():
             audio = torch.from_numpy(np.asarray(ref["audio"], dtype=np.float32))[None]
-            tensors[f"voices.{voice_id}"] = model.mel.offline(audio)[0].half()
+            tensors[f"voices.{voice_id}"] = model.mel.reference(audio)[0].half()
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     meta = {
         "config": json.dumps(model.cfg.to_dict()),

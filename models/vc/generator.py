@@ -13,8 +13,12 @@ cache): nothing grows with stream length. Randomness comes from a per-session ge
 audio depends on its input, reference and seed only, never on the batch it shares.
 
 A new reference (``set_reference``) takes effect at the next chunk: the speaker vector and timbre keys are
-replaced, and the cached context of the last second is recomputed under the new voice (KV-recache, as
-LongLive does on a prompt switch), so the next chunk follows the new voice without old-voice context.
+replaced and the DiT's context is reset (``voice_switch="reset"``, the default): the next chunk is
+generated as at a stream's start (training drops the context 10% of the time), in the new voice, while
+the vocoder keeps its left context, so the waveform stays continuous. ``voice_switch="recache"``
+recomputes the last second's keys/values under the new voice instead (KV-recache, as LongLive does on a
+prompt switch); measured on the shipped model, its first chunk after a switch stays near the old voice
+(the cached latents themselves are the old voice's) and only the second follows the new one.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import binascii
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -47,6 +51,9 @@ MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the fir
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
 MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not opened yet
+# A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
+# enough for the longest accepted upload as 16-bit WAV at 48 kHz.
+MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
 
 
 @dataclass
@@ -58,6 +65,8 @@ class VCState:
     steps: int  # mean-flow steps per chunk (1 or 2)
     voice: str  # shipped voice id, or "reference" for uploaded audio
     num_frames: int = 0  # latent frames generated so far (the next chunk's first position)
+    reference_parts: list[str] = field(default_factory=list)  # base64 pieces of a live upload, until `final`
+    reference_chars: int = 0  # their total length (bounded by MAX_REFERENCE_PARTS_CHARS)
 
 
 class VCGenerator(Generator):
@@ -73,10 +82,12 @@ class VCGenerator(Generator):
         checkpoint: str | None = None,
         chunk_ms: float = 160.0,
         max_sessions: int = 64,
-        max_batch_size: int = 32,
+        max_batch_size: int = 16,
         num_threads: int | None = None,
         cuda_graphs: bool = True,
         sampler: str = "mean",
+        temperature: float = 0.5,
+        voice_switch: str = "reset",
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -84,6 +95,12 @@ class VCGenerator(Generator):
         if sampler not in ("mean", "euler"):
             raise ValueError(f"sampler must be 'mean' (average velocity over each jump) or 'euler', got {sampler!r}")
         self.sampler = sampler
+        if not 0.0 <= float(temperature) <= 1.5:
+            raise ValueError(f"temperature must be in [0, 1.5], got {temperature!r}")
+        self.temperature = float(temperature)  # scales each chunk's starting noise (lower: less varied, clearer)
+        if voice_switch not in ("reset", "recache"):
+            raise ValueError(f"voice_switch must be 'reset' or 'recache', got {voice_switch!r}")
+        self.voice_switch = voice_switch
         ckpt = self._load(config, checkpoint)
         self.model: VCModel = ckpt.model.to(self.device)
         self.cfg: VCConfig = self.model.cfg
@@ -181,7 +198,7 @@ class VCGenerator(Generator):
             raise ParamError(f"'reference_audio' is too short: {seconds:.1f} s of speech, {MIN_REFERENCE_S:g}-"
                              f"{self.cfg.max_ref_s:g} s are needed")
         speech = 0.7 * speech / peak  # the corpus's level; clipped input stays clipped but usable
-        mel = self.model.mel.offline(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
+        mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
         return self._embed_reference(mel)
 
     def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -243,17 +260,47 @@ class VCGenerator(Generator):
         self._speaker[slot], self._timbre[:, :, slot], self._timbre_mask[slot] = speaker, kv, tmask
 
     def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``set_reference {voice | reference_audio}`` and ``set_steps {steps}``, from the next chunk on."""
+        """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
+
+        Both take effect from the next chunk on. ``reference_audio_part`` carries one piece of a base64 WAV
+        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it.
+        """
         if event.type == "set_steps":
             state.steps = _steps(event.payload.get("steps"))
             return [{"type": "steps_set", "steps": state.steps}]
         if event.type != "set_reference":
             return super().handle_event(state, event)
-        voice, reference = self._reference(event.payload)
+        payload = event.payload
+        if "reference_audio_part" in payload:
+            payload = self._reference_part(state, payload)
+            if payload is None:
+                return []  # more pieces to come
+        voice, reference = self._reference(payload)
         self._set_reference(state.slot, reference)
-        self._recache(state)
+        if self.voice_switch == "reset":
+            self.cache.clear([state.slot], keep_sink=False)  # the vocoder's context stays: no click
+        else:
+            self._recache(state)
         state.voice = voice
         return [{"type": "reference_set", "voice": voice}]
+
+    @staticmethod
+    def _reference_part(state: VCState, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Collect one piece of a live reference upload; the whole upload once the final piece is in."""
+        part = payload["reference_audio_part"]
+        if not isinstance(part, str):
+            state.reference_parts, state.reference_chars = [], 0
+            raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
+        state.reference_chars += len(part)
+        if state.reference_chars > MAX_REFERENCE_PARTS_CHARS:
+            state.reference_parts, state.reference_chars = [], 0
+            raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
+        state.reference_parts.append(part)
+        if not payload.get("final", False):
+            return None
+        data = "".join(state.reference_parts)
+        state.reference_parts, state.reference_chars = [], 0
+        return {"reference_audio": data}
 
     @torch.inference_mode()
     def _recache(self, state: VCState) -> None:
@@ -279,6 +326,7 @@ class VCGenerator(Generator):
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
         audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
+        noise = noise * self.temperature
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
         steps = [s.steps for s in states]
         for num_steps in sorted(set(steps)):

@@ -111,16 +111,24 @@ class CausalMel(nn.Module):
         """Past samples a chunk needs."""
         return self.n_fft - self.hop
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """Audio (B, tail + N * hop) -> normalised log-mel (B, N, num_mels)."""
+    def forward(self, audio: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Audio (B, tail + N * hop) -> log-mel (B, N, num_mels), normalised (the content encoder's input)."""
         frames = audio.unfold(1, self.n_fft, self.hop) * self.window  # (B, N, n_fft)
         power = torch.fft.rfft(frames, dim=-1).abs().pow(2)  # (B, N, F)
         mel = torch.log(power @ self.fb.T + 1e-6)  # (B, N, M)
-        return (mel - self.mean) / self.std
+        return (mel - self.mean) / self.std if normalize else mel
 
-    def offline(self, audio: torch.Tensor) -> torch.Tensor:
+    def offline(self, audio: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """Whole signals (B, T) from their start (zeros before) -> (B, T // hop, num_mels)."""
-        return self(F.pad(audio, (self.tail, 0))[:, : self.tail + audio.shape[1] // self.hop * self.hop])
+        return self(F.pad(audio, (self.tail, 0))[:, : self.tail + audio.shape[1] // self.hop * self.hop], normalize)
+
+    def reference(self, audio: torch.Tensor) -> torch.Tensor:
+        """The speaker encoder's input: plain log-mel (B, T // hop, num_mels) of whole reference clips.
+
+        Not normalised by the content statistics: the speaker encoder was trained on plain log-mel (the
+        features stage computes reference mels before those statistics exist), and inference must match.
+        """
+        return self.offline(audio, normalize=False)
 
 
 @dataclass
@@ -394,7 +402,7 @@ class VCModel(nn.Module):
 
     def reference(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reference clips (B, T) at 16 kHz (equal lengths) -> speaker (B, dim), tokens (B, S, dim), mask (B, S)."""
-        mel = self.mel.offline(audio)
+        mel = self.mel.reference(audio)
         return self.speaker(mel, torch.ones(mel.shape[:2], dtype=torch.bool, device=mel.device))
 
     def content_offline(self, audio: torch.Tensor) -> torch.Tensor:
