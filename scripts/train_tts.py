@@ -187,6 +187,29 @@ def ar_batch(data: dict, vocab: PhonemeVocab, by_voice: dict, batch: int, rng: r
     return spk, ph, num_ph, z, num_lat
 
 
+@torch.no_grad()
+def self_context(model: TTSModel, spk, ph, num_ph, z: torch.Tensor, share: float, cfg: TTSConfig) -> torch.Tensor:
+    """Context latents (B, N, D) where a ``share`` of the positions hold the model's own samples.
+
+    Parallel scheduled sampling against exposure bias: a teacher-forced pass samples every latent from the
+    ground-truth context before it (as inference samples it, guided, with the inference flow steps); a
+    random share of the positions then shows that sample instead of the truth, while the targets stay the
+    truth. Free-running synthesis sees only its own samples; without this the model learned to lean on a
+    clean context (teacher-forced phoneme error 0.44, free-running 0.82 with the ~975-step model).
+    """
+    b, n_max, d = z.shape
+    was_training = model.training
+    model.eval()
+    h, _ = model(spk, ph, num_ph, z)
+    bos = 1 + ph.shape[1]
+    h_lat = h[:, bos : bos + n_max].reshape(b * n_max, -1)  # (B * N, C): predicts latent i
+    noise = torch.randn(b * n_max, d, device=z.device)
+    pred = model.head.sample(h_lat, noise, cfg.flow_steps, cfg.cfg_scale).view(b, n_max, d)
+    model.train(was_training)
+    use = torch.rand(b, n_max, 1, device=z.device) < share
+    return torch.where(use, pred, z)
+
+
 def train_ar(args) -> None:
     out = Path(args.out)
     data = torch.load(out / "latents.pt")
@@ -212,9 +235,13 @@ def train_ar(args) -> None:
             group["lr"] = lr_at(step - first, args.steps, args.lr, warmup=50 if first else 200)
         spk, ph, num_ph, z, num_lat = (t.to(args.device) for t in ar_batch(data, vocab, by_voice, args.batch, rng))
         b, n_max, d = z.shape
-        sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
-        h, attns = model(spk, ph, num_ph, z + sigma * torch.randn_like(z))
         bos = 1 + ph.shape[1]
+        context = z
+        share = args.self_context * min(1.0, (step - first + 1) / max(1, args.self_context_ramp))
+        if share > 0:
+            context = self_context(model, spk, ph, num_ph, z, share, cfg)
+        sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
+        h, attns = model(spk, ph, num_ph, context + sigma * torch.randn_like(z))
         h_lat = h[:, bos : bos + n_max]  # (B, N, C): predicts latent i
         valid = torch.arange(n_max, device=z.device)[None] < num_lat[:, None]  # (B, N)
         cond, target = h_lat[valid], z[valid]  # (M, C), (M, D)
@@ -243,6 +270,8 @@ def train_ar(args) -> None:
             log(out / "ar_log.jsonl", step=step, min=minutes, flow=flow.item(), stop=stop.item(), guide=guide.item())
         if (step % 250 == 0 and step) or minutes > args.minutes:
             torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
+            if args.keep_snapshots:
+                torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / f"ar_step{step}.pt")
         if minutes > args.minutes:
             break
     torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
@@ -287,6 +316,10 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)
+    ap.add_argument("--self-context", type=float, default=0.0,
+                    help="ar: share of context latents replaced by the model's own samples (scheduled sampling)")
+    ap.add_argument("--self-context-ramp", type=int, default=200, help="ar: steps over which that share ramps up")
+    ap.add_argument("--keep-snapshots", action="store_true", help="ar: also keep ar_step<N>.pt every 250 steps")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N utterances (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
