@@ -68,6 +68,10 @@ train-tts: $(STAMP)
 		--lr 1e-3 --threads 1; wait
 	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 600 --minutes 20 --batch 12 --head-repeats 2 \
 		--lr 5e-4 --threads 2
+	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 2000 --stop-at 1750 --minutes 75 --batch 12 \
+		--head-repeats 2 --lr 5e-4 --threads 1 --self-context 0.5 --self-context-ramp 200 --keep-snapshots
+	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 1100 --minutes 40 --batch 12 \
+		--head-repeats 2 --lr 4e-4 --threads 1 --self-context 0.5 --self-context-ramp 1 --keep-snapshots
 	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).

@@ -7,10 +7,13 @@ CPU (default model, shipped checkpoint):
 - ``latency``: first-audio latency (text event in -> first PCM chunk out, phonemizing included) and RTF of
   whole utterances for one session on ``--threads`` threads;
 - ``concurrency``: N sessions stepped together: compute per chunk / chunk duration (< 1 = real time);
-- ``quality``: held-out sentences (seen voices; unseen voices through their reference audio): WER by
-  pocketsphinx with a JSGF word loop over the evaluation vocabulary, for the espeak-ng reference, the
-  reference through our VAE (vocoded) and our TTS, with ratios; mel-cepstral distortion (DTW) to the
-  reference.
+- ``quality``: held-out sentences (seen voices; unseen voices through their reference audio), each for the
+  espeak-ng reference, the reference through our VAE (vocoded) and our TTS, with ratios to the reference:
+  phoneme error rate (PER) by the project's streaming phoneme recognizer (the VC family's content encoder,
+  trained on espeak-ng audio only; ``--per-checkpoint``: a VC checkpoint, or the ``content.pt`` of a VC
+  training run), the main intelligibility measure; WER by pocketsphinx with a uniform unigram LM over the
+  evaluation vocabulary (weak on espeak-ng's accents: ~0.7 on the references themselves); mel-cepstral
+  distortion (DTW) to the reference.
 
 GPU (``--device cuda --config paper``: CLEAR-Base sizes, random weights, bf16): per-step latency and
 first-chunk latency at batch 1/32/256/1024, eager vs CUDA graphs, VAE decode included. Written to run on
@@ -90,9 +93,32 @@ def bench_concurrency(gen: TTSGenerator, texts: list[str], args) -> None:
              load=per_chunk / gen.spec.chunk_s, real_time=per_chunk < gen.spec.chunk_s)
 
 
+def phoneme_recognizer(path: str | None):
+    """The content recognizer from a VC checkpoint (.safetensors) or a VC run's ``content.pt``; None if absent."""
+    from models.audio.phoneme_recognizer import DEFAULT_CHECKPOINT, PhonemeRecognizer
+
+    path = path or DEFAULT_CHECKPOINT
+    if not Path(path).exists():
+        return None
+    if path.endswith(".safetensors"):
+        return PhonemeRecognizer(path)
+    from models.vc.model import VCConfig, VCModel
+
+    saved = torch.load(path, map_location="cpu")
+    model = VCModel(VCConfig.from_dict(saved["cfg"])).eval()
+    model.mel.load_state_dict(saved["mel"])
+    model.content.load_state_dict(saved["content"])
+    return PhonemeRecognizer(model=model, symbols=saved["symbols"])
+
+
 def bench_quality(gen: TTSGenerator, args) -> None:
     from models.audio.recognizer import VocabularyRecognizer, words_of
     from scripts.speech_corpus import load_manifest
+
+    per_recognizer = phoneme_recognizer(args.per_checkpoint)
+    if per_recognizer is None:
+        print(f"no phoneme recognizer at {args.per_checkpoint or 'the shipped VC checkpoint'}: PER skipped",
+              file=sys.stderr)
 
     root = Path(args.data)
     rows = load_manifest(root)
@@ -120,10 +146,21 @@ def bench_quality(gen: TTSGenerator, args) -> None:
             mcds.append(mel_cepstral_distortion(ref, ours))
             voc_mcds.append(mel_cepstral_distortion(ref, voc_pairs[-1][1]))
         wer_ref, wer_voc, wer_ours = (recognizer.wer(p) for p in (ref_pairs, voc_pairs, our_pairs))
+        per = {}
+        if per_recognizer is not None:
+            per_ref, per_voc, per_ours = (
+                per_recognizer.per((text, r["language"], a) for (text, a), r in zip(p, test, strict=True))
+                for p in (ref_pairs, voc_pairs, our_pairs)
+            )
+            per = {"per_reference": per_ref, "per_vocoded": per_voc, "per_ours": per_ours,
+                   "per_ratio_ours_to_reference": per_ours / max(1e-6, per_ref),
+                   "per_ratio_ours_to_vocoded": per_ours / max(1e-6, per_voc)}
         emit(bench="tts.quality", split=split, utterances=len(test), vocabulary=len(recognizer.vocabulary),
-             wer_reference=wer_ref, wer_vocoded=wer_voc, wer_ours=wer_ours,
-             wer_ratio_ours_to_reference=wer_ours / max(1e-6, wer_ref), mcd_db=statistics.mean(mcds),
-             mcd_vocoded_db=statistics.mean(voc_mcds),
+             **per, wer_reference=wer_ref, wer_vocoded=wer_voc, wer_ours=wer_ours,
+             wer_ratio_ours_to_reference=wer_ours / max(1e-6, wer_ref),
+             wer_ratio_ours_to_vocoded=wer_ours / max(1e-6, wer_voc), mcd_db=statistics.mean(mcds),
+             mcd_vocoded_db=statistics.mean(voc_mcds), mcd_ratio_ours_to_vocoded=statistics.mean(mcds)
+             / max(1e-6, statistics.mean(voc_mcds)),
              duration_ratio=sum(len(a) for _, a in our_pairs) / sum(len(a) for _, a in ref_pairs))
 
 
@@ -209,6 +246,9 @@ def main() -> None:
     ap.add_argument("--num-latency", type=int, default=10)
     ap.add_argument("--num-eval", type=int, default=40)
     ap.add_argument("--data", default="data/speech")
+    ap.add_argument("--per-checkpoint", default=None,
+                    help="phoneme recognizer for PER: a VC checkpoint or a VC run's content.pt "
+                    "(default: checkpoints/vc_default.safetensors when it exists)")
     ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -11,7 +11,18 @@ checkpoint (checkpoints/tts_default.safetensors) came from exactly these runs on
         --lr 1e-3 --threads 1
     python scripts/train_tts.py ar --resume --out runs/tts --steps 600 --minutes 20 --batch 12 --head-repeats 2 \
         --lr 5e-4 --threads 2
+    # (the first shipped checkpoint, step 975, was exported here; the VAE has not changed since)
+    python scripts/train_tts.py ar --resume --out runs/tts --steps 2000 --stop-at 1750 --minutes 75 --batch 12 \
+        --head-repeats 2 --lr 5e-4 --threads 1 --self-context 0.5 --self-context-ramp 200 --keep-snapshots
+    python scripts/train_tts.py ar --resume --out runs/tts --steps 1100 --minutes 40 --batch 12 \
+        --head-repeats 2 --lr 4e-4 --threads 1 --self-context 0.5 --self-context-ramp 1 --keep-snapshots
     python scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
+
+The last two ``ar`` stages add scheduled sampling (``--self-context``): half the context latents are the
+model's own samples. Without it the ~975-step model spoke clearly under teacher forcing (phoneme error 0.44)
+and unintelligibly when free running (0.82). A stronger variant tried in between (``--self-context 0.8
+--self-passes 2``, 250 steps from step 1750) made teacher forcing worse (0.52) without helping free running,
+and was discarded (the second stage resumes from the step-1750 snapshot).
 
 ``vae`` writes runs/tts/vae.pt; ``latents`` encodes the training corpus with it (normalised latents, per
 utterance, plus per-voice reference-encoder inputs); ``ar`` trains the AR transformer and flow head on those
@@ -187,6 +198,33 @@ def ar_batch(data: dict, vocab: PhonemeVocab, by_voice: dict, batch: int, rng: r
     return spk, ph, num_ph, z, num_lat
 
 
+@torch.no_grad()
+def self_context(
+    model: TTSModel, spk, ph, num_ph, z: torch.Tensor, share: float, cfg: TTSConfig, passes: int = 1
+) -> torch.Tensor:
+    """Context latents (B, N, D) where a ``share`` of the positions hold the model's own samples.
+
+    Parallel scheduled sampling against exposure bias: a teacher-forced pass samples every latent from the
+    ground-truth context before it (as inference samples it, guided, with the inference flow steps); a
+    random share of the positions then shows that sample instead of the truth, while the targets stay the
+    truth. With ``passes`` > 1 the next pass samples from the previous pass's mixed context, so errors
+    compound as they do in free-running synthesis. Free-running synthesis sees only its own samples; without
+    this the model learned to lean on a clean context (teacher-forced phoneme error 0.44, free-running 0.82
+    with the ~975-step model).
+    """
+    b, n_max, d = z.shape
+    bos = 1 + ph.shape[1]
+    context = z
+    for _ in range(passes):
+        h, _ = model(spk, ph, num_ph, context)
+        h_lat = h[:, bos : bos + n_max].reshape(b * n_max, -1)  # (B * N, C): predicts latent i
+        noise = torch.randn(b * n_max, d, device=z.device)
+        pred = model.head.sample(h_lat, noise, cfg.flow_steps, cfg.cfg_scale).view(b, n_max, d)
+        use = torch.rand(b, n_max, 1, device=z.device) < share
+        context = torch.where(use, pred, z)
+    return context
+
+
 def train_ar(args) -> None:
     out = Path(args.out)
     data = torch.load(out / "latents.pt")
@@ -212,9 +250,13 @@ def train_ar(args) -> None:
             group["lr"] = lr_at(step - first, args.steps, args.lr, warmup=50 if first else 200)
         spk, ph, num_ph, z, num_lat = (t.to(args.device) for t in ar_batch(data, vocab, by_voice, args.batch, rng))
         b, n_max, d = z.shape
-        sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
-        h, attns = model(spk, ph, num_ph, z + sigma * torch.randn_like(z))
         bos = 1 + ph.shape[1]
+        context = z
+        share = args.self_context * min(1.0, (step - first + 1) / max(1, args.self_context_ramp))
+        if share > 0:
+            context = self_context(model, spk, ph, num_ph, z, share, cfg, args.self_passes)
+        sigma = torch.rand(b, 1, 1, device=z.device) * cfg.context_noise
+        h, attns = model(spk, ph, num_ph, context + sigma * torch.randn_like(z))
         h_lat = h[:, bos : bos + n_max]  # (B, N, C): predicts latent i
         valid = torch.arange(n_max, device=z.device)[None] < num_lat[:, None]  # (B, N)
         cond, target = h_lat[valid], z[valid]  # (M, C), (M, D)
@@ -239,11 +281,14 @@ def train_ar(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         minutes = (time.time() - start) / 60
+        done = minutes > args.minutes or (args.stop_at is not None and step >= args.stop_at)
         if step % 25 == 0 or step == args.steps - 1:
             log(out / "ar_log.jsonl", step=step, min=minutes, flow=flow.item(), stop=stop.item(), guide=guide.item())
-        if (step % 250 == 0 and step) or minutes > args.minutes:
+        if (step % 250 == 0 and step) or done:
             torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
-        if minutes > args.minutes:
+            if args.keep_snapshots:
+                torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / f"ar_step{step}.pt")
+        if done:
             break
     torch.save({"cfg": cfg.to_dict(), "state": model.state_dict(), "step": step}, out / "ar.pt")
 
@@ -287,6 +332,13 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)
+    ap.add_argument("--self-context", type=float, default=0.0,
+                    help="ar: share of context latents replaced by the model's own samples (scheduled sampling)")
+    ap.add_argument("--self-passes", type=int, default=1, help="ar: sampling passes that build that context")
+    ap.add_argument("--self-context-ramp", type=int, default=200, help="ar: steps over which that share ramps up")
+    ap.add_argument("--stop-at", type=int, default=None,
+                    help="ar: stop after this (absolute) step, keeping the learning-rate schedule of --steps")
+    ap.add_argument("--keep-snapshots", action="store_true", help="ar: also keep ar_step<N>.pt every 250 steps")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N utterances (smoke tests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")

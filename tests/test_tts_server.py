@@ -79,7 +79,8 @@ def test_shipped_checkpoint_speaks_a_held_out_sentence(tmp_path):
     What this proves: the checkpoint loads, aligns text to audio (duration within 0.6-1.8x of espeak-ng's
     rendering of the same sentence in the same voice, where a failed alignment babbles on to the cap or
     stops at once) and produces speech-like energy (loud over most of it, a pause at the comma). It does
-    not prove intelligibility: bench/tts.py measures that (pocketsphinx WER against the reference).
+    not prove intelligibility: bench/tts.py measures that (phoneme error rate by the VC content recognizer and
+    pocketsphinx WER, each beside the espeak-ng reference's; docs/models/tts.md).
     """
     gen = TTSGenerator()
     voice = "v001"
