@@ -235,25 +235,18 @@ class MotionModel(nn.Module):
 
 def save_checkpoint(model: MotionModel, path: str, extra: dict | None = None) -> None:
     """Weights and normalisation buffers as safetensors; the config (and ``extra``) as JSON metadata."""
-    import json
+    from models.checkpoint_io import save_tensors
 
-    from safetensors.torch import save_file
-
-    meta = {"config": json.dumps(model.cfg.to_dict()), **{k: json.dumps(v) for k, v in (extra or {}).items()}}
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+    save_tensors(path, model.state_dict(), {"config": model.cfg.to_dict(), **(extra or {})}, half=False)
 
 
 def load_checkpoint(path: str, device: torch.device | str = "cpu") -> tuple[MotionModel, dict]:
     """A model from :func:`save_checkpoint`, in eval mode, and the checkpoint's metadata."""
-    import json
+    from models.checkpoint_io import load_tensors
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(path, "pt") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    tensors, meta = load_tensors(path)
     if "config" not in meta:
         raise ValueError(f"{path} is not an avatar checkpoint (no config in its metadata)")
     model = MotionModel(AvatarConfig(**meta.pop("config")))
-    model.load_state_dict(load_file(path, device=str(device)))
+    model.load_state_dict(tensors)
     return model.to(device).eval(), meta

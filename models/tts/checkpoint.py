@@ -8,14 +8,12 @@ vocabulary's symbols in id order) and ``voices`` ({voice_id: {language, espeak_v
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file, safe_open, save_file
 
 from models.audio.vae import WaveformVAE
+from models.checkpoint_io import load_tensors, save_tensors, strip_prefix
 from models.tts.model import TTSConfig, TTSModel
 
 
@@ -45,39 +43,25 @@ def save_checkpoint(
     tensors |= {f"vae.{k}": v for k, v in vae.state_dict().items()}
     tensors["vae.silence"] = silence
     tensors |= {f"voices.{k}": v for k, v in voice_stats.items()}
-    tensors = {
-        k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous() for k, v in tensors.items()
-    }
+    meta = {"config": model.cfg.to_dict(), "phonemes": phonemes, "voices": voice_info}
     # latent statistics stay float32: they scale every latent
-    for key in ("vae.latent_mean", "vae.latent_std"):
-        tensors[key] = vae.state_dict()[key.removeprefix("vae.")].float().contiguous()
-    meta = {
-        "config": json.dumps(model.cfg.to_dict()),
-        "phonemes": json.dumps(phonemes),
-        "voices": json.dumps(voice_info),
-    }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_file(tensors, path, metadata=meta)
-    return os.path.getsize(path)
+    return save_tensors(path, tensors, meta, float32_suffixes=("vae.latent_mean", "vae.latent_std"))
 
 
 def load_checkpoint(path: str, device: str = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`."""
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata()
-    tensors = {k: v.float() for k, v in load_file(path, device="cpu").items()}
-    cfg = TTSConfig.from_dict(json.loads(meta["config"]))
+    tensors, meta = load_tensors(path)
+    cfg = TTSConfig.from_dict(meta["config"])
     model = TTSModel(cfg)
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(strip_prefix(tensors, "model."))
     vae = WaveformVAE(cfg.vae)
-    vae_state = {k.removeprefix("vae."): v for k, v in tensors.items() if k.startswith("vae.") and k != "vae.silence"}
-    vae.load_state_dict(vae_state)
-    voice_stats = {k.removeprefix("voices."): v for k, v in tensors.items() if k.startswith("voices.")}
+    vae.load_state_dict({k: v for k, v in strip_prefix(tensors, "vae.").items() if k != "silence"})
+    voice_stats = strip_prefix(tensors, "voices.")
     return Checkpoint(
         model=model.to(device).eval(),
         vae=vae.to(device).eval(),
         silence=tensors["vae.silence"].to(device),
-        phonemes=json.loads(meta["phonemes"]),
+        phonemes=meta["phonemes"],
         voice_stats={k: v.to(device) for k, v in voice_stats.items()},
-        voice_info=json.loads(meta["voices"]),
+        voice_info=meta["voices"],
     )

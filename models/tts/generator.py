@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -26,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 
 from models.audio.dsp import read_wav, resample
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
+from models.checkpoint_io import read_metadata
 from models.speech_text import (
     LANGUAGES,
     MAX_TEXT_CHARS,
@@ -131,9 +130,8 @@ class TTSGenerator(Generator):
         if config != "paper":
             raise ValueError(f"unknown TTS config {config!r}; use 'default' or 'paper'")
         # CLEAR-Base sizes with random weights (GPU benchmarks): vocabulary and voices from the default.
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata()
-        phonemes, voices = json.loads(meta["phonemes"]), json.loads(meta["voices"])
+        meta = read_metadata(path)
+        phonemes, voices = meta["phonemes"], meta["voices"]
         cfg = TTSConfig.paper(vocab_size=len(phonemes))
         from models.audio.vae import WaveformVAE
 

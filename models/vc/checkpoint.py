@@ -9,14 +9,12 @@ uploaded references the same way.
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, safe_open, save_file
 
+from models.checkpoint_io import load_tensors, save_tensors, strip_prefix
 from models.vc.model import VCConfig, VCModel
 
 FLOAT32_KEYS = ("mel.mean", "mel.std", "vae.latent_mean", "vae.latent_std")
@@ -34,31 +32,19 @@ class Checkpoint:
 
 def save_checkpoint(path: str, model: VCModel, symbols: list[str], refs: dict[str, dict]) -> int:
     """Write the checkpoint (refs: {voice_id: {"audio": 16 kHz float array, "info": {...}}}); returns bytes."""
-    state = model.state_dict()
-    tensors = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype) for k, v in state.items()}
-    for key in FLOAT32_KEYS:
-        tensors[key] = state[key].float()
+    tensors = dict(model.state_dict())
     with torch.no_grad():
         for voice_id, ref in refs.items():
             audio = torch.from_numpy(np.asarray(ref["audio"], dtype=np.float32))[None]
-            tensors[f"voices.{voice_id}"] = model.mel.reference(audio)[0].half()
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    meta = {
-        "config": json.dumps(model.cfg.to_dict()),
-        "symbols": json.dumps(symbols),
-        "voices": json.dumps({k: r["info"] for k, r in refs.items()}),
-    }
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    save_file(tensors, path, metadata=meta)
-    return os.path.getsize(path)
+            tensors[f"voices.{voice_id}"] = model.mel.reference(audio)[0]
+    meta = {"config": model.cfg.to_dict(), "symbols": symbols, "voices": {k: r["info"] for k, r in refs.items()}}
+    return save_tensors(path, tensors, meta, float32_suffixes=FLOAT32_KEYS)
 
 
 def load_checkpoint(path: str, device: str = "cpu") -> Checkpoint:
     """Load a checkpoint written by :func:`save_checkpoint`."""
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata()
-    tensors = {k: v.float() for k, v in load_file(path, device="cpu").items()}
-    model = VCModel(VCConfig.from_dict(json.loads(meta["config"])))
+    tensors, meta = load_tensors(path)
+    model = VCModel(VCConfig.from_dict(meta["config"]))
     model.load_state_dict({k: v for k, v in tensors.items() if not k.startswith("voices.")})
-    voice_mels = {k.removeprefix("voices."): v.to(device) for k, v in tensors.items() if k.startswith("voices.")}
-    return Checkpoint(model.to(device).eval(), json.loads(meta["symbols"]), voice_mels, json.loads(meta["voices"]))
+    voice_mels = {k: v.to(device) for k, v in strip_prefix(tensors, "voices.").items()}
+    return Checkpoint(model.to(device).eval(), meta["symbols"], voice_mels, meta["voices"])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from models.checkpoint_io import load_tensors, save_tensors, strip_prefix
 from models.video.autoencoder import AutoencoderConfig, LatentAutoencoder
 from models.video.model import VideoConfig, VideoDiT
 
@@ -17,31 +16,21 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "vide
 
 def save_checkpoint(path: str | Path, cfg: VideoConfig, model: VideoDiT, ae: LatentAutoencoder) -> None:
     """Write both models in float16 (buffers such as latent statistics stay float32)."""
-    tensors = {}
-    for prefix, module in (("dit.", model), ("ae.", ae)):
-        for name, t in module.state_dict().items():
-            half = t.is_floating_point() and name not in ("latent_mean", "latent_std")
-            tensors[prefix + name] = (t.half() if half else t).contiguous()
-    meta = {"video_config": json.dumps(asdict(cfg)), "ae_config": json.dumps(asdict(ae.cfg))}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=meta)
+    tensors = {f"dit.{k}": v for k, v in model.state_dict().items()}
+    tensors |= {f"ae.{k}": v for k, v in ae.state_dict().items()}
+    meta = {"video_config": asdict(cfg), "ae_config": asdict(ae.cfg)}
+    save_tensors(path, tensors, meta, float32_suffixes=(".latent_mean", ".latent_std"))
 
 
 def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> tuple[VideoConfig, VideoDiT, LatentAutoencoder]:
     """Read a checkpoint written by :func:`save_checkpoint`; models come back float32, in eval mode."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    cfg_fields = json.loads(meta["video_config"])
-    ae_fields = json.loads(meta["ae_config"])
-    cfg = VideoConfig(**cfg_fields)
+    tensors, meta = load_tensors(path)
+    cfg = VideoConfig(**meta["video_config"])
+    ae_fields = meta["ae_config"]
     ae_cfg = AutoencoderConfig(**{**ae_fields, "widths": tuple(ae_fields["widths"])})
-    tensors = load_file(str(path))
     model, ae = VideoDiT(cfg), LatentAutoencoder(ae_cfg)
-    for prefix, module in (("dit.", model), ("ae.", ae)):
-        state = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
-        module.load_state_dict(state)
+    model.load_state_dict(strip_prefix(tensors, "dit."))
+    ae.load_state_dict(strip_prefix(tensors, "ae."))
     return cfg, model.eval(), ae.eval()
 
 
