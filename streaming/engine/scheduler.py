@@ -137,10 +137,6 @@ class Scheduler:
         """Sessions of ``model`` running or being opened."""
         return sum(1 for s in self.sessions.values() if s.model == model) + self._num_opening[model]
 
-    def num_opening(self) -> int:
-        """Sessions admitted but not yet running (their cost is not in any measurement yet)."""
-        return sum(self._num_opening.values())
-
     def _counts(self, extra: dict[str, int] | None = None) -> dict[str, int]:
         return {name: self.count(name) + (extra or {}).get(name, 0) for name in self.models}
 
