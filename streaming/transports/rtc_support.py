@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import aioice.ice
 import av
 import numpy as np
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
 
@@ -126,6 +127,35 @@ def has_loopback_candidate(sdp: str) -> bool:
 def count_candidates(sdp: str) -> int:
     """Number of ``a=candidate`` lines."""
     return sum(1 for line in sdp.splitlines() if line.startswith("a=candidate:"))
+
+
+T = TypeVar("T")
+
+
+class PacedTrack(MediaStreamTrack):
+    """An outgoing track fed by a pacer (``next_*`` coroutines and ``close``).
+
+    It ends when the pacer has nothing more to give, and stopping it closes the pacer.
+    """
+
+    def __init__(self, pacer: Any) -> None:
+        super().__init__()
+        self.pacer = pacer
+
+    async def _take(self, next_item: Callable[[], Awaitable[T | None]]) -> T:
+        """The pacer's next item at its slot; ends the track (MediaStreamError) when there is none."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        item = await next_item()
+        if item is None:
+            self.stop()
+            raise MediaStreamError
+        return item
+
+    def stop(self) -> None:
+        """End the track (and the pacer feeding it)."""
+        self.pacer.close()
+        super().stop()
 
 
 class InlineAudioDecoder:

@@ -64,7 +64,7 @@ RTC_AUDIO_RATE_HZ = 48_000  # what aiortc's Opus encoder takes without resamplin
 RTC_AUDIO_FRAME_S = 0.020
 
 
-class PacedAudioTrack(MediaStreamTrack):
+class PacedAudioTrack(rtc_support.PacedTrack):
     """Outgoing audio: 20 ms at 48 kHz per slot of an :class:`AudioPacer` holding model-rate audio.
 
     Once Opus is negotiated (:meth:`use_opus`) the track hands aiortc finished Opus packets: encoding a
@@ -75,8 +75,7 @@ class PacedAudioTrack(MediaStreamTrack):
     kind = "audio"
 
     def __init__(self, pacer: AudioPacer, on_underrun: Any = None) -> None:
-        super().__init__()
-        self.pacer = pacer
+        super().__init__(pacer)
         self._resampler = CausalResampler(pacer.sample_rate_hz, RTC_AUDIO_RATE_HZ)
         self._samples_per_frame = round(RTC_AUDIO_RATE_HZ * RTC_AUDIO_FRAME_S)
         self._time_base = fractions.Fraction(1, RTC_AUDIO_RATE_HZ)
@@ -91,13 +90,8 @@ class PacedAudioTrack(MediaStreamTrack):
     async def recv(self) -> av.AudioFrame | av.Packet:
         """The next frame (or Opus packet), at its slot."""
         while True:
-            if self.readyState != "live":
-                raise MediaStreamError
             index = self.pacer.frame_index
-            samples = await self.pacer.next_frame()
-            if samples is None:
-                self.stop()
-                raise MediaStreamError
+            samples = await self._take(self.pacer.next_frame)
             self._report_underruns()
             pcm48 = self._resampler.process(samples)
             pts = index * self._samples_per_frame
@@ -116,46 +110,27 @@ class PacedAudioTrack(MediaStreamTrack):
             self._on_underrun("audio", new)
         self._underruns = self.pacer.stats.underruns
 
-    def stop(self) -> None:
-        """End the track (and the pacer feeding it)."""
-        self.pacer.close()
-        super().stop()
-
-
-class PacedVideoTrack(MediaStreamTrack):
+class PacedVideoTrack(rtc_support.PacedTrack):
     """Outgoing video: RGB frames from a :class:`VideoPacer` on the 90 kHz clock."""
 
     kind = "video"
 
     def __init__(self, pacer: VideoPacer, on_underrun: Any = None) -> None:
-        super().__init__()
-        self.pacer = pacer
+        super().__init__(pacer)
         self._ticks_per_frame = VIDEO_CLOCK_HZ / pacer.fps
         self._time_base = fractions.Fraction(1, VIDEO_CLOCK_HZ)
         self._on_underrun = on_underrun
 
     async def recv(self) -> av.VideoFrame:
         """The next frame (or the last one again on an underrun), at its slot."""
-        if self.readyState != "live":
-            raise MediaStreamError
         index = self.pacer.frame_index
-        item = await self.pacer.next_frame()
-        if item is None:
-            self.stop()
-            raise MediaStreamError
-        rgb, repeated = item
+        rgb, repeated = await self._take(self.pacer.next_frame)
         if repeated and self._on_underrun is not None:
             self._on_underrun("video", 1)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = round(index * self._ticks_per_frame)
         frame.time_base = self._time_base
         return frame
-
-    def stop(self) -> None:
-        """End the track (and the pacer feeding it)."""
-        self.pacer.close()
-        super().stop()
-
 
 class RtcPeer(RtcPeerBase):
     """One WebRTC peer connection serving one session."""

@@ -26,8 +26,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from streaming.broadcast import Broadcast, Viewer
 from streaming.errors import ProtocolError, ShutdownError
@@ -47,31 +46,20 @@ _VIEWER_NUMBERS = itertools.count(1)
 _NEGOTIATED_VIDEO = {"vp8": VideoCodec.VP8, "h264": VideoCodec.H264}
 
 
-class PacketTrack(MediaStreamTrack):
+class PacketTrack(rtc_support.PacedTrack):
     """An outgoing track of pre-encoded packets, each handed to aiortc at its slot on the media clock."""
 
     def __init__(self, kind: str, pacer: PacketPacer) -> None:
-        super().__init__()
+        super().__init__(pacer)
         self.kind = kind
-        self.pacer = pacer
         self._time_base = fractions.Fraction(1, pacer.clock_hz)
 
     async def recv(self) -> av.Packet:
         """The next packet (aiortc's sender packetizes it without decoding or encoding)."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        timed = await self.pacer.next_packet()
-        if timed is None:
-            self.stop()
-            raise MediaStreamError
+        timed = await self._take(self.pacer.next_packet)
         packet = av.Packet(timed.payload)
         packet.pts, packet.time_base = timed.pts, self._time_base
         return packet
-
-    def stop(self) -> None:
-        """End the track (and the pacer feeding it)."""
-        self.pacer.close()
-        super().stop()
 
 
 class RtcViewer(RtcPeerBase):
