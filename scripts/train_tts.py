@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -54,28 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_corpus import load_utterances  # noqa: E402
+from training_log import log, lr_at  # noqa: E402
 
 from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, magnitude_loss, reconstruction_loss  # noqa: E402
 from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import save_checkpoint  # noqa: E402
 from models.tts.model import TTSConfig, TTSModel, guided_attention_loss, speaker_stats  # noqa: E402
-
-
-def log(path: Path, **fields) -> None:
-    """Print and append one JSON line of training progress."""
-    line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in fields.items()})
-    print(line, flush=True)
-    with open(path, "a") as f:
-        f.write(line + "\n")
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
-    """Linear warm-up then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # -- stage 1: VAE --------------------------------------------------------------------------------------

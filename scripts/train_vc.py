@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -52,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E402
+from training_log import log, lr_at  # noqa: E402
 
 from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
@@ -61,22 +61,6 @@ from models.vc.model import VCConfig, VCModel  # noqa: E402
 from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
 PAD_S = 0.25  # silence added around every utterance so silence in -> silence out is learned
-
-
-def log(path: Path, **fields) -> None:
-    """Print and append one JSON line of progress."""
-    line = json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in fields.items()})
-    print(line, flush=True)
-    with open(path, "a") as f:
-        f.write(line + "\n")
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int = 200) -> float:
-    """Linear warm-up then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def pad(audio: np.ndarray, hop: int, pad_s: float = PAD_S, rate: int = 16_000) -> np.ndarray:
