@@ -27,14 +27,7 @@ OTHER_TEXTS = ["Why did the angry pilot wait near the river?", "Seven green boat
                "Could you bring me the yellow cup tomorrow morning?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, as a model is served per core: more only contend with the rest of the suite (a
-    shipped-checkpoint test took 66 s instead of 0.8 s with the default threads on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

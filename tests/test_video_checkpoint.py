@@ -3,7 +3,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from models.base import StepInput
 from models.video.checkpoint import DEFAULT_CHECKPOINT
@@ -21,11 +20,8 @@ SCENES = [
 
 
 @pytest.fixture(scope="module")
-def generator():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield VideoGenerator(max_sessions=len(SCENES))
-    torch.set_num_threads(before)
+def generator(one_torch_thread):  # noqa: ARG001 - the fixture sets the threads for the module
+    return VideoGenerator(max_sessions=len(SCENES))
 
 
 def _detect_blocks(gen, states, num_blocks):
