@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import json
 import statistics
 import sys
 import time
-import wave
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from speech_corpus import load_utterances, voices  # noqa: E402
 
+from models.audio.dsp import wav_bytes  # noqa: E402
 from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
 from models.base import StepInput  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
@@ -122,13 +121,7 @@ class Judge:
 
 def wav_base64(audio: np.ndarray, rate_hz: int = 16_000) -> str:
     """A 16-bit PCM WAV file, base64-encoded (the `reference_audio` parameter)."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate_hz)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(wav_bytes(audio, rate_hz)).decode()
 
 
 @torch.inference_mode()

@@ -10,12 +10,13 @@ import base64
 import os
 import shutil
 import time
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import RunningServer
+
+from models.audio.dsp import write_wav
 
 CHROMIUM = os.environ.get("CAUSALCAST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CAUSALCAST_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -28,12 +29,7 @@ needs_chromium = pytest.mark.skipif(
 
 def write_tone_wav(path: Path, freq_hz: float = 440.0, seconds: float = 10.0, rate: int = 48_000) -> Path:
     t = np.arange(int(rate * seconds)) / rate
-    pcm = (0.3 * 32767 * np.sin(2 * np.pi * freq_hz * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
+    write_wav(path, 0.3 * np.sin(2 * np.pi * freq_hz * t), rate)
     return path
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from browser_helpers import grab_frame, launch, needs_chromium, open_page, severe_console_entries, wait_until
 from conftest import LiveServer, make_server_config, run_live_server
 
+from models.audio.dsp import write_wav
 from models.avatar.render import mouth_openness
 from models.diagnostic.testcard import prompt_tint, read_frame_number
 
@@ -39,11 +39,7 @@ def live() -> Iterator[LiveServer]:
 
 
 def silent_wav(path: Path, seconds: float = 10.0, rate: int = 48_000) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(bytes(2 * int(rate * seconds)))
+    write_wav(path, np.zeros(int(rate * seconds), np.float32), rate)
     return path
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.audio.dsp import write_wav
+from models.audio.dsp import wav_bytes
 from models.audio.vae import WaveformVAE
 from models.base import ControlEvent, StepInput
 from models.speech_text import TextSegmenter, normalize_text, phonemize
@@ -132,15 +132,13 @@ def test_onnx_backend_matches_torch(ckpt, gen):
     np.testing.assert_allclose(a, b, atol=1e-3)
 
 
-def _wav_b64(samples: np.ndarray, rate: int, tmp_path) -> str:
-    path = str(tmp_path / "ref.wav")
-    write_wav(path, samples, rate)
-    return base64.b64encode(open(path, "rb").read()).decode()
+def _wav_b64(samples: np.ndarray, rate: int) -> str:
+    return base64.b64encode(wav_bytes(samples, rate)).decode()
 
 
-def test_reference_audio_gives_a_voice(gen, tmp_path):
+def test_reference_audio_gives_a_voice(gen):
     ref = 0.3 * np.sin(2 * np.pi * 180 * np.arange(24_000) / 24_000).astype(np.float32)
-    params = gen.validate_params({"reference_audio": _wav_b64(ref, 24_000, tmp_path), "seed": 1})
+    params = gen.validate_params({"reference_audio": _wav_b64(ref, 24_000), "seed": 1})
     assert params["speaker"].shape == (16,) and torch.isfinite(params["speaker"]).all()
 
 
@@ -158,11 +156,11 @@ def test_bad_params_are_clear_errors(gen, bad):
         gen.validate_params(bad)
 
 
-def test_silent_or_short_reference_is_refused(gen, tmp_path):
+def test_silent_or_short_reference_is_refused(gen):
     with pytest.raises(ParamError, match="silent"):
-        gen.validate_params({"reference_audio": _wav_b64(np.zeros(16_000, np.float32), 16_000, tmp_path)})
+        gen.validate_params({"reference_audio": _wav_b64(np.zeros(16_000, np.float32), 16_000)})
     with pytest.raises(ParamError, match="0.5"):
-        gen.validate_params({"reference_audio": _wav_b64(np.ones(100, np.float32) * 0.5, 16_000, tmp_path)})
+        gen.validate_params({"reference_audio": _wav_b64(np.ones(100, np.float32) * 0.5, 16_000)})
 
 
 def test_bad_text_gets_sane_fallbacks(gen):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import base64
-import io
-import wave
 
 import numpy as np
 import torch
 
+from models.audio.dsp import wav_bytes
 from models.audio.vae import VAEConfig
 from models.base import ControlEvent, StepInput
 from models.vc.checkpoint import save_checkpoint
@@ -37,13 +36,8 @@ def speechlike(seconds: float, seed: int, f0: float = 140.0) -> np.ndarray:
 
 
 def wav_b64(audio: np.ndarray, rate: int = 16_000) -> str:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return base64.b64encode(buf.getvalue()).decode()
+    """A base64 16-bit WAV, as the `reference_audio` parameter carries it."""
+    return base64.b64encode(wav_bytes(audio, rate)).decode()
 
 
 def make_tiny_checkpoint(path: str, seed: int = 0, **overrides) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import wave
 from functools import lru_cache
 
@@ -31,14 +32,22 @@ def read_wav(source: str | bytes) -> tuple[np.ndarray, int]:
     return x.reshape(-1, channels).mean(axis=1), rate
 
 
-def write_wav(path: str, samples: np.ndarray, rate_hz: int) -> None:
-    """Write mono float samples as 16-bit PCM."""
+def write_wav(path: str | os.PathLike, samples: np.ndarray, rate_hz: int) -> None:
+    """Write mono float samples as a 16-bit PCM WAV file."""
+    with open(path, "wb") as f:
+        f.write(wav_bytes(samples, rate_hz))
+
+
+def wav_bytes(samples: np.ndarray, rate_hz: int) -> bytes:
+    """Mono float samples as the bytes of a 16-bit PCM WAV file (e.g. a `reference_audio` upload)."""
     pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-    with wave.open(path, "wb") as w:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(rate_hz)
         w.writeframes(pcm.tobytes())
+    return buf.getvalue()
 
 
 def resample(x: np.ndarray, from_hz: int, to_hz: int, half_taps: int = 16) -> np.ndarray:
