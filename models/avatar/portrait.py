@@ -16,8 +16,6 @@ It is deliberately simple (a 2D warp, not a learned portrait animator) and costs
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 from typing import Any
 
@@ -25,6 +23,7 @@ import numpy as np
 
 from models.avatar.motion import IDX, clamp
 from models.avatar.render import ellipse_sd
+from models.params import base64_param
 from streaming.errors import ParamError
 
 MAX_PORTRAIT_BYTES = 1_500_000
@@ -141,12 +140,7 @@ def decode_portrait(data: Any) -> np.ndarray:
     """A base64 PNG/JPEG portrait -> RGB (H, W, 3) uint8; ParamError if it is not an image."""
     import av
 
-    if not isinstance(data, str):
-        raise ParamError("'portrait' must be a base64 string of a PNG or JPEG image")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ParamError(f"'portrait' is not valid base64: {e}") from e
+    raw = base64_param(data, "portrait", "a PNG or JPEG image")
     if len(raw) > MAX_PORTRAIT_BYTES:
         raise ParamError(f"'portrait' is larger than {MAX_PORTRAIT_BYTES} bytes")
     try:

@@ -12,8 +12,6 @@ lips, one pts timeline).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ import numpy as np
 
 from models.avatar.features import HOP, SAMPLE_RATE_HZ
 from models.base import ControlEvent, Generator, StepInput
+from models.params import base64_param
 from streaming.errors import ParamError
 
 log = logging.getLogger(__name__)
@@ -81,12 +80,7 @@ class AgentSpeech:
 
 def decode_pcm16(data: Any) -> np.ndarray:
     """Base64 PCM16 little-endian mono -> float32; ParamError with the reason otherwise."""
-    if not isinstance(data, str):
-        raise ParamError("'audio' must be a base64 string of PCM16 mono samples")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ParamError(f"'audio' is not valid base64: {e}") from e
+    raw = base64_param(data, "audio", "PCM16 mono samples")
     if len(raw) % 2:
         raise ParamError("'audio' has an odd number of bytes (PCM16 needs 2 per sample)")
     return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0

@@ -15,8 +15,6 @@ its seed and text only — not on the batch it shares, nor on how its text was s
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -30,6 +28,7 @@ from models.audio.dsp import read_wav, resample
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
+from models.params import base64_param
 from models.speech_text import (
     LANGUAGES,
     MAX_TEXT_CHARS,
@@ -174,11 +173,10 @@ class TTSGenerator(Generator):
     @torch.inference_mode()
     def reference_speaker(self, data: Any) -> torch.Tensor:
         """Speaker vector of a base64 WAV (any rate, 0.5-30 s); raises :class:`ParamError` if unusable."""
-        if not isinstance(data, str):
-            raise ParamError("'reference_audio' must be a base64-encoded WAV file")
+        raw = base64_param(data, "reference_audio", "a WAV file")
         try:
-            audio, rate = read_wav(base64.b64decode(data, validate=True))
-        except (ValueError, binascii.Error) as e:
+            audio, rate = read_wav(raw)
+        except ValueError as e:
             raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
         if not np.isfinite(audio).all() or not 0.5 <= len(audio) / rate <= MAX_REFERENCE_S:
             raise ParamError(f"'reference_audio' must be 0.5-{MAX_REFERENCE_S:g} s of finite samples")

@@ -23,8 +23,6 @@ prompt switch); measured on the shipped model, its first chunk after a switch st
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -40,6 +38,7 @@ from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput,
 from models.cache import RingKVCache, SlotAllocator
 from models.flow import mean_flow_sample
 from models.graphs import BucketGraphs
+from models.params import base64_param
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import ContentState, VCConfig, VCModel
 from streaming.errors import ParamError
@@ -177,11 +176,10 @@ class VCGenerator(Generator):
 
     def reference_from_wav(self, data: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed a base64 WAV reference (any rate); raises :class:`ParamError` when unusable."""
-        if not isinstance(data, str):
-            raise ParamError("'reference_audio' must be a base64-encoded WAV file")
+        raw = base64_param(data, "reference_audio", "a WAV file")
         try:
-            audio, rate = read_wav(base64.b64decode(data, validate=True))
-        except (ValueError, binascii.Error) as e:
+            audio, rate = read_wav(raw)
+        except ValueError as e:
             raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
         if not np.isfinite(audio).all():
             raise ParamError("'reference_audio' has NaN or infinite samples")
