@@ -16,8 +16,8 @@ CPU (default model, shipped checkpoint):
   distortion (DTW) to the reference.
 
 GPU (``--device cuda --config paper``: CLEAR-Base sizes, random weights, bf16): per-step latency and
-first-chunk latency at batch 1/32/256/1024, eager vs CUDA graphs, VAE decode included. Written to run on
-a CUDA machine but untested here (no GPU in the session that wrote it).
+first-chunk latency at ``--batches`` (1/32/256/1024), eager vs CUDA graphs, VAE decode included. The same
+code runs on the CPU (``--device cpu --config paper --batches 1``, fp32, eager); no GPU has run it yet.
 """
 
 from __future__ import annotations
@@ -174,27 +174,39 @@ def vocode(gen: TTSGenerator, audio: np.ndarray) -> np.ndarray:
     return y[gen.vae.delay_samples : gen.vae.delay_samples + len(audio)]
 
 
-def bench_gpu(args) -> None:
-    """Paper-size model on CUDA: per-step and first-chunk latency, eager vs CUDA graphs (untested here)."""
-    gen = TTSGenerator(device="cuda", config="paper", max_sessions=1, chunk_latents=4)
-    gen.model.to(torch.bfloat16)
-    for batch in (1, 32, 256, 1024):
-        for mode in ("eager", "graph"):
-            step_ms, chunk_ms = _gpu_batch(gen, batch, mode == "graph")
-            emit(bench="tts.gpu", config="paper", batch=batch, mode=mode, step_ms=step_ms, first_chunk_ms=chunk_ms,
-                 realtime_streams=int(batch * gen.spec.chunk_ms / chunk_ms), tested_on_gpu=False)
+def bench_model_compute(args) -> None:
+    """Model compute at ``--config``: per-latent step and first-chunk latency per batch size.
+
+    Paper config: CLEAR-Base sizes, random weights. Eager and (on CUDA) as CUDA graphs. ``--device cpu`` runs
+    the same code path on the CPU, so a GPU session's first run is not its first test.
+    """
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    gen = TTSGenerator(device=args.device, config=args.config, max_sessions=1, chunk_latents=4)
+    gen.model.to(dtype)
+    modes = ("eager", "graph") if device.type == "cuda" else ("eager",)
+    for batch in (int(b) for b in args.batches.split(",")):
+        for mode in modes:
+            step_ms, chunk_ms = _model_batch(gen, batch, mode == "graph", dtype)
+            emit(bench="tts.model", config=args.config, device=_device_name(device), dtype=str(dtype).split(".")[-1],
+                 batch=batch, mode=mode, step_ms=step_ms, first_chunk_ms=chunk_ms,
+                 realtime_streams=int(batch * gen.spec.chunk_ms / chunk_ms))
 
 
-def _gpu_batch(gen: TTSGenerator, batch: int, graphs: bool) -> tuple[float, float]:
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _model_batch(gen: TTSGenerator, batch: int, graphs: bool, dtype: torch.dtype) -> tuple[float, float]:
     """(ms per latent: AR step + flow head, ms per 4-latent chunk incl. VAE decode) at a segment 128 tokens in."""
-    model, vae, cfg = gen.model, gen.vae, gen.cfg
+    model, vae, cfg, device = gen.model, gen.vae, gen.cfg, gen.device
     heads, head_dim, ctx = cfg.num_heads, cfg.dim // cfg.num_heads, 128
-    x = torch.randn(batch, 1, cfg.dim, device="cuda", dtype=torch.bfloat16)
-    positions = torch.full((batch, 1), ctx, device="cuda")
-    k = torch.randn(cfg.num_layers, batch, ctx, heads, head_dim, device="cuda", dtype=torch.bfloat16)
-    mask = torch.ones(batch, 1, 1, ctx + 1, dtype=torch.bool, device="cuda")
-    noise = torch.randn(batch, cfg.latent_dim, device="cuda", dtype=torch.bfloat16)
-    z = torch.randn(batch, cfg.latent_dim, vae.context_latents + 4, device="cuda")
+    x = torch.randn(batch, 1, cfg.dim, device=device, dtype=dtype)
+    positions = torch.full((batch, 1), ctx, device=device)
+    k = torch.randn(cfg.num_layers, batch, ctx, heads, head_dim, device=device, dtype=dtype)
+    mask = torch.ones(batch, 1, 1, ctx + 1, dtype=torch.bool, device=device)
+    noise = torch.randn(batch, cfg.latent_dim, device=device, dtype=dtype)
+    z = torch.randn(batch, cfg.latent_dim, vae.context_latents + 4, device=device)
 
     def latent_step():
         h, _, _ = model.step_core(x, positions, k, k, mask)
@@ -206,7 +218,7 @@ def _gpu_batch(gen: TTSGenerator, batch: int, graphs: bool) -> tuple[float, floa
         return vae.decode_chunk(z, 4)
 
     run_step, run_chunk = (_graphed(latent_step), _graphed(chunk)) if graphs else (latent_step, chunk)
-    return _time_cuda(run_step), _time_cuda(run_chunk)
+    return _time(run_step, device), _time(run_chunk, device)
 
 
 def _graphed(fn):
@@ -222,15 +234,17 @@ def _graphed(fn):
     return graph.replay
 
 
-def _time_cuda(fn, reps: int = 20) -> float:
+def _time(fn, device: torch.device, reps: int = 20) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    reps = reps if device.type == "cuda" else 3
     with torch.inference_mode():
-        for _ in range(3):
+        for _ in range(2):
             fn()
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
+        sync()
     return (time.perf_counter() - start) / reps * 1000
 
 
@@ -238,6 +252,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--config", default="default")
+    ap.add_argument("--model-compute", action="store_true",
+                    help="only the model-compute bench (implied by --device cuda or --config paper)")
+    ap.add_argument("--batches", default="1,32,256,1024", help="batch sizes of the model-compute bench")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--threads", type=int, default=1)
@@ -252,8 +269,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        bench_gpu(args)
+    if args.model_compute or args.device != "cpu" or args.config != "default":
+        bench_model_compute(args)
         return
     gen = TTSGenerator(checkpoint=args.checkpoint, backend=args.backend, num_threads=args.threads)
     texts = [

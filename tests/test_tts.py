@@ -2,6 +2,10 @@
 barge-in, incremental text == whole text, ONNX == torch, chunked VAE decode, bad input."""
 
 import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +200,15 @@ def test_wav_reader_rejects_garbage():
 
     with pytest.raises(ValueError):
         read_wav(b"definitely not a wav")
+
+
+def test_model_compute_bench_runs_on_cpu():
+    """bench/tts.py's model-compute path (what a GPU session runs with --device cuda --config paper) runs here
+    on the CPU with the shipped default, so its first run on a GPU is not its first run at all."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "bench" / "tts.py"), "--model-compute", "--batches", "1,3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [(x["batch"], x["mode"]) for x in lines] == [(1, "eager"), (3, "eager")]
+    assert all(0 < x["step_ms"] < x["first_chunk_ms"] for x in lines)
