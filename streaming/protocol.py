@@ -169,3 +169,14 @@ def parse_output(message: dict[str, Any]) -> tuple[AudioCodec, VideoCodec]:
     if video_name not in VIDEO_CODECS:
         raise ProtocolError(f"video codec {video_name!r} is not supported; use one of {sorted(VIDEO_CODECS)}")
     return AUDIO_CODECS[audio_name], VIDEO_CODECS[video_name]
+
+
+def session_reply(kind: str, session_id: str, model: str, streams: list[str], spec: dict[str, Any],
+                  **extra: Any) -> dict[str, Any]:
+    """The server's ``ready`` (own session) or ``watching`` (shared session) reply, the same on every transport.
+
+    Protocol version, session id, model, the streams that will flow, ``extra`` fields and the model's stream
+    spec (``StreamSpec.describe()``).
+    """
+    return {"type": kind, "protocol": PROTOCOL_VERSION, "session": session_id, "model": model, "streams": streams,
+            **extra, **spec}

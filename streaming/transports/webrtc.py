@@ -50,7 +50,7 @@ from streaming.media.audio import float_to_pcm16
 from streaming.media.codecs import AudioEncoder
 from streaming.media.pacing import AudioPacer, VideoPacer
 from streaming.media.resample import CausalResampler
-from streaming.protocol import PROTOCOL_VERSION, VIDEO_CLOCK_HZ, AudioCodec
+from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, session_reply
 from streaming.session import Session
 from streaming.transports import rtc_support
 from streaming.transports.webrtc_peer import DIRECTIONS, RtcConfig, RtcPeerBase, inspect_offer
@@ -213,17 +213,8 @@ class RtcPeer(RtcPeerBase):
     def _first_message(self) -> dict[str, Any]:
         spec = self.session.spec
         streams = [k for k, v in (("audio", spec.output_audio), ("video", spec.output_video)) if v is not None]
-        return {
-            "type": "ready",
-            "protocol": PROTOCOL_VERSION,
-            "transport": "webrtc",
-            "session": self.session.id,
-            "model": self.session.model,
-            "params": self.session.params,
-            "streams": streams,
-            "shared": self.session.shared,
-            **spec.describe(),
-        }
+        return session_reply("ready", self.session.id, self.session.model, streams, spec.describe(),
+                             transport="webrtc", params=self.session.params, shared=self.session.shared)
 
     def _request_keyframe(self) -> None:
         for transceiver in self.pc.getTransceivers():

@@ -31,7 +31,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from streaming.broadcast import Broadcast, Viewer
 from streaming.errors import ProtocolError, ShutdownError
 from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
-from streaming.protocol import PROTOCOL_VERSION, VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, unpack_media
+from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
 from streaming.session import Session
 from streaming.transports import rtc_support
 from streaming.transports.webrtc_peer import DIRECTIONS, RtcPeerBase, inspect_offer
@@ -100,15 +100,8 @@ class RtcViewer(RtcPeerBase):
     def _first_message(self) -> dict[str, Any]:
         spec = self.session.spec
         streams = [k for k, v in (("audio", spec.output_audio), ("video", spec.output_video)) if v is not None]
-        return {
-            "type": "watching",
-            "protocol": PROTOCOL_VERSION,
-            "transport": "webrtc",
-            "session": self.session.id,
-            "model": self.session.model,
-            "streams": streams,
-            **spec.describe(),
-        }
+        return session_reply("watching", self.session.id, self.session.model, streams, spec.describe(),
+                             transport="webrtc")
 
     def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
         raise ProtocolError(

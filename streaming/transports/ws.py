@@ -26,13 +26,13 @@ from streaming.engine.core import Engine
 from streaming.errors import CausalcastError, ProtocolError, ShutdownError
 from streaming.media.wire import WireEncoder
 from streaming.protocol import (
-    PROTOCOL_VERSION,
     AudioCodec,
     MediaKind,
     VideoCodec,
     parse_control,
     parse_output,
     parse_start,
+    session_reply,
     unpack_media,
 )
 from streaming.session import Session
@@ -194,15 +194,8 @@ class WsConnection:
         self.session, self._sender = session, sender
         if request.share:
             self.broadcasts.share(session)
-        ready = {
-            "type": "ready",
-            "protocol": PROTOCOL_VERSION,
-            "session": session.id,
-            "model": session.model,
-            "params": session.params,
-            "streams": sender.encoder.streams(),
-            **session.spec.describe(),
-        }
+        ready = session_reply("ready", session.id, session.model, sender.encoder.streams(), session.spec.describe(),
+                              params=session.params)
         await self.ws.send_str(json.dumps(ready))
         self._tasks = [
             asyncio.create_task(self._send(sender), name=f"send-{session.id}"),
@@ -240,8 +233,8 @@ class WsConnection:
         broadcast, viewer = self.broadcasts.watch(session_id, audio_codec, video_codec)
         self._watching = (broadcast, viewer)
         session = broadcast.session
-        watching = {"type": "watching", "protocol": PROTOCOL_VERSION, "session": session.id, "model": session.model,
-                    "streams": broadcast.streams(viewer), **session.spec.describe()}
+        watching = session_reply("watching", session.id, session.model, broadcast.streams(viewer),
+                                 session.spec.describe())
         await self.ws.send_str(json.dumps(watching))
         self._watch_task = asyncio.create_task(self._send_viewer(viewer), name=f"watch-{session.id}")
 
