@@ -36,19 +36,19 @@ from models.vc.model import DiT, VCModel
 Rows = slice | torch.Tensor  # the sessions' rows of every per-slot tensor: a slice when consecutive (a view)
 
 
-def rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Divide by the root mean square over the last dim: :class:`~models.layers.RMSNorm` without the gain.
+def rms(x: torch.Tensor, eps: float, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """:class:`~models.layers.RMSNorm` over the last dim as one call (the module is six ops)."""
+    return F.rms_norm(x, (x.shape[-1],), gain, eps)
 
-    ``vector_norm`` is one reduction where ``pow(2).mean()`` is two ops and a slow small-tensor mean.
+
+def rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """:class:`~models.layers.Rope` as one complex product: feature pairs (2i, 2i+1) times e^(i angle).
+
+    ``rotation`` (complex64) broadcasts against x's leading dims; the result equals Rope's (the same
+    products and sums), in one op instead of seven.
     """
-    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-    return x * torch.rsqrt(norm.square().div_(x.shape[-1]).add_(eps))
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """:class:`~models.layers.Rope` with precomputed cos/sin (broadcast against x's leading dims)."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * rotation).flatten(-2)
 
 
 class StreamingContent:
@@ -83,7 +83,8 @@ class _Block:
     """One DiT block's weights, pre-transposed (x @ w), with the cross-attention's RMSNorm gain folded in."""
 
     qkv: torch.Tensor  # (C, 3C)
-    qk_gain: torch.Tensor  # (2, 1, head_dim): q_norm and k_norm gains
+    q_gain: torch.Tensor  # (head_dim,): q_norm's gain
+    k_gain: torch.Tensor  # (head_dim,): k_norm's gain
     out: torch.Tensor  # (C, C)
     cross_q: torch.Tensor  # (C, C), rows scaled by norm2's gain
     cross_out: torch.Tensor  # (C, C)
@@ -112,7 +113,7 @@ class StreamingDiT:
         self.stream_bias = torch.stack([bias + dit.clean_embed.detach(), bias])  # (2, C): clean, noisy
         self.blocks = [
             _Block(qkv=w(b.attn.qkv), out=w(b.attn.out),
-                   qk_gain=torch.stack([b.attn.q_norm.weight, b.attn.k_norm.weight]).detach()[:, None],
+                   q_gain=b.attn.q_norm.weight.detach(), k_gain=b.attn.k_norm.weight.detach(),
                    cross_q=(b.cross.q.weight * b.norm2.weight).detach().T.contiguous(),
                    cross_out=w(b.cross.out), up=w(b.mlp.up), down=w(b.mlp.down))
             for b in dit.blocks
@@ -161,10 +162,11 @@ class StreamingDiT:
         b, s, k, _ = tokens.shape
         c, h, hd = self.dim, self.num_heads, self.head_dim
         x = (tokens.reshape(b * s * k, -1) @ self.embed).view(b, s, k, c) + self.stream_bias[2 - s :, None]
-        ang = self.rope.angles(positions.reshape(b, s * k))[:, :, None, None, :]  # (B, S*K, 1, 1, hd/2)
-        cos, sin = ang.cos().float(), ang.sin().float()
-        mask = self._mask(positions, cache.labels[rows], cache.capacity, s, k)  # (B, 1, S*K, cap + K)
-        tmask = timbre_mask[:, None, None, :]
+        ang = self.rope.angles(positions.reshape(b, s * k))[:, :, None, :]  # (B, S*K, 1, hd/2), float64
+        rotation = torch.polar(torch.ones_like(ang), ang).to(torch.complex64)  # cos + i sin, as Rope rounds them
+        # Boolean masks as additive ones, once per pass (SDPA would convert them in every layer).
+        mask = _additive(self._mask(positions, cache.labels[rows], cache.capacity, s, k))  # (B, 1, S*K, cap + K)
+        tmask = _additive(timbre_mask[:, None, None, :])
         mods = mods[..., None, :]  # (B, S, num_mods, 1, C): broadcast over a stream's K tokens
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -172,8 +174,9 @@ class StreamingDiT:
             shift1, gain1, gate1, shift2, gain2, gate2 = m[:, :, :6].unbind(2)  # each (B, S, 1, C)
             hn = torch.addcmul(shift1, rms(x, self.eps), gain1)
             qkv = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd)
-            qk = rotate(rms(qkv[:, :, :2], self.eps) * block.qk_gain, cos, sin)  # (B, S*K, 2, H, hd)
-            q, key, value = qk[:, :, 0], qk[:, :, 1], qkv[:, :, 2]  # each (B, S*K, H, hd)
+            q = rotate(rms(qkv[:, :, 0], self.eps, block.q_gain), rotation)  # (B, S*K, H, hd)
+            key = rotate(rms(qkv[:, :, 1], self.eps, block.k_gain), rotation)
+            value = qkv[:, :, 2]
             if s == 2:
                 cache.write(i, rows, index, key[:, :k], value[:, :k])
             cached_k, cached_v = cache.read(i, rows)  # (B, cap, H, hd)
@@ -214,3 +217,8 @@ class StreamingDiT:
         else:
             cached = cached & before[:, None, None, :]
         return torch.cat([cached, own], dim=-1)
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean visibility mask as SDPA's additive float mask (0 where visible, -inf elsewhere)."""
+    return torch.zeros(mask.shape, device=mask.device).masked_fill_(~mask, float("-inf"))
