@@ -65,7 +65,9 @@ class VCState:
     steps: int  # mean-flow steps per chunk (1 or 2)
     voice: str  # shipped voice id, or "reference" for uploaded audio
     num_frames: int = 0  # latent frames generated so far (the next chunk's first position)
-    pending: bool = False  # the last chunk's clean keys/values are not in the cache yet (written next step)
+    # Ring entries of the last chunk (K,), holding its noisy tokens' keys/values until the next step writes
+    # its clean ones there (None: nothing pending, e.g. at the start or after a voice reset).
+    context_index: torch.Tensor | None = None
     reference_parts: list[str] = field(default_factory=list)  # base64 pieces of a live upload, until `final`
     reference_chars: int = 0  # their total length (bounded by MAX_REFERENCE_PARTS_CHARS)
 
@@ -124,7 +126,8 @@ class VCGenerator(Generator):
         rows, cfg, dev = max_sessions + 1, self.cfg, self.device
         self.cache = RingKVCache(
             num_layers=cfg.depth, num_slots=rows, num_heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
-            window=cfg.window_latents + self.chunk_latents, device=dev,
+            # the window, the last chunk (its clean stream is written by the next step) and the chunk being made
+            window=cfg.window_latents + 2 * self.chunk_latents, device=dev,
         )
         # The serving fast path (models/vc/stream.py: the same computation, laid out for small batches).
         self._content_net = StreamingContent(self.model)
@@ -300,7 +303,7 @@ class VCGenerator(Generator):
         self._set_reference(state.slot, reference)
         if self.voice_switch == "reset":
             self.cache.clear([state.slot], keep_sink=False)  # the vocoder's context stays: no click
-            state.pending = False  # the last chunk's context is dropped with the rest
+            state.context_index = None  # the last chunk's context is dropped with the rest
         else:
             self._recache(state)
         state.voice = voice
@@ -331,10 +334,12 @@ class VCGenerator(Generator):
         if num == 0:
             return
         slot = [state.slot]
-        # With the last chunk's entries not written yet (state.pending), this also forgets up to a chunk of
-        # entries older than the window: no query can see those any more.
-        self.cache.rewind(slot, num)
-        state.pending = False
+        self.cache.rewind(slot, num)  # the last chunk's entries included (reserved, its clean stream pending)
+        state.context_index = None
+        # The ring holds a chunk more than the reference path's (the chunk being denoised): forget that much
+        # of the oldest, so the recomputed frames see the older context that path's ring would still hold.
+        labels = self.cache.labels[state.slot]
+        labels[labels < state.num_frames - num - self.chunk_latents] = -1
         recent = self._recent[slot, -num:]  # (1, num, D + content)
         latents, content = recent.split([self.cfg.vae.latent_dim, recent.shape[-1] - self.cfg.vae.latent_dim], -1)
         positions = torch.arange(state.num_frames - num, state.num_frames, device=self.device)[None]
@@ -355,25 +360,31 @@ class VCGenerator(Generator):
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
         noise = noise * self.temperature
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
-        keys = [(s.steps, s.pending) for s in states]
+        keys = [(s.steps, s.context_index is not None) for s in states]
         for num_steps, pending in sorted(set(keys)):
             rows = [i for i, key in enumerate(keys) if key == (num_steps, pending)]
             group = [states[i] for i in rows]
             size = _bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
             pad = size - len(rows)
             slots = [s.slot for s in group] + [self._pad_slot] * pad
-            # padding rows sit at positions K.. so that their scratch clean stream (0..K-1) sees itself
+            # padding rows (scratch: the pad slot) sit at positions K.., their clean stream at 0..K-1
             first = torch.tensor([s.num_frames for s in group] + [k] * pad)
             positions = first[:, None] + torch.arange(k)  # (B, K)
-            # the previous chunk's entries: reserved (labelled) here on the host, written inside the pass
-            index = self.cache.reserve(slots, positions - k) if pending else torch.zeros(size, 0, dtype=torch.long)
+            # ring entries are reserved (labelled) here on the host and written inside the pass
+            previous = [s.context_index for s in group]
+            if pending and pad:
+                previous += [self.cache.reserve([self._pad_slot], positions[-1:] - k)[0]] * pad
+            index = self.cache.reserve(slots, positions)  # (B, K): this chunk's entries
+            if pending:  # the previous chunk's entries first: its clean stream rides along
+                index = torch.cat([torch.stack(previous), index], dim=1)
+            for i, s in enumerate(group):
+                s.context_index = index[i, -k:]
             chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
             group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
             tensors = [t.to(self.device) for t in (chunk, positions, index, group_noise)]
             out[rows] = self._graphs[num_steps](*tensors, self._rows(slots))[: len(rows)].cpu().numpy()
         for s in states:
             s.num_frames += k
-            s.pending = True
         return [StepOutput(audio=row) for row in out]
 
     def _rows(self, slots: list[int]) -> Rows:
@@ -385,8 +396,9 @@ class VCGenerator(Generator):
     def _core(self, audio, positions, index, noise, rows: Rows, num_steps: int) -> torch.Tensor:
         """One chunk for a batch of rows, tensors only: (B, N) audio -> (B, K * hop) audio, state updated.
 
-        With a non-empty ``index`` (B, K), the first pass also runs the previous chunk's clean stream (its
-        latents and content are the last K rows of ``_recent``), writing its keys/values at ``index``.
+        ``index`` (B, K) holds this chunk's ring entries, or (B, 2K) the previous chunk's and then this
+        chunk's: the first pass then also runs the previous chunk's clean stream (its latents and content
+        are the last K rows of ``_recent``).
         """
         b, k = noise.shape[:2]
         content = self._content_step(rows, audio).reshape(b, k, -1)  # (B, K, per * content_dim)
@@ -395,11 +407,11 @@ class VCGenerator(Generator):
         for i, (pair, jump) in enumerate(self._jumps[num_steps]):  # mean flows: z_r = z_t - (t - r) u(z_t, r, t)
             tokens = torch.cat([z, content], dim=-1)[:, None]  # (B, 1, K, D + P): the noisy stream
             m, pos = mods[:, None, self._pair_index[pair]], positions[:, None]
-            if i == 0 and index.shape[1]:  # the previous chunk's clean stream rides along
+            if i == 0 and index.shape[1] > k:  # the previous chunk's clean stream rides along
                 tokens = torch.cat([recent[:, None, -k:], tokens], dim=1)  # (B, 2, K, D + P)
                 m = torch.cat([mods[:, None, self._pair_index[(0.0, 0.0)]], m], dim=1)
                 pos = torch.stack([positions - k, positions], dim=1)
-            z = z - jump * self._dit(tokens, m, pos, timbre, tmask, self.cache, rows, index)
+            z = z - jump * self._dit(tokens, m, pos, timbre, tmask, self.cache, rows, index[:, -k * tokens.shape[1] :])
         new = torch.cat([z, content], dim=-1)
         self._recent[rows] = torch.cat([recent, new], dim=1)[:, -self.cfg.window_latents :]
         return self._decode(rows, z)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from models.audio.vae import causal_conv_step, conv_matrix
-from models.cache import RingKVCache, visible
+from models.cache import RingKVCache
 from models.vc.model import DiT, VCModel
 
 Rows = slice | torch.Tensor  # the sessions' rows of every per-slot tensor: a slice when consecutive (a view)
@@ -162,9 +162,12 @@ class StreamingDiT:
         """Average velocity (B, K, latent_dim) of the last stream's tokens.
 
         ``tokens`` (B, S, K, latent_dim + content) are S = 1 (noisy) or 2 (clean, then noisy) streams of one
-        chunk each, ``mods`` (B, S, num_mods, C) and ``positions`` (B, S, K) theirs. With S = 2 the clean
-        stream's keys/values are written at ``index`` (from :meth:`RingKVCache.reserve`, which has labelled
-        them already). ``timbre`` (B, depth, 2, H, S_ref, hd) and ``timbre_mask`` (B, S_ref): the reference.
+        chunk each, ``mods`` (B, S, num_mods, C) and ``positions`` (B, S, K) theirs. Every token's keys/values
+        are written at its ring entry ``index`` (B, S * K) (from :meth:`RingKVCache.reserve`, which labelled
+        them with their positions) before anything attends, so attention reads the cache alone: the clean
+        tokens' entries are their final ones, the noisy tokens' are scratch until the next step writes that
+        chunk's clean tokens over them. ``timbre`` (B, depth, 2, H, S_ref, hd) and ``timbre_mask`` (B, S_ref):
+        the reference.
         """
         b, s, k, _ = tokens.shape
         c, h, hd = self.dim, self.num_heads, self.head_dim
@@ -172,58 +175,47 @@ class StreamingDiT:
         ang = self.rope.angles(positions.reshape(b, s * k))[:, :, None, :]  # (B, S*K, 1, hd/2), float64
         rotation = torch.polar(torch.ones_like(ang), ang).to(torch.complex64)  # cos + i sin, as Rope rounds them
         # Boolean masks as additive ones, once per pass (SDPA would convert them in every layer).
-        mask = _additive(self._mask(positions, cache.labels[rows], cache.capacity, s, k))  # (B, 1, S*K, cap + K)
+        mask = _additive(self._mask(positions, cache.labels[rows]))  # (B, 1, S*K, cap)
         tmask = _additive(timbre_mask[:, None, None, :])
-        mods = mods[..., None, :]  # (B, S, num_mods, 1, C): broadcast over a stream's K tokens
+        mods = mods[..., None, :].unbind(2)  # num_mods tensors (B, S, 1, C): broadcast over a stream's tokens
+        timbre_kv = [layer.unbind(1) for layer in timbre.unbind(1)]  # per layer: keys, values (B, H, S_ref, hd)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            m = mods[:, :, self.MODS_PER_BLOCK * i :]
-            shift1, gain1, gate1, shift2, gain2, gate2 = m[:, :, :6].unbind(2)  # each (B, S, 1, C)
+            shift1, gain1, gate1, shift2, gain2, gate2 = mods[self.MODS_PER_BLOCK * i : self.MODS_PER_BLOCK * (i + 1)]
             hn = torch.addcmul(shift1, rms(x, self.eps), gain1)
-            qkv = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd)
-            q = rotate(rms(qkv[:, :, 0], self.eps, block.q_gain), rotation)  # (B, S*K, H, hd)
-            key = rotate(rms(qkv[:, :, 1], self.eps, block.k_gain), rotation)
-            value = qkv[:, :, 2]
-            if s == 2:
-                cache.write(i, rows, index, key[:, :k], value[:, :k])
-            cached_k, cached_v = cache.read(i, rows)  # (B, cap, H, hd)
-            keys = torch.cat([cached_k, key[:, (s - 1) * k :]], dim=1).transpose(1, 2)  # (B, H, cap + K, hd)
-            values = torch.cat([cached_v, value[:, (s - 1) * k :]], dim=1).transpose(1, 2)
+            q, key, value = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd).unbind(2)
+            q = rotate(rms(q, self.eps, block.q_gain), rotation)  # (B, S*K, H, hd)
+            cache.write(i, rows, index, rotate(rms(key, self.eps, block.k_gain), rotation), value)
+            keys, values = (t.transpose(1, 2) for t in cache.read(i, rows))  # (B, H, cap, hd)
             attn_mask = mask
             if i == last and s == 2:  # the clean stream needed only this layer's keys/values
                 x, q, attn_mask = x[:, 1:], q[:, k:], mask[:, :, k:]
                 gate1, shift2, gain2, gate2 = gate1[:, 1:], shift2[:, 1:], gain2[:, 1:], gate2[:, 1:]
             n = x.shape[1] * k
             y = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=attn_mask)  # (B, H, n, hd)
-            y = (y.transpose(1, 2).reshape(b * n, c) @ block.out).view(x.shape)
-            x = torch.addcmul(x, gate1, y)
+            x = torch.addcmul(x, gate1, (y.transpose(1, 2).reshape(b * n, c) @ block.out).view(x.shape))
             # cross-attention to the reference's timbre tokens (keys/values computed once per reference)
             q = (rms(x, self.eps).view(b * n, c) @ block.cross_q).view(b, n, h, hd).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, timbre[:, i, 0], timbre[:, i, 1], attn_mask=tmask)
+            y = F.scaled_dot_product_attention(q, *timbre_kv[i], attn_mask=tmask)
             x = x + (y.transpose(1, 2).reshape(b * n, c) @ block.cross_out).view(x.shape)
             a, g = (torch.addcmul(shift2, rms(x, self.eps), gain2).view(b * n, c) @ block.up).chunk(2, dim=-1)
             x = torch.addcmul(x, gate2, (F.silu(a) * g @ block.down).view(x.shape))
-        shift, gain = mods[:, -1:, -2:].unbind(2)  # (B, 1, 1, C)
+        shift, gain = mods[-2][:, -1:], mods[-1][:, -1:]  # (B, 1, 1, C)
         hn = torch.addcmul(shift, rms(x[:, -1:], self.eps), gain).view(b * k, c)
         return torch.addmm(self.out_bias, hn, self.out).view(b, k, -1)
 
-    def _mask(self, positions: torch.Tensor, labels: torch.Tensor, capacity: int, s: int, k: int) -> torch.Tensor:
-        """Visibility (B, 1, S*K, cap + K) over [cache entries ; this chunk's noisy tokens].
+    def _mask(self, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Visibility (B, 1, S*K, cap) of the ring's entries, the streams' own included.
 
-        Clean tokens see the cache (their own entries included) as when written; noisy tokens see the
-        cache before their chunk and every token of their chunk; nothing sees a noisy token of a clean row.
+        A clean token sees the entries labelled within the window up to itself (as when the reference path
+        writes it; :func:`~models.cache.visible`); a noisy token sees those within the window up to the end
+        of its chunk: the cache before the chunk and every token of the chunk, never a later chunk's.
         """
-        b = positions.shape[0]
-        no_sink = torch.zeros(1, capacity, dtype=torch.bool, device=labels.device)
-        cached = visible(positions.reshape(b, s * k), labels, no_sink, self.window)  # (B, 1, S*K, cap)
-        before = labels < positions[:, -1, :1]  # (B, cap): entries older than the noisy chunk
-        own = torch.ones(b, 1, s * k, k, dtype=torch.bool, device=labels.device)
-        if s == 2:
-            cached = torch.cat([cached[:, :, :k], cached[:, :, k:] & before[:, None, None, :]], dim=2)
-            own[:, :, :k] = False
-        else:
-            cached = cached & before[:, None, None, :]
-        return torch.cat([cached, own], dim=-1)
+        b, s, k = positions.shape
+        upper = positions.clone()
+        upper[:, -1] = positions[:, -1, -1:]  # the noisy stream sees its whole chunk
+        q, upper, key = positions.reshape(b, 1, s * k, 1), upper.reshape(b, 1, s * k, 1), labels[:, None, None, :]
+        return (key >= 0) & (key > q - self.window) & (key <= upper)
 
 
 def _additive(mask: torch.Tensor) -> torch.Tensor:
