@@ -15,9 +15,9 @@ CPU (default config, the shipped checkpoint):
   (``models/audio/phoneme_recognizer.py``) and pocketsphinx WER over the evaluation vocabulary, for the
   source, the vocoded source and the converted speech.
 
-GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at batch 1..1024, content
-encoder, DiT and vocoder included, eager and (where the generator captures them) CUDA graphs. Written to
-run on a CUDA machine but untested here (no GPU in the session that wrote it).
+GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at ``--batches`` (1..1024),
+content encoder, DiT and vocoder included, eager and as CUDA graphs. Not yet run on a GPU; the same path
+runs on the CPU (``--device cpu --config paper --batches 1 2``) as a smoke test.
 """
 
 from __future__ import annotations
@@ -186,28 +186,38 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
              utterances=len(per_items["converted"]), **fields)
 
 
-# -- GPU --------------------------------------------------------------------------------------------------
-def bench_gpu(args) -> None:
-    """Paper config on CUDA: per-step time at growing batch sizes (untested here: no GPU)."""
-    for graphs in (False, True):
-        gen = VCGenerator(device="cuda", config="paper", max_sessions=1024, max_batch_size=1024, cuda_graphs=graphs)
+# -- batched step (GPU, paper config) -----------------------------------------------------------------------
+def bench_batches(args) -> None:
+    """Per-step time at growing batch sizes on ``--device`` (the GPU run: ``--device cuda --config paper``).
+
+    Eager, and on CUDA also as captured graphs. Runs on the CPU too (``--device cpu --config paper
+    --batches 1 2``: a smoke test of this path before a GPU session, not a measurement to report).
+    """
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    batches = [int(b) for b in args.batches]
+    for graphs in (False, True) if cuda else (False,):
+        gen = VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
+                          max_sessions=max(batches), max_batch_size=max(batches), cuda_graphs=graphs)
         n = gen.spec.input_chunk_samples
-        for batch in (1, 8, 64, 256, 1024):
+        for batch in batches:
             states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
             chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32),
                                num_valid_samples=n) for i in range(batch)]
             for _ in range(3):
                 gen.step(states, chunk, batch)
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
-            for _ in range(10):
+            for _ in range(args.repeats):
                 gen.step(states, chunk, batch)
-            torch.cuda.synchronize()
-            ms = (time.perf_counter() - start) / 10 * 1000
+            sync()
+            ms = (time.perf_counter() - start) / args.repeats * 1000
             for s in states:
                 gen.close_session(s)
-            emit(bench="vc.gpu", config="paper", graphs=graphs, batch=batch, step_ms=ms, chunk_ms=gen.spec.chunk_ms,
-                 sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms), device=torch.cuda.get_device_name())
+            device = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
+            emit(bench="vc.batch", config=args.config, graphs=graphs, batch=batch, step_ms=ms,
+                 chunk_ms=gen.spec.chunk_ms, sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms),
+                 device=device)
 
 
 def main() -> None:
@@ -215,6 +225,10 @@ def main() -> None:
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", default="default", help="'default' (the shipped checkpoint) or 'paper' (random)")
+    ap.add_argument("--batches", nargs="+", default=["1", "8", "64", "256", "1024"],
+                    help="batch sizes of the batched-step bench (--device cuda or --config paper)")
+    ap.add_argument("--repeats", type=int, default=10, help="steps timed per batch size (batched-step bench)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
@@ -226,8 +240,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,sessions,quality")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        bench_gpu(args)
+    if args.device.startswith("cuda") or args.config == "paper":
+        bench_batches(args)
         return
     skip = set(args.skip.split(","))
     options = {} if args.temperature is None else {"temperature": args.temperature}
