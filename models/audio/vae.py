@@ -391,14 +391,16 @@ class StreamingDecoder:
         mag = self._conv1x1(F.silu(x), self.head_w, self.head_b).clamp(max=8.0).exp()  # (B, frames, F)
         phase = self.phase.repeat(n // self.phase.shape[0], 1)
         frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
-        hop, size = self.cfg.frame_hop, self.cfg.n_fft
-        out = F.fold(frames.transpose(1, 2), output_size=(1, (n - 1) * hop + size), kernel_size=(1, size),
-                     stride=(1, hop)).view(b, -1)  # (B, n * hop + size - hop)
-        tail = next(past)[:, 0]  # (B, size - hop): earlier frames' overlap with this chunk
-        head = out[:, : size - hop] + tail
-        audio = torch.cat([head, out[:, size - hop : n * hop]], dim=1) / self.gain
-        new.append(out[:, n * hop :][:, None])
-        return audio, new
+        # Overlap-add: frame i covers hops i .. i + size / hop - 1 of the output. As shifted adds of hop-long
+        # segments (F.fold, which decode uses, costs ~0.15 ms at batch 1 and ~3 ms at batch 32 here).
+        hop, per = self.cfg.frame_hop, self.cfg.n_fft // self.cfg.frame_hop
+        segments = frames.view(b, n, per, hop)
+        tail = next(past).reshape(b, per - 1, hop)  # earlier frames' overlap with these hops
+        out = torch.cat([tail, frames.new_zeros(b, n, hop)], dim=1)  # (B, n + per - 1, hop)
+        for j in range(per):
+            out[:, j : j + n] += segments[:, :, j]
+        new.append(out[:, n:].reshape(b, 1, -1))  # the overlap of these frames with the next chunk
+        return out[:, :n].reshape(b, n * hop) / self.gain, new
 
     @staticmethod
     def _conv(x: torch.Tensor, op: tuple, past, new: list[torch.Tensor]) -> torch.Tensor:

@@ -66,13 +66,20 @@ class StreamingContent:
     """
 
     def __init__(self, model: VCModel) -> None:
-        enc = model.content
-        self.mel = model.mel
+        enc, mel = model.content, model.mel
+        self.n_fft, self.hop, self.window = mel.n_fft, mel.hop, mel.window
+        self.fb, self.mean, self.std = mel.fb.T.contiguous(), mel.mean, mel.std
         self.w1, self.b1 = conv_matrix(enc.conv1.weight), enc.conv1.bias.detach()
         self.w2, self.b2 = conv_matrix(enc.conv2.weight), enc.conv2.bias.detach()
         self.stride2 = enc.conv2.stride[0]
         self.gru = enc.gru
         self.wb, self.bb = enc.bottleneck.weight.detach().T.contiguous(), enc.bottleneck.bias.detach()
+
+    def mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """:meth:`CausalMel.forward` (normalised): |X|^2 as re^2 + im^2, not abs() squared (4x faster at batch 32)."""
+        spec = torch.fft.rfft(audio.unfold(1, self.n_fft, self.hop) * self.window, dim=-1)  # (B, N, F)
+        power = spec.real.square() + spec.imag.square()
+        return (torch.log(power @ self.fb + 1e-6) - self.mean) / self.std
 
     def __call__(self, audio: torch.Tensor, past1: torch.Tensor, past2: torch.Tensor, gru: torch.Tensor):
         """Audio (B, tail + 2N * mel_hop) -> content (B, N, content_dim), new (past1, past2, gru)."""
