@@ -97,8 +97,7 @@ class _Block:
     """One DiT block's weights, pre-transposed (x @ w), with the cross-attention's RMSNorm gain folded in."""
 
     qkv: torch.Tensor  # (C, 3C)
-    q_gain: torch.Tensor  # (head_dim,): q_norm's gain
-    k_gain: torch.Tensor  # (head_dim,): k_norm's gain
+    qk_gain: torch.Tensor  # (2, 1, head_dim): q_norm's and k_norm's gains
     out: torch.Tensor  # (C, C)
     cross_q: torch.Tensor  # (C, C), rows scaled by norm2's gain
     cross_out: torch.Tensor  # (C, C)
@@ -127,7 +126,7 @@ class StreamingDiT:
         self.stream_bias = torch.stack([bias + dit.clean_embed.detach(), bias])  # (2, C): clean, noisy
         self.blocks = [
             _Block(qkv=w(b.attn.qkv), out=w(b.attn.out),
-                   q_gain=b.attn.q_norm.weight.detach(), k_gain=b.attn.k_norm.weight.detach(),
+                   qk_gain=torch.stack([b.attn.q_norm.weight, b.attn.k_norm.weight]).detach()[:, None],
                    cross_q=(b.cross.q.weight * b.norm2.weight).detach().T.contiguous(),
                    cross_out=w(b.cross.out), up=w(b.mlp.up), down=w(b.mlp.down))
             for b in dit.blocks
@@ -179,7 +178,7 @@ class StreamingDiT:
         b, s, k, _ = tokens.shape
         c, h, hd = self.dim, self.num_heads, self.head_dim
         x = (tokens.reshape(b * s * k, -1) @ self.embed).view(b, s, k, c) + self.stream_bias[2 - s :, None]
-        ang = self.rope.angles(positions.reshape(b, s * k))[:, :, None, :]  # (B, S*K, 1, hd/2), float64
+        ang = self.rope.angles(positions.reshape(b, s * k))[:, :, None, None, :]  # (B, S*K, 1, 1, hd/2), float64
         rotation = torch.polar(torch.ones_like(ang), ang).to(torch.complex64)  # cos + i sin, as Rope rounds them
         # Boolean masks as additive ones, once per pass (SDPA would convert them in every layer).
         mask = _additive(self._mask(positions, cache.labels[rows]))  # (B, 1, S*K, cap)
@@ -190,9 +189,10 @@ class StreamingDiT:
         for i, block in enumerate(self.blocks):
             shift1, gain1, gate1, shift2, gain2, gate2 = mods[self.MODS_PER_BLOCK * i : self.MODS_PER_BLOCK * (i + 1)]
             hn = torch.addcmul(shift1, rms(x, self.eps), gain1)
-            q, key, value = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd).unbind(2)
-            q = rotate(rms(q, self.eps, block.q_gain), rotation)  # (B, S*K, H, hd)
-            cache.write(i, rows, index, rotate(rms(key, self.eps, block.k_gain), rotation), value)
+            qkv = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd)
+            # q_norm and k_norm, then rotary, on queries and keys at once: (B, S*K, 2, H, hd)
+            q, key = rotate(rms(qkv[:, :, :2], self.eps, block.qk_gain), rotation).unbind(2)
+            cache.write(i, rows, index, key, qkv[:, :, 2])
             keys, values = (t.transpose(1, 2) for t in cache.read(i, rows))  # (B, H, cap, hd)
             attn_mask = mask
             if i == last and s == 2:  # the clean stream needed only this layer's keys/values
