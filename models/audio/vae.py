@@ -317,6 +317,7 @@ class StreamingDecoder:
         self.head_w, self.head_b = conv_matrix(vae.head.weight), vae.head.bias.detach().clone()
         self.window = vae.window
         self.phase = vae.phase  # (frames per latent, F): the fixed phase repeats every latent
+        self._phases: dict[int, torch.Tensor] = {}
         self.gain = (vae.window**2).sum() / cfg.frame_hop
         self.latent_std, self.latent_mean = vae.latent_std.clone(), vae.latent_mean.clone()
         self._shapes.append((1, cfg.n_fft - cfg.frame_hop))  # the overlap-add tail
@@ -357,6 +358,7 @@ class StreamingDecoder:
 
     def to(self, device: torch.device | str) -> StreamingDecoder:
         """Move the copied weights."""
+        self._phases = {}
         for name, value in list(vars(self).items()):
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
@@ -389,7 +391,9 @@ class StreamingDecoder:
                 x = (y + x[..., dup]).view(b, t * factor, cout)  # (B, T * factor, cout)
         b, n = x.shape[:2]
         mag = self._conv1x1(F.silu(x), self.head_w, self.head_b).clamp(max=8.0).exp()  # (B, frames, F)
-        phase = self.phase.repeat(n // self.phase.shape[0], 1)
+        phase = self._phases.get(n)
+        if phase is None:  # the fixed phase of n frames from a latent boundary (a chunk has one length)
+            phase = self._phases[n] = self.phase.repeat(n // self.phase.shape[0], 1)
         frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
         # Overlap-add: frame i covers hops i .. i + size / hop - 1 of the output. As shifted adds of hop-long
         # segments (F.fold, which decode uses, costs ~0.15 ms at batch 1 and ~3 ms at batch 32 here).
