@@ -3,8 +3,15 @@
 CPU (default config, the shipped checkpoint):
 - ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
   latency = chunk + look-ahead (the VAE decoder's 30 ms); end-to-end per chunk = algorithmic + the
-  measured compute of that chunk (the output of chunk k is ready this long after the first sample of
-  chunk k was spoken; transport and codec excluded: see bench/glass_to_glass.py for those), p50/p99; RTF.
+  measured compute of that chunk, p50/p99; RTF. What this is: the first sample of chunk k waits a chunk
+  for the chunk to fill, then the step's compute; the output of chunk k starts with the converted sample
+  spoken 30 ms before it (the decoder's delay), and played continuously every later sample has the same
+  delay. So it is the delay of every sample, first or last of its chunk, for a listener whose playback
+  starts with the first chunk; a playback clock that must never underrun has to cover the slowest
+  steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
+  (bench/glass_to_glass.py) and the engine's wake-up (one asyncio turn). Steps run back to back here;
+  ``vc.latency_paced`` steps each chunk when its audio would have arrived (real time, ``--paced-s``),
+  with the weights cold in the caches between steps as when serving.
 - ``vc.sessions``: N sessions stepped together; real time while a step (p90) fits in one chunk.
 - ``vc.quality``: held-out voices (unseen in training) and seen voices. Speaker similarity with
   resemblyzer (GE2E embeddings; its own model, not ours): margin = cos(x, target voice) - cos(x, source
@@ -50,13 +57,20 @@ def emit(**fields) -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
 
 
-def convert(gen: VCGenerator, audio: np.ndarray, params: dict) -> tuple[np.ndarray, list[float]]:
-    """Stream audio through one session: (converted audio, compute seconds per chunk)."""
+def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = False) -> tuple[np.ndarray, list[float]]:
+    """Stream audio through one session: (converted audio, compute seconds per chunk).
+
+    Back to back by default; ``paced``: each chunk is stepped when its last sample would have been spoken
+    (real time), as in serving, where the model's weights and state go cold in the caches between steps.
+    """
     state = gen.open_session(gen.validate_params(params))
     n = gen.spec.input_chunk_samples
     audio = np.pad(audio, (0, -len(audio) % n))
     out, times = [], []
+    origin = time.perf_counter()
     for k in range(len(audio) // n):
+        if paced:
+            time.sleep(max(0.0, origin + (k + 1) * gen.spec.chunk_s - time.perf_counter()))
         start = time.perf_counter()
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
         times.append(time.perf_counter() - start)
@@ -76,6 +90,15 @@ def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
              compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
              end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)),
              rtf=float(ms.sum() / 1000 / (len(speech) / 16_000)), seconds=round(len(speech) / 16_000, 1))
+    if args.paced_s > 0:  # real time: one step per chunk as the audio would arrive
+        part = speech[: int(args.paced_s * 16_000)]
+        _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
+        ms = np.array(times) * 1000
+        algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
+        emit(bench="vc.latency_paced", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1,
+             algorithmic_ms=algorithmic, compute_ms_p50=float(np.percentile(ms, 50)),
+             compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
+             end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
 
 
 def bench_sessions(gen: VCGenerator, speech: np.ndarray, args) -> None:
@@ -233,6 +256,7 @@ def main() -> None:
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
     ap.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: the model's)")
+    ap.add_argument("--paced-s", type=float, default=10.0, help="seconds of the real-time (paced) latency run; 0: none")
     ap.add_argument("--sessions", default="1,2,4,8,16,32,64")
     ap.add_argument("--session-chunks", type=int, default=20)
     ap.add_argument("--num-pairs", type=int, default=4)

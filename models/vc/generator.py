@@ -4,9 +4,12 @@ Design note of the step loop. A step is due when a full chunk of mic audio has a
 For every session of the batch at once: the chunk becomes causal log-mel frames (with the session's last
 240 samples), the streaming content encoder turns them into bottleneck features (with the session's conv
 contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
-mean-flow steps against its KV-cache slot, the clean latents are written to the cache (the context of
-later chunks), and the shared waveform VAE decodes them with a fixed left context of latents. Output chunk
-k therefore covers input chunk k, delayed by the VAE's 30 ms (declared as look-ahead).
+mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
+convolution states. The chunk's clean latents become the context of later chunks: their keys/values are
+written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
+noisy tokens (one pass over the weights per step, not two; ``models/vc/stream.py`` is this serving fast
+path, ``model.py`` the reference it equals). Output chunk k therefore covers input chunk k, delayed by the
+VAE's 30 ms (declared as look-ahead).
 
 Per-session state is O(window) and lives in preallocated per-slot tensors (one row per session, as the KV
 cache): nothing grows with stream length. Randomness comes from a per-session generator, so a session's

@@ -183,6 +183,7 @@ class StreamingDiT:
         # Boolean masks as additive ones, once per pass (SDPA would convert them in every layer).
         mask = _additive(self._mask(positions, cache.labels[rows]))  # (B, 1, S*K, cap)
         tmask = _additive(timbre_mask[:, None, None, :])
+        entries = cache.entry_index(rows, index)
         mods = mods[..., None, :].unbind(2)  # num_mods tensors (B, S, 1, C): broadcast over a stream's tokens
         timbre_kv = [layer.unbind(1) for layer in timbre.unbind(1)]  # per layer: keys, values (B, H, S_ref, hd)
         last = len(self.blocks) - 1
@@ -192,7 +193,7 @@ class StreamingDiT:
             qkv = (hn.view(b * s * k, c) @ block.qkv).view(b, s * k, 3, h, hd)
             # q_norm and k_norm, then rotary, on queries and keys at once: (B, S*K, 2, H, hd)
             q, key = rotate(rms(qkv[:, :, :2], self.eps, block.qk_gain), rotation).unbind(2)
-            cache.write(i, rows, index, key, qkv[:, :, 2])
+            cache.write_entries(i, entries, key, qkv[:, :, 2])
             keys, values = (t.transpose(1, 2) for t in cache.read(i, rows))  # (B, H, cap, hd)
             attn_mask = mask
             if i == last and s == 2:  # the clean stream needed only this layer's keys/values
