@@ -3,8 +3,15 @@
 CPU (default config, the shipped checkpoint):
 - ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
   latency = chunk + look-ahead (the VAE decoder's 30 ms); end-to-end per chunk = algorithmic + the
-  measured compute of that chunk (the output of chunk k is ready this long after the first sample of
-  chunk k was spoken; transport and codec excluded: see bench/glass_to_glass.py for those), p50/p99; RTF.
+  measured compute of that chunk, p50/p99; RTF. What this is: the first sample of chunk k waits a chunk
+  for the chunk to fill, then the step's compute; the output of chunk k starts with the converted sample
+  spoken 30 ms before it (the decoder's delay), and played continuously every later sample has the same
+  delay. So it is the delay of every sample, first or last of its chunk, for a listener whose playback
+  starts with the first chunk; a playback clock that must never underrun has to cover the slowest
+  steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
+  (bench/glass_to_glass.py) and the engine's wake-up (one asyncio turn). Steps run back to back here;
+  ``vc.latency_paced`` steps each chunk when its audio would have arrived (real time, ``--paced-s``),
+  with the weights cold in the caches between steps as when serving.
 - ``vc.sessions``: N sessions stepped together; real time while a step (p90) fits in one chunk.
 - ``vc.quality``: held-out voices (unseen in training) and seen voices. Speaker similarity with
   resemblyzer (GE2E embeddings; its own model, not ours): margin = cos(x, target voice) - cos(x, source
@@ -15,9 +22,9 @@ CPU (default config, the shipped checkpoint):
   (``models/audio/phoneme_recognizer.py``) and pocketsphinx WER over the evaluation vocabulary, for the
   source, the vocoded source and the converted speech.
 
-GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at batch 1..1024, content
-encoder, DiT and vocoder included, eager and (where the generator captures them) CUDA graphs. Written to
-run on a CUDA machine but untested here (no GPU in the session that wrote it).
+GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at ``--batches`` (1..1024),
+content encoder, DiT and vocoder included, eager and as CUDA graphs. Not yet run on a GPU; the same path
+runs on the CPU (``--device cpu --config paper --batches 1 2``) as a smoke test.
 """
 
 from __future__ import annotations
@@ -50,13 +57,20 @@ def emit(**fields) -> None:
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
 
 
-def convert(gen: VCGenerator, audio: np.ndarray, params: dict) -> tuple[np.ndarray, list[float]]:
-    """Stream audio through one session: (converted audio, compute seconds per chunk)."""
+def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = False) -> tuple[np.ndarray, list[float]]:
+    """Stream audio through one session: (converted audio, compute seconds per chunk).
+
+    Back to back by default; ``paced``: each chunk is stepped when its last sample would have been spoken
+    (real time), as in serving, where the model's weights and state go cold in the caches between steps.
+    """
     state = gen.open_session(gen.validate_params(params))
     n = gen.spec.input_chunk_samples
     audio = np.pad(audio, (0, -len(audio) % n))
     out, times = [], []
+    origin = time.perf_counter()
     for k in range(len(audio) // n):
+        if paced:
+            time.sleep(max(0.0, origin + (k + 1) * gen.spec.chunk_s - time.perf_counter()))
         start = time.perf_counter()
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
         times.append(time.perf_counter() - start)
@@ -76,6 +90,15 @@ def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
              compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
              end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)),
              rtf=float(ms.sum() / 1000 / (len(speech) / 16_000)), seconds=round(len(speech) / 16_000, 1))
+    if args.paced_s > 0:  # real time: one step per chunk as the audio would arrive
+        part = speech[: int(args.paced_s * 16_000)]
+        _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
+        ms = np.array(times) * 1000
+        algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
+        emit(bench="vc.latency_paced", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1,
+             algorithmic_ms=algorithmic, compute_ms_p50=float(np.percentile(ms, 50)),
+             compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
+             end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
 
 
 def bench_sessions(gen: VCGenerator, speech: np.ndarray, args) -> None:
@@ -186,28 +209,38 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
              utterances=len(per_items["converted"]), **fields)
 
 
-# -- GPU --------------------------------------------------------------------------------------------------
-def bench_gpu(args) -> None:
-    """Paper config on CUDA: per-step time at growing batch sizes (untested here: no GPU)."""
-    for graphs in (False, True):
-        gen = VCGenerator(device="cuda", config="paper", max_sessions=1024, max_batch_size=1024, cuda_graphs=graphs)
+# -- batched step (GPU, paper config) -----------------------------------------------------------------------
+def bench_batches(args) -> None:
+    """Per-step time at growing batch sizes on ``--device`` (the GPU run: ``--device cuda --config paper``).
+
+    Eager, and on CUDA also as captured graphs. Runs on the CPU too (``--device cpu --config paper
+    --batches 1 2``: a smoke test of this path before a GPU session, not a measurement to report).
+    """
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    batches = [int(b) for b in args.batches]
+    for graphs in (False, True) if cuda else (False,):
+        gen = VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
+                          max_sessions=max(batches), max_batch_size=max(batches), cuda_graphs=graphs)
         n = gen.spec.input_chunk_samples
-        for batch in (1, 8, 64, 256, 1024):
+        for batch in batches:
             states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
             chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32),
                                num_valid_samples=n) for i in range(batch)]
             for _ in range(3):
                 gen.step(states, chunk, batch)
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
-            for _ in range(10):
+            for _ in range(args.repeats):
                 gen.step(states, chunk, batch)
-            torch.cuda.synchronize()
-            ms = (time.perf_counter() - start) / 10 * 1000
+            sync()
+            ms = (time.perf_counter() - start) / args.repeats * 1000
             for s in states:
                 gen.close_session(s)
-            emit(bench="vc.gpu", config="paper", graphs=graphs, batch=batch, step_ms=ms, chunk_ms=gen.spec.chunk_ms,
-                 sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms), device=torch.cuda.get_device_name())
+            device = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
+            emit(bench="vc.batch", config=args.config, graphs=graphs, batch=batch, step_ms=ms,
+                 chunk_ms=gen.spec.chunk_ms, sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms),
+                 device=device)
 
 
 def main() -> None:
@@ -215,10 +248,15 @@ def main() -> None:
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--config", default="default", help="'default' (the shipped checkpoint) or 'paper' (random)")
+    ap.add_argument("--batches", nargs="+", default=["1", "8", "64", "256", "1024"],
+                    help="batch sizes of the batched-step bench (--device cuda or --config paper)")
+    ap.add_argument("--repeats", type=int, default=10, help="steps timed per batch size (batched-step bench)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
     ap.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: the model's)")
+    ap.add_argument("--paced-s", type=float, default=10.0, help="seconds of the real-time (paced) latency run; 0: none")
     ap.add_argument("--sessions", default="1,2,4,8,16,32,64")
     ap.add_argument("--session-chunks", type=int, default=20)
     ap.add_argument("--num-pairs", type=int, default=4)
@@ -226,8 +264,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,sessions,quality")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.device == "cuda":
-        bench_gpu(args)
+    if args.device.startswith("cuda") or args.config == "paper":
+        bench_batches(args)
         return
     skip = set(args.skip.split(","))
     options = {} if args.temperature is None else {"temperature": args.temperature}

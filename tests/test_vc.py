@@ -12,7 +12,14 @@ from models.registry import load_model
 from models.vc.generator import VCGenerator
 from models.vc.model import two_stream_mask
 from streaming.errors import ParamError
-from tests.vc_helpers import make_tiny_checkpoint, offline_reference, run_session, speechlike, wav_b64
+from tests.vc_helpers import (
+    make_tiny_checkpoint,
+    offline_reference,
+    reference_stream,
+    run_session,
+    speechlike,
+    wav_b64,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -42,6 +49,22 @@ def test_80ms_chunks_equal_offline_too(ckpt):
     audio = speechlike(1.2, 6)
     np.testing.assert_allclose(run_session(gen80, audio, {"voice": "high", "seed": 1}),
                                offline_reference(gen80, audio, "high", 1), atol=1e-5)
+
+
+@pytest.mark.parametrize("voice_switch", ["reset", "recache"])
+def test_serving_path_equals_the_reference_path_across_voice_and_step_changes(ckpt, voice_switch):
+    """models/vc/stream.py (one DiT pass per step, streaming vocoder) == the two-pass step on model.py's
+    modules, through voice switches (either mode, early and after the ring has wrapped) and step changes.
+    (Which old frames a recache sees matters from the third DiT block on: test_vc_server checks it on the
+    shipped model.)"""
+    gen = VCGenerator(checkpoint=ckpt, max_sessions=2, voice_switch=voice_switch)
+    audio = speechlike(6.4, 12)
+    params = {"voice": "low", "seed": 7, "steps": 1}
+    events = {1: ("set_reference", {"voice": "high"}), 4: ("set_steps", {"steps": 2}),
+              13: ("set_reference", {"voice": "low"}), 17: ("set_steps", {"steps": 1}),
+              18: ("set_reference", {"voice": "high"})}
+    np.testing.assert_allclose(run_session(gen, audio, params, events), reference_stream(gen, audio, params, events),
+                               atol=1e-5)
 
 
 def test_two_stream_mask_matches_the_cache_rule():

@@ -17,7 +17,15 @@ from models.base import StepInput
 from models.vc.generator import DEFAULT_CHECKPOINT, VCGenerator
 from streaming.client import Client, MediaCollector
 from tests.streaming_helpers import Received, collect_until, send_paced
-from tests.vc_helpers import make_tiny_checkpoint, median_f0, offline_reference, run_session, speechlike, wav_b64
+from tests.vc_helpers import (
+    make_tiny_checkpoint,
+    median_f0,
+    offline_reference,
+    reference_stream,
+    run_session,
+    speechlike,
+    wav_b64,
+)
 
 SHIPPED = os.path.exists(DEFAULT_CHECKPOINT)
 VOICE = "v056"  # a shipped voice (espeak-ng "linda", pitch 75) far from the held-out source clip (tests/data)
@@ -137,6 +145,21 @@ def test_shipped_checkpoint_streaming_equals_offline(shipped, steps):
     audio = _clip("vc_unseen_source.wav")[: 8 * 2560]
     streamed = run_session(shipped, audio, {"voice": VOICE, "seed": 5, "steps": steps})
     np.testing.assert_allclose(streamed, offline_reference(shipped, audio, VOICE, 5, steps), atol=2e-4)
+
+
+@pytest.mark.parametrize("voice_switch", ["reset", "recache"])
+def test_shipped_checkpoint_serving_path_equals_the_reference_path(voice_switch):
+    """The serving fast path (models/vc/stream.py) == the two-pass step on model.py's modules on the real
+    model, through a voice switch after the ring has wrapped (a recache then rewrites a full window) and a
+    step change."""
+    if not SHIPPED:
+        pytest.skip("no shipped checkpoint")
+    gen = VCGenerator(max_sessions=2, voice_switch=voice_switch)
+    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 14 * 2560]
+    params = {"voice": "v057", "seed": 4, "steps": 1}
+    events = {9: ("set_reference", {"voice": VOICE}), 11: ("set_steps", {"steps": 2})}
+    np.testing.assert_allclose(run_session(gen, audio, params, events), reference_stream(gen, audio, params, events),
+                               atol=2e-5)
 
 
 def test_shipped_checkpoint_batch_equals_single(shipped):

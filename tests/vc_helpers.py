@@ -10,6 +10,8 @@ import torch
 from models.audio.dsp import wav_bytes
 from models.audio.vae import VAEConfig
 from models.base import ControlEvent, StepInput
+from models.cache import RingKVCache
+from models.flow import mean_flow_sample
 from models.vc.checkpoint import save_checkpoint
 from models.vc.generator import VCGenerator
 from models.vc.model import VCConfig, VCModel
@@ -99,6 +101,72 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
     silence = gen._silence[None, :, None].expand(1, -1, vae.context_latents)
     z = torch.cat([silence, vae.denormalize(latents.transpose(1, 2))], dim=2)
     return vae.decode(z)[0, vae.context_latents * vae.cfg.hop :].clamp(-1, 1).numpy()
+
+
+@torch.no_grad()
+def reference_stream(gen: VCGenerator, audio: np.ndarray, params: dict, events: dict[int, tuple] | None = None):
+    """The reference streaming path on model.py's modules, as the generator ran before models/vc/stream.py.
+
+    Per chunk: the content encoder with its state, the DiT's denoising pass against a ring of window + chunk
+    entries (the chunk's entries reserved first), then its clean pass writing the chunk's keys/values, then
+    the VAE decoded with ``context_latents`` latents of left context. Events {chunk index: (type, payload)}
+    before a chunk: ``set_reference {voice}`` (as ``gen.voice_switch``: reset the context, or recache the
+    window under the new voice) and ``set_steps``. ``params``: voice, seed, steps.
+    """
+    model, cfg, vae = gen.model, gen.cfg, gen.model.vae
+    k, n, window = gen.chunk_latents, gen.spec.input_chunk_samples, cfg.window_latents
+    cache = RingKVCache(num_layers=cfg.depth, num_slots=1, num_heads=cfg.num_heads,
+                        head_dim=cfg.dim // cfg.num_heads, window=window + k)
+    rng = torch.Generator().manual_seed(params["seed"])
+    steps = params.get("steps", 1)
+
+    def voice(name):
+        speaker, kv, tmask = gen._voices[name]
+        return speaker[None], [(kv[i, 0][None], kv[i, 1][None]) for i in range(cfg.depth)], tmask[None]
+
+    speaker, kv, tmask = voice(params["voice"])
+    tail, content_state = torch.zeros(1, model.mel.tail), model.content.initial_state(1)
+    vae_context = gen._silence[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D), un-normalised
+    recent, out, num_frames = torch.zeros(1, 0, 0), [], 0
+    for c in range(len(audio) // n):
+        event_type, payload = (events or {}).get(c, (None, None))
+        if event_type == "set_steps":
+            steps = payload["steps"]
+        elif event_type == "set_reference":
+            speaker, kv, tmask = voice(payload["voice"])
+            num = min(num_frames, window)
+            if gen.voice_switch == "reset":
+                cache.clear([0], keep_sink=False)
+            elif num:
+                cache.rewind([0], num)
+                dim = cfg.vae.latent_dim
+                latents, content = recent[:, -num:].split([dim, recent.shape[-1] - dim], -1)
+                positions = torch.arange(num_frames - num, num_frames)[None]
+                index = cache.reserve([0], positions)
+                model.dit.write_context(latents, content.reshape(1, num * cfg.content_per_latent, -1), speaker, kv,
+                                        tmask, positions, cache, [0], index)
+        chunk = torch.from_numpy(audio[c * n : (c + 1) * n])[None]
+        mel = model.mel(torch.cat([tail, chunk], dim=1))
+        tail = chunk[:, -model.mel.tail :]
+        content, content_state = model.content(mel, content_state)
+        positions = torch.arange(num_frames, num_frames + k)[None]
+        index = cache.reserve([0], positions)
+        noise = gen.temperature * torch.randn(k, cfg.vae.latent_dim, generator=rng)[None]
+
+        def u_fn(z, r, t, content=content, positions=positions, speaker=speaker, kv=kv, tmask=tmask):
+            expand = lambda x: x[:, None].expand(-1, k)  # noqa: E731
+            r = t if gen.sampler == "euler" else r
+            return model.dit.denoise(z, content, expand(r), expand(t), speaker, kv, tmask, positions, cache, [0])
+
+        latents = mean_flow_sample(u_fn, noise, steps)
+        model.dit.write_context(latents, content, speaker, kv, tmask, positions, cache, [0], index)
+        recent = torch.cat([recent.reshape(1, -1, latents.shape[-1] + content.shape[-1] * cfg.content_per_latent),
+                            torch.cat([latents, content.reshape(1, k, -1)], dim=-1)], dim=1)[:, -window:]
+        full = torch.cat([vae_context, vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)], dim=1)
+        out.append(vae.decode_chunk(full.transpose(1, 2), k).clamp(-1, 1)[0].numpy())
+        vae_context = full[:, -vae.context_latents :]
+        num_frames += k
+    return np.concatenate(out)
 
 
 def median_f0(audio: np.ndarray, rate: int = 16_000) -> float:

@@ -4,9 +4,12 @@ Design note of the step loop. A step is due when a full chunk of mic audio has a
 For every session of the batch at once: the chunk becomes causal log-mel frames (with the session's last
 240 samples), the streaming content encoder turns them into bottleneck features (with the session's conv
 contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
-mean-flow steps against its KV-cache slot, the clean latents are written to the cache (the context of
-later chunks), and the shared waveform VAE decodes them with a fixed left context of latents. Output chunk
-k therefore covers input chunk k, delayed by the VAE's 30 ms (declared as look-ahead).
+mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
+convolution states. The chunk's clean latents become the context of later chunks: their keys/values are
+written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
+noisy tokens (one pass over the weights per step, not two; ``models/vc/stream.py`` is this serving fast
+path, ``model.py`` the reference it equals). Output chunk k therefore covers input chunk k, delayed by the
+VAE's 30 ms (declared as look-ahead).
 
 Per-session state is O(window) and lives in preallocated per-slot tensors (one row per session, as the KV
 cache): nothing grows with stream length. Randomness comes from a per-session generator, so a session's
@@ -34,13 +37,14 @@ import numpy as np
 import torch
 
 from models.audio.dsp import read_wav, resample, trim_silence
+from models.audio.vae import StreamingDecoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
-from models.flow import mean_flow_sample
 from models.graphs import BucketGraphs
 from models.params import base64_param
 from models.vc.checkpoint import Checkpoint, load_checkpoint
-from models.vc.model import ContentState, VCConfig, VCModel
+from models.vc.model import VCConfig, VCModel
+from models.vc.stream import Rows, StreamingContent, StreamingDiT
 from streaming.errors import ParamError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
@@ -64,6 +68,9 @@ class VCState:
     steps: int  # mean-flow steps per chunk (1 or 2)
     voice: str  # shipped voice id, or "reference" for uploaded audio
     num_frames: int = 0  # latent frames generated so far (the next chunk's first position)
+    # Ring entries of the last chunk (K,), holding its noisy tokens' keys/values until the next step writes
+    # its clean ones there (None: nothing pending, e.g. at the start or after a voice reset).
+    context_index: torch.Tensor | None = None
     reference_parts: list[str] = field(default_factory=list)  # base64 pieces of a live upload, until `final`
     reference_chars: int = 0  # their total length (bounded by MAX_REFERENCE_PARTS_CHARS)
 
@@ -122,28 +129,49 @@ class VCGenerator(Generator):
         rows, cfg, dev = max_sessions + 1, self.cfg, self.device
         self.cache = RingKVCache(
             num_layers=cfg.depth, num_slots=rows, num_heads=cfg.num_heads, head_dim=cfg.dim // cfg.num_heads,
-            window=cfg.window_latents + self.chunk_latents, device=dev,
+            # the window, the last chunk (its clean stream is written by the next step) and the chunk being made
+            window=cfg.window_latents + 2 * self.chunk_latents, device=dev,
         )
-        # Per-slot state tensors (row = slot): see the module docstring.
+        # The serving fast path (models/vc/stream.py: the same computation, laid out for small batches).
+        self._content_net = StreamingContent(self.model)
+        self._dit = StreamingDiT(self.model.dit)
+        self._vocoder = StreamingDecoder(self.model.vae).to(dev)
+        # Flow-time pairs (r, t) a pass can use; the modulations of each are computed per session.
+        # A jump from t to r evaluates u(z, r, t) (the euler sampler: u(z, t, t), the instantaneous velocity).
+        times = {n: torch.linspace(1.0, 0.0, n + 1).tolist() for n in (1, 2)}
+        self._jumps = {n: [((t if sampler == "euler" else r, t), t - r) for t, r in zip(ts, ts[1:], strict=False)]
+                       for n, ts in times.items()}
+        pairs = [(0.0, 0.0)] + sorted({p for js in self._jumps.values() for p, _ in js} - {(0.0, 0.0)})
+        self._pair_index = {p: i for i, p in enumerate(pairs)}  # (0, 0): the clean stream
+        # Per-slot state tensors (row = slot, always the first dim): see the module docstring.
         mel, content = self.model.mel, self.model.content
         self.num_ref_tokens = int(cfg.max_ref_s * SAMPLE_RATE_HZ / cfg.mel_hop) // cfg.ref_stride
         heads, head_dim = cfg.num_heads, cfg.dim // cfg.num_heads
         self._tail = torch.zeros(rows, mel.tail, device=dev)
-        self._content = content.initial_state(rows, dev)
+        self._conv1 = torch.zeros(rows, content.conv1.kernel_size[0] - 1, cfg.num_mels, device=dev)  # time-major
+        self._conv2 = torch.zeros(rows, content.conv2.kernel_size[0] - content.conv2.stride[0],
+                                  cfg.content_channels, device=dev)
+        self._gru = torch.zeros(cfg.content_layers, rows, cfg.content_channels, device=dev)  # (layers, rows, C)
         with torch.inference_mode():
             silence = self.model.vae.encode(torch.zeros(1, 8 * hop, device=dev))[0][0, :, 4]
+            # The vocoder starts as if it had decoded context_latents latents of silence (as an offline
+            # decode of the stream with that much silence before it).
+            before = silence[None, None].expand(1, self.model.vae.context_latents, -1)
+            start = self._vocoder(before, self._vocoder.initial_state(1, dev))[1]
         self._silence = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
-        self._vae_context = torch.zeros(rows, self.model.vae.context_latents, cfg.vae.latent_dim, device=dev)
+        self._vocoder_start = start
+        self._vocoder_state = self._vocoder.initial_state(rows, dev)
         self._speaker = torch.zeros(rows, cfg.dim, device=dev)
-        self._timbre = torch.zeros(cfg.depth, 2, rows, heads, self.num_ref_tokens, head_dim, device=dev)
+        self._mods = torch.zeros(rows, len(pairs), self._dit.num_mods, cfg.dim, device=dev)
+        self._timbre = torch.zeros(rows, cfg.depth, 2, heads, self.num_ref_tokens, head_dim, device=dev)
         self._timbre_mask = torch.zeros(rows, self.num_ref_tokens, dtype=torch.bool, device=dev)
         per = cfg.content_per_latent * cfg.content_dim
         self._recent = torch.zeros(rows, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
         self._voices = {v: self._embed_reference(m) for v, m in ckpt.voice_mels.items()}
         self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
         self._num_pending = 0
-        self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
-                        for n in (1, 2)}
+        self._use_graphs = cuda_graphs and self.pads_to_bucket
+        self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=self._use_graphs) for n in (1, 2)}
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -234,12 +262,11 @@ class VCGenerator(Generator):
         """Take a slot and reset its state; params come from :meth:`validate_params`."""
         slot = self._slots.allocate()
         self.cache.clear([slot], keep_sink=False)
-        self._tail[slot] = 0
-        for t in (self._content.conv1, self._content.conv2):
+        for t in (self._tail, self._conv1, self._conv2, self._recent):
             t[slot] = 0
-        self._content.gru[:, slot] = 0
-        self._vae_context[slot] = self._silence
-        self._recent[slot] = 0
+        self._gru[:, slot] = 0
+        for t, start in zip(self._vocoder_state, self._vocoder_start, strict=True):
+            t[slot] = start[0]
         reference = self._pending.pop(params["reference_id"], None)
         if reference is None:
             self._slots.free(slot)
@@ -255,7 +282,9 @@ class VCGenerator(Generator):
 
     def _set_reference(self, slot: int, reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
         speaker, kv, tmask = reference
-        self._speaker[slot], self._timbre[:, :, slot], self._timbre_mask[slot] = speaker, kv, tmask
+        self._speaker[slot], self._timbre[slot], self._timbre_mask[slot] = speaker, kv, tmask
+        for (r, t), i in self._pair_index.items():  # the adaLN modulations of every flow-time pair
+            self._mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
 
     def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
         """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
@@ -277,6 +306,7 @@ class VCGenerator(Generator):
         self._set_reference(state.slot, reference)
         if self.voice_switch == "reset":
             self.cache.clear([state.slot], keep_sink=False)  # the vocoder's context stays: no click
+            state.context_index = None  # the last chunk's context is dropped with the rest
         else:
             self._recache(state)
         state.voice = voice
@@ -307,7 +337,12 @@ class VCGenerator(Generator):
         if num == 0:
             return
         slot = [state.slot]
-        self.cache.rewind(slot, num)
+        self.cache.rewind(slot, num)  # the last chunk's entries included (reserved, its clean stream pending)
+        state.context_index = None
+        # The ring holds a chunk more than the reference path's (the chunk being denoised): forget that much
+        # of the oldest, so the recomputed frames see the older context that path's ring would still hold.
+        labels = self.cache.labels[state.slot]
+        labels[labels < state.num_frames - num - self.chunk_latents] = -1
         recent = self._recent[slot, -num:]  # (1, num, D + content)
         latents, content = recent.split([self.cfg.vae.latent_dim, recent.shape[-1] - self.cfg.vae.latent_dim], -1)
         positions = torch.arange(state.num_frames - num, state.num_frames, device=self.device)[None]
@@ -318,79 +353,95 @@ class VCGenerator(Generator):
     def step(self, states: Sequence[VCState], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
         """Convert one chunk for every session of the batch (see module docstring).
 
-        Host work (slot ids, ring positions, each session's noise) happens here; the tensor work is
-        :meth:`_core`, one call per step count in the batch (a captured graph per bucket on a GPU).
+        Host work (rows, ring positions, each session's noise) happens here; the tensor work is
+        :meth:`_core`, one call per group of sessions with the same step count and the same pending state
+        (a session's first chunk, or its first after a voice reset, has no previous chunk's context to
+        write): a captured graph per bucket on a GPU.
         """
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
         audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
         noise = noise * self.temperature
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
-        steps = [s.steps for s in states]
-        for num_steps in sorted(set(steps)):
-            rows = [i for i, n in enumerate(steps) if n == num_steps]
+        keys = [(s.steps, s.context_index is not None) for s in states]
+        for num_steps, pending in sorted(set(keys)):
+            rows = [i for i, key in enumerate(keys) if key == (num_steps, pending)]
             group = [states[i] for i in rows]
             size = _bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
             pad = size - len(rows)
             slots = [s.slot for s in group] + [self._pad_slot] * pad
-            positions = torch.tensor([[s.num_frames + j for j in range(k)] for s in group] + [list(range(k))] * pad)
-            index = self.cache.reserve(slots, positions)  # the ring's bookkeeping is host-side, outside the graph
+            # padding rows (scratch: the pad slot) sit at positions K.., their clean stream at 0..K-1
+            first = torch.tensor([s.num_frames for s in group] + [k] * pad)
+            positions = first[:, None] + torch.arange(k)  # (B, K)
+            # ring entries are reserved (labelled) here on the host and written inside the pass
+            previous = [s.context_index for s in group]
+            if pending and pad:
+                previous += [self.cache.reserve([self._pad_slot], positions[-1:] - k)[0]] * pad
+            index = self.cache.reserve(slots, positions)  # (B, K): this chunk's entries
+            if pending:  # the previous chunk's entries first: its clean stream rides along
+                index = torch.cat([torch.stack(previous), index], dim=1)
+            for i, s in enumerate(group):
+                s.context_index = index[i, -k:]
             chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
             group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
-            tensors = [t.to(self.device) for t in (chunk, torch.tensor(slots), positions, index, group_noise)]
-            out[rows] = self._graphs[num_steps](*tensors)[: len(rows)].cpu().numpy()
+            tensors = [t.to(self.device) for t in (chunk, positions, index, group_noise)]
+            out[rows] = self._graphs[num_steps](*tensors, self._rows(slots))[: len(rows)].cpu().numpy()
         for s in states:
             s.num_frames += k
         return [StepOutput(audio=row) for row in out]
 
-    def _core(self, audio, slots, positions, index, noise, num_steps: int) -> torch.Tensor:
-        """One chunk for a batch of slots, tensors only: (B, N) audio -> (B, K * hop) audio, state updated."""
-        content = self._content_step(slots, audio)  # (B, K * per, content_dim)
-        kv, tmask = self._timbre_of(slots)
-        speaker = self._speaker[slots]
+    def _rows(self, slots: list[int]) -> Rows:
+        """Index of the slots' rows: a slice (views, no copies) when consecutive, unless a graph replays it."""
+        if not self._use_graphs and slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
+        return torch.tensor(slots, device=self.device)
 
-        def u_fn(z, r, t):
-            expand = lambda x: x[:, None].expand(-1, z.shape[1])  # noqa: E731 - (B,) -> (B, K)
-            if self.sampler == "euler":  # the instantaneous velocity u(z, t, t): each jump an Euler step
-                r = t
-            return self.model.dit.denoise(z, content, expand(r), expand(t), speaker, kv, tmask, positions,
-                                          self.cache, slots)
+    def _core(self, audio, positions, index, noise, rows: Rows, num_steps: int) -> torch.Tensor:
+        """One chunk for a batch of rows, tensors only: (B, N) audio -> (B, K * hop) audio, state updated.
 
-        latents = mean_flow_sample(u_fn, noise, num_steps)  # (B, K, D)
-        self.model.dit.write_context(latents, content, speaker, kv, tmask, positions, self.cache, slots, index)
-        b, k = latents.shape[:2]
-        recent = torch.cat([latents, content.reshape(b, k, -1)], dim=-1)
-        self._recent[slots] = torch.cat([self._recent[slots], recent], dim=1)[:, -self.cfg.window_latents :]
-        return self._decode(slots, latents)
+        ``index`` (B, K) holds this chunk's ring entries, or (B, 2K) the previous chunk's and then this
+        chunk's: the first pass then also runs the previous chunk's clean stream (its latents and content
+        are the last K rows of ``_recent``).
+        """
+        b, k = noise.shape[:2]
+        content = self._content_step(rows, audio).reshape(b, k, -1)  # (B, K, per * content_dim)
+        mods, timbre, tmask, recent = self._mods[rows], self._timbre[rows], self._timbre_mask[rows], self._recent[rows]
+        z = noise
+        for i, (pair, jump) in enumerate(self._jumps[num_steps]):  # mean flows: z_r = z_t - (t - r) u(z_t, r, t)
+            tokens = torch.cat([z, content], dim=-1)[:, None]  # (B, 1, K, D + P): the noisy stream
+            m, pos = mods[:, None, self._pair_index[pair]], positions[:, None]
+            if i == 0 and index.shape[1] > k:  # the previous chunk's clean stream rides along
+                tokens = torch.cat([recent[:, None, -k:], tokens], dim=1)  # (B, 2, K, D + P)
+                m = torch.cat([mods[:, None, self._pair_index[(0.0, 0.0)]], m], dim=1)
+                pos = torch.stack([positions - k, positions], dim=1)
+            z = z - jump * self._dit(tokens, m, pos, timbre, tmask, self.cache, rows, index[:, -k * tokens.shape[1] :])
+        new = torch.cat([z, content], dim=-1)
+        self._recent[rows] = torch.cat([recent, new], dim=1)[:, -self.cfg.window_latents :]
+        return self._decode(rows, z)
 
-    def _content_step(self, slots: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-        """Mel frames and content features of one chunk, carrying each slot's front-end state."""
-        model = self.model
-        mel = model.mel(torch.cat([self._tail[slots], audio], dim=1))
-        self._tail[slots] = audio[:, -model.mel.tail :]
-        state = ContentState(self._content.conv1[slots], self._content.conv2[slots], self._content.gru[:, slots])
-        content, new = model.content(mel, state)
-        self._content.conv1[slots], self._content.conv2[slots] = new.conv1, new.conv2
-        self._content.gru[:, slots] = new.gru
+    def _content_step(self, rows: Rows, audio: torch.Tensor) -> torch.Tensor:
+        """Content features (B, K * per, content_dim) of one chunk, carrying each row's front-end state."""
+        full = torch.cat([self._tail[rows], audio], dim=1)
+        self._tail[rows] = audio[:, -self._tail.shape[1] :]
+        content, (past1, past2, gru) = self._content_net(full, self._conv1[rows], self._conv2[rows], self._gru[:, rows])
+        self._conv1[rows], self._conv2[rows] = past1, past2
+        self._gru[:, rows] = gru
         return content
 
-    def _timbre_of(self, slots: torch.Tensor | list[int]) -> tuple[list[tuple[torch.Tensor, ...]], torch.Tensor]:
-        kv = self._timbre[:, :, slots]  # (depth, 2, B, H, S, hd)
-        return [(kv[i, 0], kv[i, 1]) for i in range(kv.shape[0])], self._timbre_mask[slots]
-
     def _write_context(self, slots, latents, content, positions) -> None:
-        kv, tmask = self._timbre_of(slots)
+        """The reference path's clean pass (for KV-recache): write the frames' keys/values under the voice now set."""
+        kv = self._timbre[slots]  # (B, depth, 2, H, S, hd)
+        timbre_kv = [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
         index = self.cache.reserve(slots, positions)
-        self.model.dit.write_context(latents, content, self._speaker[slots], kv, tmask, positions, self.cache, slots,
-                                     index)
+        self.model.dit.write_context(latents, content, self._speaker[slots], timbre_kv, self._timbre_mask[slots],
+                                     positions, self.cache, slots, index)
 
-    def _decode(self, slots: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """Decode normalised latents (B, K, D) with each slot's left context; returns (B, K * hop) audio."""
-        vae = self.model.vae
-        z = vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)
-        full = torch.cat([self._vae_context[slots], z], dim=1)  # (B, ctx + K, D)
-        audio = vae.decode_chunk(full.transpose(1, 2), latents.shape[1])
-        self._vae_context[slots] = full[:, -vae.context_latents :]
+    def _decode(self, rows: Rows, latents: torch.Tensor) -> torch.Tensor:
+        """Decode normalised latents (B, K, D), carrying each row's vocoder state; returns (B, K * hop) audio."""
+        state = [s[rows] for s in self._vocoder_state]
+        audio, state = self._vocoder(self._vocoder.denormalize(latents), state)
+        for s, new in zip(self._vocoder_state, state, strict=True):
+            s[rows] = new
         return audio.clamp(-1.0, 1.0).float()
 
     def warmup_events(self) -> list[ControlEvent]:
