@@ -110,8 +110,8 @@ def test_memory_is_bounded_over_long_text(gen):
         out = gen.step([state], [StepInput()], 1)[0]
         assert not out.idle
         assert gen.cache.num_entries(state.slot) <= window
-        sizes.add((tuple(state.history.shape), state.hidden is None or tuple(state.hidden.shape)))
-    assert len({s[0] for s in sizes}) == 1 and state.num_samples == 300 * gen.spec.output_chunk_samples
+        sizes.add(state.hidden is None or tuple(state.hidden.shape))
+    assert len(sizes) <= 2 and state.num_samples == 300 * gen.spec.output_chunk_samples
     gen.close_session(state)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from models.audio.dsp import read_wav, resample
+from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
@@ -65,7 +66,6 @@ class TTSState:
     num_latents: int = 0  # latents produced in the running segment
     max_latents: int = 0
     hidden: torch.Tensor | None = None  # (C,) hidden state predicting the next latent
-    history: torch.Tensor | None = None  # (context_latents, D) decoder context, un-normalised
     num_samples: int = 0  # audio samples produced so far
 
 
@@ -119,6 +119,7 @@ class TTSGenerator(Generator):
             num_layers=cfg.num_layers, num_slots=max_sessions, num_heads=heads, head_dim=cfg.dim // heads,
             window=cfg.window, device=self.device,
         )
+        self.vocoder = SlotVocoder(self.vae, max_sessions, self.silence_raw, self.device)  # rows = cache slots
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -200,8 +201,8 @@ class TTSGenerator(Generator):
             speaker=self.voice_stats[params["voice"]] if speaker is None else speaker,
             rng=rng,
             segmenter=TextSegmenter(self.max_words),
-            history=self.silence_raw.expand(self.vae.context_latents, -1).clone(),
         )
+        self.vocoder.reset(state.slot)
         if params.get("text"):
             self._add_text(state, params["text"], final=True)
         return state
@@ -330,16 +331,11 @@ class TTSGenerator(Generator):
         self.cache.clear([s.slot], keep_sink=False)
 
     def _decode(self, states: Sequence[TTSState], latents: torch.Tensor) -> np.ndarray:
-        """Decode (B, K, D) normalised latents with each session's left context; returns (B, K * hop)."""
-        z = self.vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)  # (B, K, D)
-        context = torch.stack([s.history for s in states])  # (B, ctx, D)
-        full = torch.cat([context, z], dim=1)
-        audio = self.vae.decode_chunk(full.transpose(1, 2), self.chunk_latents)  # (B, K * hop)
-        ctx = self.vae.context_latents
-        for b, s in enumerate(states):
-            s.history = full[b, -ctx:].clone()
+        """Decode (B, K, D) normalised latents, carrying each session's vocoder state; returns (B, K * hop)."""
+        audio = self.vocoder.decode([s.slot for s in states], latents)  # (B, K * hop)
+        for s in states:
             s.num_samples += audio.shape[1]
-        return audio.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
+        return audio.cpu().numpy().astype(np.float32)
 
 
 def _split_tokens(tokens: list[str], limit: int) -> list[list[str]]:

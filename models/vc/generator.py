@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from models.audio.dsp import read_wav, resample, trim_silence
-from models.audio.vae import StreamingDecoder
+from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
 from models.graphs import BucketGraphs
@@ -135,7 +135,6 @@ class VCGenerator(Generator):
         # The serving fast path (models/vc/stream.py: the same computation, laid out for small batches).
         self._content_net = StreamingContent(self.model)
         self._dit = StreamingDiT(self.model.dit)
-        self._vocoder = StreamingDecoder(self.model.vae).to(dev)
         # Flow-time pairs (r, t) a pass can use; the modulations of each are computed per session.
         # A jump from t to r evaluates u(z, r, t) (the euler sampler: u(z, t, t), the instantaneous velocity).
         times = {n: torch.linspace(1.0, 0.0, n + 1).tolist() for n in (1, 2)}
@@ -154,13 +153,8 @@ class VCGenerator(Generator):
         self._gru = torch.zeros(cfg.content_layers, rows, cfg.content_channels, device=dev)  # (layers, rows, C)
         with torch.inference_mode():
             silence = self.model.vae.encode(torch.zeros(1, 8 * hop, device=dev))[0][0, :, 4]
-            # The vocoder starts as if it had decoded context_latents latents of silence (as an offline
-            # decode of the stream with that much silence before it).
-            before = silence[None, None].expand(1, self.model.vae.context_latents, -1)
-            start = self._vocoder(before, self._vocoder.initial_state(1, dev))[1]
         self._silence = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
-        self._vocoder_start = start
-        self._vocoder_state = self._vocoder.initial_state(rows, dev)
+        self._vocoder = SlotVocoder(self.model.vae, rows, silence, dev)
         self._speaker = torch.zeros(rows, cfg.dim, device=dev)
         self._mods = torch.zeros(rows, len(pairs), self._dit.num_mods, cfg.dim, device=dev)
         self._timbre = torch.zeros(rows, cfg.depth, 2, heads, self.num_ref_tokens, head_dim, device=dev)
@@ -265,8 +259,7 @@ class VCGenerator(Generator):
         for t in (self._tail, self._conv1, self._conv2, self._recent):
             t[slot] = 0
         self._gru[:, slot] = 0
-        for t, start in zip(self._vocoder_state, self._vocoder_start, strict=True):
-            t[slot] = start[0]
+        self._vocoder.reset(slot)
         reference = self._pending.pop(params["reference_id"], None)
         if reference is None:
             self._slots.free(slot)
@@ -438,11 +431,7 @@ class VCGenerator(Generator):
 
     def _decode(self, rows: Rows, latents: torch.Tensor) -> torch.Tensor:
         """Decode normalised latents (B, K, D), carrying each row's vocoder state; returns (B, K * hop) audio."""
-        state = [s[rows] for s in self._vocoder_state]
-        audio, state = self._vocoder(self._vocoder.denormalize(latents), state)
-        for s, new in zip(self._vocoder_state, state, strict=True):
-            s[rows] = new
-        return audio.clamp(-1.0, 1.0).float()
+        return self._vocoder.decode(rows, latents).float()
 
     def warmup_events(self) -> list[ControlEvent]:
         """None needed: any input audio (silence included) makes real steps."""
