@@ -92,10 +92,11 @@ export function toBase64Pcm16(samples) {
   return btoa(s);
 }
 
-/** The frame a <video> shows or a canvas holds, as ImageData; null before the first frame. */
+/** The frame a <video> shows or a canvas holds, as ImageData; null before the first frame (a canvas says it
+ * has one with data-drawn). */
 export function grabFrame(source) {
   if (source instanceof HTMLCanvasElement) {
-    if (!source.width || !source.height) return null;
+    if (!source.width || !source.height || !source.dataset.drawn) return null;
     return source.getContext("2d").getImageData(0, 0, source.width, source.height);
   }
   const w = source.videoWidth, h = source.videoHeight;

@@ -68,6 +68,7 @@ export class WsConnection extends Connection {
         this.decoders[s.id] = s.codec === "opus" ? this._opusDecoder() : this._pcmDecoder(s.sample_rate_hz);
       } else if (s.kind === "video") {
         this.canvas.width = s.width; this.canvas.height = s.height; this.canvas.hidden = false;
+        delete this.canvas.dataset.drawn; // blank until the first decoded frame (a key frame) is drawn
         this.decoders[s.id] = s.codec === "jpeg" ? this._jpegDecoder() : this._videoDecoder(s.codec);
       }
     }
@@ -98,7 +99,7 @@ export class WsConnection extends Connection {
   _videoDecoder(codec) {
     const draw = this.canvas.getContext("2d");
     const decoder = new VideoDecoder({
-      output: (frame) => { draw.drawImage(frame, 0, 0); frame.close(); this._frames++; },
+      output: (frame) => { draw.drawImage(frame, 0, 0); frame.close(); this._drew(); },
       error: (e) => this._emit("message", { type: "error", code: "decode", message: String(e) }),
     });
     decoder.configure({ codec: codec === "h264" ? "avc1.42E01F" : "vp8", optimizeForLatency: true });
@@ -115,8 +116,13 @@ export class WsConnection extends Connection {
     const draw = this.canvas.getContext("2d");
     return async (frame) => {
       const bitmap = await createImageBitmap(new Blob([frame.payload], { type: "image/jpeg" }));
-      draw.drawImage(bitmap, 0, 0); bitmap.close(); this._frames++;
+      draw.drawImage(bitmap, 0, 0); bitmap.close(); this._drew();
     };
+  }
+
+  _drew() {
+    this._frames++;
+    this.canvas.dataset.drawn = "1";
   }
 
   _setupCapture() {
