@@ -168,7 +168,7 @@ def train_dit(a: argparse.Namespace) -> None:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step - start_step, progress, a.lr)
         batch = clips.sample(a.batch, p_recache=a.p_recache)
-        loss = dit_loss(model, batch, gen)
+        loss = dit_loss(model, batch, gen, motion_weight=a.motion_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -216,7 +216,7 @@ def train_rollout(a: argparse.Namespace) -> None:
         progress = max(step / a.steps, (time.time() - t0) / (deadline - t0))
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, progress, a.lr, warmup=50)
-        loss = dit_loss(model, streams.sample(), gen)
+        loss = dit_loss(model, streams.sample(), gen, motion_weight=a.motion_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -266,6 +266,8 @@ def main() -> None:
     p.add_argument("--run-file", default=None, help="dit: run file (default <data>/dit.pt); rollout: "
                    "<data>/dit_rollout.pt")
     p.add_argument("--dit", default=None, help="pack: the run file to pack (default <data>/dit.pt)")
+    p.add_argument("--motion-weight", type=float, default=0.0, help="dit/rollout: extra loss weight on latent cells "
+                   "that change from the previous frame (1 + w * |change|; 0 = the plain flow loss)")
     p.add_argument("--stream-blocks", type=int, default=48, help="rollout: blocks per self-generated stream")
     p.add_argument("--motion-switch-s", type=float, default=1.0, help="rollout: mean seconds between motion-only "
                    "switches of the streams' prompts (besides the 1-3 attribute switches every 3 s)")
