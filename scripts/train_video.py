@@ -6,6 +6,9 @@ Stage ``dit``: the block-causal DiT with flow matching under teacher forcing (cl
 block-causal sink + window mask), prompts per frame with switches, and *recache training*: in part of the
 samples that contain a switch, the clean history before the switch is shown under the new prompt (what
 KV-recache does at inference), so recache helps instead of hurting.
+Stage ``rollout``: self-rollout fine-tuning (after Self-Forcing): the model streams its own history (served
+schedule, no grad), and the flow loss is taken on the *true* next block, rendered from where the object is in
+the last generated frame (:class:`models.video.training.SelfRollout`).
 Stage ``pack``: writes the shipped checkpoint (autoencoder + DiT + configs, float16, safetensors).
 
 Seeded; shares the machine politely (``--threads``, default 1; on a busy 2-core machine 1 thread ran the
@@ -17,6 +20,15 @@ wall-clock budget, so the step count depends on the machine):
     python scripts/train_video.py ae --finetune-decoder --steps 500 --batch 16 --lr 1e-3 --latent-noise 0.2 --seed 1
     python scripts/train_video.py dit --minutes 62 --batch 8               # 3384 steps here
     python scripts/train_video.py pack --out checkpoints/video_default.safetensors
+
+The motion fine-tune on top of it (docs/models/video.md, "Motion"), 30 + 25 minutes:
+
+    python scripts/make_video_data.py --out data/video_motion --motion-switch-s 1.0
+    python scripts/train_video.py dit --data data/video_motion --init checkpoints/video_default.safetensors \
+        --run-file runs/video/dit_motion.pt --minutes 30 --lr 4e-4 --batch 8 --seed 2       # 2597 steps here
+    python scripts/train_video.py rollout --data data/video_motion --init runs/video/dit_motion.pt \
+        --run-file runs/video/dit_rollout.pt --minutes 25 --lr 2e-4 --batch 8 --motion-weight 4 --seed 3  # 1207
+    python scripts/train_video.py pack --data data/video_motion --dit runs/video/dit_rollout.pt
 """
 
 from __future__ import annotations
