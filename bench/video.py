@@ -290,6 +290,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--config", default=None, help="default (checkpoint) on cpu, paper on cuda")
+    p.add_argument("--checkpoint", default=None, help="CPU: a video checkpoint other than the shipped one")
     p.add_argument("--dtype", default=None, help="float32 on cpu, bfloat16 on cuda")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (the target is real time on 1-2 cores)")
     p.add_argument("--blocks", type=int, default=20, help="timed blocks")
@@ -306,7 +307,7 @@ def main() -> None:
         a.config, a.dtype = a.config or "paper", a.dtype or "bfloat16"
         bench_gpu(a)
         return
-    gen = VideoGenerator(config=a.config or "default", dtype=a.dtype or "float32",
+    gen = VideoGenerator(config=a.config or "default", checkpoint=a.checkpoint, dtype=a.dtype or "float32",
                          max_sessions=max(a.max_streams, a.switch_sessions))
     if a.only in (None, "speed"):
         bench_speed(gen, a.max_streams, a.blocks)

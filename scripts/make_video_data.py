@@ -6,6 +6,7 @@ text of every frame as an index into a prompt table, and the scene attributes of
 Reproducible: the same ``--seed`` gives the same files.
 
     python scripts/make_video_data.py --out data/video --num-clips 240 --num-frames 160
+    python scripts/make_video_data.py --out data/video_motion --motion-switch-s 1.0   # the motion fine-tune's data
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main() -> None:
     p.add_argument("--num-frames", type=int, default=160, help="frames per clip (16 fps)")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--block-frames", type=int, default=4, help="video frames per model block: switches land on them")
+    p.add_argument("--motion-switch-s", type=float, default=None,
+                   help="add motion-only prompt switches, this many seconds apart on average (default: none)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
     out = Path(a.out)
@@ -39,14 +42,16 @@ def main() -> None:
     clips_meta = []
     t0 = time.time()
     for i in range(a.num_clips):
-        clip = render_clip(rng, a.num_frames, a.size, switch_every_frames=a.block_frames)
+        clip = render_clip(rng, a.num_frames, a.size, switch_every_frames=a.block_frames,
+                           mean_motion_switch_s=a.motion_switch_s)
         frames[i] = clip.frames
         clips_meta.append({
             "prompt_ids": [prompt_ids.setdefault(t, len(prompt_ids)) for t in clip.prompts],
             "scenes": [asdict(s) for s in clip.scenes],
         })
     frames.flush()
-    meta = {"prompts": list(prompt_ids), "clips": clips_meta, "size": a.size, "fps": 16.0, "seed": a.seed}
+    meta = {"prompts": list(prompt_ids), "clips": clips_meta, "size": a.size, "fps": 16.0, "seed": a.seed,
+            "motion_switch_s": a.motion_switch_s}
     (out / "meta.json").write_text(json.dumps(meta))
     print(json.dumps({"clips": a.num_clips, "frames": a.num_clips * a.num_frames, "prompts": len(prompt_ids),
                       "seconds": round(time.time() - t0, 1)}))

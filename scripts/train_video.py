@@ -6,6 +6,9 @@ Stage ``dit``: the block-causal DiT with flow matching under teacher forcing (cl
 block-causal sink + window mask), prompts per frame with switches, and *recache training*: in part of the
 samples that contain a switch, the clean history before the switch is shown under the new prompt (what
 KV-recache does at inference), so recache helps instead of hurting.
+Stage ``rollout``: self-rollout fine-tuning (after Self-Forcing): the model streams its own history (served
+schedule, no grad), and the flow loss is taken on the *true* next block, rendered from where the object is in
+the last generated frame (:class:`models.video.training.SelfRollout`).
 Stage ``pack``: writes the shipped checkpoint (autoencoder + DiT + configs, float16, safetensors).
 
 Seeded; shares the machine politely (``--threads``, default 1; on a busy 2-core machine 1 thread ran the
@@ -17,6 +20,15 @@ wall-clock budget, so the step count depends on the machine):
     python scripts/train_video.py ae --finetune-decoder --steps 500 --batch 16 --lr 1e-3 --latent-noise 0.2 --seed 1
     python scripts/train_video.py dit --minutes 62 --batch 8               # 3384 steps here
     python scripts/train_video.py pack --out checkpoints/video_default.safetensors
+
+The motion fine-tune on top of it (docs/models/video.md, "Motion"), 30 + 25 minutes:
+
+    python scripts/make_video_data.py --out data/video_motion --motion-switch-s 1.0
+    python scripts/train_video.py dit --data data/video_motion --init checkpoints/video_default.safetensors \
+        --run-file runs/video/dit_motion.pt --minutes 30 --lr 4e-4 --batch 8 --seed 2       # 2597 steps here
+    python scripts/train_video.py rollout --data data/video_motion --init runs/video/dit_motion.pt \
+        --run-file runs/video/dit_rollout.pt --minutes 25 --lr 2e-4 --batch 8 --motion-weight 4 --seed 3  # 1207
+    python scripts/train_video.py pack --data data/video_motion --dit runs/video/dit_rollout.pt
 """
 
 from __future__ import annotations
@@ -118,19 +130,41 @@ def encode_dataset(data: Path, ae: LatentAutoencoder) -> None:
         save_file({"tokens": tokens.half().contiguous(), "mask": mask.contiguous()}, str(data / "prompts.safetensors"))
 
 
+def load_dit(path: str | Path) -> dict[str, torch.Tensor]:
+    """DiT weights from a shipped checkpoint (.safetensors) or a run file of this script (.pt)."""
+    if str(path).endswith(".safetensors"):
+        from models.video.checkpoint import load_checkpoint
+
+        return load_checkpoint(path)[1].state_dict()
+    return torch.load(path)["model"]
+
+
+def init_from(path: str | Path, data: Path) -> None:
+    """Fine-tuning from a shipped checkpoint: its autoencoder becomes the data folder's (same latent space)."""
+    if str(path).endswith(".safetensors") and not (data / "ae.safetensors").exists():
+        from models.video.checkpoint import load_checkpoint
+
+        save_file(load_checkpoint(path)[2].state_dict(), str(data / "ae.safetensors"))
+
+
 def train_dit(a: argparse.Namespace) -> None:
     from models.video.model import VideoConfig, VideoDiT
     from models.video.training import LatentClips, dit_loss
 
     data = Path(a.data)
+    if a.init:
+        init_from(a.init, data)
     encode_dataset(data, load_ae(data))
     cfg = VideoConfig.default()
     model = VideoDiT(cfg)
     log(stage="dit", params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 3), config=cfg.describe())
+    if a.init:
+        model.load_state_dict(load_dit(a.init))
+        log(stage="dit", init=a.init)
     clips = LatentClips(data, cfg, seed=a.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
     start_step = 0
-    ckpt = data / "dit.pt"
+    ckpt = Path(a.run_file) if a.run_file else data / "dit.pt"
     if a.resume and ckpt.exists():
         state = torch.load(ckpt)
         model.load_state_dict(state["model"])
@@ -146,7 +180,7 @@ def train_dit(a: argparse.Namespace) -> None:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step - start_step, progress, a.lr)
         batch = clips.sample(a.batch, p_recache=a.p_recache)
-        loss = dit_loss(model, batch, gen)
+        loss = dit_loss(model, batch, gen, motion_weight=a.motion_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -161,6 +195,57 @@ def train_dit(a: argparse.Namespace) -> None:
     log(stage="dit", done=True, step=step, seconds=round(time.time() - t0))
 
 
+def train_rollout(a: argparse.Namespace) -> None:
+    """Self-rollout fine-tuning: the flow loss of the true next block after the model's *own* history.
+
+    Each step: every stream's next block target is rendered from where the object is in the stream's last
+    generated frame (:class:`models.video.training.SelfRollout`); one optimizer step on
+    [own sink | own window | true next block] (loss on the last block only, no gradient through the
+    rollout); then the model generates that block itself (served schedule, no grad) and the streams move on.
+    """
+    from models.video.model import VideoConfig, VideoDiT
+    from models.video.text import PromptEncoder
+    from models.video.training import SelfRollout, dit_loss
+
+    data = Path(a.data)
+    if a.init:
+        init_from(a.init, data)
+    cfg = VideoConfig.default()
+    model = VideoDiT(cfg)
+    model.load_state_dict(load_dit(a.init or data / "dit.pt"))
+    ae = load_ae(data)
+    streams = SelfRollout(model, ae, PromptEncoder(max_tokens=cfg.text_tokens), a.batch, a.stream_blocks,
+                          seed=a.seed, mean_motion_switch_s=a.motion_switch_s or None)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    ckpt = Path(a.run_file) if a.run_file else data / "dit_rollout.pt"
+    gen = torch.Generator().manual_seed(a.seed)
+    log(stage="rollout", init=a.init or str(data / "dit.pt"), batch=a.batch, stream_blocks=a.stream_blocks)
+    t0 = time.time()
+    deadline = t0 + 60 * a.minutes
+    step = 0
+    model.train()
+    while step < a.steps and time.time() < deadline:
+        progress = max(step / a.steps, (time.time() - t0) / (deadline - t0))
+        for group in opt.param_groups:
+            group["lr"] = cosine_lr(step, progress, a.lr, warmup=50)
+        loss = dit_loss(model, streams.sample(), gen, motion_weight=a.motion_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        streams.advance()
+        step += 1
+        if step % 25 == 0:
+            seen, streams.scores = streams.scores, []
+            log(stage="rollout", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
+                generated={k: round(float(np.mean([r[k] for r in seen])), 3) for k in seen[0]},
+                elapsed_s=round(time.time() - t0))
+        if step % 100 == 0:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+    log(stage="rollout", done=True, step=step, seconds=round(time.time() - t0))
+
+
 def pack(a: argparse.Namespace) -> None:
     from models.video.checkpoint import save_checkpoint
     from models.video.model import VideoConfig, VideoDiT
@@ -168,7 +253,7 @@ def pack(a: argparse.Namespace) -> None:
     data = Path(a.data)
     cfg = VideoConfig.default()
     model = VideoDiT(cfg)
-    model.load_state_dict(torch.load(data / "dit.pt")["model"])
+    model.load_state_dict(load_dit(a.dit or data / "dit.pt"))
     ae = load_ae(data)
     save_checkpoint(a.out, cfg, model, ae)
     log(stage="pack", out=a.out, megabytes=round(Path(a.out).stat().st_size / 2**20, 2))
@@ -176,7 +261,7 @@ def pack(a: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("stage", choices=["ae", "dit", "pack"])
+    p.add_argument("stage", choices=["ae", "dit", "rollout", "pack"])
     p.add_argument("--data", default="data/video")
     p.add_argument("--out", default="checkpoints/video_default.safetensors")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (ae: 2500, dit: 100000 = until --minutes)")
@@ -188,6 +273,16 @@ def main() -> None:
     p.add_argument("--p-recache", type=float, default=0.5, help="dit: share of switch samples trained as recache")
     p.add_argument("--finetune-decoder", action="store_true", help="ae: continue the decoder only (encoder frozen)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, help="dit/rollout: start from these DiT weights (.safetensors checkpoint "
+                   "or a .pt run file); a checkpoint's autoencoder is written to --data when it has none")
+    p.add_argument("--run-file", default=None, help="dit: run file (default <data>/dit.pt); rollout: "
+                   "<data>/dit_rollout.pt")
+    p.add_argument("--dit", default=None, help="pack: the run file to pack (default <data>/dit.pt)")
+    p.add_argument("--motion-weight", type=float, default=0.0, help="dit/rollout: extra loss weight on latent cells "
+                   "that change from the previous frame (1 + w * |change|; 0 = the plain flow loss)")
+    p.add_argument("--stream-blocks", type=int, default=48, help="rollout: blocks per self-generated stream")
+    p.add_argument("--motion-switch-s", type=float, default=1.0, help="rollout: mean seconds between motion-only "
+                   "switches of the streams' prompts (besides the 1-3 attribute switches every 3 s)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
@@ -199,6 +294,9 @@ def main() -> None:
     elif a.stage == "dit":
         a.steps, a.batch, a.lr = a.steps or 100_000, a.batch or 8, a.lr or 1e-3
         train_dit(a)
+    elif a.stage == "rollout":
+        a.steps, a.batch, a.lr = a.steps or 100_000, a.batch or 8, a.lr or 2e-4
+        train_rollout(a)
     else:
         pack(a)
 

@@ -59,3 +59,6 @@ def test_output_follows_the_prompt_and_a_switch(generator):
     for attr in ("colour", "background"):
         assert share(before, SCENES, attr) >= 0.75, attr
         assert share(after, switched, attr) >= 0.75, attr
+    # the object moves the way the prompt says (chance is 0.2; the first release held it still: ~0.25)
+    assert share(before, SCENES, "motion") >= 0.5
+    assert share(after, switched, "motion") >= 0.5

@@ -244,6 +244,36 @@ def test_training_sequences_show_old_frames_under_the_new_prompt(tmp_path):
     assert torch.isfinite(loss) and model.head.weight.grad is not None
 
 
+def test_self_rollout_trains_the_true_next_block_after_the_models_own_history():
+    from models.video.autoencoder import to_unit
+    from models.video.scenes import render_frame, render_timeline
+    from models.video.text import HashTextEncoder
+    from models.video.training import SelfRollout, dit_loss
+
+    cfg = VideoConfig.tiny()
+    model, ae = random_models(cfg)
+    streams = SelfRollout(model, ae, HashTextEncoder(cfg.text_dim, cfg.text_tokens), batch=3, stream_blocks=6,
+                          seed=0, mean_switch_s=1e9, mean_motion_switch_s=None)
+    for _ in range(4):  # sink + a full window of the model's own blocks
+        dit_loss(model.train(), streams.sample(), torch.Generator().manual_seed(0)).backward()
+        streams.advance()
+    scene = streams.streams[0].scene
+    streams.streams[0].last_frame = render_frame(scene, 10.0, 20.0, cfg.width)  # the object is found here
+    batch = streams.sample()
+    fb = cfg.block_frames
+    own = [z for _, z, _ in streams.streams[0].blocks]
+    assert len(own) == cfg.sink_blocks + cfg.window_blocks
+    torch.testing.assert_close(batch.latents[0, :-fb], torch.cat(own))  # the history is what the model made
+    assert batch.frame_pos[0].tolist() == [0, 1, 4, 5, 6, 7, 8, 9]  # sink, window, next block: true positions
+    assert batch.loss_weight[0].tolist() == [0.0] * 6 + [1.0] * 2  # only the next block is trained
+    truth = render_timeline([scene] * (cfg.video_frames_per_block + 1), np.array([10.0, 20.0]), cfg.width)[1:]
+    with torch.no_grad():
+        expected = ae.encode(to_unit(torch.from_numpy(truth))[None])[0]
+    torch.testing.assert_close(batch.latents[0, -fb:], expected)  # it continues from where the object is
+    streams.advance()
+    assert streams.block == 5 and len(streams.scores) == 3 * 5
+
+
 def test_bfloat16_path_runs_on_tiny_config():
     gen = _tiny_generator(max_sessions=2, dtype="bfloat16")
     states = [gen.open_session({}), gen.open_session({"seed": 1})]

@@ -98,6 +98,18 @@ def switch_scene(scene: Scene, rng: np.random.Generator) -> Scene:
     return replace(scene, **changes)
 
 
+def next_scene(scene: Scene, rng: np.random.Generator, p_switch: float, p_motion: float = 0.0) -> Scene | None:
+    """The scene after a block boundary, or None when the prompt stays.
+
+    A switch of 1-3 attributes with chance ``p_switch``, else a motion-only switch with chance ``p_motion``.
+    """
+    if rng.random() < p_switch:
+        return switch_scene(scene, rng)
+    if p_motion and rng.random() < p_motion:
+        return replace(scene, motion=str(rng.choice([m for m in MOTIONS if m != scene.motion])))
+    return None
+
+
 # -- rendering ---------------------------------------------------------------------------------------
 def _object_mask(shape: str, radius: float, cx: float, cy: float, size: int) -> np.ndarray:
     """Anti-aliased coverage (size, size) in [0, 1] of a shape centred at (cx, cy), wrapping at the edges."""
@@ -140,17 +152,26 @@ def render_clip(
     fps: float = 16.0,
     switch_every_frames: int = 4,
     mean_switch_s: float = 3.0,
+    mean_motion_switch_s: float | None = None,
 ) -> Clip:
-    """A clip with prompt switches at multiples of ``switch_every_frames`` (the model's block)."""
+    """A clip with prompt switches at multiples of ``switch_every_frames`` (the model's block).
+
+    ``mean_motion_switch_s`` adds switches that change only the motion (mean seconds apart): with them the
+    motion of the history often disagrees with the prompt, so a model must read the motion from the text
+    (without them, copying the history's motion is right in ~97% of blocks and the text's motion is ignored).
+    """
     scene = random_scene(rng)
     prompt = scene.prompt(rng)
     start = rng.uniform(0, size, 2)
     p_switch = switch_every_frames / (mean_switch_s * fps)  # chance of a switch at each block boundary
+    p_motion = switch_every_frames / (mean_motion_switch_s * fps) if mean_motion_switch_s else 0.0
     scenes, prompts = [], []
     for i in range(num_frames):
-        if i > 0 and i % switch_every_frames == 0 and rng.random() < p_switch:
-            scene = switch_scene(scene, rng)
-            prompt = scene.prompt(rng)
+        if i > 0 and i % switch_every_frames == 0:
+            changed = next_scene(scene, rng, p_switch, p_motion)
+            if changed is not None:
+                scene = changed
+                prompt = scene.prompt(rng)
         scenes.append(scene)
         prompts.append(prompt)
     return Clip(render_timeline(scenes, start, size, fps), scenes, prompts)
@@ -198,6 +219,26 @@ def detect_frame(frame: np.ndarray) -> dict[str, str | None]:
     extent = math.sqrt(box_h * box_w) / size
     out["size"] = "small" if extent < (SIZES["small"] + SIZES["large"]) else "large"
     return out
+
+
+def object_centre(frame: np.ndarray) -> tuple[float, float] | None:
+    """Sub-pixel centre (x, y) of the object in one frame (H, W, 3) on a wrapping canvas; None when absent.
+
+    The circular mean of the object pixels' coordinates, so an object split across an edge is found whole
+    (it is the renderer's (cx, cy) for all three shapes: each is symmetric about its centroid).
+    """
+    img = frame.astype(np.float32)
+    size = frame.shape[0]
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    fg = np.sqrt(((img - np.median(border, axis=0)) ** 2).sum(-1)) > 60.0
+    if fg.sum() < 0.2 * (SIZES["small"] * size) ** 2:
+        return None
+    ys, xs = np.nonzero(fg)
+    centre = []
+    for coord in (xs, ys):
+        ang = 2 * np.pi * (coord + 0.5) / size
+        centre.append((math.atan2(np.sin(ang).mean(), np.cos(ang).mean()) % (2 * np.pi)) * size / (2 * np.pi))
+    return centre[0], centre[1]
 
 
 def _circular_centre(occupied: np.ndarray) -> int:

@@ -22,7 +22,9 @@ import torch
 from safetensors.torch import load_file
 
 from models.flow import time_grid
+from models.video.autoencoder import to_uint8, to_unit
 from models.video.model import VideoConfig, VideoDiT
+from models.video.scenes import Scene, adherence, detect, next_scene, object_centre, random_scene, render_timeline
 
 MAX_PROMPTS = 4  # distinct prompts one training sequence may hold
 
@@ -116,8 +118,23 @@ def training_times(num: int, cfg: VideoConfig, generator: torch.Generator) -> to
     return torch.where(torch.rand(num, generator=generator) < 0.5, uniform, pick)
 
 
-def dit_loss(model: VideoDiT, batch: Batch, generator: torch.Generator) -> torch.Tensor:
-    """Flow-matching loss of the noisy copy, under the teacher-forcing mask."""
+def change_weight(batch: Batch, motion_weight: float) -> torch.Tensor:
+    """Per latent cell (B, n*F, h, w): 1 + ``motion_weight`` x how much the true latent changes from the frame before.
+
+    Motion is a sub-cell shift (0.35 latent cells per latent frame) that touches a few edge cells of the
+    object out of 64 per frame, so the plain flow loss barely sees whether the object moved or held its place;
+    this weight puts the loss where the picture changes (cells with no previous frame in the sequence get 1).
+    """
+    lat = batch.latents  # (B, n*F, C, h, w)
+    change = (lat[:, 1:] - lat[:, :-1]).abs().mean(2)  # (B, n*F-1, h, w)
+    consecutive = (batch.frame_pos[:, 1:] - batch.frame_pos[:, :-1] == 1).to(change.dtype)[..., None, None]
+    change = torch.cat([torch.zeros_like(change[:, :1]), change * consecutive], dim=1)
+    return 1.0 + motion_weight * change
+
+
+def dit_loss(model: VideoDiT, batch: Batch, generator: torch.Generator, motion_weight: float = 0.0
+             ) -> torch.Tensor:
+    """Flow-matching loss of the noisy copy, under the teacher-forcing mask (see :func:`change_weight`)."""
     cfg = model.cfg
     b, nf = batch.latents.shape[:2]
     num_blocks = nf // cfg.block_frames
@@ -135,6 +152,163 @@ def dit_loss(model: VideoDiT, batch: Batch, generator: torch.Generator) -> torch
     mask = model.teacher_forcing_mask(block_ids)
     cond = model.condition(batch.text, batch.text_mask)
     v = model(tokens, times, torch.cat([positions, positions], dim=1), mask, cond, prompt)[:, x0.shape[1]:]
-    err = (v - (noise - x0)).pow(2).mean(-1)  # (B, T)
     w = model.token_repeat(batch.loss_weight)
+    if motion_weight:
+        cell = change_weight(batch, motion_weight)[:, :, None].expand(-1, -1, cfg.latent_channels, -1, -1)
+        err = ((v - (noise - x0)).pow(2) * model.patchify(cell)).mean(-1)  # (B, T)
+    else:
+        err = (v - (noise - x0)).pow(2).mean(-1)  # (B, T)
     return (err * w).sum() / w.sum().clamp(min=1.0)
+
+
+# -- self-rollout (the fine-tuning stage after teacher forcing) ---------------------------------------------
+@dataclass
+class _Stream:
+    """One self-generated stream: its prompt timeline so far and the clean blocks its cache holds."""
+
+    scene: Scene
+    prompt: str
+    recache: bool  # the switch strategy of this stream (recache, else keep)
+    blocks: list[tuple[int, torch.Tensor, str]]  # (block index, clean latents (F, C, h, w), prompt of its K/V)
+    last_frame: np.ndarray | None = None  # the last decoded frame (H, W, 3) uint8
+
+
+class SelfRollout:
+    """Streams the model generates itself (no grad), and the true next block of each, for the flow loss.
+
+    Self-Forcing trains a causal video model on its own rollouts so that what it learns matches what it sees
+    when it streams. Here the data is procedural, so the *correct* next block of a self-generated history is
+    known exactly: the object is found in the last generated frame (:func:`object_centre`) and the prompt's
+    scene is rendered from there (:func:`render_timeline`) and encoded. The history keeps the model's own
+    mistakes (a blurred shape, an object that did not move); the target shows what the prompt asks next from
+    that state, so the loss teaches recovery (an object held in place starts moving; a wrong shape is redrawn)
+    instead of copying the history.
+
+    Every row runs a stream of ``stream_blocks`` blocks with the served schedule (first block from text with
+    ``first_block_steps``, then ``num_steps``; a prompt switch at block boundaries (1-3 attributes every
+    ``mean_switch_s``, motion only every ``mean_motion_switch_s``) applied by KV-recache or keep, as served).
+    All rows are at the same block index, so a training batch is [sink | window | target] for every row.
+    """
+
+    def __init__(self, model: VideoDiT, ae, text_encoder, batch: int, stream_blocks: int, seed: int = 0,
+                 mean_switch_s: float = 3.0, mean_motion_switch_s: float | None = 1.0, p_recache: float = 0.75
+                 ) -> None:
+        self.model, self.ae, self.text = model, ae, text_encoder
+        self.cfg = model.cfg
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.batch, self.stream_blocks, self.p_recache = batch, stream_blocks, p_recache
+        per_block_s = self.cfg.video_frames_per_block / self.cfg.fps
+        self.p_switch = per_block_s / mean_switch_s
+        self.p_motion = per_block_s / mean_motion_switch_s if mean_motion_switch_s else 0.0
+        self.cache = model.new_cache(batch)
+        self.slots = [self.cache.allocate() for _ in range(batch)]
+        self.scores: list[dict[str, float]] = []  # adherence of every generated block (for the log)
+        self._restart()
+
+    def _restart(self) -> None:
+        self.cache.clear(self.slots, keep_sink=False)
+        self.block = 0
+        self.streams = []
+        for _ in range(self.batch):
+            scene = random_scene(self.rng)
+            self.streams.append(_Stream(scene, scene.prompt(self.rng), bool(self.rng.random() < self.p_recache), []))
+
+    def _features(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = zip(*(self.text.encode(p) for p in prompts), strict=True)
+        return torch.stack(tokens).float(), torch.stack(mask)
+
+    def _condition(self, prompts: list[str]):
+        tokens, mask = self._features(prompts)
+        return self.model.condition(tokens[:, None], mask[:, None])
+
+    @torch.no_grad()
+    def _switch(self) -> list[Scene]:
+        """Advance every stream's prompt to this block (maybe a switch; recache rewrites the window K/V)."""
+        cfg, before = self.cfg, [s.scene for s in self.streams]
+        if self.block == 0:
+            return before
+        recache_rows = []
+        for i, s in enumerate(self.streams):
+            changed = next_scene(s.scene, self.rng, self.p_switch, self.p_motion)
+            if changed is not None:
+                s.scene, s.prompt = changed, changed.prompt(self.rng)
+                if s.recache:
+                    recache_rows.append(i)
+        window = [b for b in self.streams[0].blocks if b[0] >= cfg.sink_blocks]
+        if recache_rows and window:
+            latents = torch.stack([torch.cat([b[1] for b in self.streams[i].blocks if b[0] >= cfg.sink_blocks])
+                                   for i in recache_rows])  # (R, n*F, C, h, w)
+            self.model.recache(self.cache, [self.slots[i] for i in recache_rows], latents,
+                               torch.full((len(recache_rows),), window[0][0]),
+                               self._condition([self.streams[i].prompt for i in recache_rows]))
+            for i in recache_rows:
+                s = self.streams[i]
+                s.blocks = [(b, z, s.prompt if b >= cfg.sink_blocks else p) for b, z, p in s.blocks]
+        return before
+
+    @torch.no_grad()
+    def _targets(self, before: list[Scene]) -> torch.Tensor:
+        """The true block at ``self.block`` of every stream, latents (B, F, C, h, w)."""
+        cfg = self.cfg
+        fpb, size = cfg.video_frames_per_block, cfg.width
+        clips = []
+        for s, prev_scene in zip(self.streams, before, strict=True):
+            centre = object_centre(s.last_frame) if s.last_frame is not None else None
+            if centre is None:  # first block, or the object was lost: it (re)appears anywhere
+                frames = render_timeline([s.scene] * fpb, self.rng.uniform(0, size, 2), size, cfg.fps)
+            else:  # the last generated frame moves on under its own scene, then the new one
+                frames = render_timeline([prev_scene] + [s.scene] * fpb, np.array(centre), size, cfg.fps)[1:]
+            clips.append(frames)
+        return self.ae.encode(to_unit(torch.from_numpy(np.stack(clips))))
+
+    def sample(self) -> Batch:
+        """A training batch for the next block of every stream: [sink | window | true next block]."""
+        cfg = self.cfg
+        if self.block >= self.stream_blocks:
+            self._restart()
+        before = self._switch()
+        target = self._targets(before)
+        fb = cfg.block_frames
+        rows = []
+        for i, s in enumerate(self.streams):
+            history = [b for b in s.blocks if b[0] < cfg.sink_blocks] + \
+                [b for b in s.blocks if b[0] >= cfg.sink_blocks]
+            table = list(dict.fromkeys([p for _, _, p in history] + [s.prompt]))
+            lat = torch.cat([z for _, z, _ in history] + [target[i]])
+            pos = np.concatenate([np.arange(b * fb, (b + 1) * fb) for b, _, _ in history]
+                                 + [np.arange(self.block * fb, (self.block + 1) * fb)])
+            prompt = np.repeat([table.index(p) for _, _, p in history] + [table.index(s.prompt)], fb)
+            weight = np.r_[np.zeros(len(history) * fb, np.float32), np.ones(fb, np.float32)]
+            rows.append((lat, pos, prompt, weight, table))
+        num_p = max(len(r[4]) for r in rows)
+        text = torch.zeros(self.batch, num_p, self.cfg.text_tokens, self.cfg.text_dim)
+        text_mask = torch.zeros(self.batch, num_p, self.cfg.text_tokens, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            text[i, : len(r[4])], text_mask[i, : len(r[4])] = self._features(r[4])
+        prompt = torch.from_numpy(np.stack([r[2] for r in rows])).long()
+        return Batch(torch.stack([r[0] for r in rows]), torch.from_numpy(np.stack([r[1] for r in rows])).long(),
+                     prompt, prompt, torch.from_numpy(np.stack([r[3] for r in rows])), text, text_mask)
+
+    @torch.no_grad()
+    def advance(self) -> None:
+        """Generate this block of every stream with the current model (the served schedule), decode it, move on."""
+        cfg = self.cfg
+        steps = cfg.first_block_steps if self.block == 0 else cfg.num_steps
+        noise = torch.randn(steps, self.batch, cfg.tokens_per_block, cfg.latent_channels * cfg.patch**2,
+                            generator=self.gen)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate_block(self.cache, self.slots, torch.full((self.batch,), self.block),
+                                        self._condition([s.prompt for s in self.streams]), noise, steps)
+        self.model.train(was_training)
+        prev = torch.stack([s.blocks[-1][1][-1] for s in self.streams]) if self.block else None
+        frames = to_uint8(self.ae.decode(out, prev)).numpy()  # (B, fpb, H, W, 3)
+        for i, s in enumerate(self.streams):
+            d = detect(frames[i], s.last_frame)
+            self.scores.append({**adherence(d, s.scene), "present": float(d["colour"] is not None)})
+            s.last_frame = frames[i, -1]
+            s.blocks.append((self.block, out[i], s.prompt))
+            sink = [b for b in s.blocks if b[0] < cfg.sink_blocks]
+            s.blocks = sink + [b for b in s.blocks if b[0] >= cfg.sink_blocks][-cfg.window_blocks:]
+        self.block += 1
