@@ -32,13 +32,17 @@ async def test_busy_share_follows_the_loop_threads_cpu_work() -> None:
     try:
         await asyncio.sleep(0.6)
         idle = load.busy
+        cpu, wall = time.thread_time(), time.monotonic()
         await spin(0.6, duty=0.8)
+        # What the loop thread really got: under 0.8 when other processes hold the cores (a busy CI machine).
+        achieved = (time.thread_time() - cpu) / (time.monotonic() - wall)
         busy = load.busy
     finally:
         sampler.cancel()
-    print(f"loop busy idle {idle:.2f}, spinning 80 %: {busy:.2f}")
+    print(f"loop busy idle {idle:.2f}, spinning 80 %: {busy:.2f} (the thread got {achieved:.2f})")
     assert idle < 0.15
-    assert busy > 0.4  # CPU seconds per wall second: less than 0.8 when other processes take the core
+    assert achieved > 0.1, "the machine gave the loop thread almost no CPU: nothing to measure"
+    assert 0.6 * achieved < busy < achieved + 0.15  # CPU seconds per wall second over the last 0.5 s
     assert load.lag_s >= 0.0
 
 
