@@ -158,7 +158,10 @@ class RingKVCache:
         slot_idx = torch.as_tensor(slots, dtype=torch.long)
         counts = self.num_written[slot_idx]  # (B,)
         order = counts[:, None] + torch.arange(num_new)[None, :]  # (B, T): entry number since reset
-        index = torch.where(order < self.sink, order, self.sink + (order - self.sink) % self.window)
+        if self.sink:
+            index = torch.where(order < self.sink, order, self.sink + (order - self.sink) % self.window)
+        else:  # the same, in one op
+            index = order.remainder_(self.window)
         index = index.to(self.device)
         self.labels[slot_idx.to(self.device)[:, None], index] = labels.to(self.device)
         self.num_written[slot_idx] = counts + num_new

@@ -116,6 +116,7 @@ class VCGenerator(Generator):
         if chunk_latents != int(chunk_latents) or not 1 <= chunk_latents <= self.cfg.window_latents:
             raise ValueError(f"chunk_ms must be a multiple of {1000 * hop // SAMPLE_RATE_HZ} ms up to the window")
         self.chunk_latents = int(chunk_latents)
+        self._chunk_range = torch.arange(self.chunk_latents)  # a chunk's positions after its first
         self.max_batch_size = max_batch_size
         # On a GPU a batch is padded to the engine's bucket and one step runs as a captured graph per bucket.
         self.pads_to_bucket = self.device.type == "cuda"
@@ -354,7 +355,7 @@ class VCGenerator(Generator):
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
         audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
-        noise = noise * self.temperature
+        noise.mul_(self.temperature)
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
         keys = [(s.steps, s.context_index is not None) for s in states]
         for num_steps, pending in sorted(set(keys)):
@@ -365,7 +366,7 @@ class VCGenerator(Generator):
             slots = [s.slot for s in group] + [self._pad_slot] * pad
             # padding rows (scratch: the pad slot) sit at positions K.., their clean stream at 0..K-1
             first = torch.tensor([s.num_frames for s in group] + [k] * pad)
-            positions = first[:, None] + torch.arange(k)  # (B, K)
+            positions = first[:, None] + self._chunk_range  # (B, K)
             # ring entries are reserved (labelled) here on the host and written inside the pass
             previous = [s.context_index for s in group]
             if pending and pad:
@@ -375,8 +376,11 @@ class VCGenerator(Generator):
                 index = torch.cat([torch.stack(previous), index], dim=1)
             for i, s in enumerate(group):
                 s.context_index = index[i, -k:]
-            chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
-            group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
+            if len(rows) == len(states) and not pad:  # the usual case: one group, no padding (no copies)
+                chunk, group_noise = torch.from_numpy(audio), noise
+            else:
+                chunk = torch.from_numpy(np.concatenate([audio[rows], np.zeros((pad, audio.shape[1]), np.float32)]))
+                group_noise = torch.cat([noise[rows], noise.new_zeros(pad, k, dim)])
             tensors = [t.to(self.device) for t in (chunk, positions, index, group_noise)]
             out[rows] = self._graphs[num_steps](*tensors, self._rows(slots))[: len(rows)].cpu().numpy()
         for s in states:
@@ -457,6 +461,8 @@ def _steps(value: Any) -> int:
 
 def _clean(audio: np.ndarray | None) -> np.ndarray:
     """Mic samples as finite float32 in [-1, 1]: NaN/inf become silence, overs are clipped."""
-    x = np.nan_to_num(np.asarray(audio, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    x = np.asarray(audio, dtype=np.float32)
+    if not np.isfinite(x).all():  # rare: nan_to_num costs ~30 us a chunk, the check ~3 us
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     return np.clip(x, -1.0, 1.0)
 
