@@ -45,6 +45,7 @@ from models.video.scenes import (  # noqa: E402
     Scene,
     adherence,
     detect,
+    mean_scores,
     random_scene,
     render_timeline,
     switch_scene,
@@ -166,10 +167,6 @@ def switch_spike(frames: np.ndarray, first_new: int) -> float:
     cut = first_new - 1  # difference between the last frame of A and the first of B
     normal = float(np.median(np.delete(diffs, [cut])))
     return float(diffs[cut]) / max(normal, 1e-3)
-
-
-def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} if rows else {}
 
 
 def bench_switch(gen: VideoGenerator, num_sessions: int, seed: int) -> None:

@@ -38,6 +38,7 @@ from models.video.scenes import (  # noqa: E402
     Scene,
     adherence,
     detect,
+    mean_scores,
     random_scene,
 )
 from models.video.text import PromptEncoder  # noqa: E402
@@ -45,10 +46,6 @@ from models.video.text import PromptEncoder  # noqa: E402
 
 def out(stage: str, **kw) -> None:
     print(json.dumps({"stage": stage, **kw}), flush=True)
-
-
-def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} if rows else {}
 
 
 class Probe:
@@ -93,9 +90,7 @@ class Probe:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, prev: torch.Tensor | None) -> np.ndarray:
-        """Latents (B, L, C, h, w) -> uint8 frames (B, L*tf, H, W, 3); ``prev`` the latent before (B, C, h, w)."""
-        if prev is None:
-            prev = (-self.ae.latent_mean / self.ae.latent_std)[None, :, None, None].expand_as(latents[:, 0])
+        """Latents (B, L, C, h, w) -> uint8 frames (B, L*tf, H, W, 3); ``prev``: the latent before (None: start)."""
         return to_uint8(self.ae.decode(latents, prev)).numpy()
 
 

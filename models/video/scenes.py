@@ -288,3 +288,8 @@ def adherence(detected: dict[str, str | None], scene: Scene) -> dict[str, float]
     scores = {name: float(detected.get(name) == getattr(scene, name)) for name in ATTRIBUTES}
     scores["all"] = float(np.mean(list(scores.values())))
     return scores
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-key means (3 decimals) of score dicts such as :func:`adherence`'s; {} for no rows."""
+    return {k: round(float(np.mean([r[k] for r in rows])), 3) for k in rows[0]} if rows else {}
