@@ -95,14 +95,19 @@ def interpolate_t(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape + (1,) * (like.dim() - t.dim())) if t.dim() else t
 
 
+def mean_flow_jumps(num_steps: int) -> list[tuple[float, float]]:
+    """The (r, t) interval of each of :func:`mean_flow_sample`'s jumps: equal spans from t = 1 down to r = 0."""
+    times = torch.linspace(1.0, 0.0, num_steps + 1).tolist()
+    return list(zip(times[1:], times[:-1], strict=True))
+
+
 @torch.no_grad()
 def mean_flow_sample(mean_velocity_fn: MeanVelocityFn, noise: torch.Tensor, num_steps: int = 1) -> torch.Tensor:
     """Sample with an average-velocity model: z_r = z_t - (t - r) * u(z_t, r, t), in ``num_steps`` jumps."""
-    times = torch.linspace(1.0, 0.0, num_steps + 1, device=noise.device)
     z = noise
-    for i in range(num_steps):
-        t, r = times[i].expand(z.shape[0]), times[i + 1].expand(z.shape[0])
-        z = z - interpolate_t(t - r, z) * mean_velocity_fn(z, r, t)
+    for r, t in mean_flow_jumps(num_steps):
+        rb, tb = (torch.full((z.shape[0],), v, device=z.device) for v in (r, t))
+        z = z - interpolate_t(tb - rb, z) * mean_velocity_fn(z, rb, tb)
     return z
 
 

@@ -40,6 +40,7 @@ from models.audio.dsp import read_wav, resample, trim_silence
 from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
+from models.flow import mean_flow_jumps
 from models.graphs import BucketGraphs
 from models.params import base64_param
 from models.vc.checkpoint import Checkpoint, load_checkpoint
@@ -138,9 +139,7 @@ class VCGenerator(Generator):
         self._dit = StreamingDiT(self.model.dit)
         # Flow-time pairs (r, t) a pass can use; the modulations of each are computed per session.
         # A jump from t to r evaluates u(z, r, t) (the euler sampler: u(z, t, t), the instantaneous velocity).
-        times = {n: torch.linspace(1.0, 0.0, n + 1).tolist() for n in (1, 2)}
-        self._jumps = {n: [((t if sampler == "euler" else r, t), t - r) for t, r in zip(ts, ts[1:], strict=False)]
-                       for n, ts in times.items()}
+        self._jumps = {n: [((t if sampler == "euler" else r, t), t - r) for r, t in mean_flow_jumps(n)] for n in (1, 2)}
         pairs = [(0.0, 0.0)] + sorted({p for js in self._jumps.values() for p, _ in js} - {(0.0, 0.0)})
         self._pair_index = {p: i for i, p in enumerate(pairs)}  # (0, 0): the clean stream
         # Per-slot state tensors (row = slot, always the first dim): see the module docstring.
