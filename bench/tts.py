@@ -199,14 +199,15 @@ def _device_name(device: torch.device) -> str:
 
 def _model_batch(gen: TTSGenerator, batch: int, graphs: bool, dtype: torch.dtype) -> tuple[float, float]:
     """(ms per latent: AR step + flow head, ms per 4-latent chunk incl. VAE decode) at a segment 128 tokens in."""
-    model, vae, cfg, device = gen.model, gen.vae, gen.cfg, gen.device
+    model, cfg, device = gen.model, gen.cfg, gen.device
     heads, head_dim, ctx = cfg.num_heads, cfg.dim // cfg.num_heads, 128
     x = torch.randn(batch, 1, cfg.dim, device=device, dtype=dtype)
     positions = torch.full((batch, 1), ctx, device=device)
     k = torch.randn(cfg.num_layers, batch, ctx, heads, head_dim, device=device, dtype=dtype)
     mask = torch.ones(batch, 1, 1, ctx + 1, dtype=torch.bool, device=device)
     noise = torch.randn(batch, cfg.latent_dim, device=device, dtype=dtype)
-    z = torch.randn(batch, cfg.latent_dim, vae.context_latents + 4, device=device)
+    decoder = gen.vocoder.decoder  # what serving decodes with: per-session conv state, only the new latents
+    z, state = torch.randn(batch, 4, cfg.latent_dim, device=device), decoder.initial_state(batch, device)
 
     def latent_step():
         h, _, _ = model.step_core(x, positions, k, k, mask)
@@ -215,7 +216,7 @@ def _model_batch(gen: TTSGenerator, batch: int, graphs: bool, dtype: torch.dtype
     def chunk():
         for _ in range(4):
             latent_step()
-        return vae.decode_chunk(z, 4)
+        return decoder(z, state)[0]
 
     run_step, run_chunk = (_graphed(latent_step), _graphed(chunk)) if graphs else (latent_step, chunk)
     return _time(run_step, device), _time(run_chunk, device)
