@@ -1,31 +1,52 @@
 #!/usr/bin/env bash
-# One prepared GPU run: our paper-config benches beside the reference anchors, on the same card, in one call.
+# One prepared GPU run: GPU correctness, then our paper-config benches beside the reference anchors, on the
+# same card, in one call.
 #
 # Prepare (on the development machine; .anchors/ is git-ignored):
 #     mkdir -p .anchors && cp ../shared/anchors/*.py .anchors/
 # Then one device call, carrying .anchors:
-#     bash bench/gpu_suite.sh            # writes $OUT/<step>.jsonl (+ .err), ~8 min on an H100/H200
+#     bash bench/gpu_suite.sh            # ~6-7 min on an H100/H200
 #     DRY_RUN=1 bash bench/gpu_suite.sh  # the same steps on the CPU at toy sizes (seconds), to check the script
 #
-# Every step has its own time limit, so one that hangs or crashes does not cost the others; the JSON lines of
-# each step are kept in their own file and the reference numbers can be compared as ratios within this run.
+# Every step has its own time limit, so one that hangs or crashes does not cost the others. Everything lands in
+# three files (a device call brings back only a few): $OUT/results.jsonl (every step's JSON lines, each tagged
+# with its step, plus one {"suite_step", "rc", "seconds"} line per step), $OUT/parity.txt (pytest's report of
+# the GPU tests) and $OUT/stderr.log. Compare our numbers with the anchors' as ratios within one run.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
 PY=${PY:-python3}
 mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
-step() {  # step NAME SECONDS ARGS...: run one bench, JSON lines to $OUT/NAME.jsonl, stderr to $OUT/NAME.err
+step() {  # step NAME SECONDS ARGS...: run one bench; its JSON lines, tagged, go to results.jsonl and stdout
     local name=$1 limit=$2
     shift 2
     local t0=$SECONDS
-    timeout "$limit" "$PY" "$@" >"$OUT/$name.jsonl" 2>"$OUT/$name.err"
+    echo "== $name: $*" >>"$OUT/stderr.log"
+    timeout "$limit" "$PY" "$@" 2>>"$OUT/stderr.log" \
+        | "$PY" -c 'import json, sys
+for line in sys.stdin:
+    try:
+        print(json.dumps({"step": sys.argv[1], **json.loads(line)}), flush=True)
+    except (ValueError, TypeError):
+        pass' "$name" | tee -a "$OUT/results.jsonl"
+    local rc=${PIPESTATUS[0]}
+    echo "{\"suite_step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" | tee -a "$OUT/results.jsonl"
+}
+
+parity() {  # the GPU tests (plain torch: no conftest, which needs the serving stack)
+    local t0=$SECONDS
+    timeout "$1" "$PY" -m pytest --noconftest -p no:cacheprovider -m gpu -s -q -W ignore::pytest.PytestConfigWarning \
+        tests/test_gpu_parity.py tests/test_graphs.py tests/test_video_model.py tests/test_avatar_model.py \
+        >"$OUT/parity.txt" 2>&1
     local rc=$?
-    echo "{\"suite_step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" | tee -a "$OUT/suite.jsonl"
-    grep -h '^{' "$OUT/$name.jsonl" | head -40
+    grep -E "error|passed|failed|skipped" "$OUT/parity.txt" | tail -15
+    echo "{\"suite_step\": \"parity\", \"rc\": $rc, \"seconds\": $((SECONDS - t0))}" | tee -a "$OUT/results.jsonl"
 }
 
 if [ -n "${DRY_RUN:-}" ]; then
+    parity 120
     step tts 120 bench/tts.py --device cpu --config paper --batches 1
     step vc 120 bench/vc.py --device cpu --config paper --batches 1
     step anchor_speech 120 .anchors/speech_batch_anchor.py --tiny --device cpu
@@ -34,10 +55,10 @@ if [ -n "${DRY_RUN:-}" ]; then
 fi
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$PY" -c 'import torch; print(torch.__version__)'; } \
-    >"$OUT/device.txt" 2>&1
-step tts 100 bench/tts.py --device cuda --config paper
-step vc 100 bench/vc.py --device cuda --config paper
-step video 150 bench/video.py --device cuda --config paper --streams 1 4 --blocks 10
-step anchor_speech 100 .anchors/speech_batch_anchor.py --device cuda
+    | tee "$OUT/device.txt"
+step vc 100 bench/vc.py --device cuda --config paper --batches 1 8 64 256 1024 2048
+parity 120
+step tts 90 bench/tts.py --device cuda --config paper
+step anchor_speech 90 .anchors/speech_batch_anchor.py --device cuda
+step video 120 bench/video.py --device cuda --config paper --streams 1 4 --blocks 8
 step anchor_longlive 60 .anchors/longlive_anchor.py --device cuda
-step anchor_longlive_cudnn 60 .anchors/longlive_anchor.py --device cuda --attn-backend cudnn

@@ -278,10 +278,11 @@ class TTSGenerator(Generator):
                 torch.randn(self.cfg.latent_dim, generator=states[i].rng, device=self.device) for i in running
             ])
             stop, sampled = self.backend.sample(hidden, noise)
+            stops = (stop > 0.5).tolist()  # one device-to-host copy for the batch, not one per session
             cont = []
             for r, i in enumerate(running):
                 s = states[i]
-                if float(stop[r]) > 0.5 or s.num_latents >= s.max_latents:
+                if stops[r] or s.num_latents >= s.max_latents:
                     self._end_segment(s)
                 else:
                     latents[i, j] = sampled[r]
