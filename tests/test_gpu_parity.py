@@ -57,7 +57,7 @@ def test_vc_on_gpu_matches_cpu(graphs: bool) -> None:
     gpu = _vc_run("cuda", graphs=graphs, padded=4)  # a bucket of 4: one padding row rides along
     for c, g in zip(cpu, gpu, strict=True):
         err = _relative_error(g, c)
-        print(f"vc graphs={graphs}: relative error {err:.2e}, max abs {np.abs(g - c).max():.2e}, rms {np.sqrt((c**2).mean()):.3f}")
+        print(f"vc graphs={graphs}: relative error {err:.2e}, max abs {np.abs(g - c).max():.2e}")
         assert np.isfinite(g).all() and err < 1e-2
 
 
