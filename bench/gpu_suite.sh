@@ -7,6 +7,7 @@
 # Then one device call, carrying .anchors:
 #     bash bench/gpu_suite.sh            # ~6-7 min on an H100/H200
 #     DRY_RUN=1 bash bench/gpu_suite.sh  # the same steps on the CPU at toy sizes (seconds), to check the script
+#     ONLY="vc parity" bash bench/gpu_suite.sh   # some steps only (a rerun after a fix)
 #
 # Every step has its own time limit, so one that hangs or crashes does not cost the others. Everything lands in
 # three files (a device call brings back only a few): $OUT/results.jsonl (every step's JSON lines, each tagged
@@ -19,9 +20,12 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
 
+wanted() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
 step() {  # step NAME SECONDS ARGS...: run one bench; its JSON lines, tagged, go to results.jsonl and stdout
     local name=$1 limit=$2
     shift 2
+    wanted "$name" || return 0
     local t0=$SECONDS
     echo "== $name: $*" >>"$OUT/stderr.log"
     timeout "$limit" "$PY" "$@" 2>>"$OUT/stderr.log" \
@@ -36,6 +40,7 @@ for line in sys.stdin:
 }
 
 parity() {  # the GPU tests (plain torch: no conftest, which needs the serving stack)
+    wanted parity || return 0
     local t0=$SECONDS
     timeout "$1" "$PY" -m pytest --noconftest -p no:cacheprovider -m gpu -s -q -W ignore::pytest.PytestConfigWarning \
         tests/test_gpu_parity.py tests/test_graphs.py tests/test_video_model.py tests/test_avatar_model.py \

@@ -47,3 +47,43 @@ def test_graph_replay_equals_eager_on_gpu():
     for a, b in zip(outs, ref, strict=True):
         torch.testing.assert_close(a, b)
     assert runner.num_graphs == 3  # buckets 1, 2, 4
+
+
+SIZES = (2, 2, 4, 2, 4)
+
+
+def run_stateful(device: str, graphs: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A step that advances per-row state, as the models' steps do (a running sum per row); and the inputs."""
+    state = torch.zeros(8, 3, device=device)
+
+    def step(x, rows):
+        state[rows] = state[rows] + x
+        return state[rows] * 2
+
+    runner = BucketGraphs(step, enabled=graphs)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(n, 3, generator=g) for n in SIZES]
+    return [runner(x.to(device), torch.arange(len(x), device=device)).clone().cpu() for x in xs], xs
+
+
+def expected_running_sums(xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    total, want = torch.zeros(8, 3), []
+    for x in xs:
+        total[: len(x)] += x
+        want.append(2 * total[: len(x)].clone())
+    return want
+
+
+def test_stateful_step_advances_once_per_call_on_cpu():
+    outs, xs = run_stateful("cpu", graphs=True)
+    for got, want in zip(outs, expected_running_sums(xs), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_stateful_graph_replay_equals_eager_on_gpu():
+    # a bucket's first call must not advance the state more than once (warm-up runs are real runs)
+    outs, xs = run_stateful("cuda", graphs=True)
+    for got, want in zip(outs, expected_running_sums(xs), strict=True):
+        torch.testing.assert_close(got, want)

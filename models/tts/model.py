@@ -205,7 +205,8 @@ class TTSModel(nn.Module):
         is_pad = (idx >= 1 + num_phonemes[:, None]) & (idx < 1 + p_max)
         shift = torch.where(idx >= 1 + p_max, p_max - num_phonemes[:, None], 0)
         labels = torch.where(is_pad, -1, idx - shift)  # true positions; -1 on pads
-        mask = offline_mask(labels, self.cfg.window) | (torch.eye(t, dtype=torch.bool) & is_pad[:, :, None])[:, None]
+        pad_self = torch.eye(t, dtype=torch.bool, device=x.device) & is_pad[:, :, None]  # a pad sees itself only
+        mask = offline_mask(labels, self.cfg.window) | pad_self[:, None]
         positions = labels.clamp_min(0)
         attns = []
         for block in self.blocks:

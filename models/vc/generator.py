@@ -419,7 +419,9 @@ class VCGenerator(Generator):
         """Content features (B, K * per, content_dim) of one chunk, carrying each row's front-end state."""
         full = torch.cat([self._tail[rows], audio], dim=1)
         self._tail[rows] = audio[:, -self._tail.shape[1] :]
-        content, (past1, past2, gru) = self._content_net(full, self._conv1[rows], self._conv2[rows], self._gru[:, rows])
+        content, (past1, past2, gru) = self._content_net(
+            full, self._conv1[rows], self._conv2[rows], self._gru[:, rows].contiguous()  # cuDNN's GRU: contiguous h
+        )
         self._conv1[rows], self._conv2[rows] = past1, past2
         self._gru[:, rows] = gru
         return content

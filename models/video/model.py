@@ -218,7 +218,7 @@ class VideoDiT(nn.Module):
         b, p, s, _ = text.shape
         ctx = self.text_proj(text).reshape(b, p * s, -1)  # (B, P*S, C)
         kv = [blk.cross.condition_kv(ctx) for blk in self.blocks]
-        prompt_ids = torch.arange(p).repeat_interleave(s)[None].expand(b, -1)
+        prompt_ids = torch.arange(p, device=text.device).repeat_interleave(s)[None].expand(b, -1)
         key_prompt = torch.where(text_mask.reshape(b, p * s), prompt_ids, -1)
         if self.pool_proj is not None:
             m = text_mask[..., None].to(text.dtype)
