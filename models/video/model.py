@@ -280,7 +280,7 @@ class VideoDiT(nn.Module):
         index = cache.reserve(slots, labels)
         mask = cache.mask(slots, labels, window=self.cfg.window_blocks + 1)
         prompt = torch.zeros_like(labels)
-        return self(tokens, t.expand(labels.shape).to(tokens.dtype), positions, mask, cond, prompt, cache, slots,
+        return self(tokens, t.to(tokens.device, tokens.dtype).expand(labels.shape), positions, mask, cond, prompt, cache, slots,
                     index)
 
     @torch.no_grad()
