@@ -55,7 +55,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speech_corpus import load_utterances  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
-from models.audio.vae import VAEConfig, WaveformVAE, kl_loss, magnitude_loss, reconstruction_loss  # noqa: E402
+from models.audio.vae import (  # noqa: E402
+    VAEConfig,
+    WaveformVAE,
+    kl_loss,
+    load_checkpoint_vae,
+    magnitude_loss,
+    reconstruction_loss,
+)
 from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import save_checkpoint  # noqa: E402
@@ -85,8 +92,11 @@ def train_vae(args) -> None:
     utts = load_utterances(args.data, ("train",), args.limit)
     extra = {}
     if args.decoder_only:  # fine-tune the decoder on the frozen encoder (runs beside AR training)
-        vae = load_vae(out, args.device).train()
-        extra = {"silence": torch.load(out / "vae.pt")["silence"]}
+        if args.init:  # from a shipped checkpoint's VAE (the VC vocoder's shorter synthesis window: 10 ms delay)
+            vae = load_checkpoint_vae(args.init, synth_window=args.synth_window).to(args.device).train()
+        else:
+            vae = load_vae(out, args.device).train()
+            extra = {"silence": torch.load(out / "vae.pt")["silence"]}
         params = [p for name, p in vae.named_parameters() if not name.startswith("enc")]
     else:
         vae = WaveformVAE(VAEConfig()).to(args.device)
@@ -313,6 +323,10 @@ def main() -> None:
     ap.add_argument("--kl-weight", type=float, default=1e-3)
     ap.add_argument("--resume", action="store_true", help="ar: continue from runs/.../ar.pt")
     ap.add_argument("--decoder-only", action="store_true", help="vae: fine-tune the decoder, encoder frozen")
+    ap.add_argument("--init", default=None,
+                    help="vae --decoder-only: start from this safetensors checkpoint's VAE instead of the run's")
+    ap.add_argument("--synth-window", type=int, default=0,
+                    help="vae --decoder-only --init: the decoder's synthesis window (0: n_fft; 320: 10 ms delay)")
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)

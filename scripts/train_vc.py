@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, safe_open
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
-from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
+from models.audio.vae import VAEConfig, WaveformVAE, load_checkpoint_vae  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
 from models.vc.checkpoint import save_checkpoint  # noqa: E402
@@ -158,14 +157,7 @@ def load_vae(source: Path) -> WaveformVAE:
     in vae.pt and the fine-tuned decoder, if any, in vae_decoder.pt.
     """
     if source.suffix == ".safetensors":
-        with safe_open(str(source), framework="pt") as f:
-            cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in json.loads(f.metadata()["config"])["vae"].items()})
-        tensors = load_file(str(source))
-        vae = WaveformVAE(cfg)
-        vae.load_state_dict({k.removeprefix("vae."): v.float() for k, v in tensors.items()
-                             if k.startswith("vae.") and k != "vae.silence"})
-        return vae.eval()
+        return load_checkpoint_vae(str(source))
     saved = torch.load(source / "vae.pt", map_location="cpu")
     cfg = VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["cfg"].items()})
     vae = WaveformVAE(cfg)
@@ -463,9 +455,29 @@ def export(args) -> None:
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "voices": sorted(refs)}))
 
 
+@torch.no_grad()
+def swap_vocoder(args) -> None:
+    """Put a re-tuned decoder into the VC checkpoint in place (``--vae``: a run folder with vae_decoder.pt).
+
+    The latents and everything else stay: only the decoder's weights and its config fields change. Made for
+    the shorter synthesis window (train_tts.py vae --decoder-only --init <this checkpoint> --synth-window 320).
+    """
+    from models.checkpoint_io import load_tensors, save_tensors
+    from models.vc.checkpoint import FLOAT32_KEYS
+
+    saved = torch.load(Path(args.vae) / "vae_decoder.pt", map_location="cpu")
+    tensors, meta = load_tensors(args.checkpoint)
+    for name, value in saved["state"].items():
+        if not name.startswith(("enc", "latent_")):  # the encoder was frozen; the statistics are the model's
+            tensors[f"vae.{name}"] = value
+    meta["config"]["vae"] = {**meta["config"]["vae"], **saved["cfg"], "synth_window": saved["cfg"]["synth_window"]}
+    size = save_tensors(args.checkpoint, tensors, meta, float32_suffixes=FLOAT32_KEYS)
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "vae": meta["config"]["vae"]}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["content", "features", "dit", "export"])
+    ap.add_argument("stage", choices=["content", "features", "dit", "export", "vocoder"])
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--out", default="runs/vc")
     ap.add_argument("--vae", default="checkpoints/tts_default.safetensors",
@@ -492,7 +504,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.lr is None:
         args.lr = {"content": 2e-3, "dit": 5e-4}.get(args.stage, 1e-3)
-    {"content": train_content, "features": make_features, "dit": train_dit, "export": export}[args.stage](args)
+    stages = {"content": train_content, "features": make_features, "dit": train_dit, "export": export,
+              "vocoder": swap_vocoder}
+    stages[args.stage](args)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ The speech families' latent codec: 16 kHz audio <-> continuous latents at ``samp
   first: without adversarial training it reached its losses through interference between frames while
   its magnitudes stayed flat, and the audio was a blur; a fixed phase sounds phasey but keeps formants and
   harmonics, which is what intelligibility (and an MFCC recognizer) needs.
-  The output is the input delayed by ``n_fft - frame_hop`` samples, which makes it strictly causal:
+  The output is the input delayed by ``synth_len - frame_hop`` samples (``synth_len``: the synthesis
+  window, n_fft unless a config shortens it for less delay), which makes it strictly causal:
   the samples of latent k depend only on latents <= k. Streaming decode therefore equals offline decode
   exactly when each chunk is decoded together with ``context_latents`` latents of left context
   (:meth:`WaveformVAE.decode_chunk`).
@@ -48,6 +49,12 @@ class VAEConfig:
     dec_blocks: int = 2  # residual blocks at the latent rate (dilations 1, 2, ...); one after each up block
     n_fft: int = 640  # STFT size of the encoder front end and of the output head (window length)
     kernel: int = 3  # decoder kernel size (causal)
+    synth_window: int = 0  # decoder's synthesis window (0: n_fft); shorter -> less delay, see delay_samples
+
+    @property
+    def synth_len(self) -> int:
+        """Samples of each synthesised frame: the first ``synth_len`` of the head's n_fft-point inverse FFT."""
+        return self.synth_window or self.n_fft
 
     @property
     def frame_hop(self) -> int:
@@ -140,6 +147,9 @@ class WaveformVAE(nn.Module):
         self.dec = nn.Sequential(*stages)
         self.head = nn.Conv1d(widths[-1], cfg.n_fft // 2 + 1, 1)  # log-magnitude per bin
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
+        self.register_buffer("synth", torch.hann_window(cfg.synth_len, periodic=True), persistent=False)
+        if cfg.synth_len > cfg.n_fft or cfg.synth_len % cfg.frame_hop:
+            raise ValueError("synth_window must be a multiple of the frame hop, at most n_fft")
         if cfg.hop % cfg.n_fft:
             raise ValueError("hop must be a multiple of n_fft so the fixed phase repeats every latent")
         bins = torch.arange(cfg.n_fft // 2 + 1, dtype=torch.float64)
@@ -153,8 +163,13 @@ class WaveformVAE(nn.Module):
 
     @property
     def delay_samples(self) -> int:
-        """Decoded audio lags the encoded audio by this many samples (causal overlap-add)."""
-        return self.cfg.n_fft - self.cfg.frame_hop
+        """Decoded audio lags the encoded audio by this many samples (causal overlap-add).
+
+        A sample is final once every frame overlapping it is made: ``synth_len - frame_hop`` samples after
+        the frame that starts it. The VC checkpoint synthesises 320-sample frames (10 ms delay) from the same
+        640-point magnitudes the TTS one overlap-adds whole (30 ms): a shorter window of the same sinusoids.
+        """
+        return self.cfg.synth_len - self.cfg.frame_hop
 
     @property
     def context_latents(self) -> int:
@@ -165,7 +180,7 @@ class WaveformVAE(nn.Module):
         for factor in self.cfg.dec_up:
             field += k / up + k / (up * factor)  # the up conv at its input rate + one block after it
             up *= factor
-        overlap = (self.cfg.n_fft // self.cfg.frame_hop - 1) / up  # earlier frames overlapping a chunk
+        overlap = (self.cfg.synth_len // self.cfg.frame_hop - 1) / up  # earlier frames overlapping a chunk
         return int(field + overlap) + 1
 
     # -- encoder -------------------------------------------------------------------------------------
@@ -199,16 +214,17 @@ class WaveformVAE(nn.Module):
         mag = self.log_magnitudes(z).clamp(max=8.0).exp().transpose(1, 2)  # (B, frames, F)
         period = self.phase.shape[0]
         phase = self.phase.repeat(mag.shape[1] // period, 1)  # (frames, F)
-        return torch.fft.irfft(mag * phase, n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
+        frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft)[..., : self.cfg.synth_len]
+        return frames * self.synth  # (B, frames, synth_len)
 
     def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, N, n_fft) frames at frame_hop -> (B, N * frame_hop) samples, the last n_fft - hop dropped."""
+        """(B, N, synth_len) frames at frame_hop -> (B, N * frame_hop) samples, the last synth_len - hop dropped."""
         b, n, size = frames.shape
         hop = self.cfg.frame_hop
         out = F.fold(
             frames.transpose(1, 2), output_size=(1, (n - 1) * hop + size), kernel_size=(1, size), stride=(1, hop)
         )  # (B, 1, 1, L)
-        gain = (self.window**2).sum() / hop  # constant overlap-add gain of a Hann^2 at this hop
+        gain = overlap_gain(self.synth, hop)
         return out.view(b, -1)[:, : n * hop] / gain
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -239,13 +255,44 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, t
     return out
 
 
-def magnitude_loss(vae: WaveformVAE, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """L1 between the decoder's log-magnitudes and the STFT of the (delayed) target, frame for frame.
+def load_checkpoint_vae(path: str, **overrides) -> WaveformVAE:
+    """The VAE inside a speech family's safetensors checkpoint (``vae.*`` tensors, ``config["vae"]``).
 
-    ``target`` (B, T * hop + n_fft - frame_hop): the frames of the output's time axis, uncentred.
+    ``overrides`` replace config fields that change no weight's shape (e.g. ``synth_window``).
+    """
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(path, framework="pt") as f:
+        fields = json.loads(f.metadata()["config"])["vae"]
+    cfg = VAEConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}, **overrides})
+    vae = WaveformVAE(cfg)
+    vae.load_state_dict({k.removeprefix("vae."): v.float() for k, v in load_file(path).items()
+                         if k.startswith("vae.") and k != "vae.silence"})
+    return vae.eval()
+
+
+def overlap_gain(window: torch.Tensor, hop: int) -> torch.Tensor:
+    """The overlap-add normaliser of a synthesis window at ``hop``: sum(w^2) / hop.
+
+    Per sample, Hann windows overlap-add to len / (2 hop), so the output scale is (len / 2) / sum(w^2) = 4 / 3
+    for every Hann length: a shorter synthesis window keeps the trained decoder's loudness.
+    """
+    return (window**2).sum() / hop
+
+
+def magnitude_loss(vae: WaveformVAE, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between the decoder's log-magnitudes and the spectra of the (delayed) target, frame for frame.
+
+    ``target`` (B, T * hop + delay_samples): the output's time axis. Each frame is the target under the
+    synthesis window (its ``synth_len`` samples, zero-padded to n_fft), so the head learns the spectra it
+    synthesises.
     """
     cfg = vae.cfg
-    spec = torch.stft(target, cfg.n_fft, cfg.frame_hop, window=vae.window, center=False, return_complex=True)
+    frames = target.unfold(-1, cfg.synth_len, cfg.frame_hop) * vae.synth  # (B, T * up, synth_len)
+    spec = torch.fft.rfft(frames, n=cfg.n_fft).transpose(1, 2)  # (B, F, T * up)
     floor = math.log(1e-4)  # below ~-80 dB nothing is audible: do not spend capacity there
     pred = vae.log_magnitudes(z).clamp_min(floor)
     return (pred - spec.abs().clamp_min(1e-4).log()).abs().mean()
@@ -295,13 +342,13 @@ class StreamingDecoder:
     weights are copied (re-laid out), so build it again if the VAE's weights change.
 
     State: a list of tensors (B, frames, channels), one per convolution with a receptive field plus the
-    overlap-add tail (B, 1, n_fft - frame_hop); :meth:`state_shapes` gives their shapes without the batch.
+    overlap-add tail (B, 1, synth_len - frame_hop); :meth:`state_shapes` gives their shapes without the batch.
     """
 
     def __init__(self, vae: WaveformVAE) -> None:
         cfg = vae.cfg
-        if cfg.n_fft % cfg.frame_hop:
-            raise ValueError("the streaming decoder needs n_fft to be a multiple of the frame hop")
+        if cfg.synth_len % cfg.frame_hop:
+            raise ValueError("the streaming decoder needs the synthesis window to be a multiple of the frame hop")
         self.cfg = cfg
         self._ops: list[tuple] = []  # ("conv" | "res" | "up", ...) in order; see _run
         self._shapes: list[tuple[int, int]] = []
@@ -315,12 +362,12 @@ class StreamingDecoder:
                 else:
                     raise TypeError(f"the streaming decoder does not know {type(m).__name__}")
         self.head_w, self.head_b = conv_matrix(vae.head.weight), vae.head.bias.detach().clone()
-        self.window = vae.window
+        self.synth = vae.synth
         self.phase = vae.phase  # (frames per latent, F): the fixed phase repeats every latent
         self._phases: dict[int, torch.Tensor] = {}
-        self.gain = (vae.window**2).sum() / cfg.frame_hop
+        self.gain = overlap_gain(vae.synth, cfg.frame_hop)
         self.latent_std, self.latent_mean = vae.latent_std.clone(), vae.latent_mean.clone()
-        self._shapes.append((1, cfg.n_fft - cfg.frame_hop))  # the overlap-add tail
+        self._shapes.append((1, cfg.synth_len - cfg.frame_hop))  # the overlap-add tail
 
     def _add_conv(self, conv: nn.Conv1d, kind: str | None) -> tuple:
         k, d = conv.kernel_size[0], conv.dilation[0]
@@ -394,10 +441,11 @@ class StreamingDecoder:
         phase = self._phases.get(n)
         if phase is None:  # the fixed phase of n frames from a latent boundary (a chunk has one length)
             phase = self._phases[n] = self.phase.repeat(n // self.phase.shape[0], 1)
-        frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft) * self.window  # (B, frames, n_fft)
+        size = self.cfg.synth_len
+        frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft)[..., :size] * self.synth  # (B, frames, size)
         # Overlap-add: frame i covers hops i .. i + size / hop - 1 of the output. As shifted adds of hop-long
         # segments (F.fold, which decode uses, costs ~0.15 ms at batch 1 and ~3 ms at batch 32 here).
-        hop, per = self.cfg.frame_hop, self.cfg.n_fft // self.cfg.frame_hop
+        hop, per = self.cfg.frame_hop, size // self.cfg.frame_hop
         segments = frames.view(b, n, per, hop)
         tail = next(past).reshape(b, per - 1, hop)  # earlier frames' overlap with these hops
         out = torch.cat([tail, frames.new_zeros(b, n, hop)], dim=1)  # (B, n + per - 1, hop)

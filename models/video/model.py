@@ -280,8 +280,8 @@ class VideoDiT(nn.Module):
         index = cache.reserve(slots, labels)
         mask = cache.mask(slots, labels, window=self.cfg.window_blocks + 1)
         prompt = torch.zeros_like(labels)
-        return self(tokens, t.to(tokens.device, tokens.dtype).expand(labels.shape), positions, mask, cond, prompt, cache, slots,
-                    index)
+        t = t.to(tokens.device, tokens.dtype).expand(labels.shape)
+        return self(tokens, t, positions, mask, cond, prompt, cache, slots, index)
 
     @torch.no_grad()
     def generate_block(self, cache: RingKVCache, slots: Sequence[int], block_index: torch.Tensor,
