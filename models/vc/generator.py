@@ -352,7 +352,7 @@ class VCGenerator(Generator):
         write): a captured graph per bucket on a GPU.
         """
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
-        audio = np.stack([_clean(i.audio) for i in inputs])  # (B, N)
+        audio = _clean(np.stack([i.audio for i in inputs]))  # (B, N): one check and clip for the batch
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
         noise.mul_(self.temperature)
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
