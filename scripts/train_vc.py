@@ -15,6 +15,10 @@ checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores
         --steps 7308 --batch 8 --lr 3e-4
     python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
+    # the vocoder re-tuned for a 10 ms delay (a 320-sample synthesis window; 13.5 min of one core)
+    python scripts/train_tts.py vae --decoder-only --init checkpoints/vc_default.safetensors --synth-window 320 \
+        --data data/speech --out runs/vcvoc --steps 3000 --minutes 32 --batch 8 --crop 24 --lr 5e-4 --threads 1
+    python scripts/train_vc.py vocoder --vae runs/vcvoc --checkpoint checkpoints/vc_default.safetensors
 
 The shipped run's first ``dit`` stage was stopped by its environment after step 3000 (its last save) and
 continued with ``dit --resume --out runs/vc --minutes 24 --steps 5500 --batch 8 --lr 5e-4`` (the same lr
@@ -29,7 +33,8 @@ pitch-shifted copy (content that carries less of the source's pitch); ``dit`` tr
 and the DiT with the MeanFlow objective (self-reconstruction: content of an utterance + a reference from
 *another* utterance of the same voice -> its latents), with noisy context and context dropout against
 exposure bias; ``export`` writes the one safetensors checkpoint (the VAE's weights copied in) with the
-shipped reference voices.
+shipped reference voices; ``vocoder`` puts a re-tuned VAE decoder into that checkpoint in place (the
+latents, and so everything trained on them, stay valid: the encoder was frozen).
 """
 
 from __future__ import annotations

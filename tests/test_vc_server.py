@@ -114,7 +114,8 @@ def test_shipped_checkpoint_carries_the_words_toward_the_target_voice(shipped):
     from models.vc.phonemes import phoneme_errors
 
     source, target = _clip("vc_unseen_source.wav"), _clip(f"vc_target_{VOICE}.wav")
-    out = run_session(shipped, np.pad(source, (0, 2560)), {"voice": VOICE, "seed": 0})[480:][: len(source)]
+    delay = shipped.model.vae.delay_samples
+    out = run_session(shipped, np.pad(source, (0, 2560)), {"voice": VOICE, "seed": 0})[delay:][: len(source)]
     recognizer = PhonemeRecognizer(model=shipped.model, symbols=shipped.symbols)
     heard = recognizer.recognize(out)
     right = recognizer.reference(SOURCE_TEXT, SOURCE_LANGUAGE)
