@@ -54,6 +54,7 @@ if [ -n "${DRY_RUN:-}" ]; then
     parity 120
     step tts 120 bench/tts.py --device cpu --config paper --batches 1
     step vc 120 bench/vc.py --device cpu --config paper --batches 1
+    step vc_processes 120 bench/vc.py --device cpu --config paper --processes 2 --batches 2 --seconds 2
     step anchor_speech 120 .anchors/speech_batch_anchor.py --tiny --device cpu
     step anchor_longlive 120 .anchors/longlive_anchor.py --tiny --device cpu
     exit 0
@@ -63,6 +64,7 @@ fi
     | tee "$OUT/device.txt"
 step vc 100 bench/vc.py --device cuda --config paper --batches 1 8 64 256 1024 2048
 parity 120
+step vc_processes 150 bench/vc.py --device cuda --config paper --processes 1 8 12 --batches 256 --seconds 3
 step tts 90 bench/tts.py --device cuda --config paper
 step anchor_speech 90 .anchors/speech_batch_anchor.py --device cuda
 step video 120 bench/video.py --device cuda --config paper --streams 1 4 --blocks 8

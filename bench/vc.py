@@ -2,13 +2,13 @@
 
 CPU (default config, the shipped checkpoint):
 - ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
-  latency = chunk + look-ahead (the VAE decoder's 30 ms); end-to-end per chunk = algorithmic + the
-  measured compute of that chunk, p50/p99; RTF. What this is: the first sample of chunk k waits a chunk
-  for the chunk to fill, then the step's compute; the output of chunk k starts with the converted sample
-  spoken 30 ms before it (the decoder's delay), and played continuously every later sample has the same
-  delay. So it is the delay of every sample, first or last of its chunk, for a listener whose playback
-  starts with the first chunk; a playback clock that must never underrun has to cover the slowest
-  steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
+  latency = chunk + look-ahead (the vocoder's delay: 10 ms for the shipped checkpoint); end-to-end per
+  chunk = algorithmic + the measured compute of that chunk, p50/p99; RTF. What this is: the first sample of
+  chunk k waits a chunk for the chunk to fill, then the step's compute; the output of chunk k starts with
+  the converted sample spoken 10 ms before it (the decoder's delay), and played continuously every later
+  sample has the same delay. So it is the delay of every sample, first or last of its chunk, for a
+  listener whose playback starts with the first chunk; a playback clock that must never underrun has to
+  cover the slowest steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
   (bench/glass_to_glass.py) and the engine's wake-up (one asyncio turn). Steps run back to back here;
   ``vc.latency_paced`` steps each chunk when its audio would have arrived (real time, ``--paced-s``),
   with the weights cold in the caches between steps as when serving.
@@ -23,8 +23,11 @@ CPU (default config, the shipped checkpoint):
   source, the vocoded source and the converted speech.
 
 GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at ``--batches`` (1..1024),
-content encoder, DiT and vocoder included, eager and as CUDA graphs. Not yet run on a GPU; the same path
-runs on the CPU (``--device cpu --config paper --batches 1 2``) as a smoke test.
+content encoder, DiT and vocoder included, eager and as CUDA graphs (docs/gpu.md has an H200's numbers);
+the same path runs on the CPU (``--device cpu --config paper --batches 1 2``) as a smoke test.
+``--processes P [P ...]``: ``vc.processes``, P processes (as ``serve --workers P`` runs them) each stepping
+a batch of ``--batches`` sessions as CUDA graphs at the same time for ``--seconds``: the steps' p50/p99
+under the others' contention and whether the P x batch sessions all stay in real time.
 """
 
 from __future__ import annotations
@@ -243,6 +246,62 @@ def bench_batches(args) -> None:
                  device=device)
 
 
+# -- several processes sharing the device (serve --workers) -----------------------------------------------
+def _process_steps(args, batch: int, ready, start, results) -> None:
+    """One worker: a batch of sessions stepped as graphs, timed between ``start`` and ``--seconds`` later."""
+    torch.set_num_threads(1)
+    cuda = args.device.startswith("cuda")
+    gen = VCGenerator(device=args.device, config=args.config, chunk_ms=args.chunk_ms, max_sessions=batch,
+                      max_batch_size=batch, cuda_graphs=True)
+    states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
+    n = gen.spec.input_chunk_samples
+    chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32), num_valid_samples=n)
+             for i in range(batch)]
+    for _ in range(3):
+        gen.step(states, chunk, batch)
+    ready.wait()
+    start.wait()
+    times, t_end = [], time.perf_counter() + args.seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        gen.step(states, chunk, batch)  # returns host audio: the step is complete
+        times.append((time.perf_counter() - t0) * 1000)
+        if cuda:
+            torch.cuda.synchronize()
+    results.put(times)
+
+
+def bench_processes(args) -> None:
+    """P processes step at once; every session is in real time if each process's step p99 fits in a chunk.
+
+    Steps run back to back here (each process as fast as it can), a harsher load than serving's one step per
+    chunk: the p50 is what a step costs under the others' contention.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    for procs in (int(p) for p in args.processes):
+        for batch in (int(b) for b in args.batches):
+            ready, start, results = ctx.Barrier(procs + 1), ctx.Barrier(procs + 1), ctx.Queue()
+            workers = [ctx.Process(target=_process_steps, args=(args, batch, ready, start, results))
+                       for _ in range(procs)]
+            for w in workers:
+                w.start()
+            ready.wait()
+            start.wait()
+            times = [results.get(timeout=args.seconds + 120) for _ in workers]
+            for w in workers:
+                w.join()
+            p50 = statistics.median(statistics.median(t) for t in times)
+            p99 = max(float(np.percentile(t, 99)) for t in times)
+            chunk_ms = args.chunk_ms
+            emit(bench="vc.processes", config=args.config, processes=procs, batch=batch, sessions=procs * batch,
+                 step_ms_p50=round(p50, 2), step_ms_p99=round(p99, 2), steps=sum(len(t) for t in times),
+                 back_to_back_sessions_real_time=int(procs * batch * chunk_ms / p50),
+                 all_in_real_time=p99 < chunk_ms,
+                 device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/speech_vc")
@@ -262,8 +321,14 @@ def main() -> None:
     ap.add_argument("--num-pairs", type=int, default=4)
     ap.add_argument("--utterances-per-pair", type=int, default=4)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,sessions,quality")
+    ap.add_argument("--processes", nargs="+", default=None,
+                    help="vc.processes: process counts sharing the device, each stepping --batches sessions")
+    ap.add_argument("--seconds", type=float, default=10.0, help="vc.processes: timed seconds per setting")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.processes:
+        bench_processes(args)
+        return
     if args.device.startswith("cuda") or args.config == "paper":
         bench_batches(args)
         return

@@ -16,6 +16,7 @@ from streaming.server import ServerConfig, run
 from streaming.session import SessionConfig
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
+from streaming.workers import serve_workers
 
 
 def _env(name: str, default: str) -> str:
@@ -90,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--rtc-connect-timeout", type=float, default=float(_env("RTC_CONNECT_TIMEOUT", "15")), help="seconds"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "1")),
+        help="server processes sharing the port (SO_REUSEPORT), each with its own engine: one event loop "
+        "carries a few hundred audio sessions' transports, a GPU steps thousands (streaming/workers.py)",
+    )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     return parser
 
@@ -132,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect_timeout_s=args.rtc_connect_timeout,
         ),
     )
+    if args.workers > 1:
+        return serve_workers(config, args.workers, args.torch_threads, args.log_level.upper())
     try:
         run(config)
     except ValueError as e:  # bad model names or options

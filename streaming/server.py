@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ CONNECTIONS_KEY = web.AppKey("connections", set)
 CODEC_POOL_KEY = web.AppKey("codec_pool", ThreadPoolExecutor)
 RTC_KEY = web.AppKey("rtc", RtcHub)
 BROADCASTS_KEY = web.AppKey("broadcasts", BroadcastHub)
+WORKER_KEY = web.AppKey("worker", int)  # index of this process under --workers (0 when alone)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,8 @@ async def _healthz(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "version": __version__,
+            "worker": request.app.get(WORKER_KEY, 0),
+            "pid": os.getpid(),
             "protocol": PROTOCOL_VERSION,
             "device": engine.config.device,
             "engine": engine.status(),
@@ -164,8 +168,11 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def run(config: ServerConfig) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when it is installed."""
+def run(config: ServerConfig, worker: int | None = None) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop when it is installed.
+
+    ``worker``: this process's index among several sharing the port (:mod:`streaming.workers`).
+    """
     loop = None
     try:
         import uvloop
@@ -174,11 +181,13 @@ def run(config: ServerConfig) -> None:
     except ImportError:
         pass
     app = create_app(config)
+    app[WORKER_KEY] = worker or 0
     url = f"http://{config.host}:{config.port}/"
 
     def announce(_: str) -> None:
         names = ", ".join(parse_model_spec(m)[0] for m in config.models)
-        print(f"causalcast {__version__}: serving {names} on {config.engine.device} at {url}", flush=True)
+        who = "" if worker is None else f" (worker {worker})"
+        print(f"causalcast {__version__}: serving {names} on {config.engine.device} at {url}{who}", flush=True)
 
     web.run_app(
         app,
@@ -188,4 +197,5 @@ def run(config: ServerConfig) -> None:
         print=announce,
         shutdown_timeout=config.shutdown_timeout_s,
         access_log=None,
+        reuse_port=worker is not None,
     )

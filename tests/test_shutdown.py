@@ -13,6 +13,7 @@ import time
 import aiohttp
 
 from streaming.client import Client
+from streaming.protocol import MediaKind
 
 from streaming_helpers import tone
 
@@ -81,3 +82,47 @@ def test_bad_model_option_exits_with_a_clear_message():
         timeout=60,
     )
     assert proc.returncode == 2 and "unknown model 'warp'" in proc.stderr
+
+
+async def test_workers_share_the_port_serve_sessions_and_stop_together():
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a real server process; polled without blocking
+        [sys.executable, "-m", "streaming", "serve", "--port", str(port), "--models", "pitch", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        await wait_healthy(url, proc)
+        seen: dict[int, int] = {}  # worker index -> pid, as the processes answering say
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            while len(seen) < 2 and time.monotonic() < deadline:  # new connections: the kernel spreads them
+                async with http.get(url) as r:
+                    health = await r.json()
+                seen[health["worker"]] = health["pid"]
+                await asyncio.sleep(0.05)
+        assert sorted(seen) == [0, 1] and len(set(seen.values())) == 2 and proc.pid not in seen.values()
+        for _ in range(4):  # sessions work through whichever process takes the connection
+            async with Client(f"ws://127.0.0.1:{port}/ws") as client:
+                await client.start("pitch", input_sample_rate_hz=16000, audio="pcm16")
+                await client.send_audio(tone(300, 0.2))
+                item = await client.receive(timeout=10)
+                while isinstance(item, dict):  # ready and other control messages, then the converted audio
+                    item = await client.receive(timeout=10)
+                assert item.kind == MediaKind.AUDIO
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+        for pid in seen.values():  # no worker outlives the parent
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            raise AssertionError(f"worker {pid} still running")
+        assert proc.stdout.read().count(f"http://127.0.0.1:{port}/ (worker") == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
