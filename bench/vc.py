@@ -20,7 +20,9 @@ CPU (default config, the shipped checkpoint):
   reference. Pairs are the held-out voices resemblyzer tells apart best (it barely separates some
   espeak-ng voices). Intelligibility: phoneme error rate by our content recognizer
   (``models/audio/phoneme_recognizer.py``) and pocketsphinx WER over the evaluation vocabulary, for the
-  source, the vocoded source and the converted speech.
+  source, the vocoded source and the converted speech. Pitch: the share of converted utterances with no
+  voiced frame (``unvoiced_converted``) and the mean distance in semitones between a converted
+  utterance's median f0 and its target reference's (``pitch_error_semitones``).
 
 GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at ``--batches`` (1..1024),
 content encoder, DiT and vocoder included, eager and as CUDA graphs (docs/gpu.md has an H200's numbers);
@@ -49,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from speech_corpus import load_utterances, voices  # noqa: E402
 
-from models.audio.dsp import wav_bytes  # noqa: E402
+from models.audio.dsp import median_f0, wav_bytes  # noqa: E402
 from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
 from models.base import StepInput  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
@@ -183,6 +185,7 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
         margins = defaultdict(list)
         per_items = defaultdict(list)
         wer_items = defaultdict(list)
+        pitch = defaultdict(list)  # median f0 (Hz) of each converted utterance and of its target's reference
         for source, target in pairs:
             ref_audio = np.concatenate([u.audio for u in refs[target][:3]])
             target_emb = judge.embed([u.audio for u in refs[target][3:6]])
@@ -201,11 +204,17 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
                 for name, x in (("source", u.audio), ("vocoded_source", vocode(gen, u.audio)), ("converted", out)):
                     per_items[name].append((u.text, u.language, x))
                     wer_items[name].append((u.text, x))
+                pitch["converted"].append(median_f0(out))
+                pitch["target"].append(median_f0(ref_audio))
         fields = {f"margin_{k}": statistics.mean(v) for k, v in margins.items() if not k.endswith("_to_target")}
         fields |= {f"similarity_{k}": statistics.mean(v) for k, v in margins.items() if k.endswith("_to_target")}
         fields |= {f"per_{k}": per.per(v) for k, v in per_items.items()}
         if recognizer is not None:
             fields |= {f"wer_{k}": recognizer.wer(v) for k, v in wer_items.items()}
+        voiced = [(c, t) for c, t in zip(pitch["converted"], pitch["target"], strict=True) if c > 0 and t > 0]
+        fields |= {"unvoiced_converted": sum(c == 0 for c in pitch["converted"]) / len(pitch["converted"]),
+                   "pitch_error_semitones": statistics.mean(abs(12 * np.log2(c / t)) for c, t in voiced)
+                   if voiced else None}
         emit(bench="vc.quality", split=split, steps=args.steps, temperature=gen.temperature,
              pairs=[f"{s}->{t}" for s, t in pairs],
              pitch_pairs=[(table[s]["pitch"], table[t]["pitch"]) for s, t in pairs],

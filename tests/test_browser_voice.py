@@ -20,8 +20,8 @@ import pytest
 from browser_helpers import launch, needs_chromium, open_page, record, severe_console_entries, wait_until
 from conftest import LiveServer, make_server_config, run_live_server
 
+from models.audio.dsp import median_f0
 from models.vc.generator import DEFAULT_CHECKPOINT
-from tests.vc_helpers import median_f0
 
 pytestmark = [
     needs_chromium,

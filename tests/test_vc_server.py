@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from models.audio.dsp import median_f0
 from models.base import StepInput
 from models.vc.generator import DEFAULT_CHECKPOINT, VCGenerator
 from streaming.client import Client, MediaCollector
 from tests.streaming_helpers import Received, collect_until, send_paced
 from tests.vc_helpers import (
     make_tiny_checkpoint,
-    median_f0,
     offline_reference,
     reference_stream,
     run_session,
@@ -201,6 +201,9 @@ def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shippe
     np.testing.assert_allclose(switched[: k * n], old[: k * n], atol=1e-6)
     chunk = slice(k * f, (k + 1) * f)
     assert (z_sw[chunk] - z_new[chunk]).abs().mean() < 0.7 * (z_sw[chunk] - z_old[chunk]).abs().mean()
-    assert median_f0(switched[(k + 1) * n :]) > 1.5 * median_f0(switched[: k * n])  # and stays switched
+    # the high voice from the switch on; the deep voice comes out barely periodic (with every vocoder so far:
+    # ~40 % of frames voiced), so the tracker's reading of those 0.64 s may be 0
+    f_before, f_after = median_f0(switched[: k * n]), median_f0(switched[(k + 1) * n :])
+    assert f_after > 180 and f_after > 1.5 * f_before, (f_before, f_after)
     steps = np.abs(np.diff(np.concatenate([old, new])))
     assert abs(switched[k * n] - switched[k * n - 1]) <= np.percentile(steps, 99.9)
