@@ -15,9 +15,9 @@ checkpoint was made by exactly these (`make train-vc`; ~80 min on 2 shared cores
         --steps 7308 --batch 8 --lr 3e-4
     python scripts/train_vc.py export --data data/speech_vc --out runs/vc \
         --checkpoint checkpoints/vc_default.safetensors
-    # the vocoder re-tuned for a 10 ms delay (a 320-sample synthesis window; 13.5 min of one core)
+    # the vocoder re-tuned for a 10 ms delay (a 320-sample synthesis window; 24 min on two threads)
     python scripts/train_tts.py vae --decoder-only --init checkpoints/vc_default.safetensors --synth-window 320 \
-        --data data/speech --out runs/vcvoc --steps 3000 --minutes 32 --batch 8 --crop 24 --lr 5e-4 --threads 1
+        --data data/speech --out runs/vcvoc --steps 7000 --minutes 30 --batch 8 --crop 24 --lr 5e-4 --threads 2
     python scripts/train_vc.py vocoder --vae runs/vcvoc --checkpoint checkpoints/vc_default.safetensors
 
 The shipped run's first ``dit`` stage was stopped by its environment after step 3000 (its last save) and
