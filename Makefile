@@ -95,9 +95,6 @@ train-vc: $(STAMP)
 	  --batch 8 --lr 3e-4
 	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --checkpoint checkpoints/vc_default.safetensors
-	$(PY) scripts/train_tts.py vae --decoder-only --init checkpoints/vc_default.safetensors --synth-window 320 \
-	  --data data/speech --out runs/vcvoc --steps 7000 --minutes 30 --batch 8 --crop 24 --lr 5e-4 --threads 2
-	$(PY) scripts/train_vc.py vocoder --vae runs/vcvoc --checkpoint checkpoints/vc_default.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -2,10 +2,10 @@
 
 CPU (default config, the shipped checkpoint):
 - ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
-  latency = chunk + look-ahead (the vocoder's delay: 10 ms for the shipped checkpoint); end-to-end per
+  latency = chunk + look-ahead (the vocoder's delay: 30 ms for the shipped checkpoint); end-to-end per
   chunk = algorithmic + the measured compute of that chunk, p50/p99; RTF. What this is: the first sample of
   chunk k waits a chunk for the chunk to fill, then the step's compute; the output of chunk k starts with
-  the converted sample spoken 10 ms before it (the decoder's delay), and played continuously every later
+  the converted sample spoken 30 ms before it (the decoder's delay), and played continuously every later
   sample has the same delay. So it is the delay of every sample, first or last of its chunk, for a
   listener whose playback starts with the first chunk; a playback clock that must never underrun has to
   cover the slowest steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
