@@ -476,7 +476,7 @@ def swap_vocoder(args) -> None:
     for name, value in saved["state"].items():
         if not name.startswith(("enc", "latent_")):  # the encoder was frozen; the statistics are the model's
             tensors[f"vae.{name}"] = value
-    meta["config"]["vae"] = {**meta["config"]["vae"], **saved["cfg"], "synth_window": saved["cfg"]["synth_window"]}
+    meta["config"]["vae"] = {**meta["config"]["vae"], **saved["cfg"]}
     size = save_tensors(args.checkpoint, tensors, meta, float32_suffixes=FLOAT32_KEYS)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "vae": meta["config"]["vae"]}))
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.checkpoint_io import load_tensors, strip_prefix
+
 
 @dataclass
 class VAEConfig:
@@ -166,8 +168,8 @@ class WaveformVAE(nn.Module):
         """Decoded audio lags the encoded audio by this many samples (causal overlap-add).
 
         A sample is final once every frame overlapping it is made: ``synth_len - frame_hop`` samples after
-        the frame that starts it. The VC checkpoint synthesises 320-sample frames (10 ms delay) from the same
-        640-point magnitudes the TTS one overlap-adds whole (30 ms): a shorter window of the same sinusoids.
+        the frame that starts it. ``synth_window`` 320 synthesises the same 640-point magnitudes under a
+        shorter window: 10 ms instead of 30 (tried for VC and not shipped: docs/models/vc.md).
         """
         return self.cfg.synth_len - self.cfg.frame_hop
 
@@ -260,17 +262,12 @@ def load_checkpoint_vae(path: str, **overrides) -> WaveformVAE:
 
     ``overrides`` replace config fields that change no weight's shape (e.g. ``synth_window``).
     """
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(path, framework="pt") as f:
-        fields = json.loads(f.metadata()["config"])["vae"]
-    cfg = VAEConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}, **overrides})
-    vae = WaveformVAE(cfg)
-    vae.load_state_dict({k.removeprefix("vae."): v.float() for k, v in load_file(path).items()
-                         if k.startswith("vae.") and k != "vae.silence"})
+    tensors, meta = load_tensors(path)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"]["vae"].items()}
+    vae = WaveformVAE(VAEConfig(**{**fields, **overrides}))
+    state = strip_prefix(tensors, "vae.")
+    state.pop("silence", None)  # the TTS checkpoint's silence latent is the generator's, not a VAE weight
+    vae.load_state_dict(state)
     return vae.eval()
 
 
