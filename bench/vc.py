@@ -234,11 +234,8 @@ def bench_batches(args) -> None:
     for graphs in (False, True) if cuda else (False,):
         gen = VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
                           max_sessions=max(batches), max_batch_size=max(batches), cuda_graphs=graphs)
-        n = gen.spec.input_chunk_samples
         for batch in batches:
-            states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
-            chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32),
-                               num_valid_samples=n) for i in range(batch)]
+            states, chunk = _batch_sessions(gen, batch)
             for _ in range(3):
                 gen.step(states, chunk, batch)
             sync()
@@ -255,6 +252,15 @@ def bench_batches(args) -> None:
                  device=device)
 
 
+def _batch_sessions(gen: VCGenerator, batch: int) -> tuple[list, list[StepInput]]:
+    """``batch`` open sessions and one chunk of noise-like input audio for each."""
+    states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
+    n = gen.spec.input_chunk_samples
+    chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32), num_valid_samples=n)
+             for i in range(batch)]
+    return states, chunk
+
+
 # -- several processes sharing the device (serve --workers) -----------------------------------------------
 def _process_steps(args, batch: int, ready, start, results) -> None:
     """One worker: a batch of sessions stepped as graphs, timed between ``start`` and ``--seconds`` later."""
@@ -262,10 +268,7 @@ def _process_steps(args, batch: int, ready, start, results) -> None:
     cuda = args.device.startswith("cuda")
     gen = VCGenerator(device=args.device, config=args.config, chunk_ms=args.chunk_ms, max_sessions=batch,
                       max_batch_size=batch, cuda_graphs=True)
-    states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
-    n = gen.spec.input_chunk_samples
-    chunk = [StepInput(audio=np.random.default_rng(i).normal(0, 0.1, n).astype(np.float32), num_valid_samples=n)
-             for i in range(batch)]
+    states, chunk = _batch_sessions(gen, batch)
     for _ in range(3):
         gen.step(states, chunk, batch)
     ready.wait()

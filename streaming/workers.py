@@ -18,7 +18,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
+import socket
 import sys
+from multiprocessing.connection import wait
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ def serve_workers(config, num_workers: int, torch_threads: int = 0, log_level: s
     Processes are spawned (not forked) so none inherits another's CUDA context or threads. If one dies, the
     others are stopped too and the exit code says so: a supervisor (systemd, Kubernetes) restarts the set.
     """
-    if not hasattr(__import__("socket"), "SO_REUSEPORT"):
+    if not hasattr(socket, "SO_REUSEPORT"):
         print("causalcast: --workers needs SO_REUSEPORT (Linux, macOS)", file=sys.stderr)
         return 2
     ctx = multiprocessing.get_context("spawn")
@@ -60,13 +62,11 @@ def serve_workers(config, num_workers: int, torch_threads: int = 0, log_level: s
     try:
         for p in procs:
             p.start()
-        while not stopping:
-            for p in procs:
-                p.join(timeout=0.5)
-                if p.exitcode is not None and not stopping:
-                    log.error("worker %s exited with %s: stopping the others", p.name, p.exitcode)
-                    stop(signal.SIGTERM, None)
-                    break
+        wait([p.sentinel for p in procs])  # until one exits: on its own, or after a signal stopped them all
+        if not stopping:
+            dead = next(p for p in procs if p.exitcode is not None)
+            log.error("worker %s exited with %s: stopping the others", dead.name, dead.exitcode)
+            stop(signal.SIGTERM, None)
         for p in procs:
             p.join(timeout=config.shutdown_timeout_s + 5)
             if p.is_alive():

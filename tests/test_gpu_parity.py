@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from vc_helpers import speechlike
 
 from models.base import StepInput
 from models.tts.generator import TTSGenerator
@@ -21,14 +22,6 @@ from models.vc.generator import VCGenerator
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 pytestmark = [pytest.mark.gpu, needs_cuda]
-
-
-def _speechlike(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16_000)) / 16_000
-    phase = 2 * np.pi * np.cumsum(120 * (1 + 0.1 * np.sin(2 * np.pi * 0.8 * t))) / 16_000
-    x = sum(np.sin(k * phase) / k for k in range(1, 8)) + 0.05 * rng.standard_normal(len(t))
-    return (0.3 * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2) * x).astype(np.float32)
 
 
 def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -42,7 +35,7 @@ def _vc_run(device: str, graphs: bool, padded: int) -> list[np.ndarray]:
     params = [{"voice": voices[0], "steps": 1}, {"voice": voices[-1], "steps": 1}, {"voice": voices[0], "steps": 2}]
     states = [gen.open_session(gen.validate_params({**p, "seed": 0})) for p in params]
     n = gen.spec.input_chunk_samples
-    audio = [_speechlike(2.0, i) for i in range(len(states))]
+    audio = [speechlike(2.0, i) for i in range(len(states))]
     out: list[list[np.ndarray]] = [[] for _ in states]
     for c in range(len(audio[0]) // n):
         inputs = [StepInput(audio=a[c * n:(c + 1) * n], num_valid_samples=n) for a in audio]
