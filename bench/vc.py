@@ -53,6 +53,7 @@ from speech_corpus import load_utterances, voices  # noqa: E402
 
 from models.audio.dsp import median_f0, wav_bytes  # noqa: E402
 from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
+from models.audio.pitch_track import decoder_pitch  # noqa: E402
 from models.base import StepInput  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
 
@@ -158,7 +159,8 @@ def vocode(gen: VCGenerator, audio: np.ndarray) -> np.ndarray:
     vae = gen.model.vae
     hop = vae.cfg.hop
     x = torch.from_numpy(np.pad(audio, (0, -len(audio) % hop)))[None]
-    return vae.decode(vae.encode(x)[0])[0, vae.delay_samples :].numpy()
+    f0 = decoder_pitch(x) if vae.cfg.harmonics else None  # a harmonic vocoder: the audio's own pitch
+    return vae.decode(vae.encode(x)[0], f0)[0, vae.delay_samples :].numpy()
 
 
 def pick_pairs(by_voice: dict[str, list], judge: Judge, num: int) -> list[tuple[str, str]]:

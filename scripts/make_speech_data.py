@@ -89,15 +89,20 @@ def make_voices(
     return voices
 
 
+def render(voice: dict, text: str) -> np.ndarray:
+    """One utterance in a corpus voice ({espeak_voice, pitch, speed_wpm}): 16 kHz, silence trimmed, peak 0.7."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed_wpm"])]
+        subprocess.run([*cmd, "-w", tmp.name, text], check=True, capture_output=True)
+        x, rate = read_wav(tmp.name)
+    x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
+    return 0.7 * x / max(1e-4, float(np.abs(x).max()))
+
+
 def synthesize(job: tuple[dict, dict, str]) -> dict:
     """Render one utterance with the espeak-ng command and write its 16 kHz WAV."""
     utt, voice, out_dir = job
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed_wpm"])]
-        subprocess.run([*cmd, "-w", tmp.name, utt["text"]], check=True, capture_output=True)
-        x, rate = read_wav(tmp.name)
-    x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
-    x = 0.7 * x / max(1e-4, float(np.abs(x).max()))
+    x = render(voice, utt["text"])
     path = Path(out_dir) / "wav" / utt["voice_id"] / f"{utt['id']}.wav"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_wav(str(path), x, SAMPLE_RATE_HZ)

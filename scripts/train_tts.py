@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speech_corpus import load_utterances  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
+from models.audio.pitch_track import decoder_pitch  # noqa: E402
 from models.audio.vae import (  # noqa: E402
     VAEConfig,
     WaveformVAE,
@@ -70,20 +71,24 @@ from models.tts.model import TTSConfig, TTSModel, guided_attention_loss, speaker
 
 
 # -- stage 1: VAE --------------------------------------------------------------------------------------
-def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: random.Random):
-    """Random crops (B, L) and their delayed targets (B, L + delay).
+def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: random.Random, left: int = 0):
+    """Random crops (B, L) and their delayed targets (B, L + delay) (and with ``left`` > 0 (B, left + L)).
 
+    The last: the crops with ``left`` samples before them, which the pitch tracker of a harmonic decoder reads.
     The decoder's output lags by ``delay`` samples, and its last frames reach ``delay`` samples past the crop.
     """
     length = num_latents * hop
-    xs, ys = [], []
+    xs, ys, pre = [], [], []
     for _ in range(batch):
         audio = rng.choice(utts).audio
-        padded = np.concatenate([np.zeros(delay + length, np.float32), audio, np.zeros(2 * length, np.float32)])
-        start = rng.randrange(0, max(1, len(audio) - length // 2)) + delay  # index into padded
+        front = max(delay, left)
+        padded = np.concatenate([np.zeros(front + length, np.float32), audio, np.zeros(2 * length, np.float32)])
+        start = rng.randrange(0, max(1, len(audio) - length // 2)) + front  # index into padded
         xs.append(padded[start : start + length])
         ys.append(padded[start - delay : start + length])
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+        pre.append(padded[start - left : start + length])
+    out = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    return (*out, torch.from_numpy(np.stack(pre))) if left else out
 
 
 def train_vae(args) -> None:
@@ -92,8 +97,9 @@ def train_vae(args) -> None:
     utts = load_utterances(args.data, ("train",), args.limit)
     extra = {}
     if args.decoder_only:  # fine-tune the decoder on the frozen encoder (runs beside AR training)
-        if args.init:  # from a shipped checkpoint's VAE (the VC vocoder's shorter synthesis window: 10 ms delay)
-            vae = load_checkpoint_vae(args.init, synth_window=args.synth_window).to(args.device).train()
+        if args.init:  # from a shipped checkpoint's VAE (the VC vocoder: a shorter delay, a harmonic head)
+            vae = load_checkpoint_vae(args.init, synth_window=args.synth_window,
+                                      harmonics=args.harmonics).to(args.device).train()
         else:
             vae = load_vae(out, args.device).train()
             extra = {"silence": torch.load(out / "vae.pt")["silence"]}
@@ -109,13 +115,21 @@ def train_vae(args) -> None:
     for step in range(args.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr)
-        x, y = (t.to(args.device) for t in vae_batch(utts, args.batch, args.crop, cfg.hop, vae.delay_samples, rng))
+        left = 3 * cfg.frame_hop if cfg.harmonics else 0
+        batch = vae_batch(utts, args.batch, args.crop, cfg.hop, vae.delay_samples, rng, left)
+        batch = [t.to(args.device) for t in batch]
+        x, y = batch[:2]
         with torch.set_grad_enabled(not args.decoder_only):
             mean, logvar = vae.encode(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
-        pred = vae.decode(z)
-        losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
-        losses["mag"] = magnitude_loss(vae, z, y)
+        if cfg.harmonics:  # driven by the tracker's pitch of the crop; the head's own magnitudes are now noise
+            pred = vae.decode(z, decoder_pitch(batch[2], left))
+            losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
+            losses["mag"] = pred.new_zeros(())
+        else:
+            pred = vae.decode(z)
+            losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
+            losses["mag"] = magnitude_loss(vae, z, y)
         kl = kl_loss(mean, logvar)
         loss = losses["stft"] + losses["mel"] + 2.0 * losses["mag"] + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -327,6 +341,8 @@ def main() -> None:
                     help="vae --decoder-only: start from this safetensors checkpoint's VAE instead of the run's")
     ap.add_argument("--synth-window", type=int, default=0,
                     help="vae --decoder-only --init: the decoder's synthesis window (0: n_fft; 320: 10 ms delay)")
+    ap.add_argument("--harmonics", type=int, default=0,
+                    help="vae --decoder-only --init: a harmonic-plus-noise head with this many harmonics")
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)

@@ -55,9 +55,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from make_speech_data import render  # noqa: E402
 from speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
+from models.audio.pitch_track import median_pitch  # noqa: E402
 from models.audio.vae import VAEConfig, WaveformVAE, load_checkpoint_vae  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
@@ -66,6 +68,8 @@ from models.vc.model import VCConfig, VCModel  # noqa: E402
 from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
 PAD_S = 0.25  # silence added around every utterance so silence in -> silence out is learned
+F0_TEXTS = ("The quick brown fox jumps over the lazy dog.", "How are you doing today? I am fine, thank you.",
+            "Please call me back when you have a moment.")
 
 
 def pad(audio: np.ndarray, hop: int, pad_s: float = PAD_S, rate: int = 16_000) -> np.ndarray:
@@ -477,6 +481,10 @@ def swap_vocoder(args) -> None:
         if not name.startswith(("enc", "latent_")):  # the encoder was frozen; the statistics are the model's
             tensors[f"vae.{name}"] = value
     meta["config"]["vae"] = {**meta["config"]["vae"], **saved["cfg"]}
+    for info in meta["voices"].values():  # a harmonic vocoder moves the speaker's pitch to each voice's
+        if "f0_hz" not in info:  # an older export: the voice's audio is not in the checkpoint, render some
+            speech = np.concatenate([render({"speed_wpm": 170, **info}, text) for text in F0_TEXTS])
+            info["f0_hz"] = round(median_pitch(speech), 1)
     size = save_tensors(args.checkpoint, tensors, meta, float32_suffixes=FLOAT32_KEYS)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "vae": meta["config"]["vae"]}))
 

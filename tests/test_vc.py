@@ -24,9 +24,11 @@ from tests.vc_helpers import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("vc") / "tiny.safetensors"))
+@pytest.fixture(scope="module", params=["istft", "harmonic"])
+def ckpt(tmp_path_factory, request):
+    """Both vocoder heads: fixed-phase STFT, and harmonic-plus-noise driven by the mic's pitch."""
+    path = str(tmp_path_factory.mktemp("vc") / f"tiny_{request.param}.safetensors")
+    return make_tiny_checkpoint(path, harmonic=request.param == "harmonic")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ def test_memory_is_bounded_over_a_ten_minute_stream(tmp_path):
 def test_set_reference_switches_within_one_chunk_without_a_click(gen, monkeypatch):
     latents = []
     decode = gen._decode
-    monkeypatch.setattr(gen, "_decode", lambda slots, z: latents.append(z.clone()) or decode(slots, z))
+    monkeypatch.setattr(gen, "_decode", lambda slots, z, *f0: latents.append(z.clone()) or decode(slots, z, *f0))
 
     def run(events=None, voice="low"):
         latents.clear()
@@ -210,7 +212,8 @@ def test_nan_clipped_and_silent_mic_input_stays_finite(gen):
 
 def test_registry_builds_vc_with_options(ckpt):
     gen = load_model("vc", "cpu", {"checkpoint": ckpt, "chunk_ms": 80})
-    assert gen.spec.chunk_ms == 80 and gen.spec.lookahead_ms == 30.0
+    # the look-ahead is the vocoder's delay: 30 ms for the fixed-phase head's 40 ms window, 10 ms for the 20 ms one
+    assert gen.spec.chunk_ms == 80 and gen.spec.lookahead_ms == (10.0 if gen.model.vae.cfg.harmonics else 30.0)
     assert [v["id"] for v in gen.describe()["voices"]] == ["high", "low"]
     with pytest.raises(ValueError, match="chunk_ms"):
         load_model("vc", "cpu", {"checkpoint": ckpt, "chunk_ms": 100})
@@ -269,3 +272,30 @@ def test_training_loss_with_the_split_target_for_long_intervals():
         losses = dit_loss(model, batch, 4, torch.Generator().manual_seed(rng.randrange(100)), cfg, split_above)
         assert all(torch.isfinite(x) for x in losses.values())
         losses["loss"].backward()
+
+
+def test_harmonic_vocoder_moves_the_speakers_pitch_to_the_target(tmp_path):
+    """A harmonic vocoder's pitch is the mic's, moved to the target's register: a 110 Hz speaker converted to
+    the 220 Hz voice comes out at ~220 Hz once their own register is learnt (about a second), keeps their
+    intonation (the source's 5 % vibrato survives as the same relative contour), and a switch to the 100 Hz
+    voice moves it there from the next chunk."""
+    from models.audio.pitch_track import track_signal
+
+    path = make_tiny_checkpoint(str(tmp_path / "h.safetensors"), harmonic=True)
+    gen = VCGenerator(checkpoint=path, max_sessions=1)
+    f0s = []
+    decode = gen._decode
+    gen._decode = lambda rows, z, f0: f0s.append(f0.clone()) or decode(rows, z, f0)
+    audio = speechlike(4.8, 3, 110.0)
+    run_session(gen, audio, {"voice": "high", "seed": 0}, {20: ("set_reference", {"voice": "low"})})
+    out = torch.cat(f0s, dim=1)[0]  # (frames,) at 10 ms
+    source, _ = track_signal(torch.from_numpy(audio)[None])
+    high, low = (float(gen._voices[v][3].exp()) for v in ("high", "low"))
+    assert 200 < high < 240 and 90 < low < 110  # the voices' median pitch, measured on their references
+    settled = slice(96, 320)  # chunks 6-19: after a second, before the switch at chunk 20 (frame 320)
+    assert abs(float(out[settled].median()) / high - 1) < 0.06
+    ratio = (out / source[0, : len(out)])[settled].view(-1, 16)  # per chunk (16 frames)
+    assert float((ratio.std(dim=1) / ratio.mean(dim=1)).max()) < 1e-3  # the same contour, scaled
+    assert float(ratio.mean(dim=1).std() / ratio.mean()) < 0.03  # by a factor that settles as the register is learnt
+    after = slice(336, 480)  # from the chunk after the switch
+    assert abs(float(out[after].median()) / low - 1) < 0.06

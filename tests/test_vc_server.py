@@ -186,7 +186,7 @@ def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shippe
     voice all along, far from the old voice's); the waveform crosses the boundary without a jump."""
     latents = []
     decode = shipped._decode
-    monkeypatch.setattr(shipped, "_decode", lambda slots, z: latents.append(z.clone()) or decode(slots, z))
+    monkeypatch.setattr(shipped, "_decode", lambda slots, z, *f0: latents.append(z.clone()) or decode(slots, z, *f0))
     audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 16 * 2560]
 
     def run(voice, events=None):

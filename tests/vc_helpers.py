@@ -8,19 +8,22 @@ import numpy as np
 import torch
 
 from models.audio.dsp import wav_bytes
+from models.audio.pitch_track import track_signal
 from models.audio.vae import VAEConfig
 from models.base import ControlEvent, StepInput
 from models.cache import RingKVCache
 from models.flow import mean_flow_sample
 from models.vc.checkpoint import save_checkpoint
-from models.vc.generator import VCGenerator
+from models.vc.generator import VCGenerator, map_pitch
 from models.vc.model import VCConfig, VCModel
 
 SYMBOLS = ["<blank>", "@", "D", "a", "b", "d", "e@", "h", "i", "k", "l", "m", "n", "oU", "s", "t"]
 
 
-def tiny_config(**overrides) -> VCConfig:
-    vae = VAEConfig(latent_dim=8, enc_channels=32, dec_channels=32, dec_up_channels=(32, 32), dec_blocks=2)
+def tiny_config(harmonic: bool = False, **overrides) -> VCConfig:
+    """A tiny VC config; ``harmonic``: its vocoder with the harmonic-plus-noise head (10 ms delay)."""
+    vae = VAEConfig(latent_dim=8, enc_channels=32, dec_channels=32, dec_up_channels=(32, 32), dec_blocks=2,
+                    **(dict(synth_window=320, harmonics=16) if harmonic else {}))
     base = dict(num_phonemes=len(SYMBOLS), content_channels=32, content_dim=16, speaker_channels=32, dim=32,
                 depth=2, num_heads=2, ffn_hidden=32, window_latents=6, max_ref_s=4.0, vae=vae)
     return VCConfig(**{**base, **overrides})
@@ -42,13 +45,17 @@ def wav_b64(audio: np.ndarray, rate: int = 16_000) -> str:
     return base64.b64encode(wav_bytes(audio, rate)).decode()
 
 
-def make_tiny_checkpoint(path: str, seed: int = 0, **overrides) -> str:
+def make_tiny_checkpoint(path: str, seed: int = 0, harmonic: bool = False, **overrides) -> str:
     """A random tiny model with two shipped voices."""
     torch.manual_seed(seed)
-    model = VCModel(tiny_config(**overrides)).eval()
+    model = VCModel(tiny_config(harmonic, **overrides)).eval()
     # zero-initialised gates would make the DiT an identity: randomise it, strongly enough that the voice matters
-    for p in [*model.dit.parameters(), *model.speaker.pool.parameters()]:
+    # (seeded again: the same DiT whichever vocoder head was built before it)
+    torch.manual_seed(seed + 1)
+    for p in model.dit.parameters():
         torch.nn.init.normal_(p, std=0.5 if p.dim() == 1 else 1.0 / p.shape[-1] ** 0.5)
+    for p in model.speaker.pool.parameters():  # a voice that moves the output clearly
+        torch.nn.init.normal_(p, std=1.0 if p.dim() == 1 else 2.0 / p.shape[-1] ** 0.5)
     refs = {
         "low": {"audio": speechlike(4.0, 1, 100.0), "info": {"description": "test voice low"}},
         "high": {"audio": speechlike(4.0, 2, 220.0), "info": {"description": "test voice high"}},
@@ -84,7 +91,7 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
     rng = torch.Generator().manual_seed(seed)
     noise = torch.cat([torch.randn(k, cfg.vae.latent_dim, generator=rng) for _ in range(num_chunks)])[None]
     noise = gen.temperature * noise  # the generator's sampling temperature
-    speaker, kv_all, tmask = gen._voices[voice]
+    speaker, kv_all, tmask, _ = gen._voices[voice]
     kv = [(kv_all[i, 0][None], kv_all[i, 1][None]) for i in range(cfg.depth)]
     latents = torch.zeros_like(noise)
     for c in range(num_chunks):
@@ -97,10 +104,31 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
                                           speaker[None], kv, tmask[None], k)
             z = z - (t - r)[..., None] * u
         latents[:, c * k : end] = z[:, c * k : end]
-    vae = model.vae
-    silence = gen._silence[None, :, None].expand(1, -1, vae.context_latents)
+    return decode_offline(gen, latents, audio, [gen._voices[voice][3]] * num_chunks)
+
+
+@torch.no_grad()
+def decode_offline(gen: VCGenerator, latents: torch.Tensor, audio: np.ndarray, targets: list) -> np.ndarray:
+    """One VAE decode of a session's normalised latents (1, N, D) after the decoder's silence context.
+
+    A harmonic vocoder is driven by the tracker's pitch of the whole input ``audio`` moved, chunk by chunk, to
+    ``targets`` (each chunk's target log f0) by the generator's :func:`map_pitch`.
+    """
+    vae = gen.model.vae
+    ctx = vae.context_latents
+    silence = gen._silence[None, :, None].expand(1, -1, ctx)
     z = torch.cat([silence, vae.denormalize(latents.transpose(1, 2))], dim=2)
-    return vae.decode(z)[0, vae.context_latents * vae.cfg.hop :].clamp(-1, 1).numpy()
+    f0 = None
+    if vae.cfg.harmonics:
+        per = vae.cfg.hop // vae.cfg.frame_hop
+        f0_in, voicing = track_signal(torch.from_numpy(audio[: latents.shape[1] * vae.cfg.hop])[None])
+        frames, stats, parts = gen.chunk_latents * per, torch.tensor([[0.0, 0.0, float(targets[0].exp())]]), []
+        for c, target in enumerate(targets):
+            window = slice(c * frames, (c + 1) * frames)
+            part, stats = map_pitch(f0_in[:, window], voicing[:, window], stats, target[None])
+            parts.append(part)
+        f0 = torch.cat([torch.full((1, ctx * per), 100.0), *parts], dim=1)  # the silence context idles at 100 Hz
+    return vae.decode(z, f0)[0, ctx * vae.cfg.hop :].clamp(-1, 1).numpy()
 
 
 @torch.no_grad()
@@ -121,10 +149,11 @@ def reference_stream(gen: VCGenerator, audio: np.ndarray, params: dict, events: 
     steps = params.get("steps", 1)
 
     def voice(name):
-        speaker, kv, tmask = gen._voices[name]
-        return speaker[None], [(kv[i, 0][None], kv[i, 1][None]) for i in range(cfg.depth)], tmask[None]
+        speaker, kv, tmask, log_f0 = gen._voices[name]
+        return speaker[None], [(kv[i, 0][None], kv[i, 1][None]) for i in range(cfg.depth)], tmask[None], log_f0
 
-    speaker, kv, tmask = voice(params["voice"])
+    speaker, kv, tmask, log_f0 = voice(params["voice"])
+    targets, all_latents = [], []  # a harmonic vocoder's per-chunk target pitch; the latents
     tail, content_state = torch.zeros(1, model.mel.tail), model.content.initial_state(1)
     vae_context = gen._silence[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D), un-normalised
     recent, out, num_frames = torch.zeros(1, 0, 0), [], 0
@@ -133,7 +162,7 @@ def reference_stream(gen: VCGenerator, audio: np.ndarray, params: dict, events: 
         if event_type == "set_steps":
             steps = payload["steps"]
         elif event_type == "set_reference":
-            speaker, kv, tmask = voice(payload["voice"])
+            speaker, kv, tmask, log_f0 = voice(payload["voice"])
             num = min(num_frames, window)
             if gen.voice_switch == "reset":
                 cache.clear([0], keep_sink=False)
@@ -162,8 +191,14 @@ def reference_stream(gen: VCGenerator, audio: np.ndarray, params: dict, events: 
         model.dit.write_context(latents, content, speaker, kv, tmask, positions, cache, [0], index)
         recent = torch.cat([recent.reshape(1, -1, latents.shape[-1] + content.shape[-1] * cfg.content_per_latent),
                             torch.cat([latents, content.reshape(1, k, -1)], dim=-1)], dim=1)[:, -window:]
+        targets.append(log_f0)
+        all_latents.append(latents)
+        num_frames += k
+        if vae.cfg.harmonics:  # its phase spans the stream: decoded once at the end
+            continue
         full = torch.cat([vae_context, vae.denormalize(latents.transpose(1, 2)).transpose(1, 2)], dim=1)
         out.append(vae.decode_chunk(full.transpose(1, 2), k).clamp(-1, 1)[0].numpy())
         vae_context = full[:, -vae.context_latents :]
-        num_frames += k
+    if vae.cfg.harmonics:
+        return decode_offline(gen, torch.cat(all_latents, dim=1), audio, targets)
     return np.concatenate(out)

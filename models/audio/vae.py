@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.audio.harmonic import harmonic_amplitudes, synthesize
 from models.checkpoint_io import load_tensors, strip_prefix
 
 
@@ -52,6 +53,7 @@ class VAEConfig:
     n_fft: int = 640  # STFT size of the encoder front end and of the output head (window length)
     kernel: int = 3  # decoder kernel size (causal)
     synth_window: int = 0  # decoder's synthesis window (0: n_fft); shorter -> less delay, see delay_samples
+    harmonics: int = 0  # > 0: a harmonic-plus-noise head with this many harmonics, driven by a pitch track
 
     @property
     def synth_len(self) -> int:
@@ -148,6 +150,9 @@ class WaveformVAE(nn.Module):
             stages.append(ResBlock(widths[i + 1], k, 1, True))
         self.dec = nn.Sequential(*stages)
         self.head = nn.Conv1d(widths[-1], cfg.n_fft // 2 + 1, 1)  # log-magnitude per bin
+        # Harmonic-plus-noise: ``head`` becomes the noise part (fixed phase, as above) and ``harm_head`` the
+        # spectral envelope the harmonics of a given pitch are read off (models/audio/harmonic.py).
+        self.harm_head = nn.Conv1d(widths[-1], cfg.n_fft // 2 + 1, 1) if cfg.harmonics else None
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
         self.register_buffer("synth", torch.hann_window(cfg.synth_len, periodic=True), persistent=False)
         if cfg.synth_len > cfg.n_fft or cfg.synth_len % cfg.frame_hop:
@@ -204,16 +209,21 @@ class WaveformVAE(nn.Module):
         return z * self.latent_std[:, None] + self.latent_mean[:, None]
 
     # -- decoder -------------------------------------------------------------------------------------
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> the heads' input (B, C, T * up), causal in T."""
+        return F.silu(self.dec(self.dec_in(z)))
+
     def log_magnitudes(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, D, T) -> predicted STFT log-magnitudes (B, n_fft // 2 + 1, T * up), causal in T."""
-        return self.head(F.silu(self.dec(self.dec_in(z)))).float()
+        return self.head(self.features(z)).float()
 
-    def frames(self, z: torch.Tensor) -> torch.Tensor:
+    def frames(self, z: torch.Tensor, log_mag: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, n_fft), causal in T.
 
         ``z`` must start at a latent boundary of the stream (the fixed phase repeats every latent).
         """
-        mag = self.log_magnitudes(z).clamp(max=8.0).exp().transpose(1, 2)  # (B, frames, F)
+        log_mag = self.log_magnitudes(z) if log_mag is None else log_mag
+        mag = log_mag.clamp(max=8.0).exp().transpose(1, 2)  # (B, frames, F)
         period = self.phase.shape[0]
         phase = self.phase.repeat(mag.shape[1] // period, 1)  # (frames, F)
         frames = torch.fft.irfft(mag * phase, n=self.cfg.n_fft)[..., : self.cfg.synth_len]
@@ -229,17 +239,48 @@ class WaveformVAE(nn.Module):
         gain = overlap_gain(self.synth, hop)
         return out.view(b, -1)[:, : n * hop] / gain
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, D, T) -> audio (B, T * hop), delayed by :attr:`delay_samples`."""
-        return self.overlap_add(self.frames(z))
+    def decode(self, z: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, D, T) -> audio (B, T * hop), delayed by :attr:`delay_samples`.
+
+        A harmonic decoder (``cfg.harmonics``) also takes the pitch of the stream's frames from its start,
+        ``f0`` (B, T * up) in Hz, held through unvoiced frames (models/audio/pitch_track.py).
+        """
+        if not self.cfg.harmonics:
+            return self.overlap_add(self.frames(z))
+        if f0 is None:
+            raise ValueError("a harmonic decoder needs f0 per frame")
+        feats = self.features(z)
+        noise = self.overlap_add(self.frames(z, self.head(feats).float()))
+        return noise + periodic_part(self.cfg, self.harm_head(feats).float().transpose(1, 2), f0)
 
     def decode_chunk(self, z_context: torch.Tensor, num_new: int) -> torch.Tensor:
         """Audio of the last ``num_new`` latents of ``z_context`` (B, D, context + num_new), (B, num_new * hop).
 
         Equal to the same samples of :meth:`decode` over the whole stream when the context holds at least
-        :attr:`context_latents` latents (or starts at the stream's beginning).
+        :attr:`context_latents` latents (or starts at the stream's beginning). Not for a harmonic decoder,
+        whose phase runs from the stream's start: stream it with :class:`StreamingDecoder`.
         """
+        if self.cfg.harmonics:
+            raise ValueError("a harmonic decoder streams with StreamingDecoder (its phase spans the stream)")
         return self.decode(z_context)[:, -num_new * self.cfg.hop :]
+
+
+def periodic_part(cfg: VAEConfig, log_env: torch.Tensor, f0: torch.Tensor,
+                  state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """A harmonic decoder's periodic part: envelope (B, N, F) and f0 (B, N) -> audio (B, N * hop).
+
+    ``state`` (B, H + 2): the previous frame's amplitudes, its f0 and the running phase; with it the new
+    state is returned too. Without it the stream starts here: the zero state, as a streaming decoder's.
+    """
+    amps = harmonic_amplitudes(log_env, f0, cfg.harmonics, cfg.n_fft, cfg.sample_rate_hz)
+    if state is None:
+        prev = torch.zeros_like(amps[:, 0]), torch.zeros_like(f0[:, 0]), torch.zeros_like(f0[:, 0])
+    else:
+        prev = state[:, :-2], state[:, -2], state[:, -1]
+    audio, phase = synthesize(amps, f0, *prev, cfg.frame_hop, cfg.sample_rate_hz)
+    if state is None:
+        return audio
+    return audio, torch.cat([amps[:, -1], f0[:, -1:], phase[:, None]], dim=1)
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -260,13 +301,16 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor) -> dict[str, t
 def load_checkpoint_vae(path: str, **overrides) -> WaveformVAE:
     """The VAE inside a speech family's safetensors checkpoint (``vae.*`` tensors, ``config["vae"]``).
 
-    ``overrides`` replace config fields that change no weight's shape (e.g. ``synth_window``).
+    ``overrides`` replace config fields that change no weight's shape (e.g. ``synth_window``); ``harmonics``
+    on a checkpoint without a harmonic head starts one as a copy of the magnitude head (to fine-tune).
     """
     tensors, meta = load_tensors(path)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"]["vae"].items()}
     vae = WaveformVAE(VAEConfig(**{**fields, **overrides}))
     state = strip_prefix(tensors, "vae.")
     state.pop("silence", None)  # the TTS checkpoint's silence latent is the generator's, not a VAE weight
+    if vae.harm_head is not None and "harm_head.weight" not in state:
+        state["harm_head.weight"], state["harm_head.bias"] = state["head.weight"], state["head.bias"]
     vae.load_state_dict(state)
     return vae.eval()
 
@@ -361,12 +405,16 @@ class StreamingDecoder:
                 else:
                     raise TypeError(f"the streaming decoder does not know {type(m).__name__}")
         self.head_w, self.head_b = conv_matrix(vae.head.weight), vae.head.bias.detach().clone()
+        if vae.harm_head is not None:
+            self.harm_w, self.harm_b = conv_matrix(vae.harm_head.weight), vae.harm_head.bias.detach().clone()
         self.synth = vae.synth
         self.phase = vae.phase  # (frames per latent, F): the fixed phase repeats every latent
         self._phases: dict[int, torch.Tensor] = {}
         self.gain = overlap_gain(vae.synth, cfg.frame_hop)
         self.latent_std, self.latent_mean = vae.latent_std.clone(), vae.latent_mean.clone()
         self._shapes.append((1, cfg.synth_len - cfg.frame_hop))  # the overlap-add tail
+        if cfg.harmonics:  # the oscillators: last frame's amplitudes, its f0, the running phase
+            self._shapes.append((1, cfg.harmonics + 2))
 
     def _add_conv(self, conv: nn.Conv1d, kind: str | None) -> tuple:
         k, d = conv.kernel_size[0], conv.dilation[0]
@@ -415,11 +463,12 @@ class StreamingDecoder:
         """Time-major :meth:`WaveformVAE.denormalize`: (B, T, latent_dim)."""
         return z * self.latent_std + self.latent_mean
 
-    def __call__(self, z: torch.Tensor, state: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, z: torch.Tensor, state: list[torch.Tensor],
+                 f0: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Un-normalised latents (B, T, latent_dim) -> audio (B, T * hop) and the new state.
 
         The audio is exactly the next ``T * hop`` samples of :meth:`WaveformVAE.decode` over the stream so
-        far (delayed by ``delay_samples`` like it).
+        far (delayed by ``delay_samples`` like it). A harmonic decoder takes the frames' ``f0`` (B, T * up) too.
         """
         new: list[torch.Tensor] = []
         past = iter(state)
@@ -436,7 +485,8 @@ class StreamingDecoder:
                 y = self._conv(F.silu(x), conv, past, new)
                 x = (y + x[..., dup]).view(b, t * factor, cout)  # (B, T * factor, cout)
         b, n = x.shape[:2]
-        mag = self._conv1x1(F.silu(x), self.head_w, self.head_b).clamp(max=8.0).exp()  # (B, frames, F)
+        x_head = F.silu(x)
+        mag = self._conv1x1(x_head, self.head_w, self.head_b).clamp(max=8.0).exp()  # (B, frames, F)
         phase = self._phases.get(n)
         if phase is None:  # the fixed phase of n frames from a latent boundary (a chunk has one length)
             phase = self._phases[n] = self.phase.repeat(n // self.phase.shape[0], 1)
@@ -451,7 +501,15 @@ class StreamingDecoder:
         for j in range(per):
             out[:, j : j + n] += segments[:, :, j]
         new.append(out[:, n:].reshape(b, 1, -1))  # the overlap of these frames with the next chunk
-        return out[:, :n].reshape(b, n * hop) / self.gain, new
+        audio = out[:, :n].reshape(b, n * hop) / self.gain
+        if self.cfg.harmonics:
+            if f0 is None:
+                raise ValueError("a harmonic decoder needs f0 per frame")
+            env = self._conv1x1(x_head, self.harm_w, self.harm_b)
+            periodic, osc = periodic_part(self.cfg, env, f0, next(past)[:, 0])
+            audio = audio + periodic
+            new.append(osc[:, None])
+        return audio, new
 
     @staticmethod
     def _conv(x: torch.Tensor, op: tuple, past, new: list[torch.Tensor]) -> torch.Tensor:
@@ -488,8 +546,10 @@ class SlotVocoder:
                  device: torch.device | str = "cpu") -> None:
         self.decoder = StreamingDecoder(vae).to(device)
         before = silence.to(device)[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D) un-normalised
-        with torch.inference_mode():
-            self._start = self.decoder(before, self.decoder.initial_state(1, device))[1]
+        f0 = torch.full((1, before.shape[1] * (vae.cfg.hop // vae.cfg.frame_hop)), 100.0, device=device)
+        with torch.inference_mode():  # (a harmonic decoder's oscillators idle at 100 Hz, silent)
+            start = self.decoder(before, self.decoder.initial_state(1, device), f0 if vae.cfg.harmonics else None)
+        self._start = start[1]
         self._state = self.decoder.initial_state(num_rows, device)
 
     def reset(self, row: int) -> None:
@@ -497,10 +557,14 @@ class SlotVocoder:
         for t, start in zip(self._state, self._start, strict=True):
             t[row] = start[0]
 
-    def decode(self, rows: list[int] | torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents (B, K, D) of ``rows`` -> their next (B, K * hop) samples, clamped to [-1, 1]."""
+    def decode(self, rows: list[int] | torch.Tensor, latents: torch.Tensor,
+               f0: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised latents (B, K, D) of ``rows`` -> their next (B, K * hop) samples, clamped to [-1, 1].
+
+        A harmonic decoder also takes the frames' pitch, ``f0`` (B, K * frames per latent).
+        """
         state = [s[rows] for s in self._state]
-        audio, state = self.decoder(self.decoder.denormalize(latents), state)
+        audio, state = self.decoder(self.decoder.denormalize(latents), state, f0)
         for s, new in zip(self._state, state, strict=True):
             s[rows] = new
         return audio.clamp(-1.0, 1.0)

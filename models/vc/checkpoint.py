@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.audio.pitch_track import median_pitch
 from models.checkpoint_io import load_tensors, save_tensors, strip_prefix
 from models.vc.model import VCConfig, VCModel
 
@@ -31,13 +32,18 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str, model: VCModel, symbols: list[str], refs: dict[str, dict]) -> int:
-    """Write the checkpoint (refs: {voice_id: {"audio": 16 kHz float array, "info": {...}}}); returns bytes."""
+    """Write the checkpoint (refs: {voice_id: {"audio": 16 kHz float array, "info": {...}}}); returns bytes.
+
+    Each voice's info gains ``f0_hz``, its median pitch (a harmonic vocoder moves the speaker's there).
+    """
     tensors = dict(model.state_dict())
+    info = {}
     with torch.no_grad():
         for voice_id, ref in refs.items():
             audio = torch.from_numpy(np.asarray(ref["audio"], dtype=np.float32))[None]
             tensors[f"voices.{voice_id}"] = model.mel.reference(audio)[0]
-    meta = {"config": model.cfg.to_dict(), "symbols": symbols, "voices": {k: r["info"] for k, r in refs.items()}}
+            info[voice_id] = {**ref["info"], "f0_hz": round(median_pitch(ref["audio"]), 1)}
+    meta = {"config": model.cfg.to_dict(), "symbols": symbols, "voices": info}
     return save_tensors(path, tensors, meta, float32_suffixes=FLOAT32_KEYS)
 
 

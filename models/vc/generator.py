@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from models.audio.dsp import read_wav, resample, trim_silence
+from models.audio.pitch_track import StreamingPitch, hold_unvoiced, median_pitch
 from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
@@ -58,6 +59,30 @@ MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not ope
 # A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
 # enough for the longest accepted upload as 16-bit WAV at 48 kHz.
 MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
+# A harmonic vocoder's pitch is the speaker's, moved to the target's register: the speaker's mean log f0 is
+# learnt as they talk, starting from PRIOR_F0_HZ as if heard for PRIOR_FRAMES voiced frames (10 ms each);
+# beyond MEMORY_FRAMES the oldest fade (a new speaker at the same mic is followed within seconds).
+PRIOR_F0_HZ, PRIOR_FRAMES, MEMORY_FRAMES = 150.0, 20, 1000
+F0_RANGE_HZ = (50.0, 600.0)
+
+
+def map_pitch(f0: torch.Tensor, voicing: torch.Tensor, stats: torch.Tensor,
+              target_log_f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's pitch for a harmonic vocoder: the speaker's track moved to the target's register.
+
+    ``f0``, ``voicing`` (B, N): the tracker's frames of the speaker; ``stats`` (B, 3): the sum of log f0 and
+    the count of the speaker's voiced frames so far and the last output f0; ``target_log_f0`` (B,). Returns
+    the output f0 (B, N) (log f0 shifted by the target's median minus the speaker's running mean, held
+    through unvoiced frames) and the new stats. A pure function, so streaming and offline passes share it.
+    """
+    log_f0 = f0.clamp_min(1.0).log()
+    mean = (stats[:, 0] + PRIOR_FRAMES * np.log(PRIOR_F0_HZ)) / (stats[:, 1] + PRIOR_FRAMES)
+    shifted = (log_f0 - mean[:, None] + target_log_f0[:, None]).exp().clamp(*F0_RANGE_HZ)
+    out = hold_unvoiced(shifted, voicing, stats[:, 2])
+    voiced = (voicing > 0.5).float()
+    total, count = stats[:, 0] + (log_f0 * voiced).sum(1), stats[:, 1] + voiced.sum(1)
+    fade = MEMORY_FRAMES / count.clamp_min(MEMORY_FRAMES)  # beyond the memory the oldest frames fade
+    return out, torch.stack([total * fade, count * fade, out[:, -1]], dim=1)
 
 
 @dataclass
@@ -161,7 +186,18 @@ class VCGenerator(Generator):
         self._timbre_mask = torch.zeros(rows, self.num_ref_tokens, dtype=torch.bool, device=dev)
         per = cfg.content_per_latent * cfg.content_dim
         self._recent = torch.zeros(rows, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
-        self._voices = {v: self._embed_reference(m) for v, m in ckpt.voice_mels.items()}
+        self._harmonic = bool(cfg.vae.harmonics)  # the vocoder is driven by a pitch track of the mic
+        if self._harmonic:
+            missing = [v for v in ckpt.voice_mels if "f0_hz" not in ckpt.voice_info.get(v, {})]
+            if missing:
+                raise ValueError(f"the checkpoint's harmonic vocoder needs each voice's f0_hz; missing: {missing}")
+            self._pitch = StreamingPitch()
+            self._pitch_tail = torch.zeros(rows, self._pitch.cfg.window - self._pitch.cfg.frame_hop, device=dev)
+            # per row: the speaker's voiced frames' sum of log f0 and their count, the last output f0
+            self._f0_stats = torch.zeros(rows, 3, device=dev)
+            self._target_log_f0 = torch.zeros(rows, device=dev)
+        self._voices = {v: self._embed_reference(m, ckpt.voice_info.get(v, {}).get("f0_hz", PRIOR_F0_HZ))
+                        for v, m in ckpt.voice_mels.items()}
         self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
         self._num_pending = 0
         self._use_graphs = cuda_graphs and self.pads_to_bucket
@@ -185,8 +221,11 @@ class VCGenerator(Generator):
 
     # -- references ---------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def _embed_reference(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reference log-mel (T, M) -> speaker (dim,), timbre K/V (depth, 2, H, S, hd), token mask (S,)."""
+    def _embed_reference(self, mel: torch.Tensor, f0_hz: float) -> tuple[torch.Tensor, ...]:
+        """Reference log-mel (T, M) and median pitch -> its embedding.
+
+        Speaker (dim,), timbre K/V (depth, 2, H, S, hd), token mask (S,), log f0 ().
+        """
         limit = self.num_ref_tokens * self.cfg.ref_stride
         mel = mel[:limit].to(self.device)
         mask = torch.ones(1, mel.shape[0], dtype=torch.bool, device=self.device)
@@ -194,9 +233,10 @@ class VCGenerator(Generator):
         kv = torch.stack([torch.stack(pair) for pair in self.model.dit.timbre_kv(tokens)])[:, :, 0]
         pad = self.num_ref_tokens - kv.shape[-2]
         kv = torch.nn.functional.pad(kv, (0, 0, 0, pad))
-        return speaker[0], kv, torch.nn.functional.pad(tmask[0], (0, pad))
+        log_f0 = torch.tensor(float(np.log(f0_hz)), device=self.device)
+        return speaker[0], kv, torch.nn.functional.pad(tmask[0], (0, pad)), log_f0
 
-    def reference_from_wav(self, data: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def reference_from_wav(self, data: Any) -> tuple[torch.Tensor, ...]:
         """Embed a base64 WAV reference (any rate); raises :class:`ParamError` when unusable."""
         raw = base64_param(data, "reference_audio", "a WAV file")
         try:
@@ -219,9 +259,9 @@ class VCGenerator(Generator):
                              f"{self.cfg.max_ref_s:g} s are needed")
         speech = 0.7 * speech / peak  # the corpus's level; clipped input stays clipped but usable
         mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
-        return self._embed_reference(mel)
+        return self._embed_reference(mel, median_pitch(speech, PRIOR_F0_HZ))
 
-    def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, ...]]:
         if "reference_audio" in payload:
             return "reference", self.reference_from_wav(payload["reference_audio"])
         voice = payload.get("voice", self.default_voice)
@@ -265,6 +305,9 @@ class VCGenerator(Generator):
             self._slots.free(slot)
             raise ParamError("the session's reference expired before it started; start again")
         self._set_reference(slot, reference)
+        if self._harmonic:
+            self._pitch_tail[slot] = 0
+            self._f0_stats[slot] = torch.stack([reference[3] * 0, reference[3] * 0, reference[3].exp()])
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
@@ -273,9 +316,11 @@ class VCGenerator(Generator):
         """Free the slot."""
         self._slots.free(state.slot)
 
-    def _set_reference(self, slot: int, reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        speaker, kv, tmask = reference
+    def _set_reference(self, slot: int, reference: tuple[torch.Tensor, ...]) -> None:
+        speaker, kv, tmask, log_f0 = reference
         self._speaker[slot], self._timbre[slot], self._timbre_mask[slot] = speaker, kv, tmask
+        if self._harmonic:
+            self._target_log_f0[slot] = log_f0
         for (r, t), i in self._pair_index.items():  # the adaLN modulations of every flow-time pair
             self._mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
 
@@ -413,7 +458,19 @@ class VCGenerator(Generator):
             z = z - jump * self._dit(tokens, m, pos, timbre, tmask, self.cache, rows, index[:, -k * tokens.shape[1] :])
         new = torch.cat([z, content], dim=-1)
         self._recent[rows] = torch.cat([recent, new], dim=1)[:, -self.cfg.window_latents :]
+        if self._harmonic:
+            return self._decode(rows, z, self._pitch_step(rows, audio))
         return self._decode(rows, z)
+
+    def _pitch_step(self, rows: Rows, audio: torch.Tensor) -> torch.Tensor:
+        """The harmonic vocoder's pitch (B, frames) for one chunk.
+
+        The speaker's f0 track shifted in log f0 by the target's median minus the speaker's running mean, held
+        through unvoiced frames.
+        """
+        f0, voicing, self._pitch_tail[rows] = self._pitch(audio, self._pitch_tail[rows])
+        out, self._f0_stats[rows] = map_pitch(f0, voicing, self._f0_stats[rows], self._target_log_f0[rows])
+        return out
 
     def _content_step(self, rows: Rows, audio: torch.Tensor) -> torch.Tensor:
         """Content features (B, K * per, content_dim) of one chunk, carrying each row's front-end state."""
@@ -434,9 +491,9 @@ class VCGenerator(Generator):
         self.model.dit.write_context(latents, content, self._speaker[slots], timbre_kv, self._timbre_mask[slots],
                                      positions, self.cache, slots, index)
 
-    def _decode(self, rows: Rows, latents: torch.Tensor) -> torch.Tensor:
+    def _decode(self, rows: Rows, latents: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         """Decode normalised latents (B, K, D), carrying each row's vocoder state; returns (B, K * hop) audio."""
-        return self._vocoder.decode(rows, latents).float()
+        return self._vocoder.decode(rows, latents, f0).float()
 
     def warmup_events(self) -> list[ControlEvent]:
         """None needed: any input audio (silence included) makes real steps."""
