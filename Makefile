@@ -95,6 +95,10 @@ train-vc: $(STAMP)
 	  --batch 8 --lr 3e-4
 	$(PY) scripts/train_vc.py export --data data/speech_vc --out runs/vc --vae $(VAE) \
 	  --checkpoint checkpoints/vc_default.safetensors
+	$(PY) scripts/train_tts.py vae --decoder-only --init checkpoints/vc_default.safetensors --synth-window 320 \
+	  --harmonics 80 --data data/speech --out runs/vcharm --steps 8000 --minutes 40 --batch 8 --crop 24 --lr 5e-4 \
+	  --threads 2
+	$(PY) scripts/train_vc.py vocoder --vae runs/vcharm --checkpoint checkpoints/vc_default.safetensors
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

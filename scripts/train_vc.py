@@ -30,12 +30,17 @@ and the DiT with the MeanFlow objective (self-reconstruction: content of an utte
 *another* utterance of the same voice -> its latents), with noisy context and context dropout against
 exposure bias; ``export`` writes the one safetensors checkpoint (the VAE's weights copied in) with the
 shipped reference voices; ``vocoder`` puts a re-tuned VAE decoder into that checkpoint in place (the
-latents, and so everything trained on them, stay valid: the encoder was frozen). A decoder with a 10 ms
-delay was made that way and not shipped (docs/models/vc.md):
+latents, and so everything trained on them, stay valid: the encoder was frozen). The shipped vocoder, a
+harmonic-plus-noise decoder with a 10 ms delay (driven by the mic's pitch; docs/models/vc.md), was made
+that way from the exported checkpoint, on the TTS corpus (``make speech-data``):
 
     python scripts/train_tts.py vae --decoder-only --init checkpoints/vc_default.safetensors --synth-window 320 \
-        --data data/speech --out runs/vcvoc --steps 7000 --minutes 30 --batch 8 --crop 24 --lr 5e-4 --threads 2
-    python scripts/train_vc.py vocoder --vae runs/vcvoc --checkpoint checkpoints/vc_default.safetensors
+        --harmonics 80 --data data/speech --out runs/vcharm --steps 8000 --minutes 40 --batch 8 --crop 24 \
+        --lr 5e-4 --threads 2
+    python scripts/train_vc.py vocoder --vae runs/vcharm --checkpoint checkpoints/vc_default.safetensors
+
+(A fixed-phase decoder with the same 10 ms delay, ``--synth-window 320`` alone, was made the same way and not
+shipped: low voices lost periodicity.)
 """
 
 from __future__ import annotations
@@ -469,8 +474,9 @@ def export(args) -> None:
 def swap_vocoder(args) -> None:
     """Put a re-tuned decoder into the VC checkpoint in place (``--vae``: a run folder with vae_decoder.pt).
 
-    The latents and everything else stay: only the decoder's weights and its config fields change. Made for
-    the shorter synthesis window (train_tts.py vae --decoder-only --init <this checkpoint> --synth-window 320).
+    The latents and everything else stay: only the decoder's weights and its config fields change (the
+    synthesis window, the harmonic head). A harmonic decoder also needs each shipped voice's median pitch
+    (``f0_hz``), which ``export`` measures; for an older checkpoint it is measured on espeak-ng renderings.
     """
     from models.checkpoint_io import load_tensors, save_tensors
     from models.vc.checkpoint import FLOAT32_KEYS

@@ -294,8 +294,7 @@ def test_harmonic_vocoder_moves_the_speakers_pitch_to_the_target(tmp_path):
     assert 200 < high < 240 and 90 < low < 110  # the voices' median pitch, measured on their references
     settled = slice(96, 320)  # chunks 6-19: after a second, before the switch at chunk 20 (frame 320)
     assert abs(float(out[settled].median()) / high - 1) < 0.06
-    ratio = (out / source[0, : len(out)])[settled].view(-1, 16)  # per chunk (16 frames)
-    assert float((ratio.std(dim=1) / ratio.mean(dim=1)).max()) < 1e-3  # the same contour, scaled
-    assert float(ratio.mean(dim=1).std() / ratio.mean()) < 0.03  # by a factor that settles as the register is learnt
+    ratio = (out / source[0, : len(out)])[settled]
+    assert float(ratio.std() / ratio.mean()) < 0.01  # the same contour, scaled (by a factor that has settled)
     after = slice(336, 480)  # from the chunk after the switch
     assert abs(float(out[after].median()) / low - 1) < 0.06

@@ -201,8 +201,8 @@ def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shippe
     np.testing.assert_allclose(switched[: k * n], old[: k * n], atol=1e-6)
     chunk = slice(k * f, (k + 1) * f)
     assert (z_sw[chunk] - z_new[chunk]).abs().mean() < 0.7 * (z_sw[chunk] - z_old[chunk]).abs().mean()
-    # the high voice from the switch on; the deep voice comes out barely periodic (with every vocoder so far:
-    # ~40 % of frames voiced), so the tracker's reading of those 0.64 s may be 0
+    # the high voice from the switch on (a fixed-phase vocoder left the deep voice barely periodic, so the
+    # tracker's reading of those 0.64 s could be 0: hence not "close to the deep voice's pitch" before it)
     f_before, f_after = median_f0(switched[: k * n]), median_f0(switched[(k + 1) * n :])
     assert f_after > 180 and f_after > 1.5 * f_before, (f_before, f_after)
     steps = np.abs(np.diff(np.concatenate([old, new])))

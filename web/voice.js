@@ -10,11 +10,12 @@ export const REFERENCE_RATE_HZ = 16000; // the model's rate: a clip is resampled
 export const MAX_REFERENCE_S = 12; // the model uses the first 10 s of speech; a little more is kept
 const PIECE_CHARS = 48000;
 
-/** A label for a shipped voice from /healthz (`{id, espeak_voice, pitch, variant}`). */
+/** A label for a shipped voice from /healthz (`{id, espeak_voice, pitch, variant, f0_hz}`). */
 export function voiceLabel(v) {
   if (typeof v !== "object") return String(v);
   const voice = (v.espeak_voice || v.variant || "").replace("+", " "); // "en-gb+anika" -> "en-gb anika"
-  const pitch = v.pitch != null ? `, pitch ${v.pitch}` : "";
+  // its median pitch in Hz where the model measured it (espeak-ng's own 0-99 pitch setting otherwise)
+  const pitch = v.f0_hz ? `, ${Math.round(v.f0_hz)} Hz` : v.pitch != null ? `, pitch ${v.pitch}` : "";
   return voice ? `${v.id} (${voice}${pitch})` : v.id;
 }
 

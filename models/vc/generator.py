@@ -5,11 +5,14 @@ For every session of the batch at once: the chunk becomes causal log-mel frames 
 240 samples), the streaming content encoder turns them into bottleneck features (with the session's conv
 contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
 mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
-convolution states. The chunk's clean latents become the context of later chunks: their keys/values are
+convolution states. A harmonic vocoder (the shipped one) is also given a pitch per 10 ms: the mic's, from a
+causal tracker, moved to the target voice's register (:func:`map_pitch`), so the output keeps the
+speaker's intonation at the target's pitch and is periodic at any pitch. The chunk's clean latents become the context of later chunks: their keys/values are
 written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
 noisy tokens (one pass over the weights per step, not two; ``models/vc/stream.py`` is this serving fast
 path, ``model.py`` the reference it equals). Output chunk k therefore covers input chunk k, delayed by the
-VAE's 30 ms (declared as look-ahead).
+VAE decoder's delay (declared as look-ahead: 10 ms for the shipped harmonic vocoder, 30 ms for the
+fixed-phase one).
 
 Per-session state is O(window) and lives in preallocated per-slot tensors (one row per session, as the KV
 cache): nothing grows with stream length. Randomness comes from a per-session generator, so a session's
@@ -60,9 +63,9 @@ MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not ope
 # enough for the longest accepted upload as 16-bit WAV at 48 kHz.
 MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
 # A harmonic vocoder's pitch is the speaker's, moved to the target's register: the speaker's mean log f0 is
-# learnt as they talk, starting from PRIOR_F0_HZ as if heard for PRIOR_FRAMES voiced frames (10 ms each);
-# beyond MEMORY_FRAMES the oldest fade (a new speaker at the same mic is followed within seconds).
-PRIOR_F0_HZ, PRIOR_FRAMES, MEMORY_FRAMES = 150.0, 20, 1000
+# learnt frame by frame as they talk, starting from PRIOR_F0_HZ as if heard for PRIOR_FRAMES voiced frames (10 ms);
+# beyond MEMORY_FRAMES the oldest fade (a new speaker at the same mic is followed within ~10 s of their speech).
+PRIOR_F0_HZ, PRIOR_FRAMES, MEMORY_FRAMES = 150.0, 5, 1000
 F0_RANGE_HZ = (50.0, 600.0)
 
 
@@ -76,13 +79,15 @@ def map_pitch(f0: torch.Tensor, voicing: torch.Tensor, stats: torch.Tensor,
     through unvoiced frames) and the new stats. A pure function, so streaming and offline passes share it.
     """
     log_f0 = f0.clamp_min(1.0).log()
-    mean = (stats[:, 0] + PRIOR_FRAMES * np.log(PRIOR_F0_HZ)) / (stats[:, 1] + PRIOR_FRAMES)
-    shifted = (log_f0 - mean[:, None] + target_log_f0[:, None]).exp().clamp(*F0_RANGE_HZ)
-    out = hold_unvoiced(shifted, voicing, stats[:, 2])
     voiced = (voicing > 0.5).float()
-    total, count = stats[:, 0] + (log_f0 * voiced).sum(1), stats[:, 1] + voiced.sum(1)
-    fade = MEMORY_FRAMES / count.clamp_min(MEMORY_FRAMES)  # beyond the memory the oldest frames fade
-    return out, torch.stack([total * fade, count * fade, out[:, -1]], dim=1)
+    # the speaker's mean log f0 up to and including each frame (the prior counts as PRIOR_FRAMES frames)
+    total = stats[:, :1] + torch.cumsum(log_f0 * voiced, dim=1)
+    count = stats[:, 1:2] + torch.cumsum(voiced, dim=1)
+    mean = (total + PRIOR_FRAMES * np.log(PRIOR_F0_HZ)) / (count + PRIOR_FRAMES)
+    shifted = (log_f0 - mean + target_log_f0[:, None]).exp().clamp(*F0_RANGE_HZ)
+    out = hold_unvoiced(shifted, voicing, stats[:, 2])
+    fade = MEMORY_FRAMES / count[:, -1].clamp_min(MEMORY_FRAMES)  # beyond the memory the oldest frames fade
+    return out, torch.stack([total[:, -1] * fade, count[:, -1] * fade, out[:, -1]], dim=1)
 
 
 @dataclass
