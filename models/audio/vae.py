@@ -22,6 +22,12 @@ The speech families' latent codec: 16 kHz audio <-> continuous latents at ``samp
   the samples of latent k depend only on latents <= k. Streaming decode therefore equals offline decode
   exactly when each chunk is decoded together with ``context_latents`` latents of left context
   (:meth:`WaveformVAE.decode_chunk`).
+- Harmonic-plus-noise head (``VAEConfig.harmonics``, the VC family's vocoder): the fixed-phase head becomes
+  the noise part, and a second head predicts a spectral envelope that a bank of oscillators at exact
+  multiples of a given pitch per frame reads its amplitudes from (models/audio/harmonic.py). The pitch comes
+  from outside (a tracker of the speaker), so the output is periodic at any pitch; with a 20 ms synthesis
+  window for the noise part the delay is 10 ms. Streamed by :class:`StreamingDecoder` (the oscillators'
+  phase runs from the stream's start), not by ``decode_chunk``.
 """
 
 from __future__ import annotations

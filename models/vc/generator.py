@@ -7,8 +7,8 @@ contexts and GRU state), the DiT denoises the chunk's latents from the session's
 mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
 convolution states. A harmonic vocoder (the shipped one) is also given a pitch per 10 ms: the mic's, from a
 causal tracker, moved to the target voice's register (:func:`map_pitch`), so the output keeps the
-speaker's intonation at the target's pitch and is periodic at any pitch. The chunk's clean latents become the context of later chunks: their keys/values are
-written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
+speaker's intonation at the target's pitch and is periodic at any pitch. The chunk's clean latents become
+the context of later chunks: their keys/values are written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
 noisy tokens (one pass over the weights per step, not two; ``models/vc/stream.py`` is this serving fast
 path, ``model.py`` the reference it equals). Output chunk k therefore covers input chunk k, delayed by the
 VAE decoder's delay (declared as look-ahead: 10 ms for the shipped harmonic vocoder, 30 ms for the
