@@ -5,14 +5,14 @@ For every session of the batch at once: the chunk becomes causal log-mel frames 
 240 samples), the streaming content encoder turns them into bottleneck features (with the session's conv
 contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
 mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
-convolution states. A harmonic vocoder (the shipped one) is also given a pitch per 10 ms: the mic's, from a
-causal tracker, moved to the target voice's register (:func:`map_pitch`), so the output keeps the
+convolution states. A harmonic vocoder (the shipped one) is also given a pitch per 10 ms: the mic's, from
+a causal tracker, moved to the target voice's register (:func:`map_pitch`), so the output keeps the
 speaker's intonation at the target's pitch and is periodic at any pitch. The chunk's clean latents become
-the context of later chunks: their keys/values are written by the next step's first DiT pass, which runs them as a second stream beside the new chunk's
-noisy tokens (one pass over the weights per step, not two; ``models/vc/stream.py`` is this serving fast
-path, ``model.py`` the reference it equals). Output chunk k therefore covers input chunk k, delayed by the
-VAE decoder's delay (declared as look-ahead: 10 ms for the shipped harmonic vocoder, 30 ms for the
-fixed-phase one).
+the context of later chunks: their keys/values are written by the next step's first DiT pass, which runs
+them as a second stream beside the new chunk's noisy tokens (one pass over the weights per step, not two;
+``models/vc/stream.py`` is this serving fast path, ``model.py`` the reference it equals). Output chunk k
+therefore covers input chunk k, delayed by the VAE decoder's delay (declared as look-ahead: 10 ms for the
+shipped harmonic vocoder, 30 ms for the fixed-phase one).
 
 Per-session state is O(window) and lives in preallocated per-slot tensors (one row per session, as the KV
 cache): nothing grows with stream length. Randomness comes from a per-session generator, so a session's
