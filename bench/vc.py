@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from speech_corpus import load_utterances, voices  # noqa: E402
 
-from models.audio.dsp import median_f0, wav_bytes  # noqa: E402
+from models.audio.dsp import wav_bytes  # noqa: E402
 from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
-from models.audio.pitch_track import decoder_pitch  # noqa: E402
+from models.audio.pitch_track import decoder_pitch, median_pitch  # noqa: E402
 from models.base import StepInput  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
 
@@ -206,8 +206,8 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
                 for name, x in (("source", u.audio), ("vocoded_source", vocode(gen, u.audio)), ("converted", out)):
                     per_items[name].append((u.text, u.language, x))
                     wer_items[name].append((u.text, x))
-                pitch["converted"].append(median_f0(out))
-                pitch["target"].append(median_f0(ref_audio))
+                pitch["converted"].append(median_pitch(out, 0.0))
+                pitch["target"].append(median_pitch(ref_audio, 0.0))
         fields = {f"margin_{k}": statistics.mean(v) for k, v in margins.items() if not k.endswith("_to_target")}
         fields |= {f"similarity_{k}": statistics.mean(v) for k, v in margins.items() if k.endswith("_to_target")}
         fields |= {f"per_{k}": per.per(v) for k, v in per_items.items()}

@@ -20,7 +20,7 @@ import pytest
 from browser_helpers import launch, needs_chromium, open_page, record, severe_console_entries, wait_until
 from conftest import LiveServer, make_server_config, run_live_server
 
-from models.audio.dsp import median_f0
+from models.audio.pitch_track import median_pitch
 from models.vc.generator import DEFAULT_CHECKPOINT
 
 pytestmark = [
@@ -61,17 +61,12 @@ def shipped_voices(live: LiveServer) -> list[dict]:
 
 
 def pitch_back(driver, seconds: float = 4.0) -> float:  # noqa: ANN001
-    """Pitch (Hz) of what comes back over the next ``seconds``; asserts it is speech, not silence.
-
-    The lowest of the median pitches of its 1 s pieces: the autocorrelation estimator's errors on this
-    speech are octave-up ones (a 116 Hz voice read as ~220 Hz in some pieces), never octave-down.
-    """
+    """Median pitch (Hz) of what comes back over the next ``seconds``; asserts it is voiced speech."""
     rate, _, returned = record(driver, seconds)
     assert np.sqrt(np.mean(returned**2)) > 0.02, "nothing came back"
-    step = rate // 16_000
-    x = returned[::step]
-    pieces = [median_f0(x[i : i + 16_000]) for i in range(0, len(x) - 15_999, 16_000)]
-    return min(f for f in pieces if f > 0)
+    pitch = median_pitch(returned[:: rate // 16_000], 0.0)
+    assert pitch > 0, "what came back has no voiced frame"
+    return pitch
 
 
 def wait_for_reference(driver, count: int) -> dict:  # noqa: ANN001
@@ -118,7 +113,7 @@ def test_voice_tab_converts_switches_voices_and_takes_an_uploaded_clip(browser, 
     time.sleep(0.3)
     f_own = pitch_back(browser)
     browser.save_screenshot(str(tmp_path / f"voice-{transport}.png"))
-    f_source = median_f0(np.asarray(_read(SOURCE_WAV)))
+    f_source = median_pitch(np.asarray(_read(SOURCE_WAV)))
     print(f"{transport}: pitch source {f_source:.0f} Hz -> {HIGH} {f_high:.0f}, {low} {f_low:.0f}, "
           f"uploaded clip of {HIGH} {f_own:.0f}")
     assert f_high > 1.25 * f_low, (f_high, f_low)

@@ -142,21 +142,3 @@ def mel_cepstral_distortion(ref: np.ndarray, hyp: np.ndarray, rate_hz: int = 16_
     return float(10.0 / math.log(10) * math.sqrt(2) * cost[-1, -1] / steps[-1, -1])
 
 
-def median_f0(audio: np.ndarray, rate: int = 16_000) -> float:
-    """Median pitch (Hz) of the voiced frames: autocorrelation peak in 60-500 Hz, frames 40 ms, hop 10 ms.
-
-    0.0 when no frame is voiced (periodic enough): speech that comes out noise-excited (whispery) has no
-    pitch. A rough tracker for tests and benches, not an analysis tool.
-    """
-    size, hop = int(0.04 * rate), int(0.01 * rate)
-    frames = np.lib.stride_tricks.sliding_window_view(audio, size)[::hop]
-    energy = (frames**2).mean(axis=1)
-    f0 = []
-    for frame in frames[energy > energy.max() * 10 ** (-30 / 10)]:
-        frame = frame - frame.mean()
-        ac = np.correlate(frame, frame, "full")[size - 1 :]
-        lo, hi = rate // 500, rate // 60
-        lag = lo + int(np.argmax(ac[lo:hi]))
-        if ac[lag] > 0.5 * ac[0]:
-            f0.append(rate / lag)
-    return float(np.median(f0)) if f0 else 0.0
