@@ -5,7 +5,9 @@ of the stream, so a frame is known as soon as its hop has arrived and streaming 
 equals one pass over the whole signal (left-padded with zeros). The estimate follows de Cheveigné and
 Kawahara's YIN: the cumulative-mean-normalised difference function, the first dip below a threshold (else the
 global minimum), parabolic interpolation. Voicing is soft: 1 where the dip is deep (periodic), 0 where it is
-shallow or the frame is near silence, linear between; the vocoder scales its harmonics by it.
+shallow or the frame is near silence, linear between. Frames above 0.5 count as voiced: their pitch is
+trusted (the vocoder holds it through the others) and the VC generator learns the speaker's register from
+them. Whether the vocoder's harmonics sound is the decoder's call, not this voicing's.
 """
 
 from __future__ import annotations
