@@ -55,6 +55,7 @@ if [ -n "${DRY_RUN:-}" ]; then
     step tts 120 bench/tts.py --device cpu --config paper --batches 1
     step vc 120 bench/vc.py --device cpu --config paper --batches 1
     step vc_processes 120 bench/vc.py --device cpu --config paper --processes 2 --batches 2 --seconds 2
+    step vc_shipped 120 bench/vc.py --device cpu --config default --batch-bench --batches 1 2
     step anchor_speech 120 .anchors/speech_batch_anchor.py --tiny --device cpu
     step anchor_longlive 120 .anchors/longlive_anchor.py --tiny --device cpu
     exit 0
@@ -65,6 +66,8 @@ fi
 step vc 100 bench/vc.py --device cuda --config paper --batches 1 8 64 256 1024 2048
 parity 120
 step vc_processes 150 bench/vc.py --device cuda --config paper --processes 1 8 12 --batches 256 --seconds 3
+# the shipped checkpoint (harmonic vocoder: pitch tracker and 80 oscillators per session), not yet run on a GPU
+step vc_shipped 90 bench/vc.py --device cuda --config default --batches 1 64 256 1024
 step tts 90 bench/tts.py --device cuda --config paper
 step anchor_speech 90 .anchors/speech_batch_anchor.py --device cuda
 step video 120 bench/video.py --device cuda --config paper --streams 1 4 --blocks 8

@@ -27,6 +27,7 @@ CPU (default config, the shipped checkpoint):
 GPU (``--device cuda --config paper``: MeanVC sizes, random weights): step time at ``--batches`` (1..1024),
 content encoder, DiT and vocoder included, eager and as CUDA graphs (docs/gpu.md has an H200's numbers);
 the same path runs on the CPU (``--device cpu --config paper --batches 1 2``) as a smoke test.
+``--device cuda --config default``: the same for the shipped checkpoint (its harmonic vocoder included).
 ``--processes P [P ...]``: ``vc.processes``, P processes (as ``serve --workers P`` runs them) each stepping
 a batch of ``--batches`` sessions as CUDA graphs at the same time for ``--seconds``: the steps' p50/p99
 under the others' contention and whether the P x batch sessions all stay in real time.
@@ -325,6 +326,8 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", default=["1", "8", "64", "256", "1024"],
                     help="batch sizes of the batched-step bench (--device cuda or --config paper)")
     ap.add_argument("--repeats", type=int, default=10, help="steps timed per batch size (batched-step bench)")
+    ap.add_argument("--batch-bench", action="store_true",
+                    help="the batched-step bench on the CPU with --config default (the shipped checkpoint)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
@@ -343,7 +346,7 @@ def main() -> None:
     if args.processes:
         bench_processes(args)
         return
-    if args.device.startswith("cuda") or args.config == "paper":
+    if args.device.startswith("cuda") or args.config == "paper" or args.batch_bench:
         bench_batches(args)
         return
     skip = set(args.skip.split(","))
