@@ -312,7 +312,8 @@ class VCGenerator(Generator):
         self._set_reference(slot, reference)
         if self._harmonic:
             self._pitch_tail[slot] = 0
-            self._f0_stats[slot] = torch.stack([reference[3] * 0, reference[3] * 0, reference[3].exp()])
+            self._f0_stats[slot, :2] = 0  # nothing heard of the speaker yet
+            self._f0_stats[slot, 2] = reference[3].exp()  # silence holds the target's pitch
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
