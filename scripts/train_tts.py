@@ -77,11 +77,10 @@ def vae_batch(utts, batch: int, num_latents: int, hop: int, delay: int, rng: ran
     The last: the crops with ``left`` samples before them, which the pitch tracker of a harmonic decoder reads.
     The decoder's output lags by ``delay`` samples, and its last frames reach ``delay`` samples past the crop.
     """
-    length = num_latents * hop
+    length, front = num_latents * hop, max(delay, left)
     xs, ys, pre = [], [], []
     for _ in range(batch):
         audio = rng.choice(utts).audio
-        front = max(delay, left)
         padded = np.concatenate([np.zeros(front + length, np.float32), audio, np.zeros(2 * length, np.float32)])
         start = rng.randrange(0, max(1, len(audio) - length // 2)) + front  # index into padded
         xs.append(padded[start : start + length])
@@ -98,8 +97,8 @@ def train_vae(args) -> None:
     extra = {}
     if args.decoder_only:  # fine-tune the decoder on the frozen encoder (runs beside AR training)
         if args.init:  # from a shipped checkpoint's VAE (the VC vocoder: a shorter delay, a harmonic head)
-            vae = load_checkpoint_vae(args.init, synth_window=args.synth_window,
-                                      harmonics=args.harmonics).to(args.device).train()
+            keep = {} if args.harmonics is None else {"harmonics": args.harmonics}  # default: the checkpoint's head
+            vae = load_checkpoint_vae(args.init, synth_window=args.synth_window, **keep).to(args.device).train()
         else:
             vae = load_vae(out, args.device).train()
             extra = {"silence": torch.load(out / "vae.pt")["silence"]}
@@ -122,14 +121,11 @@ def train_vae(args) -> None:
         with torch.set_grad_enabled(not args.decoder_only):
             mean, logvar = vae.encode(x)
         z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)
-        if cfg.harmonics:  # driven by the tracker's pitch of the crop; the head's own magnitudes are now noise
-            pred = vae.decode(z, decoder_pitch(batch[2], left))
-            losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
-            losses["mag"] = pred.new_zeros(())
-        else:
-            pred = vae.decode(z)
-            losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
-            losses["mag"] = magnitude_loss(vae, z, y)
+        # a harmonic decoder is driven by the tracker's pitch of the crop, and its fixed-phase head is only the
+        # noise part then: its magnitudes have no target of their own
+        pred = vae.decode(z, decoder_pitch(batch[2], left) if cfg.harmonics else None)
+        losses = reconstruction_loss(pred, y[:, : pred.shape[1]])
+        losses["mag"] = pred.new_zeros(()) if cfg.harmonics else magnitude_loss(vae, z, y)
         kl = kl_loss(mean, logvar)
         loss = losses["stft"] + losses["mel"] + 2.0 * losses["mag"] + args.kl_weight * kl
         opt.zero_grad(set_to_none=True)
@@ -341,8 +337,9 @@ def main() -> None:
                     help="vae --decoder-only: start from this safetensors checkpoint's VAE instead of the run's")
     ap.add_argument("--synth-window", type=int, default=0,
                     help="vae --decoder-only --init: the decoder's synthesis window (0: n_fft; 320: 10 ms delay)")
-    ap.add_argument("--harmonics", type=int, default=0,
-                    help="vae --decoder-only --init: a harmonic-plus-noise head with this many harmonics")
+    ap.add_argument("--harmonics", type=int, default=None,
+                    help="vae --decoder-only --init: a harmonic-plus-noise head with this many harmonics "
+                         "(default: the checkpoint's head)")
     ap.add_argument("--crop", type=int, default=24, help="VAE training crop in latents")
     ap.add_argument("--head-repeats", type=int, default=4, help="flow-head samples per latent and step")
     ap.add_argument("--guide-weight", type=float, default=2.0)
