@@ -2,10 +2,10 @@
 
 CPU (default config, the shipped checkpoint):
 - ``vc.latency``: one session streams held-out speech chunk by chunk on ``--threads`` threads. Algorithmic
-  latency = chunk + look-ahead (the vocoder's delay: 30 ms for the shipped checkpoint); end-to-end per
+  latency = chunk + look-ahead (the vocoder's delay: 10 ms for the shipped checkpoint); end-to-end per
   chunk = algorithmic + the measured compute of that chunk, p50/p99; RTF. What this is: the first sample of
   chunk k waits a chunk for the chunk to fill, then the step's compute; the output of chunk k starts with
-  the converted sample spoken 30 ms before it (the decoder's delay), and played continuously every later
+  the converted sample spoken 10 ms before it (the decoder's delay), and played continuously every later
   sample has the same delay. So it is the delay of every sample, first or last of its chunk, for a
   listener whose playback starts with the first chunk; a playback clock that must never underrun has to
   cover the slowest steps, so p99 is the one a user feels. Excluded: the transport, codecs and jitter buffers
@@ -193,6 +193,7 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
             ref_audio = np.concatenate([u.audio for u in refs[target][:3]])
             target_emb = judge.embed([u.audio for u in refs[target][3:6]])
             source_emb = judge.embed([u.audio for u in refs[source][:3]])
+            target_f0 = median_pitch(ref_audio, 0.0)
             reference = wav_base64(ref_audio)  # the same path as an upload from the page
             for i, u in enumerate(sources[source][: args.utterances_per_pair]):
                 out, _ = convert(gen, u.audio, {"seed": i, "steps": args.steps, "reference_audio": reference})
@@ -208,7 +209,7 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
                     per_items[name].append((u.text, u.language, x))
                     wer_items[name].append((u.text, x))
                 pitch["converted"].append(median_pitch(out, 0.0))
-                pitch["target"].append(median_pitch(ref_audio, 0.0))
+                pitch["target"].append(target_f0)
         fields = {f"margin_{k}": statistics.mean(v) for k, v in margins.items() if not k.endswith("_to_target")}
         fields |= {f"similarity_{k}": statistics.mean(v) for k, v in margins.items() if k.endswith("_to_target")}
         fields |= {f"per_{k}": per.per(v) for k, v in per_items.items()}

@@ -140,5 +140,3 @@ def mel_cepstral_distortion(ref: np.ndarray, hyp: np.ndarray, rate_hz: int = 16_
             steps[i, j] = steps[prev[1], prev[2]] + 1
     # log-mel in natural log; 10 / ln 10 * sqrt(2) is the usual MCD constant for natural-log cepstra
     return float(10.0 / math.log(10) * math.sqrt(2) * cost[-1, -1] / steps[-1, -1])
-
-

@@ -223,12 +223,15 @@ class WaveformVAE(nn.Module):
         """Latents (B, D, T) -> predicted STFT log-magnitudes (B, n_fft // 2 + 1, T * up), causal in T."""
         return self.head(self.features(z)).float()
 
-    def frames(self, z: torch.Tensor, log_mag: torch.Tensor | None = None) -> torch.Tensor:
-        """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, n_fft), causal in T.
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D, T) -> windowed time-domain STFT frames (B, T * up, synth_len), causal in T.
 
         ``z`` must start at a latent boundary of the stream (the fixed phase repeats every latent).
         """
-        log_mag = self.log_magnitudes(z) if log_mag is None else log_mag
+        return self._frames(self.log_magnitudes(z))
+
+    def _frames(self, log_mag: torch.Tensor) -> torch.Tensor:
+        """:meth:`frames` from the head's log-magnitudes (B, F, frames)."""
         mag = log_mag.clamp(max=8.0).exp().transpose(1, 2)  # (B, frames, F)
         period = self.phase.shape[0]
         phase = self.phase.repeat(mag.shape[1] // period, 1)  # (frames, F)
@@ -256,7 +259,7 @@ class WaveformVAE(nn.Module):
         if f0 is None:
             raise ValueError("a harmonic decoder needs f0 per frame")
         feats = self.features(z)
-        noise = self.overlap_add(self.frames(z, self.head(feats).float()))
+        noise = self.overlap_add(self._frames(self.head(feats).float()))
         return noise + periodic_part(self.cfg, self.harm_head(feats).float().transpose(1, 2), f0)
 
     def decode_chunk(self, z_context: torch.Tensor, num_new: int) -> torch.Tensor:
