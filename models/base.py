@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 
 class Pacing(str, Enum):
@@ -170,6 +170,9 @@ class Generator(ABC):
     # True when step() pads the batch to padded_batch_size (GPU graphs): its cost then follows the
     # bucket, not the number of sessions, and admission control prices it that way.
     pads_to_bucket: bool = False
+    # Set by the registry when the generator serves a published release (models/weights.py): the release,
+    # its folder and each file's SHA-256, shown in /healthz.
+    published_weights: dict[str, Any] | None = None
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check a session's start parameters cheaply, before any state exists.
@@ -210,4 +213,7 @@ class Generator(ABC):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary of the model for /healthz."""
-        return {"name": self.name, "max_batch_size": self.max_batch_size, **self.spec.describe()}
+        out = {"name": self.name, "max_batch_size": self.max_batch_size, **self.spec.describe()}
+        if self.published_weights is not None:
+            out["weights"] = self.published_weights
+        return out

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
-from streaming.errors import CapacityError
+from models.errors import CapacityError
 
 
 def visible(

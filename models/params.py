@@ -6,7 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 
 def base64_param(data: Any, name: str, what: str) -> bytes:

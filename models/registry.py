@@ -57,10 +57,20 @@ def parse_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def load_model(name: str, device: str = "cpu", options: dict[str, Any] | None = None) -> Generator:
-    """Build generator ``name`` on ``device``; raises ValueError with a clear message."""
+    """Build generator ``name`` on ``device``; raises ValueError with a clear message.
+
+    With a ``weights=DIR`` option the family serves a published release from that folder instead of its
+    shipped checkpoint (models/weights.py); bad or missing weights raise WeightsError naming the file,
+    never a fallback to the shipped model.
+    """
     entry = MODELS.get(name)
     if entry is None:
         raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+    options = dict(options or {})
+    if "weights" in options:
+        from models.weights import load_published
+
+        return load_published(name, str(options.pop("weights")), device, options)
     if entry.module is None:
         raise ValueError(f"model {name!r} ({entry.description}) is not implemented yet")
     cls = getattr(importlib.import_module(entry.module), entry.cls)

@@ -21,7 +21,7 @@ import threading
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 # espeak-ng voices (language/accent) the front end accepts; the first is the default.
 LANGUAGES = (

@@ -31,7 +31,7 @@ from collections import deque
 from concurrent.futures import Executor
 from typing import Any
 
-from streaming.errors import ProtocolError
+from models.errors import ProtocolError
 from streaming.media.wire import WireEncoder, WireFrame
 from streaming.protocol import AudioCodec, MediaKind, VideoCodec
 from streaming.session import OutputChunk, Session

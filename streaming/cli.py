@@ -1,4 +1,4 @@
-"""Command line: ``causalcast serve ...`` (also ``python -m streaming serve ...``)."""
+"""Command line: ``causalcast serve ...``, ``causalcast weights ...`` (also ``python -m streaming ...``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from models.errors import CausalcastError
 from models.registry import DEFAULT_MODELS
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         default=_env("MODELS", " ".join(DEFAULT_MODELS)).split(),
-        help="models to load, each name[:key=value,...] (default: %(default)s)",
+        help="models to load, each name[:key=value,...]; a published release: vc:weights=DIR (see "
+        "`causalcast weights`) (default: %(default)s)",
     )
     serve.add_argument(
         "--max-utilization",
@@ -99,12 +101,60 @@ def build_parser() -> argparse.ArgumentParser:
         "carries a few hundred audio sessions' transports, a GPU steps thousands (streaming/workers.py)",
     )
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
+    _add_weights_parser(sub)
     return parser
+
+
+def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
+    weights = sub.add_parser("weights", help="published weights: list, download, check")
+    actions = weights.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="the releases this build can serve")
+    download = actions.add_parser("download", help="fetch a release from the hub (the only network command)")
+    download.add_argument("name", help="release name (see `causalcast weights list`)")
+    download.add_argument("--dir", required=True, help="folder to fill (created if needed)")
+    download.add_argument("--no-optional", action="store_true", help="skip optional variants")
+    check = actions.add_parser("check", help="files present, shapes and dtypes right; nothing is run")
+    check.add_argument("dir", help="a weights folder")
+    check.add_argument("--name", default=None, help="the release, for a folder without a manifest")
+    check.add_argument("--hashes", action="store_true", help="also verify each file's SHA-256")
+
+
+def weights_command(args: argparse.Namespace) -> int:
+    """``causalcast weights list|download|check``; exit status 0 when all is well."""
+    from models import weights
+
+    if args.action == "list":
+        for name, model in weights.available().items():
+            if model is None:
+                print(f"{name}: not supported by this build")
+                continue
+            total = sum(f.approx_bytes for f in model.files)
+            print(f"{name}: serves as '{model.family}:weights=DIR' - {model.description} (~{total / 1e9:.1f} GB)")
+        return 0
+    try:
+        if args.action == "download":
+            missing = weights.download(args.name, args.dir, include_optional=not args.no_optional)
+            if missing:
+                print(f"still missing: {', '.join(missing)}", file=sys.stderr)
+                return 1
+            problems = weights.check(args.dir, args.name)
+        else:
+            problems = weights.check(args.dir, args.name, verify_hashes=args.hashes)
+    except (CausalcastError, ValueError) as e:
+        print(f"causalcast: {e}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"{args.dir}: ok")
+    return 1 if problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `causalcast` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "weights":
+        return weights_command(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         ice_servers = _json_list(args.ice_servers)
@@ -144,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_workers(config, args.workers, args.torch_threads, args.log_level.upper())
     try:
         run(config)
-    except ValueError as e:  # bad model names or options
+    except (ValueError, CausalcastError) as e:  # bad model names or options, bad published weights
         print(f"causalcast: {e}", file=sys.stderr)
         return 2
     return 0

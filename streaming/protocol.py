@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from streaming.errors import ProtocolError
+from models.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("!BBBBIQ")

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
-from streaming.errors import ProtocolError
+from models.errors import ProtocolError
 from streaming.media.audio import AudioInput
 from streaming.protocol import VIDEO_CLOCK_HZ
 

@@ -16,7 +16,7 @@ from models.avatar.render import mouth_openness
 from models.base import ControlEvent, StepInput
 from streaming.client import Client, MediaCollector, ServerError
 from streaming.engine.scheduler import AdmissionLimits
-from streaming.errors import ParamError
+from models.errors import ParamError
 from streaming.protocol import VIDEO_CLOCK_HZ, MediaKind
 from streaming.session import SessionConfig
 

@@ -12,7 +12,7 @@ from avatar_helpers import speech, tiny_avatar
 
 from models.avatar.features import HOP
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
-from streaming.errors import ParamError
+from models.errors import ParamError
 from tests.tts_helpers import make_tiny_checkpoint, requires_espeak
 
 

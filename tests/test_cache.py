@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from models.cache import RingKVCache, SlotAllocator, offline_mask
-from streaming.errors import CapacityError
+from models.errors import CapacityError
 
 
 def make_cache(window=4, sink=2, slots=3):

@@ -6,7 +6,7 @@ import torch
 
 from models.base import StepInput
 from models.diagnostic.pitch import PitchShifter, shift_pitch
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 from streaming_helpers import dominant_hz, tone
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from streaming.errors import ProtocolError
+from models.errors import ProtocolError
 from streaming.protocol import (
     HEADER_BYTES,
     AudioCodec,

@@ -9,7 +9,7 @@ from models.base import AudioFormat, Pacing, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.engine.loop_load import LoopLoad
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, RunnerOutput, Scheduler
-from streaming.errors import CapacityError
+from models.errors import CapacityError
 from streaming.session import Session, SessionConfig
 
 SPEC = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.base import AudioFormat, Pacing, StepOutput, StreamSpec, VideoFormat
-from streaming.errors import ProtocolError
+from models.errors import ProtocolError
 from streaming.session import Outbox, OutputChunk, Session, SessionConfig
 
 CLOCK_SPEC = StreamSpec(

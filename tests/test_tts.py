@@ -16,7 +16,7 @@ from models.audio.vae import WaveformVAE
 from models.base import ControlEvent, StepInput
 from models.speech_text import TextSegmenter, normalize_text, phonemize
 from models.tts.generator import TTSGenerator
-from streaming.errors import ParamError
+from models.errors import ParamError
 from tests.tts_helpers import make_tiny_checkpoint, offline_reference, requires_espeak, run_session, tiny_config
 
 TEXT = "Hello there, how are you today? The old farmer quietly painted a tiny wooden boat."

@@ -11,7 +11,7 @@ from models.base import ControlEvent, StepInput
 from models.registry import load_model
 from models.vc.generator import VCGenerator
 from models.vc.model import two_stream_mask
-from streaming.errors import ParamError
+from models.errors import ParamError
 from tests.vc_helpers import (
     make_tiny_checkpoint,
     offline_reference,

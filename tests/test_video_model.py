@@ -13,7 +13,7 @@ from models.video.checkpoint import random_models
 from models.video.generator import VideoGenerator
 from models.video.model import VideoConfig
 from models.video.text import PromptEncoder, sentence_embedding
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,7 @@ from models.avatar.portrait import PortraitRenderer, decode_portrait, fit_image
 from models.avatar.render import STYLES, FaceRenderer
 from models.avatar.speech_source import AgentSpeech, TextSpeech, decode_pcm16, load_speech_generator, resample_to_model
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "avatar_default.safetensors"
 MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session

@@ -24,7 +24,7 @@ import numpy as np
 from models.avatar.motion import IDX, clamp
 from models.avatar.render import ellipse_sd
 from models.params import base64_param
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 MAX_PORTRAIT_BYTES = 1_500_000
 

@@ -23,7 +23,7 @@ import numpy as np
 from models.avatar.features import HOP, SAMPLE_RATE_HZ
 from models.base import ControlEvent, Generator, StepInput
 from models.params import base64_param
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 log = logging.getLogger(__name__)
 

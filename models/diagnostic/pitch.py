@@ -23,7 +23,7 @@ import torch
 
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import SlotAllocator
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 MAX_SEMITONES = 12.0
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 NUM_COUNTER_BITS = 16
 BEEP_HZ = 1000.0

@@ -43,7 +43,7 @@ from models.speech_text import (
 from models.tts.backends import make_backend
 from models.tts.checkpoint import Checkpoint, load_checkpoint
 from models.tts.model import TTSConfig, TTSModel, speaker_stats
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
 SAMPLE_RATE_HZ = 16_000

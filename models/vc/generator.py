@@ -50,7 +50,7 @@ from models.params import base64_param
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
 SAMPLE_RATE_HZ = 16_000

@@ -32,7 +32,7 @@ from models.video.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, random_
 from models.video.model import Condition, VideoConfig, VideoDiT
 from models.video.scenes import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SIZES, Scene
 from models.video.text import HashTextEncoder, PromptEncoder
-from streaming.errors import ParamError
+from models.errors import ParamError
 
 SWITCH_STRATEGIES = ("recache", "clear", "keep")
 DEFAULT_PROMPT = "a large red circle moving right on a black background"

@@ -21,7 +21,7 @@ from models.base import Generator
 from streaming.engine.loop_load import LoopLoad
 from streaming.engine.runner import Runner
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, Scheduler, SchedulerOutput
-from streaming.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
+from models.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
 from streaming.metrics import Metrics
 from streaming.session import Session, SessionConfig
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from models.base import ControlEvent, Generator, StepInput, StepOutput
 from streaming.engine.scheduler import RunnerOutput, ScheduledBatch, SchedulerOutput, StepTiming
-from streaming.errors import CausalcastError, ModelError
+from models.errors import CausalcastError, ModelError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.engine.loop_load import LoopLoad
-from streaming.errors import CapacityError, CausalcastError
+from models.errors import CapacityError, CausalcastError
 from streaming.session import Session, SessionConfig, latency_allowance_s
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from aiortc.mediastreams import MediaStreamError
 from models.base import Pacing
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
-from streaming.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
+from models.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.media.audio import float_to_pcm16
 from streaming.media.codecs import AudioEncoder
 from streaming.media.pacing import AudioPacer, VideoPacer

@@ -26,7 +26,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.sdp import SessionDescription
 
 from models.base import Pacing, StreamSpec
-from streaming.errors import CausalcastError, ProtocolError
+from models.errors import CausalcastError, ProtocolError
 from streaming.media.pacing import PacingConfig
 from streaming.protocol import parse_control
 

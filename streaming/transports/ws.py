@@ -23,7 +23,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from streaming.broadcast import Broadcast, BroadcastHub, Viewer
 from streaming.engine.core import Engine
-from streaming.errors import CausalcastError, ProtocolError, ShutdownError
+from models.errors import CausalcastError, ProtocolError, ShutdownError
 from streaming.media.wire import WireEncoder
 from streaming.protocol import (
     AudioCodec,

@@ -1,4 +1,4 @@
-"""The exception hierarchy of causalcast.
+"""The exception hierarchy of causalcast (below both ``models`` and ``streaming``, which import it).
 
 Every error a client can cause maps to one wire ``code`` (see docs/protocol.md). A fault in one session
 ends at most that session; ``fatal`` says whether the session survives the error.
@@ -47,6 +47,17 @@ class ModelError(CausalcastError):
     """The generator failed while stepping this session."""
 
     code = "model_error"
+    fatal = True
+
+
+class WeightsError(CausalcastError):
+    """Published weights that are missing, corrupt or of the wrong shape; names the file and the key.
+
+    Raised while a model loads, before the server accepts anyone: it refuses to start rather than fall
+    back to another model.
+    """
+
+    code = "bad_weights"
     fatal = True
 
 
