@@ -14,9 +14,9 @@ from models.avatar.generator import DEFAULT_CHECKPOINT, Avatar
 from models.avatar.motion import IDX
 from models.avatar.render import mouth_openness
 from models.base import ControlEvent, StepInput
+from models.errors import ParamError
 from streaming.client import Client, MediaCollector, ServerError
 from streaming.engine.scheduler import AdmissionLimits
-from models.errors import ParamError
 from streaming.protocol import VIDEO_CLOCK_HZ, MediaKind
 from streaming.session import SessionConfig
 

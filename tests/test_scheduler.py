@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from models.base import AudioFormat, Pacing, StepOutput, StreamSpec
+from models.errors import CapacityError
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.engine.loop_load import LoopLoad
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, RunnerOutput, Scheduler
-from models.errors import CapacityError
 from streaming.session import Session, SessionConfig
 
 SPEC = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))

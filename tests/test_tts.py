@@ -14,9 +14,9 @@ import torch
 from models.audio.dsp import wav_bytes
 from models.audio.vae import WaveformVAE
 from models.base import ControlEvent, StepInput
+from models.errors import ParamError
 from models.speech_text import TextSegmenter, normalize_text, phonemize
 from models.tts.generator import TTSGenerator
-from models.errors import ParamError
 from tests.tts_helpers import make_tiny_checkpoint, offline_reference, requires_espeak, run_session, tiny_config
 
 TEXT = "Hello there, how are you today? The old farmer quietly painted a tiny wooden boat."

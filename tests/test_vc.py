@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from models.base import ControlEvent, StepInput
+from models.errors import ParamError
 from models.registry import load_model
 from models.vc.generator import VCGenerator
 from models.vc.model import two_stream_mask
-from models.errors import ParamError
 from tests.vc_helpers import (
     make_tiny_checkpoint,
     offline_reference,

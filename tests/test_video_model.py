@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from models.base import ControlEvent, StepInput
+from models.errors import ParamError
 from models.video.autoencoder import AutoencoderConfig, LatentAutoencoder
 from models.video.checkpoint import random_models
 from models.video.generator import VideoGenerator
 from models.video.model import VideoConfig
 from models.video.text import PromptEncoder, sentence_embedding
-from models.errors import ParamError
 
 
 @pytest.fixture(autouse=True)

@@ -23,8 +23,8 @@ import numpy as np
 
 from models.avatar.motion import IDX, clamp
 from models.avatar.render import ellipse_sd
-from models.params import base64_param
 from models.errors import ParamError
+from models.params import base64_param
 
 MAX_PORTRAIT_BYTES = 1_500_000
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from models.avatar.features import HOP, SAMPLE_RATE_HZ
 from models.base import ControlEvent, Generator, StepInput
-from models.params import base64_param
 from models.errors import ParamError
+from models.params import base64_param
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,7 @@ from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
+from models.errors import ParamError
 from models.params import base64_param
 from models.speech_text import (
     LANGUAGES,
@@ -43,7 +44,6 @@ from models.speech_text import (
 from models.tts.backends import make_backend
 from models.tts.checkpoint import Checkpoint, load_checkpoint
 from models.tts.model import TTSConfig, TTSModel, speaker_stats
-from models.errors import ParamError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
 SAMPLE_RATE_HZ = 16_000

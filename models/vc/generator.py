@@ -44,13 +44,13 @@ from models.audio.pitch_track import StreamingPitch, hold_unvoiced, median_pitch
 from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
+from models.errors import ParamError
 from models.flow import mean_flow_jumps
 from models.graphs import BucketGraphs
 from models.params import base64_param
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
-from models.errors import ParamError
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
 SAMPLE_RATE_HZ = 16_000

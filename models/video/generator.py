@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from models.base import ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
+from models.errors import ParamError
 from models.video.autoencoder import LatentAutoencoder, to_uint8
 from models.video.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, random_models
 from models.video.model import Condition, VideoConfig, VideoDiT
 from models.video.scenes import BACKGROUNDS, COLOURS, MOTIONS, SHAPES, SIZES, Scene
 from models.video.text import HashTextEncoder, PromptEncoder
-from models.errors import ParamError
 
 SWITCH_STRATEGIES = ("recache", "clear", "keep")
 DEFAULT_PROMPT = "a large red circle moving right on a black background"

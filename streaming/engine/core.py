@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.base import Generator
+from models.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
 from streaming.engine.loop_load import LoopLoad
 from streaming.engine.runner import Runner
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, Scheduler, SchedulerOutput
-from models.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
 from streaming.metrics import Metrics
 from streaming.session import Session, SessionConfig
 

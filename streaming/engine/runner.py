@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from models.base import ControlEvent, Generator, StepInput, StepOutput
-from streaming.engine.scheduler import RunnerOutput, ScheduledBatch, SchedulerOutput, StepTiming
 from models.errors import CausalcastError, ModelError
+from streaming.engine.scheduler import RunnerOutput, ScheduledBatch, SchedulerOutput, StepTiming
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
+from models.errors import CapacityError, CausalcastError
 from streaming.engine.cost import BatchBuckets, StepCostModel
 from streaming.engine.loop_load import LoopLoad
-from models.errors import CapacityError, CausalcastError
 from streaming.session import Session, SessionConfig, latency_allowance_s
 
 log = logging.getLogger(__name__)

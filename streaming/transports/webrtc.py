@@ -43,9 +43,9 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 
 from models.base import Pacing
+from models.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
-from models.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.media.audio import float_to_pcm16
 from streaming.media.codecs import AudioEncoder
 from streaming.media.pacing import AudioPacer, VideoPacer

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from streaming.broadcast import Broadcast, Viewer
 from models.errors import ProtocolError, ShutdownError
+from streaming.broadcast import Broadcast, Viewer
 from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
 from streaming.session import Session

@@ -21,9 +21,9 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from models.errors import CausalcastError, ProtocolError, ShutdownError
 from streaming.broadcast import Broadcast, BroadcastHub, Viewer
 from streaming.engine.core import Engine
-from models.errors import CausalcastError, ProtocolError, ShutdownError
 from streaming.media.wire import WireEncoder
 from streaming.protocol import (
     AudioCodec,
