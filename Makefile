@@ -7,7 +7,7 @@ PORT   ?= 8080
 # torch is pinned in the install step: an unpinned torch pulls a multi-GB CUDA build on this kind of machine.
 TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
-LINTED  = $(wildcard streaming models tests bench scripts)
+LINTED  = $(wildcard streaming models evaluation tests bench scripts)
 
 .PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc train-tts train-vc install clean browser
 

@@ -95,7 +95,7 @@ def bench_concurrency(gen: TTSGenerator, texts: list[str], args) -> None:
 
 def phoneme_recognizer(path: str | None):
     """The content recognizer from a VC checkpoint (.safetensors) or a VC run's ``content.pt``; None if absent."""
-    from models.audio.phoneme_recognizer import DEFAULT_CHECKPOINT, PhonemeRecognizer
+    from evaluation.phonemes import DEFAULT_CHECKPOINT, PhonemeRecognizer
 
     path = path or DEFAULT_CHECKPOINT
     if not Path(path).exists():
@@ -112,7 +112,7 @@ def phoneme_recognizer(path: str | None):
 
 
 def bench_quality(gen: TTSGenerator, args) -> None:
-    from models.audio.recognizer import VocabularyRecognizer, words_of
+    from evaluation.words import VocabularyRecognizer, words_of
     from scripts.speech_corpus import load_manifest
 
     per_recognizer = phoneme_recognizer(args.per_checkpoint)

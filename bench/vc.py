@@ -19,7 +19,7 @@ CPU (default config, the shipped checkpoint):
   and for the unconverted source (the lower bound). Voice embeddings come from clips not used as the
   reference. Pairs are the held-out voices resemblyzer tells apart best (it barely separates some
   espeak-ng voices). Intelligibility: phoneme error rate by our content recognizer
-  (``models/audio/phoneme_recognizer.py``) and pocketsphinx WER over the evaluation vocabulary, for the
+  (``evaluation/phonemes.py``) and pocketsphinx WER over the evaluation vocabulary, for the
   source, the vocoded source and the converted speech. Pitch: the share of converted utterances with no
   voiced frame (``unvoiced_converted``) and the mean distance in semitones between a converted
   utterance's median f0 and its target reference's (``pitch_error_semitones``).
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from speech_corpus import load_utterances, voices  # noqa: E402
 
+from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
 from models.audio.dsp import wav_bytes  # noqa: E402
-from models.audio.phoneme_recognizer import PhonemeRecognizer  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, median_pitch  # noqa: E402
 from models.base import StepInput  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
@@ -360,7 +360,7 @@ def main() -> None:
     if "sessions" not in skip:
         bench_sessions(gen, speech, args)
     if "quality" not in skip:
-        from models.audio.recognizer import VocabularyRecognizer, words_of
+        from evaluation.words import VocabularyRecognizer, words_of
 
         texts = [u.text for u in load_utterances(args.data, ("test_unseen_voice", "test_seen_voice"))]
         try:

@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speech_corpus import load_manifest  # noqa: E402
 
 from bench.tts import phoneme_recognizer  # noqa: E402
+from evaluation.words import VocabularyRecognizer, words_of  # noqa: E402
 from models.audio.dsp import mel_cepstral_distortion, read_wav, write_wav  # noqa: E402
-from models.audio.recognizer import VocabularyRecognizer, words_of  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from models.tts.model import TTSModel, guided_attention_loss, speaker_stats  # noqa: E402

@@ -220,7 +220,7 @@ def test_registry_builds_vc_with_options(ckpt):
 
 
 def test_phoneme_error_rate_of_the_shared_recognizer(ckpt):
-    from models.audio.phoneme_recognizer import PhonemeRecognizer, phoneme_error_rate
+    from evaluation.phonemes import PhonemeRecognizer, phoneme_error_rate
 
     recognizer = PhonemeRecognizer(ckpt)
     assert set(recognizer.recognize(speechlike(1.0, 1))) <= set(recognizer.symbols[1:])

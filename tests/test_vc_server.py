@@ -110,7 +110,7 @@ def test_shipped_checkpoint_carries_the_words_toward_the_target_voice(shipped):
     the target voice's than to the source's; with resemblyzer installed, the output is more similar to the
     target voice than to the source voice.
     """
-    from models.audio.phoneme_recognizer import PhonemeRecognizer
+    from evaluation.phonemes import PhonemeRecognizer
     from models.vc.phonemes import phoneme_errors
 
     source, target = _clip("vc_unseen_source.wav"), _clip(f"vc_target_{VOICE}.wav")

@@ -10,8 +10,6 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from models.audio.recognizer import word_errors
-
 BLANK = "<blank>"
 NOT_SOUNDS = frozenset({"'", ",", "%", "=", "|", ".", ";", "?", "!", ":", "_"})
 
@@ -38,6 +36,17 @@ def greedy_ctc(logits: torch.Tensor, symbols: Sequence[str]) -> list[str]:
     return out
 
 
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance between two token sequences (phonemes or words)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
 def phoneme_errors(ref: Sequence[str], hyp: Sequence[str]) -> int:
     """Edit distance between two phoneme sequences."""
-    return word_errors(list(ref), list(hyp))
+    return edit_distance(ref, hyp)
