@@ -7,9 +7,10 @@ PORT   ?= 8080
 # torch is pinned in the install step: an unpinned torch pulls a multi-GB CUDA build on this kind of machine.
 TORCH_PIN ?= torch==2.13.0
 STAMP   = $(VENV)/.installed
+HUMAN_VOICES = flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 LINTED  = $(wildcard streaming models evaluation tests bench scripts)
 
-.PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc train-tts train-vc install clean browser
+.PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc speech-data-human train-tts train-vc install clean browser
 
 # Browser tests drive Debian's chromium + chromium-driver. Installed here when missing and when we can
 # (root, or passwordless sudo); otherwise those tests skip with the reason.
@@ -30,6 +31,9 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 	@# espeak-ng: the speech families' phonemizer (library) and corpus synthesizer (command). Needs root;
 	@# without it the speech tests skip with a reason and `pip install espeakng-loader` still phonemizes.
 	@command -v espeak-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q espeak-ng >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1)); } || echo "note: espeak-ng not installed (not root?): speech tests will skip"
+	@# flite, festival (+ kal, ked and us-slt-hts voices): voices built from human recordings, for the
+	@# human-derived corpus (scripts/make_human_speech.py) and its tests; sox: tempo/pitch augmentation.
+	@command -v flite >/dev/null 2>&1 && command -v text2wave >/dev/null 2>&1 && command -v sox >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get install -y -q $(HUMAN_VOICES) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(HUMAN_VOICES) >/dev/null 2>&1)); } || echo "note: flite/festival/sox not installed (not root?): corpus tests will skip"
 	$(PY) -m pip install -q "$(TORCH_PIN)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
@@ -73,6 +77,10 @@ train-tts: $(STAMP)
 	$(PY) scripts/train_tts.py ar --resume --out runs/tts --steps 1100 --minutes 40 --batch 12 \
 		--head-repeats 2 --lr 4e-4 --threads 1 --self-context 0.5 --self-context-ramp 1 --keep-snapshots
 	$(PY) scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
+
+# The human-derived corpus (flite/festival/espeak voices, augmented; flite awb and rms held out of all training).
+speech-data-human: $(STAMP)
+	$(PY) scripts/make_human_speech.py --out data/speech_human
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
 # The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).

@@ -98,7 +98,7 @@ def telephone_band(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     low, high = rng.uniform(250, 350), rng.uniform(3200, 3600)
 
     def gain(f: np.ndarray) -> np.ndarray:
-        return 1 / np.sqrt(1 + (low / np.maximum(f, 1.0)) ** 8) / np.sqrt(1 + (f / high) ** 8)
+        return 1 / np.sqrt(1 + (low / np.maximum(f, 1.0)) ** 12) / np.sqrt(1 + (f / high) ** 16)
 
     return _match_rms(_filter(x, gain), x)
 
