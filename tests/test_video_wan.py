@@ -1,0 +1,134 @@
+"""LongLive / Wan2.1 on our runtime, proven against the reference implementations on tiny random configs.
+
+The same random tensors, in the published naming, are loaded into our modules (through the key-mapping
+loader) and into diffusers' / transformers' modules; float32 outputs must agree to 1e-4 relative.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.video.wan.dit import TextCondition, WanConfig, WanDiT, diffusers_key, longlive_key
+from models.weights import load_mapped
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-12))
+
+
+def _random_state(module: torch.nn.Module, seed: int, prefix: str = "") -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {prefix + k: torch.randn(v.shape, generator=g) * (0.3 if v.dim() > 1 else 0.2) + (1.0 if "norm" in k else 0)
+            for k, v in module.state_dict().items()}
+
+
+def _reference_dit(cfg: WanConfig):
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=cfg.patch, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
+        in_channels=cfg.in_channels, out_channels=cfg.in_channels, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        eps=cfg.eps).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_dit():
+    """Our tiny DiT with random weights in LongLive's naming, and diffusers' model with the same weights."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    cfg = WanConfig.tiny()
+    ours = WanDiT(cfg).eval()
+    published = _random_state(ours, 0, prefix="model.")  # LongLive saves its generator as model.<Wan name>
+    report = load_mapped(ours, published, longlive_key, source="longlive_base.pt")
+    assert len(report.loaded) == len(published)
+    ref = _reference_dit(cfg)
+    converted = convert_wan_transformer_to_diffusers({k[len("model."):]: v for k, v in published.items()})
+    ref.load_state_dict(converted, strict=True)
+    return cfg, ours, ref
+
+
+def test_dit_first_block_equals_diffusers(tiny_dit):
+    cfg, ours, ref = tiny_dit
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(2, cfg.in_channels, cfg.block_frames, cfg.latent_h, cfg.latent_w, generator=g)
+    text = torch.randn(2, cfg.text_len, cfg.text_dim, generator=g)
+    text[:, 5:] = 0  # Wan pads the prompt with zero vectors
+    timestep = torch.tensor([937.5, 250.0])
+    with torch.no_grad():
+        expected = ref(latents, timestep, text, return_dict=False)[0]
+        got = ours.forward_video(latents, timestep, text)
+        # the streaming path on an empty cache (first block, no history) is the same computation
+        cache = ours.new_cache(2)
+        slots = [cache.allocate(), cache.allocate()]
+        patches = ours.patchify(latents.transpose(1, 2))
+        streamed = ours.cached_pass(cache, slots, patches, timestep, torch.zeros(2, dtype=torch.long),
+                                    ours.condition(text))
+        streamed = ours.unpatchify(streamed, cfg.block_frames).transpose(1, 2)
+    assert _rel(got, expected) < 1e-4
+    assert _rel(streamed, expected) < 1e-4
+
+
+def test_dit_loads_diffusers_naming(tiny_dit):
+    cfg, ours, ref = tiny_dit
+    again = WanDiT(cfg)
+    load_mapped(again, ref.state_dict(), diffusers_key, source="transformer/diffusion_pytorch_model.safetensors")
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_dit_cached_blocks_equal_offline_block_causal_pass(tiny_dit):
+    """With history: every denoising pass of block n equals one offline pass over [clean 0..n-1 | noisy n]."""
+    cfg, ours, _ = tiny_dit
+    torch.manual_seed(3)
+    text = torch.randn(1, cfg.text_len, cfg.text_dim)
+    cond = ours.condition(text)
+    cache = ours.new_cache(1)
+    slot = cache.allocate()
+    clean, traces = [], []
+    num_blocks = 5  # past the sink and a full window: ring entries are overwritten, and the no-mask path runs
+    for n in range(num_blocks):
+        noise = torch.randn(len(cfg.denoising_steps), 1, cfg.tokens_per_block, cfg.patch_dim)
+        trace: list = []
+        clean.append(ours.generate_block(cache, [slot], torch.tensor([n]), cond, noise, trace))
+        traces.append(trace)
+    for n in range(num_blocks):
+        history = torch.cat(clean[:n], 1) if n else torch.zeros(1, 0, cfg.patch_dim)
+        labels = ours.block_labels(torch.zeros(1, dtype=torch.long), n + 1)
+        positions = ours.positions(torch.zeros(1, dtype=torch.long), (n + 1) * cfg.block_frames)
+        mask = ours.history_mask(labels)
+        for sigma, x_t, v in traces[n]:
+            t = torch.cat([torch.zeros(1, history.shape[1]), torch.full((1, cfg.tokens_per_block), sigma * 1000)], 1)
+            with torch.no_grad():
+                full = ours(torch.cat([history, x_t], 1), t, positions, mask, cond)
+            assert _rel(v, full[:, history.shape[1]:]) < 1e-5, (n, sigma)
+
+
+def test_lora_is_merged_at_load():
+    from models.video.wan.published import merge_lora
+
+    cfg = WanConfig.tiny(num_layers=1)
+    model = WanDiT(cfg)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    rank = 3
+    a = torch.randn(rank, cfg.dim)
+    b = torch.randn(cfg.dim, rank)
+    lora = {"base_model.model.blocks.0.self_attn.q.lora_A.weight": a,
+            "base_model.model.blocks.0.self_attn.q.lora_B.weight": b}
+    merged = merge_lora(model, lora, alpha=6.0, rank=rank, source="lora.pt")
+    assert merged == 1
+    key = "blocks.0.self_attn.q.weight"
+    assert torch.allclose(model.state_dict()[key], base[key] + 2.0 * b @ a)
+    with pytest.raises(Exception, match="blocks.0.nothing"):
+        bad = {f"base_model.model.blocks.0.nothing.lora_{x}.weight": w for x, w in (("A", a), ("B", b))}
+        merge_lora(model, bad, alpha=1.0, rank=rank, source="lora.pt")
+
+
+def test_text_condition_is_per_layer():
+    cfg = WanConfig.tiny()
+    cond = WanDiT(cfg).condition(torch.randn(1, cfg.text_len, cfg.text_dim))
+    assert isinstance(cond, TextCondition) and len(cond.kv) == cfg.num_layers
+    assert cond.kv[0][0].shape == (1, cfg.num_heads, cfg.text_len, cfg.head_dim)
