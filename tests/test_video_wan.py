@@ -108,7 +108,7 @@ def test_dit_cached_blocks_equal_offline_block_causal_pass(tiny_dit):
 
 
 def test_lora_is_merged_at_load():
-    from models.video.wan.published import merge_lora
+    from models.video.wan.lora import merge_lora
 
     cfg = WanConfig.tiny(num_layers=1)
     model = WanDiT(cfg)
