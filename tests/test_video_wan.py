@@ -132,3 +132,34 @@ def test_text_condition_is_per_layer():
     cond = WanDiT(cfg).condition(torch.randn(1, cfg.text_len, cfg.text_dim))
     assert isinstance(cond, TextCondition) and len(cond.kv) == cfg.num_layers
     assert cond.kv[0][0].shape == (1, cfg.num_heads, cfg.text_len, cfg.head_dim)
+
+
+def test_vae_streaming_decode_equals_diffusers_whole_clip():
+    """Block by block from the feature cache (first block, then 3-frame blocks) = diffusers decoding the clip."""
+    from diffusers import AutoencoderKLWan
+
+    from models.video.wan.vae import StreamingWanDecoder, vae_key
+
+    z_dim, mean, std = 4, [0.1, -0.2, 0.3, 0.0], [1.5, 0.7, 2.0, 1.1]
+    ref = AutoencoderKLWan(base_dim=8, z_dim=z_dim, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], latents_mean=mean, latents_std=std).eval()
+    ref.load_state_dict(_random_state(ref, 4))
+    ours = StreamingWanDecoder(dim=8, z_dim=z_dim, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latent_mean=mean,
+                               latent_std=std).eval()
+    report = load_mapped(ours, ref.state_dict(), vae_key, source="vae/diffusion_pytorch_model.safetensors")
+    assert report.ignored and all(k.startswith(("encoder.", "quant_conv.")) for k in report.ignored)
+    g = torch.Generator().manual_seed(5)
+    latents = torch.randn(2, z_dim, 7, 4, 6, generator=g)  # normalised, as the DiT makes them
+    with torch.no_grad():
+        denorm = latents * torch.tensor(std).view(1, -1, 1, 1, 1) + torch.tensor(mean).view(1, -1, 1, 1, 1)
+        expected = ref.decode(denorm).sample
+        state = ours.new_state()
+        chunks = [ours.decode(latents[:, :, a:b], state) for a, b in ((0, 1), (1, 4), (4, 7))]
+        # a batch of two streams decodes like two streams decoded alone
+        alone = ours.new_state()
+        first = ours.decode(latents[:1, :, :3], alone)
+    got = torch.cat(chunks, dim=2)
+    assert got.shape == expected.shape == (2, 3, 1 + 4 * 6, 32, 48)
+    assert [c.shape[2] for c in chunks] == [1, 12, 12]
+    assert _rel(got, expected) < 1e-4
+    assert _rel(first, expected[:1, :, :9]) < 1e-4
