@@ -163,3 +163,43 @@ def test_vae_streaming_decode_equals_diffusers_whole_clip():
     assert [c.shape[2] for c in chunks] == [1, 12, 12]
     assert _rel(got, expected) < 1e-4
     assert _rel(first, expected[:1, :, :9]) < 1e-4
+
+
+def _tiny_umt5(folder):
+    """A tiny umT5 encoder and a word-level tokenizer saved as a release folder's text_encoder/ and tokenizer/."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "fox", "runs", "in", "snow", "the", "city", "at", "night"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(6)
+    config = UMT5Config(vocab_size=len(words), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=8, relative_attention_max_distance=16, pad_token_id=0,
+                        eos_token_id=1)
+    encoder = UMT5EncoderModel(config).eval()
+    encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    return encoder, tokenizer
+
+
+def test_text_path_equals_umt5_encoder(tmp_path):
+    from models.video.wan.text import WanTextEncoder
+
+    encoder, tokenizer = _tiny_umt5(tmp_path)
+    ours = WanTextEncoder.from_folder(tmp_path, text_len=8)
+    prompt = "a red fox runs in snow"
+    got = ours.encode(prompt)
+    ids = tokenizer([prompt], return_tensors="pt").input_ids  # the prompt's 6 words and </s>, unpadded
+    with torch.no_grad():
+        expected = encoder(input_ids=ids).last_hidden_state[0]
+    n = ids.shape[1]
+    assert got.shape == (8, 16)
+    assert _rel(got[:n], expected) < 1e-4
+    assert torch.equal(got[n:], torch.zeros(8 - n, 16))  # Wan: zero vectors past the prompt
+    # encoded once per prompt: a second request (a switch back) is served from the cache
+    assert ours.encode(prompt) is got and ours.num_encoded == 1
+    long = ours.encode(" ".join(["snow"] * 20))  # truncated to the token budget, ends with </s>
+    assert long.shape == (8, 16) and ours.num_encoded == 2
