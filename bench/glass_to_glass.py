@@ -46,10 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streaming.client import Client  # noqa: E402
+from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient  # noqa: E402
 from streaming.media.markers import marker_train, match_onsets, onset_times  # noqa: E402
 from streaming.protocol import MediaKind  # noqa: E402
 from streaming.transports.rtc_support import mono_samples  # noqa: E402
-from streaming.transports.webrtc_client import FRAME_SAMPLES, ArrayAudioTrack, RtcClient  # noqa: E402
 
 RATE = 48_000
 MODEL_RATE = 16_000
@@ -448,10 +448,10 @@ async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
     """
     from aiohttp import web
 
-    from models.diagnostic.testcard import read_frame_number
+    from models.diagnostic.testcard import has_beep_marker, read_frame_number
+    from streaming.client.onsets import av_offsets_ms, beep_onsets, marker_onsets
     from streaming.server import BROADCASTS_KEY, ENGINE_KEY, ServerConfig, create_app
     from streaming.transports.webrtc import RtcConfig
-    from streaming.transports.webrtc_client import av_offsets_ms, beep_onsets, marker_onsets
 
     config = ServerConfig(models=("testcard",), webrtc=RtcConfig(loopback_only=True))
     runner = web.AppRunner(create_app(config), access_log=None)
@@ -494,7 +494,7 @@ async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
                 if produced is not None:
                     latency[role].append(arrival - produced)
             gaps += sum(b != a + 1 for a, b in zip(numbers, numbers[1:], strict=False))
-            offsets[role] += av_offsets_ms(beep_onsets(audio), marker_onsets(video))
+            offsets[role] += av_offsets_ms(beep_onsets(audio), marker_onsets(video, has_beep_marker))
         out: dict[str, Any] = {"bench": "shared_stream", "model": "testcard", "viewers": num_viewers,
                                "transport": "webrtc", "codec_choices": len(broadcast._encoders),
                                "encodes_per_chunk": round(encodes_per_chunk, 3), "frame_gaps": gaps,

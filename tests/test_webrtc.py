@@ -16,6 +16,7 @@ import pytest
 from conftest import RunningServer, make_server_config, serve_app
 
 from models.diagnostic.testcard import has_beep_marker, read_frame_number
+from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.media.markers import marker_train, match_onsets, onset_times
@@ -23,7 +24,6 @@ from streaming.server import ENGINE_KEY, RTC_KEY
 from streaming.session import SessionConfig
 from streaming.transports.rtc_support import mono_samples
 from streaming.transports.webrtc import RtcConfig
-from streaming.transports.webrtc_client import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
 
 RATE = 48_000
 

@@ -20,19 +20,14 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
 from conftest import RunningServer, make_server_config, serve_app
 
-from models.diagnostic.testcard import read_frame_number
+from models.diagnostic.testcard import has_beep_marker, read_frame_number
 from streaming.broadcast import Broadcast
 from streaming.client import Client, MediaCollector
+from streaming.client.onsets import av_offsets_ms, beep_onsets, marker_onsets
+from streaming.client.webrtc import RtcClient, RtcServerError
 from streaming.server import BROADCASTS_KEY, RTC_KEY
 from streaming.transports import rtc_support
 from streaming.transports.rtc_support import mono_samples
-from streaming.transports.webrtc_client import (
-    RtcClient,
-    RtcServerError,
-    av_offsets_ms,
-    beep_onsets,
-    marker_onsets,
-)
 from streaming.transports.webrtc_viewer import RtcViewer
 
 from streaming_helpers import Received, collect_until
@@ -329,7 +324,7 @@ async def test_audio_and_video_arrive_in_sync_for_producer_and_viewer(card_serve
                                                                                           c.video_frames)))
         report = {}
         for name, audio, video in (("producer", media[0], media[1]), ("viewer", media[2], media[3])):
-            offsets = np.array(av_offsets_ms(beep_onsets(audio), marker_onsets(video)))
+            offsets = np.array(av_offsets_ms(beep_onsets(audio), marker_onsets(video, has_beep_marker)))
             report[name] = offsets
             print(f"{name}: A/V offset (video - audio arrival) ms: {np.round(offsets, 1).tolist()}")
             assert len(offsets) >= 4, f"{name}: only {len(offsets)} beep/marker pairs in 6 s"

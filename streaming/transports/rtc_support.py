@@ -19,7 +19,12 @@ Used by the WebRTC transport and by the Python WebRTC client alike:
 * **Key frame requests for pre-encoded video.** aiortc answers a receiver's RTCP PLI/FIR by setting a
   flag that only its own encoder reads; a track that hands over finished packets (a shared stream's
   viewers) gets nothing. :func:`route_keyframe_requests` sends those requests to a callback instead.
-* :func:`selected_pair` reads the nominated ICE candidate pair (aiortc does not expose it).
+  :func:`force_keyframe` asks a sender's own encoder for one (a client's ``request_keyframe``).
+* :func:`negotiated_codec` reads the codec an answer chose for a transceiver, and :func:`selected_pair`
+  the nominated ICE candidate pair (aiortc exposes neither).
+
+Every use of aiortc's private attributes by the server and the Python client is in this module, so an
+aiortc upgrade is checked here.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any, TypeVar
 import aioice.ice
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import get_decoder
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -281,6 +286,17 @@ def route_keyframe_requests(sender: RTCRtpSender, request_keyframe: Callable[[],
     if not callable(getattr(sender, "_send_keyframe", None)):
         raise RuntimeError("this aiortc version has no RTCRtpSender._send_keyframe to route")
     sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
+
+
+def force_keyframe(sender: RTCRtpSender) -> None:
+    """Make the sender's encoder produce a key frame next (what aiortc does for an RTCP PLI)."""
+    sender._send_keyframe()
+
+
+def negotiated_codec(transceiver: RTCRtpTransceiver) -> str | None:
+    """Lower-case name of the codec the answer chose for a transceiver (its preferred one), or None."""
+    codecs = transceiver._codecs  # what negotiation kept, preferred first
+    return codecs[0].name.lower() if codecs else None
 
 
 def selected_pair(pc: RTCPeerConnection) -> tuple[tuple[str, int], tuple[str, int]] | None:

@@ -2,9 +2,11 @@
 
 :class:`RtcPeerBase` owns one ``RTCPeerConnection`` and its control data channel (the WebSocket
 protocol's JSON messages), the peer's background tasks, a connect watchdog, error-flood protection and
-the single close path. Subclasses say what the peer is: :class:`~streaming.transports.webrtc.RtcPeer`
+the single close path. Subclasses say what the peer is: :class:`~streaming.transports.webrtc_session.RtcPeer`
 (a session from an offer with a model) and :class:`~streaming.transports.webrtc_viewer.RtcViewer` (a
-viewer of a shared session, from an offer with ``watch``).
+viewer of a shared session, from an offer with ``watch``). Peers reach the server through
+:class:`RtcHost` (what :class:`~streaming.transports.webrtc.RtcHub` provides), so this module and the
+peers below it never import the hub.
 
 Whatever ends a peer (client ``stop``, data channel or connection closed, ICE not connecting in time, the
 session or stream ending, server shutdown) goes through :meth:`RtcPeerBase.close`, which is idempotent
@@ -20,18 +22,17 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.sdp import SessionDescription
 
 from models.base import Pacing, StreamSpec
 from models.errors import CausalcastError, ProtocolError
+from streaming.broadcast import BroadcastHub
+from streaming.engine.core import Engine
 from streaming.media.pacing import PacingConfig
 from streaming.protocol import parse_control
-
-if TYPE_CHECKING:
-    from streaming.transports.webrtc import RtcHub
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ DIRECTIONS = {
     (False, True): "recvonly",
     (False, False): "inactive",
 }
-
 
 
 @dataclass(frozen=True)
@@ -138,12 +138,31 @@ def inspect_offer(sdp: str, spec: StreamSpec, model: str, *, viewer: bool = Fals
     return OfferInfo(sends_audio, receives_audio, receives_video, has_data)
 
 
+class RtcHost(Protocol):
+    """What a peer needs from the server side: the engine, settings, shared streams and the peer registry."""
+
+    engine: Engine
+    config: RtcConfig
+    broadcasts: BroadcastHub | None
+    peers: set[RtcPeerBase]
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once the server began shutting down: offers are refused."""
+
+    def new_connection(self, offer_sdp: str) -> tuple[RTCPeerConnection, str, tuple[str, ...] | None]:
+        """A peer connection for an offer: ``(pc, the offer's SDP as applied, host addresses to gather from)``."""
+
+    def discard(self, peer: RtcPeerBase) -> None:
+        """Forget a closed peer."""
+
+
 class RtcPeerBase:
     """One peer connection and its control channel; subclasses supply what the peer serves."""
 
     kind = "peer"  # for task names and logs
 
-    def __init__(self, hub: RtcHub, pc: RTCPeerConnection, peer_id: str) -> None:
+    def __init__(self, hub: RtcHost, pc: RTCPeerConnection, peer_id: str) -> None:
         self.hub = hub
         self.pc = pc
         self.id = peer_id
@@ -166,7 +185,7 @@ class RtcPeerBase:
         """A control message that is not ping/stop/request_keyframe/start."""
         raise NotImplementedError
 
-    def _request_keyframe(self) -> None:
+    def request_keyframe(self) -> None:
         """The client asked for a key frame."""
 
     async def _release(self, reason: str) -> None:
@@ -176,7 +195,7 @@ class RtcPeerBase:
         """The `stopped` message a client gets when the server ends the peer."""
         return {"type": "stopped", "session": self.id, "reason": reason}
 
-    def _stop_tracks(self) -> None:
+    def stop_tracks(self) -> None:
         """Stop the outgoing tracks (and what feeds them)."""
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -250,7 +269,7 @@ class RtcPeerBase:
         elif kind == "stop":
             self._close_soon("stopped by client")
         elif kind == "request_keyframe":
-            self._request_keyframe()
+            self.request_keyframe()
         elif kind in ("start", "watch"):
             raise ProtocolError(f"the {self.kind} was started by the offer; '{kind}' is for WebSocket clients")
         else:
@@ -294,7 +313,7 @@ class RtcPeerBase:
                     self._send_now(error.to_message())
                 self._send_now(self._stopped_message(reason))
                 await drain_channel(self.channel)
-            self._stop_tracks()
+            self.stop_tracks()
             current = asyncio.current_task()
             tasks = [t for t in self._tasks if t is not current]
             for task in tasks:

@@ -23,7 +23,7 @@ import asyncio
 import fractions
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -34,10 +34,7 @@ from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
 from streaming.session import Session
 from streaming.transports import rtc_support
-from streaming.transports.webrtc_peer import DIRECTIONS, RtcPeerBase, inspect_offer
-
-if TYPE_CHECKING:
-    from streaming.transports.webrtc import RtcHub
+from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, inspect_offer
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +64,7 @@ class RtcViewer(RtcPeerBase):
 
     kind = "viewer"
 
-    def __init__(self, hub: RtcHub, pc: RTCPeerConnection, session: Session) -> None:
+    def __init__(self, hub: RtcHost, pc: RTCPeerConnection, session: Session) -> None:
         super().__init__(hub, pc, f"{session.id}/v{next(_VIEWER_NUMBERS)}")
         self.session = session  # the producer's
         self.broadcast: Broadcast | None = None
@@ -79,7 +76,7 @@ class RtcViewer(RtcPeerBase):
         if spec.output_audio is not None:
             self.audio_track = PacketTrack("audio", PacketPacer(self.clock, OPUS_CLOCK_HZ))
         if spec.output_video is not None:
-            pacer = PacketPacer(self.clock, VIDEO_CLOCK_HZ, keyed=True, on_need_key=self._request_keyframe)
+            pacer = PacketPacer(self.clock, VIDEO_CLOCK_HZ, keyed=True, on_need_key=self.request_keyframe)
             self.video_track = PacketTrack("video", pacer)
 
         self.video_codec = VideoCodec.VP8  # what the answer negotiated (set by answer_watch)
@@ -108,7 +105,8 @@ class RtcViewer(RtcPeerBase):
             f"'{kind}' is for the stream's producer; a viewer may send ping, request_keyframe and stop", "not_started"
         )
 
-    def _request_keyframe(self) -> None:
+    def request_keyframe(self) -> None:
+        """The client (or a receiver's RTCP) asked for a key frame."""
         if self.broadcast is not None and self.viewer is not None:
             self.broadcast.request_keyframe(self.viewer)
 
@@ -173,13 +171,14 @@ class RtcViewer(RtcPeerBase):
     def _stopped_message(self, reason: str) -> dict[str, Any]:
         return {"type": "stopped", "session": self.session.id, "reason": reason, **self.viewer_stats()}
 
-    def _stop_tracks(self) -> None:
+    def stop_tracks(self) -> None:
+        """Stop the outgoing tracks (and the pacers feeding them)."""
         for track in (self.audio_track, self.video_track):
             if track is not None:
                 track.stop()
 
 
-async def answer_watch(hub: RtcHub, body: dict[str, Any]) -> tuple[dict[str, Any], RtcViewer]:
+async def answer_watch(hub: RtcHost, body: dict[str, Any]) -> tuple[dict[str, Any], RtcViewer]:
     """Answer an offer with ``watch``: a receive-only peer of a shared session, or a clear refusal."""
     if hub.shutting_down:
         raise ShutdownError("server shutting down")
@@ -210,18 +209,18 @@ async def answer_watch(hub: RtcHub, body: dict[str, Any]) -> tuple[dict[str, Any
             if track is not None:
                 sender = pc.addTrack(track)
                 if track.kind == "video":
-                    rtc_support.route_keyframe_requests(sender, peer._request_keyframe)
+                    rtc_support.route_keyframe_requests(sender, peer.request_keyframe)
         for transceiver in pc.getTransceivers():  # a viewer only receives: the answer only sends
             transceiver.direction = DIRECTIONS[(transceiver.sender.track is not None, False)]
         with rtc_support.gathering_from(host_addresses):
             await pc.setLocalDescription(await pc.createAnswer())
         # The video codec the answer chose (VP8 also when the viewer takes no video: shared with most viewers).
         for transceiver in pc.getTransceivers():
-            codecs = transceiver._codecs  # what the answer negotiated, preferred first
-            if peer.video_track is not None and transceiver.sender.track is peer.video_track and codecs:
-                peer.video_codec = _NEGOTIATED_VIDEO[codecs[0].name.lower()]
+            chosen = rtc_support.negotiated_codec(transceiver)
+            if peer.video_track is not None and transceiver.sender.track is peer.video_track and chosen:
+                peer.video_codec = _NEGOTIATED_VIDEO[chosen]
     except BaseException:
-        peer._stop_tracks()
+        peer.stop_tracks()
         await pc.close()
         raise
     hub.peers.add(peer)
