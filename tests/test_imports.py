@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("streaming", "models", "bench", "scripts")
+PACKAGES = ("streaming", "models", "evaluation", "bench", "scripts")
 
 
 def _module_name(path: Path) -> str:
