@@ -19,7 +19,7 @@ import torch
 from models.speech_text import normalize_text, phonemize
 from models.vc.phonemes import ctc_labels, greedy_ctc, phoneme_errors
 
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "vc_default.safetensors")
 
 
 class PhonemeRecognizer:
