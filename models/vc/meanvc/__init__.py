@@ -1,0 +1,1 @@
+"""MeanVC's published networks (DiT, content ASR, Vocos, WavLM speaker model) served by our runtime."""
