@@ -96,6 +96,14 @@ def _rows(slots: Sequence[int] | torch.Tensor | slice, device: torch.device) -> 
     return idx.to(device)
 
 
+def slot_rows(slots: Sequence[int] | torch.Tensor | slice, device: torch.device) -> torch.Tensor | slice:
+    """Index of the slot dimension for ``slots`` (a slice, i.e. a view, when consecutive).
+
+    For callers that read the cache tensors directly (e.g. only the first entries of each slot).
+    """
+    return _rows(slots, device)
+
+
 class RingKVCache:
     """Keys and values of every layer for ``num_slots`` sessions: sink + ring window per slot.
 

@@ -1,0 +1,1 @@
+"""Pocket TTS (Kyutai) on our runtime: flow LM, Mimi, text handling, the published release."""

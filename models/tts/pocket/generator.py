@@ -1,0 +1,346 @@
+"""Model `tts` on Pocket TTS weights: text in word by word, 24 kHz speech out, many sessions batched per step.
+
+Design note of the step loop. One step is one latent frame (80 ms) for every session of the batch:
+
+1. A session with a decided chunk and none running starts it: its cache slot is refilled with the voice's
+   keys/values, the chunk's text tokens are prefilled after them, its Mimi decoder stream restarts.
+2. Every running session feeds its last latent (BOS first) through one batched backbone step against its
+   slot; the EOS head and the flow head (one step from per-session noise) give each its next latent.
+3. The release's stopping rule: EOS counts from the 6th frame; ``frames_after_eos`` more frames are kept,
+   or the chunk ends at its length budget. A session whose next frame would be dropped ends now.
+4. New latents are decoded by one batched streaming Mimi call (rows = slots); the first 5 ms of a chunk
+   fade in, as the release does against the decoder's start-up click.
+
+Text arrives as ``text`` events (LLM tokens or words); :class:`~models.tts.pocket.text.ChunkStream` decides a
+chunk as soon as more text cannot change it, ``flush`` (or ``final``) decides the rest. Noise comes from a
+per-session generator drawn in the package's order (one draw per backbone call, prompts included), so a
+session's audio equals the package's for the same text, voice and seed, whatever batch it shares and however
+its text was split into messages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.audio.dsp import read_wav, resample
+from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.cache import RingKVCache
+from models.errors import ParamError
+from models.graphs import BucketGraphs
+from models.params import base64_param
+from models.speech_text import MAX_TEXT_CHARS
+from models.tts.pocket.checkpoint import PocketTTS, Voice
+from models.tts.pocket.mimi import SlotDecoder
+from models.tts.pocket.model import attention_layers
+from models.tts.pocket.text import ChunkStream, TextRules, Tokenizer
+
+EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
+MAX_TOKENS_PER_CHUNK = 50  # the package's chunk size
+MIN_FRAMES_BEFORE_EOS = 6  # EOS is ignored on the first frames (some voices cross the threshold early)
+TOKENS_PER_SECOND = 3.0  # the package's length budget: tokens / 3 + 2 s of frames
+BUDGET_PADDING_S = 2.0
+MAX_REFERENCE_S = 10.0  # a cloned voice's prompt (the window holds it with a chunk)
+FADE_IN_S = 0.005
+
+
+@dataclass
+class Chunk:
+    """Text tokens of one chunk and how many frames it keeps after EOS."""
+
+    ids: list[int]
+    frames_after_eos: int
+
+
+@dataclass
+class PocketState:
+    """One session."""
+
+    slot: int
+    voice: Voice
+    rng: torch.Generator
+    text: ChunkStream
+    queue: deque[Chunk] = field(default_factory=deque)
+    running: bool = False
+    position: int = 0  # next position in the slot's sequence
+    frame: int = 0  # latents generated in the running chunk (the package's generation_step)
+    max_frames: int = 0
+    eos_frame: int | None = None
+    frames_after_eos: int = 0
+    last: torch.Tensor | None = None  # (D,) normalised latent fed next (NaN: BOS)
+    fade_in: bool = False
+
+
+class PocketGenerator(Generator):
+    """Model `tts` serving a Pocket TTS release (see module docstring)."""
+
+    name = "tts"
+
+    def __init__(
+        self,
+        model: PocketTTS,
+        tokenizer: Tokenizer,
+        voices: Mapping[str, Voice],
+        *,
+        device: str = "cpu",
+        max_sessions: int = 16,
+        max_batch_size: int = 16,
+        window: int = 512,
+        sampler_steps: int = 1,
+        temperature: float | None = None,
+        eos_threshold: float | None = None,
+        graphs: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.cfg = model.cfg
+        self.tokenizer = tokenizer
+        self.rules = TextRules(**self.cfg.text_rules)
+        self.voices = {name: Voice(v.k.to(self.device), v.v.to(self.device)) for name, v in voices.items()}
+        if not self.voices and not model.has_voice_cloning:
+            raise ValueError("a release without voice cloning needs at least one voice file")
+        for name, voice in self.voices.items():
+            if voice.num_frames > window // 2:
+                raise ValueError(f"voice {name!r} has {voice.num_frames} frames; the window of {window} holds "
+                                 f"at most {window // 2} (raise window=)")
+        self.sampler_steps = int(sampler_steps)
+        self.noise_std = math.sqrt(self.cfg.temperature if temperature is None else float(temperature))
+        self.eos_threshold = self.cfg.eos_threshold if eos_threshold is None else float(eos_threshold)
+        self.max_batch_size = max_batch_size
+        self.window = window
+        self.samples_per_latent = self.cfg.samples_per_latent
+        self.spec = StreamSpec(
+            chunk_ms=1000.0 * self.samples_per_latent / self.cfg.sample_rate_hz,
+            pacing=Pacing.CLOCK,
+            output_audio=AudioFormat(self.cfg.sample_rate_hz),
+            event_types=EVENTS,
+        )
+        shape = self.cfg.backbone
+        self.cache = RingKVCache(num_layers=shape.num_layers, num_slots=max_sessions, num_heads=shape.kv_heads,
+                                 head_dim=shape.head_dim, window=window, device=self.device)
+        self.decoder = SlotDecoder(model.mimi, max_sessions, self.device)  # rows = the cache's slots
+        self.fade = torch.linspace(0, 1, int(FADE_IN_S * self.cfg.sample_rate_hz), device=self.device)
+        self.use_graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        self._heads = BucketGraphs(self._sample_core, enabled=self.use_graphs)
+
+    # -- sessions ---------------------------------------------------------------------------------------
+    @property
+    def default_voice(self) -> str | None:
+        """The first shipped voice (None: only cloned voices)."""
+        return sorted(self.voices)[0] if self.voices else None
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a shipped voice), ``reference_audio`` (base64 WAV, cloning variant), ``seed``, ``text``."""
+        unknown = set(params) - {"voice", "reference_audio", "seed", "text", "language"}
+        if unknown:
+            raise ParamError(f"model 'tts' does not know parameters {sorted(unknown)}")
+        out: dict[str, Any] = {}
+        if "reference_audio" in params:
+            out["reference_audio"] = self._reference_bytes(params["reference_audio"])
+        else:
+            out["voice"] = self._voice_name(params.get("voice", self.default_voice))
+        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ParamError(f"'seed' must be an integer, got {seed!r}")
+        out["seed"] = seed
+        text = params.get("text", "")
+        if not isinstance(text, str):
+            raise ParamError("'text' must be a string")
+        out["text"] = text
+        return out
+
+    def _voice_name(self, voice: Any) -> str:
+        if voice not in self.voices:
+            raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voices)}")
+        return voice
+
+    def _reference_bytes(self, data: Any) -> bytes:
+        if not self.model.has_voice_cloning:
+            raise ParamError("these weights have no voice cloning (the gated variant adds it); pick a 'voice'")
+        return base64_param(data, "reference_audio", "a WAV file")
+
+    @torch.inference_mode()
+    def _reference_voice(self, raw: bytes) -> Voice:
+        """Voice of a WAV clip (0.5-10 s, any rate); :class:`ParamError` if unusable. Runs on the worker."""
+        try:
+            audio, rate = read_wav(raw)
+        except ValueError as e:
+            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
+        if not np.isfinite(audio).all() or not 0.5 <= len(audio) / rate <= MAX_REFERENCE_S:
+            raise ParamError(f"'reference_audio' must be 0.5-{MAX_REFERENCE_S:g} s of finite samples")
+        if float(np.abs(audio).max()) < 1e-3:
+            raise ParamError("'reference_audio' is silent")
+        audio = resample(audio, rate, self.cfg.sample_rate_hz)
+        return self.model.voice_from_audio(torch.from_numpy(audio).to(self.device))
+
+    def open_session(self, params: Mapping[str, Any]) -> PocketState:
+        """Take a cache slot; params come from :meth:`validate_params`."""
+        voice = (self._reference_voice(params["reference_audio"]) if "reference_audio" in params
+                 else self.voices[params["voice"]])
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(params["seed"])
+        state = PocketState(slot=self.cache.allocate(), voice=voice, rng=rng,
+                            text=ChunkStream(self.tokenizer, self.rules, MAX_TOKENS_PER_CHUNK))
+        if params.get("text"):
+            self._add_text(state, params["text"], final=True)
+        return state
+
+    def close_session(self, state: PocketState) -> None:
+        """Free the cache slot (the decoder's rows are the same slot)."""
+        self.cache.free(state.slot)
+
+    def handle_event(self, state: PocketState, event: ControlEvent) -> list[dict[str, Any]]:
+        """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio}``."""
+        p = event.payload
+        if event.type == "text":
+            text = p.get("text")
+            if not isinstance(text, str):
+                raise ParamError("'text' event needs a string 'text'")
+            return [{"type": "text_queued", "segments": self._add_text(state, text, bool(p.get("final", False)))}]
+        if event.type == "flush":
+            return [{"type": "text_queued", "segments": self._queue(state, state.text.flush())}]
+        if event.type == "interrupt":
+            state.text.reset()
+            state.queue.clear()
+            state.running = False
+            return [{"type": "interrupted"}]
+        if event.type == "set_voice":
+            if "reference_audio" in p:
+                state.voice = self._reference_voice(self._reference_bytes(p["reference_audio"]))
+            else:
+                state.voice = self.voices[self._voice_name(p.get("voice"))]
+            return [{"type": "voice_set"}]  # applies from the next chunk
+        return super().handle_event(state, event)
+
+    def _add_text(self, state: PocketState, text: str, final: bool) -> int:
+        if len(text) > MAX_TEXT_CHARS:
+            raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
+        chunks = state.text.push(text)
+        if final:
+            chunks += state.text.flush()
+        return self._queue(state, chunks)
+
+    def _queue(self, state: PocketState, chunks: list[str]) -> int:
+        for chunk in chunks:
+            prompt, guess = self.rules.prepare(chunk)
+            after = self.cfg.frames_after_eos if self.cfg.frames_after_eos is not None else guess + 2
+            state.queue.append(Chunk(self.tokenizer.encode(prompt), after))
+        return len(chunks)
+
+    def warmup_events(self) -> list[ControlEvent]:
+        """A sentence to speak."""
+        return [ControlEvent("text", {"text": "Warming up the speech model.", "final": True})]
+
+    def describe(self) -> dict[str, Any]:
+        """/healthz: the contract's summary plus voices and whether reference clips are taken."""
+        return {**super().describe(), "voices": sorted(self.voices),
+                "reference_audio": bool(self.model.has_voice_cloning)}
+
+    # -- stepping ---------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, states: Sequence[PocketState], inputs: Sequence[StepInput], padded_batch_size: int
+             ) -> list[StepOutput]:
+        """One latent frame (80 ms of audio) for every session (see module docstring)."""
+        for s in states:
+            if not s.running and s.queue:
+                self._start_chunk(s)
+        running = [s for s in states if s.running]
+        emitted: dict[int, torch.Tensor] = {}
+        if running:
+            latents, eos = self._sample(running)
+            for r, s in enumerate(running):
+                if self._advance(s, latents[r], bool(eos[r])):
+                    emitted[id(s)] = latents[r]
+        audio: dict[int, np.ndarray] = {}
+        if emitted:
+            talking = [s for s in states if id(s) in emitted]
+            raw = torch.stack([emitted[id(s)] for s in talking]) * self.model.flow_lm.emb_std \
+                + self.model.flow_lm.emb_mean
+            decoded = self.decoder.decode([s.slot for s in talking], raw[:, None])  # (E, samples)
+            for r, s in enumerate(talking):
+                if s.fade_in:
+                    decoded[r, : self.fade.numel()] *= self.fade
+                    s.fade_in = False
+            out = decoded.cpu().numpy().astype(np.float32)
+            audio = {id(s): out[r] for r, s in enumerate(talking)}
+        outputs = []
+        for s in states:
+            if id(s) in audio:
+                outputs.append(StepOutput(audio=audio[id(s)]))
+            elif s.running or s.queue:  # between chunks: a frame of silence keeps the clock going
+                outputs.append(StepOutput(audio=np.zeros(self.samples_per_latent, np.float32)))
+            else:
+                outputs.append(StepOutput(idle=True))
+        return outputs
+
+    def _start_chunk(self, s: PocketState) -> None:
+        """Voice keys/values into the slot, then the chunk's text prefilled after them."""
+        chunk = s.queue.popleft()
+        voice, num_tokens = s.voice, len(chunk.ids)
+        budget = math.ceil((num_tokens / TOKENS_PER_SECOND + BUDGET_PADDING_S) * self.cfg.frame_rate_hz)
+        room = self.window - voice.num_frames - num_tokens
+        if room <= 0:  # cannot happen with chunks of <= 50 tokens and voices of <= window / 2
+            return
+        self.cache.clear([s.slot], keep_sink=False)
+        index = self.cache.reserve([s.slot], torch.arange(voice.num_frames)[None])
+        for layer in range(self.cfg.backbone.num_layers):
+            self.cache.write(layer, [s.slot], index, voice.k[layer][None], voice.v[layer][None])
+        ids = torch.tensor([chunk.ids], device=self.device)
+        positions = voice.num_frames + torch.arange(num_tokens, device=self.device)[None]
+        attention_layers(self.model.flow_lm.transformer, self.model.flow_lm.conditioner(ids), positions,
+                         self.cache, [s.slot], used=voice.num_frames + num_tokens)
+        self._noise(s)  # the package samples (and discards) a latent after every prompt: keep its draws
+        s.running, s.position, s.frame, s.eos_frame = True, voice.num_frames + num_tokens, 0, None
+        s.max_frames, s.frames_after_eos = min(budget, room), chunk.frames_after_eos
+        s.last = torch.full((self.cfg.latent_dim,), float("nan"), device=self.device)
+        self.decoder.reset([s.slot])
+        s.fade_in = True
+
+    def _noise(self, s: PocketState) -> torch.Tensor:
+        noise = torch.empty(self.cfg.latent_dim, device=self.device)
+        return noise.normal_(0.0, self.noise_std, generator=s.rng)
+
+    def _sample(self, running: list[PocketState]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched backbone step and the heads: (latents (R, D), EOS (R,) bool)."""
+        flow_lm = self.model.flow_lm
+        x = flow_lm.latent_in(torch.stack([s.last for s in running])[:, None])  # (R, 1, C)
+        positions = torch.tensor([[s.position] for s in running], device=self.device)
+        h = attention_layers(flow_lm.transformer, x, positions, self.cache, [s.slot for s in running],
+                             used=max(s.position for s in running) + 1)
+        noise = torch.stack([self._noise(s) for s in running])
+        latents, eos_logit = self._heads(h[:, 0], noise)
+        return latents, (eos_logit > self.eos_threshold).cpu()
+
+    def _sample_core(self, hidden: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.flow_lm.sample(self.model.flow_lm.heads(hidden), noise, self.sampler_steps)
+
+    def _advance(self, s: PocketState, latent: torch.Tensor, eos: bool) -> bool:
+        """Apply the stopping rule to a new frame; True when it is kept (spoken)."""
+        if eos and s.eos_frame is None and s.frame >= MIN_FRAMES_BEFORE_EOS:
+            s.eos_frame = s.frame
+        if s.eos_frame is not None and s.frame >= s.eos_frame + s.frames_after_eos:
+            s.running = False
+            return False
+        s.last, s.frame, s.position = latent, s.frame + 1, s.position + 1
+        if s.frame >= s.max_frames:
+            s.running = False
+        elif s.eos_frame is not None and s.frame >= s.eos_frame + s.frames_after_eos:
+            # the package would compute this frame only to drop it: skip the work, keep its noise draw
+            self._noise(s)
+            s.running = False
+        return True
+
+
+def load_generator(model: PocketTTS, tokenizer_path: Path, voices: Mapping[str, Voice], **options: Any
+                   ) -> PocketGenerator:
+    """A generator from loaded parts (the published entry and tests share this)."""
+    tokenizer = Tokenizer(tokenizer_path, vocab_size=model.cfg.n_bins)
+    return PocketGenerator(model, tokenizer, voices, **options)

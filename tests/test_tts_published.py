@@ -1,0 +1,176 @@
+"""Pocket TTS on our modules equals the pocket-tts package: same config, random weights, text, voice, noise."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.base import ControlEvent
+from models.tts.pocket.checkpoint import PocketTTS
+from models.tts.pocket.config import PocketConfig
+from models.tts.pocket.generator import PocketGenerator
+from models.tts.pocket.text import ChunkStream, TextRules, Tokenizer, split_chunks
+from tests.pocket_helpers import package_model, release_tensors, tiny_config, train_tokenizer
+
+pytest.importorskip("pocket_tts")
+
+TEXT = "hello world, the quick brown fox."
+LONG = ("Is this the real life? Is this just fantasy? The quick brown fox jumps over the lazy dog! "
+        "We stream words as they arrive, one by one, from a language model. Many sessions share one core.")
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def _pair(tokenizer_path: Path, flow_type: str = "lsd", eos_threshold: float = -4.0):
+    tok = Tokenizer(tokenizer_path)
+    config = tiny_config(tokenizer_path, tok.vocab_size, flow_type)
+    theirs = package_model(config, eos_threshold=eos_threshold)
+    ours = PocketTTS(PocketConfig.from_dict(config))
+    ours.load_release(release_tensors(theirs), source="test")
+    return theirs, ours.eval(), tok
+
+
+def _clip(seconds: float = 1.5, seed: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(24_000 * seconds)) / 24_000
+    return 0.3 * torch.sin(2 * math.pi * 180 * t) * (1 + 0.5 * torch.rand(t.shape, generator=gen))
+
+
+def _package_run(theirs, voice_audio: torch.Tensor, text: str, seed: int):
+    latents = []
+    hook = theirs.mimi.quantizer.register_forward_hook(lambda m, args, out: latents.append(args[0].transpose(1, 2)))
+    try:
+        state = theirs.get_state_for_audio_prompt(voice_audio[None])
+        torch.manual_seed(seed)
+        audio = theirs.generate_audio(state, text)
+    finally:
+        hook.remove()
+    return torch.cat(latents, dim=1)[0], audio
+
+
+def _ours_run(gen: PocketGenerator, state, max_steps: int = 2000):
+    audio, latents = [], []
+    original = gen.decoder.decode
+
+    def record(slots, raw):
+        latents.append(raw[:, 0])
+        return original(slots, raw)
+
+    gen.decoder.decode = record
+    try:
+        for _ in range(max_steps):
+            (out,) = gen.step([state], [None], 1)
+            if out.idle:
+                break
+            audio.append(out.audio)
+    finally:
+        gen.decoder.decode = original
+    return torch.cat(latents), np.concatenate(audio)
+
+
+def _close(a, b, tol=1e-4):
+    a, b = torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b))
+    assert a.shape == b.shape, (a.shape, b.shape)
+    err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+    assert err <= tol, err
+
+
+def test_text_chunking_equals_package(tokenizer_path):
+    from pocket_tts.models.text_chunking import split_into_best_sentences
+    from pocket_tts.modules.text_conditioner import SentencePieceTokenizer
+
+    tok = Tokenizer(tokenizer_path)
+    theirs = SentencePieceTokenizer(tok.vocab_size, str(tokenizer_path))
+    rules = TextRules(replace_characters={"\u2019": "'"})
+    for text, max_tokens in ((LONG, 50), (LONG, 12), ("the pH is 3.5 today. yes", 6), ("it\u2019s fine, isn't it", 50)):
+        expected = split_into_best_sentences(theirs, text, max_tokens, False, False,
+                                             replace_characters={"\u2019": "'"})
+        assert split_chunks(tok, rules, text, max_tokens) == expected
+        stream = ChunkStream(tok, rules, max_tokens)
+        words, got = text.split(" "), []
+        for i, word in enumerate(words):
+            got += stream.push(word + (" " if i < len(words) - 1 else ""))
+        got += stream.flush()
+        assert got == expected, (got, expected)
+
+
+def _voice_session(gen: PocketGenerator, voice_audio: torch.Tensor, seed: int, name: str = "clip"):
+    gen.voices[name] = gen.model.voice_from_audio(voice_audio)
+    return gen.open_session(gen.validate_params({"voice": name, "seed": seed}))
+
+
+@pytest.mark.parametrize("flow_type", ["lsd", "pointwise"])
+def test_whole_text_equals_package(tokenizer_path, flow_type):
+    theirs, ours, tok = _pair(tokenizer_path, flow_type)
+    voice = _clip()
+    their_latents, their_audio = _package_run(theirs, voice, TEXT, seed=11)
+    gen = PocketGenerator(ours, tok, {}, max_sessions=2)
+    state = _voice_session(gen, voice, seed=11)
+    gen.handle_event(state, ControlEvent("text", {"text": TEXT, "final": True}))
+    latents, audio = _ours_run(gen, state)
+    assert 6 < latents.shape[0] < 60  # ended on EOS, not on the length budget
+    _close(latents, their_latents)
+    _close(audio, their_audio.numpy())
+
+
+def test_streamed_word_by_word_equals_package(tokenizer_path):
+    """Several chunks, text arriving word by word while speech is already being generated."""
+    theirs, ours, tok = _pair(tokenizer_path, eos_threshold=-4.0)
+    voice = _clip(seed=5)
+    their_latents, their_audio = _package_run(theirs, voice, LONG, seed=7)
+    gen = PocketGenerator(ours, tok, {}, max_sessions=3)
+    other = _voice_session(gen, _clip(seed=9), seed=1, name="other")  # shares every batch
+    gen.handle_event(other, ControlEvent("text", {"text": "Many sessions share one core.", "final": True}))
+    state = _voice_session(gen, voice, seed=7)
+    audio, latents, words = [], [], LONG.split(" ")
+    original = gen.decoder.decode
+
+    def record(slots, raw):
+        rows = [i for i, slot in enumerate(slots) if slot == state.slot]
+        latents.extend(raw[rows, 0])
+        return original(slots, raw)
+
+    gen.decoder.decode = record
+    spoke_before_flush = False
+    for step in range(3000):
+        if step < len(words):
+            gen.handle_event(state, ControlEvent("text", {"text": words[step] + " "}))
+        elif step == len(words):
+            gen.handle_event(state, ControlEvent("flush"))
+        outs = gen.step([other, state], [None, None], 2)
+        if not outs[1].idle:
+            audio.append(outs[1].audio)
+            spoke_before_flush |= step < len(words)
+        elif step > len(words):
+            break
+    assert spoke_before_flush  # the first chunk started before the text was complete
+    _close(torch.stack(latents), their_latents)
+    _close(np.concatenate(audio), their_audio.numpy())
+
+
+def test_batch_equals_single_and_interrupt(tokenizer_path):
+    _, ours, tok = _pair(tokenizer_path)
+    gen = PocketGenerator(ours, tok, {}, max_sessions=4)
+    alone = _voice_session(gen, _clip(), seed=4)
+    gen.handle_event(alone, ControlEvent("text", {"text": TEXT, "final": True}))
+    _, single = _ours_run(gen, alone)
+    gen.close_session(alone)
+    a, b = _voice_session(gen, _clip(seed=8), seed=2, name="b"), _voice_session(gen, _clip(), seed=4)
+    gen.handle_event(a, ControlEvent("text", {"text": LONG, "final": True}))
+    gen.handle_event(b, ControlEvent("text", {"text": TEXT, "final": True}))
+    got = []
+    for _ in range(500):
+        out_a, out_b = gen.step([a, b], [None, None], 2)
+        if out_b.idle:
+            break
+        got.append(out_b.audio)
+    _close(np.concatenate(got), single)
+    assert gen.handle_event(a, ControlEvent("interrupt")) == [{"type": "interrupted"}]
+    assert gen.step([a], [None], 1)[0].idle
