@@ -174,3 +174,54 @@ def test_batch_equals_single_and_interrupt(tokenizer_path):
     _close(np.concatenate(got), single)
     assert gen.handle_event(a, ControlEvent("interrupt")) == [{"type": "interrupted"}]
     assert gen.step([a], [None], 1)[0].idle
+
+
+@pytest.fixture(scope="module")
+def release(tokenizer_path, tmp_path_factory) -> Path:
+    from tests.pocket_helpers import write_release
+
+    return write_release(tmp_path_factory.mktemp("pocket"), tokenizer_path, Tokenizer(tokenizer_path).vocab_size,
+                         _clip(seconds=2.0))
+
+
+def test_published_check_and_load(release, tmp_path):
+    import shutil
+
+    from models import weights
+    from models.errors import WeightsError
+    from models.registry import load_model
+
+    assert weights.check(release) == []
+    gen = load_model("tts", "cpu", {"weights": str(release), "max_sessions": 2})
+    assert gen.describe()["voices"] == ["alba"] and gen.describe()["reference_audio"] is True
+    assert gen.describe()["weights"]["name"] == "pocket-tts"
+    broken = shutil.copytree(release, tmp_path / "broken")
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match=r"model.safetensors"):
+        load_model("tts", "cpu", {"weights": str(broken)})
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(WeightsError, match=r"model.safetensors: missing"):
+        load_model("tts", "cpu", {"weights": str(broken)})
+
+
+async def test_serves_a_release_over_websocket(release, start_server):
+    import aiohttp
+
+    from streaming.client import Client, MediaCollector
+    from tests.streaming_helpers import Received, collect_until
+
+    server = await start_server((f"tts:weights={release},max_sessions=4",))
+    async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/healthz") as r:
+        health = await r.json()
+    assert "pocket-tts" in str(health)
+    async with Client(server.ws_url) as client:
+        ready = await client.start("tts", params={"seed": 1, "voice": "alba"}, audio="pcm16")
+        assert "text" in ready["events"]
+        got = Received(MediaCollector(ready))
+        for word in "Hello there, this is a sentence spoken word by word.".split():
+            await client.send({"type": "text", "text": word + " "})
+        await client.send({"type": "flush"})
+        await collect_until(client, got, num_samples=24_000 // 4, timeout=30)
+        assert len(got.collector.audio_samples()) >= 24_000 // 4
+        await client.stop()

@@ -114,7 +114,7 @@ class PocketGenerator(Generator):
         self.sampler_steps = int(sampler_steps)
         self.noise_std = math.sqrt(self.cfg.temperature if temperature is None else float(temperature))
         self.eos_threshold = self.cfg.eos_threshold if eos_threshold is None else float(eos_threshold)
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = min(int(max_batch_size), int(max_sessions))  # warm-up opens a full batch
         self.window = window
         self.samples_per_latent = self.cfg.samples_per_latent
         self.spec = StreamSpec(
