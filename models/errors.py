@@ -37,10 +37,17 @@ class ParamError(CausalcastError):
 
 
 class CapacityError(CausalcastError):
-    """Admitting one more session would make existing sessions late."""
+    """Admitting one more session would make existing sessions late (or pass a configured limit).
+
+    ``reason`` is a short label for metrics (``causalcast_sessions_refused{reason=...}``).
+    """
 
     code = "capacity"
     fatal = True
+
+    def __init__(self, message: str, reason: str = "capacity") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ModelError(CausalcastError):

@@ -19,6 +19,9 @@ class Metrics:
         self.sessions_refused = Counter(
             "causalcast_sessions_refused", "Sessions refused at start", ["model", "reason"], registry=r
         )
+        self.cost_probes = Counter(
+            "causalcast_cost_probes", "Stale step-cost estimates re-measured before a refusal", ["model"], registry=r
+        )
         self.chunks_produced = Counter("causalcast_chunks_produced", "Output chunks produced", ["model"], registry=r)
         self.late_chunks = Counter("causalcast_late_chunks", "Output chunks past their deadline", ["model"], registry=r)
         self.step_seconds = Histogram(

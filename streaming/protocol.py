@@ -107,12 +107,25 @@ CLIENT_TYPES = frozenset({"start", "watch", "stop", "ping", "request_keyframe"})
 SUPPORTED_INPUT_RATES_HZ = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 
 
+def load_json(text: str | bytes, what: str = "control message", code: str = "bad_message") -> Any:
+    """``json.loads`` for client data: every failure is a :class:`ProtocolError`, never another exception.
+
+    Deeply nested input (``[[[[...`` a thousand levels) makes the parser raise ``RecursionError``; it is
+    reported like any other malformed message.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"{what} is not valid JSON: {e.msg}", code) from e
+    except UnicodeDecodeError as e:
+        raise ProtocolError(f"{what} is not valid UTF-8: {e.reason}", code) from e
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply", code) from None
+
+
 def parse_control(text: str) -> dict[str, Any]:
     """Parse a text frame into a control message dict with a string ``type``."""
-    try:
-        message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"control message is not valid JSON: {e.msg}") from e
+    message = load_json(text)
     if not isinstance(message, dict):
         raise ProtocolError("control message must be a JSON object")
     kind = message.get("type")

@@ -57,6 +57,19 @@ class ServerConfig:
     max_viewers_per_stream: int = 64  # watchers of one shared session (encoded once, fanned out)
     web_root: Path = WEB_ROOT
     shutdown_timeout_s: float = 5.0
+    # A connection must finish its request's headers this long after connecting (or after its previous
+    # response), or it is closed: half-sent requests (slowloris) and idle keep-alives do not hold sockets.
+    http_idle_timeout_s: float = 10.0
+    max_path_chars: int = 1024  # longer request paths are refused with 400 before any route sees them
+
+
+def runner_options(config: ServerConfig) -> dict[str, Any]:
+    """Keyword arguments for aiohttp's ``run_app`` / ``AppRunner`` that carry the server's HTTP limits.
+
+    aiohttp arms its keep-alive timer when a connection is made and closes the connection when it fires
+    while no complete request has arrived, so the keep-alive timeout is also the header timeout.
+    """
+    return {"keepalive_timeout": config.http_idle_timeout_s}
 
 
 def load_models(config: ServerConfig) -> dict[str, Any]:
@@ -70,7 +83,7 @@ def load_models(config: ServerConfig) -> dict[str, Any]:
 
 def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -> web.Application:
     """The aiohttp application; models load and warm up when it starts."""
-    app = web.Application(client_max_size=config.ws.max_message_bytes)
+    app = web.Application(client_max_size=config.ws.max_message_bytes, middlewares=[_guard_requests])
     app[CONFIG_KEY] = config
     app[CONNECTIONS_KEY] = set()
     metrics = Metrics()
@@ -93,6 +106,19 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_stop_engine)
     return app
+
+
+@web.middleware
+async def _guard_requests(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse absurd paths early, and answer a path the file system cannot even look up with 404, not 500."""
+    if len(request.raw_path) > request.app[CONFIG_KEY].max_path_chars:
+        raise web.HTTPBadRequest(text="request path too long\n")
+    try:
+        return await handler(request)
+    except OSError as e:  # e.g. ENAMETOOLONG from a static file lookup
+        if request.path.startswith("/web/"):
+            raise web.HTTPNotFound() from e
+        raise
 
 
 async def _start_engine(app: web.Application) -> None:
@@ -198,4 +224,5 @@ def run(config: ServerConfig, worker: int | None = None) -> None:
         shutdown_timeout=config.shutdown_timeout_s,
         access_log=None,
         reuse_port=worker is not None,
+        **runner_options(config),
     )

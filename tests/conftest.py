@@ -15,7 +15,7 @@ from aiohttp import web
 
 from streaming.engine.core import Engine, EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
-from streaming.server import ENGINE_KEY, ServerConfig, create_app
+from streaming.server import ENGINE_KEY, ServerConfig, create_app, runner_options
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
@@ -71,7 +71,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
             engine=engine,
             ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
         )
-        runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0)
+        runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0, **runner_options(config))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -88,7 +88,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
 async def serve_app(config: ServerConfig) -> tuple[RunningServer, web.AppRunner]:
     """Start the real app for ``config`` on 127.0.0.1 with an ephemeral port; the caller cleans up."""
     config = dataclasses.replace(config, host="127.0.0.1", port=0)
-    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0)
+    runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0, **runner_options(config))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

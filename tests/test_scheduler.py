@@ -140,3 +140,68 @@ def test_clock_sessions_are_woken_by_a_heap_without_duplicates():
         sched.update_from_output(plan, RunnerOutput(outputs=outputs), now=now + 0.001, fail=lambda *a: None)
         assert sched.next_wakeup(now) == pytest.approx(0.04)
     assert len(sched._clock) == 1
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_inflated_estimate_relaxes_to_its_baseline_when_nothing_measures_it():
+    clock = FakeClock()
+    cost = StepCostModel(BatchBuckets(64), fresh_s=5.0, half_life_s=10.0, clock=clock)
+    cost.observe(1, 1, 0.001)  # warm-up: the baseline
+    cost.observe(2, 2, 0.0015)
+    for _ in range(200):  # a burst starves the worker: size 2 measures 120 ms for a while
+        cost.observe(2, 2, 0.120)
+    assert cost.step_seconds(2) > 0.1
+    assert cost.stale_sizes(2) == []  # just measured: fresh, nothing to probe
+    clock.now += 5.0 + 10.0  # fresh window, then one half-life
+    assert cost.step_seconds(2) == pytest.approx(0.0015 + (0.120 - 0.0015) / 2, rel=0.01)
+    assert cost.stale_sizes(2) == [2]
+    clock.now += 200.0
+    assert cost.step_seconds(2) == pytest.approx(0.0015, rel=0.01)
+    cost.observe(2, 2, 0.002)  # a live step after the pause averages from the aged value, not the burst
+    assert cost.step_seconds(2) == pytest.approx(0.0015 + 0.05 * 0.0005, rel=0.01)
+
+
+def test_a_probe_replaces_a_stale_estimate_and_unmeasured_sizes_name_their_neighbours():
+    clock = FakeClock()
+    cost = StepCostModel(BatchBuckets(64), fresh_s=1.0, clock=clock)
+    cost.observe(1, 1, 0.001)
+    cost.observe(8, 8, 0.004)
+    clock.now += 2.0
+    assert cost.stale_sizes(4) == [1, 8]  # 4 is interpolated from 1 and 8
+    assert cost.stale_sizes(100) == [1, 8]  # 64 + 36, both beyond: extrapolated from 1 and 8
+    cost.observe_probe(8, 0.003)
+    assert cost.step_seconds(8) == pytest.approx(0.003)
+    assert cost.stale_sizes(8) == []
+
+
+def test_a_transient_does_not_refuse_a_second_session_or_another_model_for_good():
+    clock = FakeClock()
+    other = StreamSpec(chunk_ms=40, pacing=Pacing.CLOCK, output_audio=AudioFormat(16000))
+    limits = AdmissionLimits(cost_fresh_s=5.0, cost_half_life_s=10.0)
+    sched = Scheduler({"m": ModelInfo(SPEC, 64), "o": ModelInfo(other, 64)}, limits, clock=clock)
+    for size in (1, 2, 4):
+        sched.costs["m"].observe(size, size, 0.0005 * size)
+        sched.costs["o"].observe(size, size, 0.001 * size)
+    sched.reserve("m")
+    sched.add(make_session(0))
+    for _ in range(100):  # the burst: both sizes of 'm' measured slow
+        sched.costs["m"].observe(1, 1, 0.060)
+        sched.costs["m"].observe(2, 2, 0.120)
+    with pytest.raises(CapacityError) as refused:
+        sched.reserve("m")
+    assert refused.value.reason == "utilization"
+    with pytest.raises(CapacityError):
+        sched.reserve("o")  # the running 'm' session's inflated cost refuses other models too
+    assert sched.stale_costs("o") == {}  # ... while the estimates are fresh there is nothing to probe
+    clock.now += 30.0  # nobody stepped size 2 (refused) and the 'm' session is idle (no input)
+    assert sched.stale_costs("o") == {"m": [1], "o": [1]}
+    clock.now += 60.0
+    sched.reserve("m")
+    sched.reserve("o")

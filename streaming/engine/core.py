@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ class Engine:
         self.metrics.loop_busy.set_function(lambda: self.loop_load.busy)
         self.metrics.loop_lag.set_function(lambda: self.loop_load.lag_s)
         self._stopping = False
+        self._probed_at: dict[tuple[str, int], float] = {}  # (model, batch size) -> when last probed
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,9 +125,15 @@ class Engine:
         if self._stopping:
             raise CapacityError("server is shutting down")
         try:
-            self.scheduler.reserve(session.model)
-        except CapacityError:
-            self.metrics.sessions_refused.labels(session.model, "capacity").inc()
+            try:
+                self.scheduler.reserve(session.model)
+            except CapacityError:
+                # A refusal that rests on old step-cost estimates is checked once against a fresh probe.
+                if not await self._probe_stale_costs(session.model):
+                    raise
+                self.scheduler.reserve(session.model)
+        except CapacityError as e:
+            self.metrics.sessions_refused.labels(session.model, e.reason).inc()
             raise
         try:
             loop = asyncio.get_running_loop()
@@ -141,6 +149,36 @@ class Engine:
         session.start()
         self.metrics.sessions_started.labels(session.model).inc()
         self.metrics.sessions_active.labels(session.model).inc()
+
+    async def _probe_stale_costs(self, model: str) -> bool:
+        """Re-measure the old step-cost estimates a start of ``model`` is judged on; True if any was probed.
+
+        A probe steps dummy sessions at that batch size on the worker, between turns (so it delays live
+        sessions by about one step of that size); each size is probed at most once per probe interval.
+        """
+        now = time.monotonic()
+        due = [
+            (m, size)
+            for m, sizes in self.scheduler.stale_costs(model).items()
+            for size in sizes
+            if now - self._probed_at.get((m, size), -math.inf) >= self.config.limits.probe_interval_s
+            # dummy sessions take state slots beside the live ones
+            and size + self.scheduler.count(m) <= self.generators[m].max_batch_size
+        ]
+        if not due:
+            return False
+        loop = asyncio.get_running_loop()
+        for m, size in due:
+            self._probed_at[(m, size)] = now
+            try:
+                seconds = await loop.run_in_executor(self._worker, self.runner.warmup, m, [size], 1)
+            except Exception:  # a probe that fails leaves the estimate as it was
+                log.exception("probing %s at batch size %d failed", m, size)
+                continue
+            self.scheduler.costs[m].observe_probe(size, seconds[size])
+            self.metrics.cost_probes.labels(m).inc()
+            log.info("probed %s at batch size %d: %.2f ms per step", m, size, seconds[size] * 1000)
+        return True
 
     async def close_session(self, session: Session, reason: str) -> None:
         """Stop scheduling a session and free its model state. Safe to call twice."""

@@ -97,6 +97,11 @@ class AdmissionLimits:
     # (the projections price model steps; a saturated event loop or CPU shows up only here).
     max_recent_late_rate: float = 0.01
     recent_window_s: float = 2.0
+    # Step-cost estimates age (cost.py): unmeasured this long, an estimate relaxes towards its baseline with
+    # this half-life, and a start refused on it first probes the size (at most once per probe interval).
+    cost_fresh_s: float = 5.0
+    cost_half_life_s: float = 10.0
+    probe_interval_s: float = 10.0
 
 
 @dataclass
@@ -116,6 +121,7 @@ class Scheduler:
         limits: AdmissionLimits,
         session_config: SessionConfig | None = None,
         loop_load: LoopLoad | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.models = models
         self.limits = limits
@@ -123,7 +129,16 @@ class Scheduler:
         session_config = session_config or SessionConfig()
         self.allowance_s = {name: latency_allowance_s(info.spec, session_config) for name, info in models.items()}
         self.buckets = {name: BatchBuckets(info.max_batch_size) for name, info in models.items()}
-        self.costs = {name: StepCostModel(self.buckets[name], info.pads_to_bucket) for name, info in models.items()}
+        self.costs = {
+            name: StepCostModel(
+                self.buckets[name],
+                info.pads_to_bucket,
+                fresh_s=limits.cost_fresh_s,
+                half_life_s=limits.cost_half_life_s,
+                clock=clock,
+            )
+            for name, info in models.items()
+        }
         self.sessions: dict[str, Session] = {}
         self._num_opening: dict[str, int] = defaultdict(int)
         self._marked: set[str] = set()  # sessions to look at next turn (input or events arrived)
@@ -162,7 +177,7 @@ class Scheduler:
         """
         num_total = sum(self.count(m) for m in self.models)
         if num_total >= self.limits.max_sessions:
-            raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum")
+            raise CapacityError(f"server at capacity: {num_total} sessions is the configured maximum", "max_sessions")
         if num_total == 0:
             # Admission protects running sessions; with none there is nothing to protect, and a cost
             # estimate inflated by a transient (or a model too slow for this device) must not lock
@@ -174,12 +189,14 @@ class Scheduler:
             if busy > self.limits.max_loop_busy:
                 raise CapacityError(
                     f"server at capacity: moving media for {num_total + 1} sessions would keep its event loop "
-                    f"{busy:.0%} busy (limit {self.limits.max_loop_busy:.0%}; now {self.loop_load.busy:.0%})"
+                    f"{busy:.0%} busy (limit {self.limits.max_loop_busy:.0%}; now {self.loop_load.busy:.0%})",
+                    "event_loop",
                 )
         chunks, late = self.recent_lateness()
         if chunks >= 50 and late > self.limits.max_recent_late_rate * chunks:
             raise CapacityError(
-                f"server at capacity: it is running behind ({late} of the last {chunks} chunks were late)"
+                f"server at capacity: it is running behind ({late} of the last {chunks} chunks were late)",
+                "running_late",
             )
         n = self.count(model) + 1
         projected = self.utilization({model: 1})
@@ -188,7 +205,8 @@ class Scheduler:
             raise CapacityError(
                 f"server at capacity: {n} '{model}' sessions would need {need_ms:.1f} ms of every "
                 f"{self.models[model].spec.chunk_ms:g} ms chunk; with the other models the device would be "
-                f"{projected:.0%} busy (limit {self.limits.max_utilization:.0%})"
+                f"{projected:.0%} busy (limit {self.limits.max_utilization:.0%})",
+                "utilization",
             )
         worst_s = 2 * self.turn_seconds({model: 1})
         served = [m for m, c in self._counts({model: 1}).items() if c]
@@ -197,9 +215,15 @@ class Scheduler:
             raise CapacityError(
                 f"server at capacity: with {n} '{model}' sessions a chunk could wait {worst_s * 1000:.1f} ms "
                 f"(a step in flight, then its own), over the {self.allowance_s[tightest] * 1000:g} ms "
-                f"'{tightest}' sessions may take"
+                f"'{tightest}' sessions may take",
+                "latency",
             )
         self._num_opening[model] += 1
+
+    def stale_costs(self, model: str) -> dict[str, list[int]]:
+        """Batch sizes, per model, whose old estimates the projection of one more ``model`` session rests on."""
+        stale = {m: self.costs[m].stale_sizes(n) for m, n in self._counts({model: 1}).items()}
+        return {m: sizes for m, sizes in stale.items() if sizes}
 
     def recent_lateness(self, now: float | None = None) -> tuple[int, int]:
         """Chunks delivered and chunks late over the recent window."""

@@ -21,7 +21,6 @@ The control data channel opened by the client carries the WebSocket protocol's J
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -31,6 +30,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 from models.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
+from streaming.protocol import load_json
 from streaming.transports import rtc_support
 from streaming.transports.webrtc_peer import RtcConfig, RtcPeerBase, inspect_offer
 from streaming.transports.webrtc_session import answer_session
@@ -126,10 +126,7 @@ class RtcHub:
         raw = await request.read()
         if len(raw) > self.config.max_offer_bytes:
             raise ProtocolError(f"offer of {len(raw)} bytes is too large", "too_large")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ProtocolError(f"offer body is not valid JSON: {e}", "bad_offer") from e
+        body = load_json(raw, "offer body", "bad_offer")
         if not isinstance(body, dict):
             raise ProtocolError("offer body must be a JSON object", "bad_offer")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):

@@ -1,0 +1,123 @@
+"""Unfriendly clients against the real server on 127.0.0.1, each beside a well-behaved monitor session.
+
+Every probe here was found against a running server (issue 18): it must get a clear error or a quiet
+close, and the monitor's chunks and ping round trips must not suffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import pytest
+from conftest import make_server_config, serve_app
+from hardening_helpers import Monitor
+
+from streaming.client import Client, ServerError
+from streaming.engine.scheduler import AdmissionLimits
+
+
+async def test_a_refusal_on_a_stale_cost_estimate_is_probed_and_admission_recovers(start_server):
+    """What a burst leaves behind: a batch size measured slow once and never run again.
+
+    A client's burst starved the worker while two pitch sessions stepped together, so the estimate for a
+    batch of 2 read ~125 ms; every second pitch session was then refused and, because a refused size never
+    runs, the estimate never came back down. Here the burst's result is put in place directly; the
+    estimate must be re-measured (probed) once it is stale, and the second session admitted.
+    """
+    limits = AdmissionLimits(cost_fresh_s=1.0, cost_half_life_s=3600.0, probe_interval_s=0.5)
+    server = await start_server(("pitch", "testcard"), limits=limits)
+    costs = server.engine.scheduler.costs["pitch"]
+    async with Monitor(server.ws_url) as monitor:
+        for _ in range(300):
+            costs.observe(2, 2, 0.125)
+        async with Client(server.ws_url) as second:
+            with pytest.raises(ServerError) as refused:  # fresh: the measurement stands
+                await second.start("pitch", input_sample_rate_hz=16_000)
+            assert "2 'pitch' sessions would need" in refused.value.message["message"]
+            await asyncio.sleep(1.2)  # stale now; no aging (hour-long half-life): only a probe can help
+            ready = await second.start("pitch", input_sample_rate_hz=16_000)
+            assert ready["type"] == "ready"
+            assert costs.step_seconds(2) < 0.02
+            async with Client(server.ws_url) as third:
+                await third.start("testcard")  # another model is not refused on pitch's account
+        report = await monitor.finish()
+    metrics = server.engine.metrics.render().decode()
+    assert 'causalcast_cost_probes_total{model="pitch"} 1.0' in metrics
+    assert 'causalcast_sessions_refused_total{model="pitch",reason="utilization"} 1.0' in metrics
+    report.assert_unaffected()
+
+
+async def test_deeply_nested_json_is_a_bad_message_not_a_crash(start_server):
+    server = await start_server(("pitch",))
+    nested = "[" * 5000 + "]" * 5000
+    async with Monitor(server.ws_url) as monitor, Client(server.ws_url) as client:
+        for _ in range(3):
+            await client.ws.send_str(nested)
+            error = await client.expect("error")
+            assert error["code"] == "bad_message" and "nested too deeply" in error["message"]
+        await client.send({"type": "ping", "t": 1})
+        assert (await client.expect("pong"))["t"] == 1  # the connection is still served
+        body = '{"type": "offer", "sdp": ' + nested + "}"
+        async with aiohttp.ClientSession() as http, http.post(f"{server.http_url}/offer", data=body) as r:
+            assert r.status == 400
+            assert (await r.json())["code"] == "bad_offer"
+        report = await monitor.finish()
+    report.assert_unaffected()
+
+
+async def test_absurd_static_paths_get_400_or_404_not_500(start_server):
+    server = await start_server(("pitch",))
+    async with Monitor(server.ws_url) as monitor, aiohttp.ClientSession() as http:
+        for path, status in (("/web/" + "a" * 5000, 400), ("/web/" + "a" * 1000, 404), ("/web/" + "a/" * 400, 404)):
+            async with http.get(server.http_url + path) as r:
+                assert r.status == status, (len(path), r.status)
+        async with http.get(f"{server.http_url}/web/app.js") as r:
+            assert r.status == 200
+        report = await monitor.finish()
+    report.assert_unaffected()
+
+
+async def _half_sent_request(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # headers never finish
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await reader.read(1024) == b""
+    except ConnectionError:
+        return True
+
+
+async def test_half_sent_requests_are_closed_after_the_header_timeout():
+    config = make_server_config(models=("pitch",), http_idle_timeout_s=1.0)
+    server, runner = await serve_app(config)
+    connections = []
+    try:
+        async with Monitor(server.ws_url) as monitor:
+            started = time.monotonic()
+            connections = [await _half_sent_request(server.port) for _ in range(200)]
+            for _, writer in connections[:50]:  # trickling more header bytes does not extend the deadline
+                writer.write(b"a")
+            closed = await asyncio.wait_for(
+                asyncio.gather(*(_closed_by_server(reader) for reader, _ in connections)), timeout=5.0
+            )
+            elapsed_s = time.monotonic() - started
+            assert all(closed)
+            assert elapsed_s < 3.0, elapsed_s
+            async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/healthz") as r:
+                assert r.status == 200  # complete requests are served as before
+            report = await monitor.finish()  # the monitor's WebSocket is a request in progress: kept
+    finally:
+        for _, writer in connections:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await runner.cleanup()
+    report.assert_unaffected()
+
