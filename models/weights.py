@@ -348,6 +348,23 @@ def read_tensors(path: str | os.PathLike, dtype: Any = None) -> dict[str, Any]:
     return tensors
 
 
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """A ``torch.save`` file (tensors only, no code run) memory-mapped: shapes cost no reading; WeightsError names it.
+
+    For releases published as ``.pt`` pickles (LongLive): ``weights_only`` refuses anything but tensors and
+    plain containers, and ``mmap`` leaves the data on disk until a tensor is used.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: missing")
+    try:
+        return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise WeightsError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+
+
 @dataclass
 class LoadReport:
     """What :func:`load_mapped` did: every published key is in exactly one list."""

@@ -203,3 +203,107 @@ def test_text_path_equals_umt5_encoder(tmp_path):
     assert ours.encode(prompt) is got and ours.num_encoded == 1
     long = ours.encode(" ".join(["snow"] * 20))  # truncated to the token budget, ends with </s>
     assert long.shape == (8, 16) and ours.num_encoded == 2
+
+
+# --- the release, end to end on the CPU (tiny shapes) -----------------------------------------------------
+
+TINY_VAE = {"dim": 8, "z_dim": 4, "dim_mult": (1, 2, 2, 2), "num_res_blocks": 1, "latent_mean": [0.0] * 4,
+            "latent_std": [1.0] * 4}
+
+
+def _tiny_release(folder, rank: int = 2):
+    """A release folder in the published layout: LongLive .pt files, diffusers VAE, transformers umT5."""
+    from diffusers import AutoencoderKLWan
+    from safetensors.torch import save_file
+
+    from models.video.wan import published
+
+    cfg = WanConfig.tiny(text_dim=16, text_len=8)
+    generator = _random_state(WanDiT(cfg), 7, prefix="model.")
+    (folder / "longlive").mkdir(parents=True)
+    torch.save({"generator": generator}, folder / published.GENERATOR)
+    g = torch.Generator().manual_seed(8)
+    lora = {}
+    for name, shape in WanDiT(cfg).state_dict().items():
+        if name.startswith("blocks.") and name.endswith(".weight") and len(shape.shape) == 2:
+            out_dim, in_dim = shape.shape
+            base = "base_model.model." + name[: -len(".weight")]
+            lora[base + ".lora_A.weight"] = torch.randn(rank, in_dim, generator=g) * 0.1
+            lora[base + ".lora_B.weight"] = torch.randn(out_dim, rank, generator=g) * 0.1
+    torch.save({"generator_lora": lora}, folder / published.LORA)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1,
+                           temperal_downsample=[False, True, True])
+    (folder / "vae").mkdir()
+    save_file({k: v.contiguous() for k, v in _random_state(vae, 9).items()}, str(folder / published.VAE))
+    _tiny_umt5(folder)
+    (folder / published.TEXT_INDEX).write_text('{"weight_map": {"shared.weight": "model.safetensors"}}')
+    return cfg, generator, lora
+
+
+def test_release_loads_merges_lora_and_streams(tmp_path):
+    from models.base import ControlEvent, StepInput
+    from models.video.wan import published
+
+    cfg, generator, lora = _tiny_release(tmp_path)
+    text_shapes = {"shared.weight": (13, 16)}
+    assert published.check(tmp_path, cfg, TINY_VAE, text_shapes) == []
+    gen = published.load(tmp_path, device="cpu", dtype="float32", max_sessions=2, cfg=cfg, vae=TINY_VAE,
+                         prompt="a red fox runs in snow")
+    key = "blocks.1.ffn.2"
+    a, b = lora[f"base_model.model.{key}.lora_A.weight"], lora[f"base_model.model.{key}.lora_B.weight"]
+    merged = generator[f"model.{key}.weight"] + (2 / 2) * b @ a  # alpha defaults to the rank
+    assert torch.allclose(gen.dit.state_dict()[f"{key}.weight"], merged, atol=1e-6)
+
+    first, second = gen.open_session({"seed": 1}), gen.open_session({"prompt": "the city at night", "seed": 2})
+    assert gen.text_encoder.num_encoded == 2
+    outputs = []
+    for n in range(4):
+        if n == 2:
+            gen.handle_event(first, ControlEvent("prompt", {"text": "a red fox runs in the city"}))
+        outputs.append(gen.step([first, second], [StepInput(), StepInput()], 2))
+    frames = outputs[0][0].video
+    assert frames.shape == (4 * cfg.block_frames, 32, 48, 3) and frames.dtype == "uint8"  # 4 frames per latent frame
+    assert (frames[:4] == frames[3]).all()  # the first block's first frame is held for 3 more
+    applied = outputs[2][0].notices[0]
+    assert applied["type"] == "prompt_applied" and applied["recached_blocks"] == 1  # the window past the sink
+    assert first.num_blocks == 4 and gen.cache.num_entries(first.slot) == gen.cache.capacity  # sink + 3 blocks
+    gen.close_session(first)
+    # a session's video does not depend on who shares its batch
+    alone = published.load(tmp_path, device="cpu", dtype="float32", max_sessions=2, cfg=cfg, vae=TINY_VAE)
+    solo = alone.open_session({"prompt": "the city at night", "seed": 2})
+    for n in range(2):
+        video = alone.step([solo], [StepInput()], 1)[0].video
+        assert abs(video.astype(int) - outputs[n][1].video.astype(int)).max() <= 1
+
+
+def test_release_check_names_file_and_key(tmp_path):
+    from models.video.wan import published
+
+    cfg, generator, lora = _tiny_release(tmp_path)
+    text_shapes = {"shared.weight": (13, 16)}
+    del generator["model.blocks.0.ffn.0.bias"]
+    torch.save({"generator": {**generator, "model.extra": torch.zeros(1)}}, tmp_path / published.GENERATOR)
+    lora.pop(next(k for k in lora if k.endswith("lora_B.weight")))
+    torch.save({"generator_lora": lora}, tmp_path / published.LORA)
+    problems = published.check(tmp_path, cfg, TINY_VAE, text_shapes)
+    text = "\n".join(problems)
+    assert "longlive_base.pt: missing key 'model.blocks.0.ffn.0.bias'" in text
+    assert "longlive_base.pt: unexpected key 'model.extra'" in text
+    assert "lora.pt" in text and "incomplete pair" in text
+
+
+def test_cpu_server_refuses_the_release_saying_it_needs_a_gpu(tmp_path, capsys):
+    from models import weights
+    from models.errors import WeightsError
+    from models.registry import load_model
+    from streaming.cli import main as cli_main
+
+    model = weights.published_model("longlive")
+    assert model.needs_gpu and model.family == "video"
+    assert {f.license for f in model.files} == {"CC-BY-NC-4.0", "Apache-2.0"}
+    assert all(f.approx_bytes for f in model.files)
+    weights.write_manifest(tmp_path, model, {})
+    with pytest.raises(WeightsError, match="'longlive' needs a GPU"):
+        load_model("video", "cpu", {"weights": str(tmp_path)})
+    assert cli_main(["serve", "--port", "0", "--device", "cpu", "--models", f"video:weights={tmp_path}"]) == 2
+    assert "needs a GPU" in capsys.readouterr().err

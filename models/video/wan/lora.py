@@ -20,11 +20,12 @@ PEFT_PREFIX = "base_model.model."
 
 @torch.no_grad()
 def merge_lora(module: nn.Module, lora: Mapping[str, torch.Tensor], *, alpha: float, rank: int, source: str,
-               rename: Callable[[str], str] = lambda k: k) -> int:
+               rename: Callable[[str], str] = lambda k: k, dry_run: bool = False) -> int:
     """Add every A/B pair of ``lora`` into ``module``'s weights; returns how many layers were merged.
 
     Every tensor must belong to a complete pair whose target weight exists with matching shapes, else
     :class:`WeightsError` names ``source`` and the keys. Merging is done in float32, then cast back.
+    ``dry_run`` only checks (shapes suffice: the module may live on the meta device).
     """
     own = module.state_dict()
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -52,6 +53,8 @@ def merge_lora(module: nn.Module, lora: Mapping[str, torch.Tensor], *, alpha: fl
     if faults:
         more = f" (+{len(faults) - 10} more)" if len(faults) > 10 else ""
         raise WeightsError(f"{source}: " + "; ".join(faults[:10]) + more)
+    if dry_run:
+        return len(pairs)
     for target, pair in pairs.items():
         weight = own[target]
         delta = (alpha / rank) * (pair["lora_B"].float() @ pair["lora_A"].float())
