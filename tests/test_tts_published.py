@@ -59,9 +59,9 @@ def _ours_run(gen: PocketGenerator, state, max_steps: int = 2000):
     audio, latents = [], []
     original = gen.decoder.decode
 
-    def record(slots, raw):
+    def record(slots, raw, pad_to=None):
         latents.append(raw[:, 0])
-        return original(slots, raw)
+        return original(slots, raw, pad_to)
 
     gen.decoder.decode = record
     try:
@@ -132,10 +132,10 @@ def test_streamed_word_by_word_equals_package(tokenizer_path):
     audio, latents, words = [], [], LONG.split(" ")
     original = gen.decoder.decode
 
-    def record(slots, raw):
+    def record(slots, raw, pad_to=None):
         rows = [i for i, slot in enumerate(slots) if slot == state.slot]
         latents.extend(raw[rows, 0])
-        return original(slots, raw)
+        return original(slots, raw, pad_to)
 
     gen.decoder.decode = record
     spoke_before_flush = False
@@ -225,3 +225,18 @@ async def test_serves_a_release_over_websocket(release, start_server):
         await collect_until(client, got, num_samples=24_000 // 4, timeout=30)
         assert len(got.collector.audio_samples()) >= 24_000 // 4
         await client.stop()
+
+
+def test_padded_bucket_path_equals_eager(tokenizer_path):
+    """The graph path (fixed-shape step, batch padded to the bucket) on the CPU, where it runs eagerly."""
+    _, ours, tok = _pair(tokenizer_path)
+    runs = []
+    for graphs, padded in ((False, 2), (True, 4)):
+        gen = PocketGenerator(ours, tok, {}, max_sessions=4, graphs=graphs)
+        a, b = _voice_session(gen, _clip(seed=8), seed=2, name="b"), _voice_session(gen, _clip(), seed=4)
+        gen.handle_event(a, ControlEvent("text", {"text": LONG, "final": True}))
+        gen.handle_event(b, ControlEvent("text", {"text": TEXT, "final": True}))
+        audio = [np.concatenate([o.audio for o in gen.step([a, b], [None, None], padded) if not o.idle])
+                 for _ in range(30)]
+        runs.append(np.concatenate(audio))
+    _close(runs[1], runs[0])

@@ -40,7 +40,7 @@ from models.params import base64_param
 from models.speech_text import MAX_TEXT_CHARS
 from models.tts.pocket.checkpoint import PocketTTS, Voice
 from models.tts.pocket.mimi import SlotDecoder
-from models.tts.pocket.model import attention_layers
+from models.tts.pocket.model import advance_written, attention_layers, claim
 from models.tts.pocket.text import ChunkStream, TextRules, Tokenizer
 
 EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
@@ -124,12 +124,14 @@ class PocketGenerator(Generator):
             event_types=EVENTS,
         )
         shape = self.cfg.backbone
-        self.cache = RingKVCache(num_layers=shape.num_layers, num_slots=max_sessions, num_heads=shape.kv_heads,
+        self.cache = RingKVCache(num_layers=shape.num_layers, num_slots=max_sessions + 1, num_heads=shape.kv_heads,
                                  head_dim=shape.head_dim, window=window, device=self.device)
-        self.decoder = SlotDecoder(model.mimi, max_sessions, self.device)  # rows = the cache's slots
-        self.fade = torch.linspace(0, 1, int(FADE_IN_S * self.cfg.sample_rate_hz), device=self.device)
+        self.pad_slot = self.cache.allocate()  # padding rows of a graph bucket write here, never a session's
         self.use_graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
-        self._heads = BucketGraphs(self._sample_core, enabled=self.use_graphs)
+        self.pads_to_bucket = self.use_graphs
+        self.decoder = SlotDecoder(model.mimi, max_sessions + 1, self.device, graphs=self.use_graphs)  # rows = slots
+        self.fade = torch.linspace(0, 1, int(FADE_IN_S * self.cfg.sample_rate_hz), device=self.device)
+        self._ar = BucketGraphs(self._ar_core, enabled=self.use_graphs)
 
     # -- sessions ---------------------------------------------------------------------------------------
     @property
@@ -255,7 +257,7 @@ class PocketGenerator(Generator):
         running = [s for s in states if s.running]
         emitted: dict[int, torch.Tensor] = {}
         if running:
-            latents, eos = self._sample(running)
+            latents, eos = self._sample(running, max(padded_batch_size, len(running)))
             for r, s in enumerate(running):
                 if self._advance(s, latents[r], bool(eos[r])):
                     emitted[id(s)] = latents[r]
@@ -264,7 +266,8 @@ class PocketGenerator(Generator):
             talking = [s for s in states if id(s) in emitted]
             raw = torch.stack([emitted[id(s)] for s in talking]) * self.model.flow_lm.emb_std \
                 + self.model.flow_lm.emb_mean
-            decoded = self.decoder.decode([s.slot for s in talking], raw[:, None])  # (E, samples)
+            pad = max(padded_batch_size, len(talking)) if self.use_graphs else None
+            decoded = self.decoder.decode([s.slot for s in talking], raw[:, None], pad_to=pad)  # (E, samples)
             for r, s in enumerate(talking):
                 if s.fade_in:
                     decoded[r, : self.fade.numel()] *= self.fade
@@ -295,8 +298,9 @@ class PocketGenerator(Generator):
             self.cache.write(layer, [s.slot], index, voice.k[layer][None], voice.v[layer][None])
         ids = torch.tensor([chunk.ids], device=self.device)
         positions = voice.num_frames + torch.arange(num_tokens, device=self.device)[None]
+        index = self.cache.reserve([s.slot], positions)
         attention_layers(self.model.flow_lm.transformer, self.model.flow_lm.conditioner(ids), positions,
-                         self.cache, [s.slot], used=voice.num_frames + num_tokens)
+                         self.cache, [s.slot], index, used=voice.num_frames + num_tokens)
         self._noise(s)  # the package samples (and discards) a latent after every prompt: keep its draws
         s.running, s.position, s.frame, s.eos_frame = True, voice.num_frames + num_tokens, 0, None
         s.max_frames, s.frames_after_eos = min(budget, room), chunk.frames_after_eos
@@ -308,19 +312,40 @@ class PocketGenerator(Generator):
         noise = torch.empty(self.cfg.latent_dim, device=self.device)
         return noise.normal_(0.0, self.noise_std, generator=s.rng)
 
-    def _sample(self, running: list[PocketState]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batched backbone step and the heads: (latents (R, D), EOS (R,) bool)."""
-        flow_lm = self.model.flow_lm
-        x = flow_lm.latent_in(torch.stack([s.last for s in running])[:, None])  # (R, 1, C)
-        positions = torch.tensor([[s.position] for s in running], device=self.device)
-        h = attention_layers(flow_lm.transformer, x, positions, self.cache, [s.slot for s in running],
-                             used=max(s.position for s in running) + 1)
-        noise = torch.stack([self._noise(s) for s in running])
-        latents, eos_logit = self._heads(h[:, 0], noise)
-        return latents, (eos_logit > self.eos_threshold).cpu()
+    def _sample(self, running: list[PocketState], padded: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched backbone step and the heads: (latents (R, D), EOS (R,) bool).
 
-    def _sample_core(self, hidden: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.flow_lm.sample(self.model.flow_lm.heads(hidden), noise, self.sampler_steps)
+        With graphs the batch is padded to the engine's bucket (rows past R use the padding slot) and the
+        step replays one captured graph per bucket; eagerly only the entries in use are attended.
+        """
+        batch = len(running)
+        rows = [s.slot for s in running]
+        last = torch.stack([s.last for s in running])
+        positions = [s.position for s in running]
+        noise = torch.stack([self._noise(s) for s in running])
+        if self.use_graphs and padded > batch:
+            extra = padded - batch
+            rows += [self.pad_slot] * extra
+            positions += [0] * extra
+            last = torch.cat([last, last.new_zeros(extra, last.shape[1])])
+            noise = torch.cat([noise, noise.new_zeros(extra, noise.shape[1])])
+        rows_t = torch.tensor(rows, device=self.device)
+        positions_t = torch.tensor(positions, device=self.device)[:, None]
+        if self.use_graphs:
+            latents, eos_logit = self._ar(rows_t, positions_t, last, noise)
+        else:
+            latents, eos_logit = self._ar_core(rows_t, positions_t, last, noise, used=max(positions) + 1)
+        advance_written(self.cache, rows[:batch], 1)
+        return latents[:batch].clone(), (eos_logit[:batch] > self.eos_threshold).cpu()
+
+    def _ar_core(self, rows: torch.Tensor, positions: torch.Tensor, last: torch.Tensor, noise: torch.Tensor,
+                 used: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tensors in, tensors out (capturable): feed the last latents, sample the next ones and EOS logits."""
+        flow_lm = self.model.flow_lm
+        claim(self.cache, rows, positions, positions)  # a chunk never wraps the ring: entry n sits at index n
+        h = attention_layers(flow_lm.transformer, flow_lm.latent_in(last[:, None]), positions, self.cache, rows,
+                             positions, used=used)
+        return flow_lm.sample(flow_lm.heads(h[:, 0]), noise, self.sampler_steps)
 
     def _advance(self, s: PocketState, latent: torch.Tensor, eos: bool) -> bool:
         """Apply the stopping rule to a new frame; True when it is kept (spoken)."""

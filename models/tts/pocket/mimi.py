@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import RingKVCache
+from models.graphs import BucketGraphs
 from models.tts.pocket.config import PocketConfig, SEANetShape, TransformerShape
-from models.tts.pocket.model import Transformer, attention_layers
+from models.tts.pocket.model import Transformer, advance_written, attention_layers, claim
 
 
 class CausalConv1d(nn.Module):
@@ -188,11 +189,18 @@ def _res_block(block: ResBlock, x: torch.Tensor, carries: list[torch.Tensor] | N
 
 
 class SlotDecoder:
-    """Streaming Mimi decoding for ``num_slots`` sessions: carries and transformer KV per slot (rows = slots)."""
+    """Streaming Mimi decoding for ``num_slots`` sessions: carries and transformer KV per slot (rows = slots).
 
-    def __init__(self, mimi: Mimi, num_slots: int, device: torch.device, max_latents_per_call: int = 1) -> None:
+    Per-call indices (rows, positions, ring entries) are tensors, so with ``graphs`` the whole decode is one
+    captured CUDA graph per batch bucket (:class:`~models.graphs.BucketGraphs`); on the CPU it runs eagerly.
+    """
+
+    def __init__(self, mimi: Mimi, num_slots: int, device: torch.device, max_latents_per_call: int = 1,
+                 graphs: bool = False) -> None:
         self.mimi, self.device = mimi, device
         self.num_slots = num_slots
+        self.pad_slot = num_slots  # one more row: padding rows of a bucket decode there
+        num_slots += 1
         shape = mimi.cfg.decoder_transformer
         # The ring holds the attention window plus the frames of one call (written before they attend), so
         # the first new frame still sees ``context`` frames back; visibility is by label (position).
@@ -209,6 +217,7 @@ class SlotDecoder:
             else:
                 channels, length = conv.conv.in_channels, conv.context
             self.carries.append(torch.zeros(num_slots, channels, length, device=device))
+        self.core = BucketGraphs(self._core, enabled=graphs)
 
     def _convs(self) -> list[nn.Module]:
         out: list[nn.Module] = [self.mimi.upsample.convtr] if self.mimi.stride != 1 else []
@@ -228,12 +237,33 @@ class SlotDecoder:
         self.cache.clear(slots, keep_sink=False)
 
     @torch.no_grad()
-    def decode(self, slots: list[int], latents: torch.Tensor) -> torch.Tensor:
-        """Audio (B, N * samples_per_latent) of un-normalised latents (B, N, D), continuing each slot's stream."""
+    def decode(self, slots: list[int], latents: torch.Tensor, pad_to: int | None = None) -> torch.Tensor:
+        """Audio (B, N * samples_per_latent) of un-normalised latents (B, N, D), continuing each slot's stream.
+
+        ``pad_to``: run a batch of that size (rows past B decode into ``pad_slot``), so a captured graph per
+        batch bucket can be replayed.
+        """
+        if latents.shape[1] * self.mimi.stride > self.frames_per_call:
+            raise ValueError(f"decode at most {self.frames_per_call // self.mimi.stride} latents per call")
+        num_frames = latents.shape[1] * self.mimi.stride
+        start = self.positions[torch.as_tensor(slots, dtype=torch.long)]
+        positions = start[:, None] + torch.arange(num_frames)[None]  # (B, F) decoder frames
+        rows, batch = list(slots), len(slots)
+        if pad_to is not None and pad_to > batch:
+            rows += [self.pad_slot] * (pad_to - batch)
+            positions = torch.cat([positions, torch.arange(num_frames).expand(pad_to - batch, -1)])
+            latents = torch.cat([latents, latents.new_zeros(pad_to - batch, *latents.shape[1:])])
+        positions = positions.to(self.device)
+        index = positions.remainder(self.cache.capacity)  # the ring: entry n of a stream sits at n mod capacity
+        audio = self.core(torch.as_tensor(rows, dtype=torch.long, device=self.device), positions, index, latents)
+        self.positions[torch.as_tensor(slots, dtype=torch.long)] = start + num_frames
+        advance_written(self.cache, slots, num_frames)
+        return audio[:batch]
+
+    def _core(self, rows: torch.Tensor, positions: torch.Tensor, index: torch.Tensor, latents: torch.Tensor
+              ) -> torch.Tensor:
+        """The decode proper, tensors only (capturable): carries gathered by row, stepped, scattered back."""
         mimi = self.mimi
-        if latents.shape[1] * mimi.stride > self.frames_per_call:
-            raise ValueError(f"decode at most {self.frames_per_call // mimi.stride} latents per call")
-        rows = torch.as_tensor(slots, dtype=torch.long, device=self.device)
         carries = [c.index_select(0, rows) for c in self.carries]
         new: list[torch.Tensor] = []
         x = F.conv1d(latents.transpose(1, 2), mimi.quantizer.output_proj.weight)  # (B, C, N)
@@ -242,12 +272,10 @@ class SlotDecoder:
             x, tail = mimi.upsample.convtr(x, carries[k])
             new.append(tail)
             k += 1
-        num_frames = x.shape[-1]
-        start = self.positions[rows.cpu()]
-        positions = (start[:, None] + torch.arange(num_frames)[None]).to(self.device)
-        x = attention_layers(mimi.decoder_transformer.transformer, x.transpose(1, 2), positions, self.cache, slots)
+        claim(self.cache, rows, index, positions)
+        x = attention_layers(mimi.decoder_transformer.transformer, x.transpose(1, 2), positions, self.cache, rows,
+                             index)
         x = x.transpose(1, 2)
-        self.positions[rows.cpu()] = start + num_frames
         for layer in mimi.decoder.model:
             if isinstance(layer, ResBlock):
                 branch, news = _res_block(layer, x, carries[k: k + 2])

@@ -113,39 +113,51 @@ def attention_layers(
     positions: torch.Tensor,
     cache: RingKVCache | None = None,
     slots: list[int] | torch.Tensor | None = None,
+    index: torch.Tensor | None = None,
     used: int | None = None,
     kv_out: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:
     """Run (B, T, C) through the stack at positions (B, T).
 
-    With a cache: new keys/values are written into the sessions' slots first (one reserve per call), then
-    each query attends to every visible entry — its own chunk's causal past included — limited to the
-    first ``used`` entries when the caller knows nothing later is held. Without a cache: one causal pass
-    over the sequence (offline); ``kv_out`` then collects each layer's keys/values (a voice prompt's state).
-    The window is the shape's ``context`` (else the cache's).
+    With a cache: the new entries' ring indices (B, T) are claimed by the caller and labelled (``cache.
+    reserve``, or :func:`claim` inside a captured step); each layer writes its keys/values there, then every
+    query attends to the visible entries — its own new ones included — among the first ``used`` of each slot
+    (all when None: fixed shapes for a CUDA graph). Without a cache: one causal pass over the sequence
+    (offline); ``kv_out`` then collects each layer's keys/values (a voice prompt's state). The window is the
+    shape's ``context`` (else the cache's).
     """
     shape = transformer.shape
     if cache is None:
-        window = shape.context or (x.shape[1] + 1)
-        mask = offline_mask(positions, window)
+        mask = offline_mask(positions, shape.context or (x.shape[1] + 1))
     else:
-        index = cache.reserve(slots, positions)
+        rows = slot_rows(slots, cache.k.device)
         mask = cache.mask(slots, positions, window=shape.context)
-        if used is not None:
-            mask = mask[..., :used]
+        end = cache.capacity if used is None else used
+        mask = mask[..., :end]
     for i, layer in enumerate(transformer.layers):
         attn = layer.self_attn
         q, k, v = attn.qkv(layer.norm1(x), positions)
         if cache is not None:
             cache.write(i, slots, index, k, v)
-            rows = slot_rows(slots, cache.k.device)
-            end = cache.capacity if used is None else used
-            k, v = cache.k[i, :, :end][rows], cache.v[i, :, :end][rows]  # only the entries that can be visible
+            k, v = cache.k[i, :, :end][rows], cache.v[i, :, :end][rows]  # only entries that can be visible
         elif kv_out is not None:
             kv_out.append((k, v))
         x = x + layer.layer_scale_1(attn.attend(q, k, v, mask))
         x = layer.feed_forward(x)
     return x
+
+
+def claim(cache: RingKVCache, rows: torch.Tensor, index: torch.Tensor, positions: torch.Tensor) -> None:
+    """Label ring entries ``index`` (B, T) of slots ``rows`` (B,) with ``positions``.
+
+    Tensor ops only, so a captured step can do it; the host keeps ``num_written`` (:func:`advance_written`).
+    """
+    cache.labels[rows[:, None], index] = positions
+
+
+def advance_written(cache: RingKVCache, slots: list[int], count: int) -> None:
+    """Host bookkeeping after :func:`claim`: ``count`` more entries written in each slot."""
+    cache.num_written[torch.as_tensor(slots, dtype=torch.long)] += count
 
 
 class VarianceNorm(nn.Module):
