@@ -419,3 +419,103 @@ def load_mapped(
         for ours, value in filled.items():
             own[ours].copy_(value.to(own[ours].dtype))
     return report
+
+
+# --- torch archives (TorchScript and torch.save files), from their pickled header ------------------------
+_STORAGE_DTYPES = {"FloatStorage": "F32", "HalfStorage": "F16", "BFloat16Storage": "BF16", "DoubleStorage": "F64",
+                   "LongStorage": "I64", "IntStorage": "I32", "BoolStorage": "BOOL", "ByteStorage": "U8",
+                   "CharStorage": "I8", "ShortStorage": "I16"}
+
+
+@dataclass
+class ArchiveHeader:
+    """What a torch zip archive's pickle says, read without running it or loading a tensor."""
+
+    tensors: dict[str, tuple[tuple[int, ...], str]]  # dotted name -> (shape, dtype)
+    attributes: dict[str, Any]  # a TorchScript module's plain attributes (str, int, float, bool), dotted
+    torchscript: bool  # has compiled code (torch.jit.save) rather than only pickled data (torch.save)
+
+
+class _Record:
+    """A pickled TorchScript object: its state is kept, its class never imported."""
+
+    def __init__(self, *_args: Any) -> None:
+        self.state: Any = None
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def torch_archive_header(path: str | os.PathLike) -> ArchiveHeader:
+    """Tensor names, shapes and dtypes of a TorchScript or ``torch.save`` zip archive, from ``data.pkl`` alone.
+
+    A restricted unpickler: classes of the archive become plain records, tensors become (shape, dtype),
+    nothing else may be imported, no storage is read. Each tensor's storage must be present in the zip.
+    WeightsError naming the file when it is missing, truncated, or not such an archive.
+    """
+    import io
+    import pickle
+    import zipfile
+
+    path = Path(path)
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module.startswith("__torch__"):
+                return type(name, (_Record,), {})
+            if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                return lambda storage, _offset, size, *_rest: ("tensor", tuple(size), storage)
+            if module == "torch._utils" and name == "_rebuild_parameter":
+                return lambda data, *_rest: data
+            if module == "torch.jit._pickle":
+                return lambda value, *_rest: value
+            if module == "torch" and name.endswith("Storage") or module == "torch.storage":
+                return name
+            if module == "collections" and name == "OrderedDict":
+                from collections import OrderedDict
+
+                return OrderedDict
+            if module == "torch" and name in ("float32", "float16", "bfloat16", "int64"):
+                return name
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights archive")
+
+        def persistent_load(self, pid: Any) -> Any:
+            _, storage_type, key, _location, numel = pid
+            return (storage_type, str(key), int(numel))
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pickles:
+                raise ValueError("no data.pkl")
+            root = pickles[0][: -len("data.pkl")]
+            root_obj = Unpickler(io.BytesIO(archive.read(pickles[0]))).load()
+            sizes = {info.filename: info.file_size for info in archive.infolist()}
+    except FileNotFoundError as e:
+        raise WeightsError(f"{path}: missing") from e
+    except (OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError, EOFError, TypeError) as e:
+        raise WeightsError(f"{path}: not a readable torch archive ({e})") from e
+    tensors: dict[str, tuple[tuple[int, ...], str]] = {}
+    attributes: dict[str, Any] = {}
+    missing: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, _Record):
+            walk(prefix, value.state)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}{k}.", v)
+        elif isinstance(value, tuple) and len(value) == 3 and value[0] == "tensor":
+            storage_type, key, _numel = value[2]
+            if f"{root}data/{key}" not in sizes:
+                missing.append(key)
+            dtype = storage_type if isinstance(storage_type, str) else str(storage_type)
+            tensors[prefix[:-1]] = (value[1], _STORAGE_DTYPES.get(dtype, dtype))
+        elif isinstance(value, (str, int, float, bool)) and prefix:
+            attributes[prefix[:-1]] = value
+
+    walk("", root_obj)
+    if missing:
+        raise WeightsError(f"{path}: storages {missing[:5]} are missing from the archive (truncated?)")
+    return ArchiveHeader(tensors, attributes, torchscript=any(n.startswith(f"{root}code/") for n in names))

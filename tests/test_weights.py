@@ -151,3 +151,25 @@ def test_serve_refuses_to_start_on_bad_weights(tmp_path, capsys):
     rc = cli_main(["serve", "--port", "0", "--models", f"pitch:weights={folder}"])
     assert rc == 2
     assert "unknown published weights 'nonexistent'" in capsys.readouterr().err
+
+
+def test_torch_archive_header_reads_names_without_running_anything(tmp_path):
+    import pickle
+    import zipfile
+
+    module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 2)))
+    module.save(str(tmp_path / "m.pt"))
+    header = weights.torch_archive_header(tmp_path / "m.pt")
+    assert header.torchscript and header.tensors == {"0.weight": ((2, 3), "F32"), "0.bias": ((2,), "F32")}
+    torch.save({"model": {"w": torch.zeros(4, dtype=torch.float16)}}, tmp_path / "s.pth")
+    header = weights.torch_archive_header(tmp_path / "s.pth")
+    assert not header.torchscript and header.tensors == {"model.w": ((4,), "F16")}
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    with zipfile.ZipFile(tmp_path / "evil.pth", "w") as z:
+        z.writestr("evil/data.pkl", pickle.dumps(Evil()))
+    with pytest.raises(WeightsError, match=r"evil.pth: not a readable torch archive .*builtins.print is not allowed"):
+        weights.torch_archive_header(tmp_path / "evil.pth")

@@ -51,14 +51,14 @@ class DiTConfig:
     @classmethod
     def from_shapes(cls, shapes: dict[str, tuple[int, ...]], **overrides) -> DiTConfig:
         """The config a published state dict's shapes imply (head count and chunk are not in the tensors)."""
-        dim, in_dim = shapes["input_embed.proj.weight"]
+        dim = shapes["input_embed.proj.weight"][0]
         mel = shapes["proj_out.weight"][0]
+        bn, spk = shapes["timbre_encoder.vp_proj.weight"]
         depth = len({k.split(".")[1] for k in shapes if k.startswith("transformer_blocks.")})
         mrte = len({k.split(".")[2] for k in shapes if k.startswith("timbre_encoder.prompt_vp_encoders.")})
-        fields = dict(dim=dim, depth=depth, mel_dim=mel, bn_dim=(in_dim - mel) // 2, mrte_blocks=mrte,
+        fields = dict(dim=dim, depth=depth, mel_dim=mel, bn_dim=bn, mrte_blocks=mrte, spk_dim=spk,
                       head_dim=shapes["transformer_blocks.0.attn.q_norm.weight"][0],
                       ff_mult=shapes["transformer_blocks.0.ff.ff.0.0.weight"][0] // dim,
-                      spk_dim=shapes["timbre_encoder.vp_proj.weight"][1],
                       time_freq_dim=shapes["t_time_embed.time_mlp.0.weight"][1])
         fields["heads"] = shapes["transformer_blocks.0.attn.to_q.weight"][0] // fields["head_dim"]
         return cls(**{**fields, **overrides})
@@ -91,7 +91,7 @@ class InputEmbedding(nn.Module):
 
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
-        self.proj = nn.Linear(cfg.mel_dim + 2 * cfg.bn_dim, cfg.dim)
+        self.proj = nn.Linear(cfg.mel_dim + cfg.bn_dim + cfg.spk_dim, cfg.dim)  # published: 80 + 256 + 256
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor, spk: torch.Tensor) -> torch.Tensor:
         """(B, T, mel), (B, T, bn), (B, spk) -> (B, T, dim)."""

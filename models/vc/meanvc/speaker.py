@@ -279,6 +279,15 @@ class SpeakerModel(nn.Module):
         return self.linear(self.bn(self.pooling(out)))
 
 
+def published_name(ours: str) -> str:
+    """Our parameter name -> the published one (inverse of :func:`our_name`)."""
+    head, sep, tail = ours.partition(".conv_layers.")
+    if not sep:
+        return ours
+    index, _, rest = tail.partition(".layers.")
+    return f"{head}.conv_layers.{index}.{rest}"
+
+
 def our_name(published: str) -> str | None:
     """A published key -> ours, None for training-only tensors (mask embedding, quantiser, projections)."""
     if any(part in published for part in ("mask_emb", "label_embs_concat", "final_proj", "project_q", "quantizer")):

@@ -96,9 +96,10 @@ class ISTFT(nn.Module):
         frames = torch.fft.irfft(spec, self.n_fft, dim=1) * self.window[None, :, None]  # (B, n_fft, T)
         length = (num_frames - 1) * self.hop + self.n_fft
         pad = (self.n_fft - self.hop) // 2
-        fold = dict(output_size=(1, length), kernel_size=(1, self.n_fft), stride=(1, self.hop))
-        audio = F.fold(frames, **fold)[:, 0, 0, pad:-pad]
-        envelope = F.fold(self.window.square()[None, :, None].expand(1, -1, num_frames), **fold)[0, 0, 0, pad:-pad]
+        size, kernel, stride = (1, length), (1, self.n_fft), (1, self.hop)
+        audio = F.fold(frames, size, kernel, stride=stride)[:, 0, 0, pad:-pad]
+        squares = self.window.square()[None, :, None].expand(1, -1, num_frames)
+        envelope = F.fold(squares, size, kernel, stride=stride)[0, 0, 0, pad:-pad]
         return audio / envelope
 
 
@@ -126,9 +127,13 @@ class Vocos(nn.Module):
         self.backbone = Backbone(cfg)
         self.head = Head(cfg)
 
-    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """Audio of a mel sequence (the published model's ``decode``)."""
         return self.head(self.backbone(mel))
+
+    def decode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Audio of a mel sequence."""
+        return self.forward(mel)
 
 
 class StreamingVocoder:
