@@ -53,6 +53,7 @@ parity() {  # the GPU tests (plain torch: no conftest, which needs the serving s
 if [ -n "${DRY_RUN:-}" ]; then
     parity 120
     step tts 120 bench/tts.py --device cpu --config paper --batches 1
+    step tts_pocket 120 bench/tts.py --weights random --tiny --device cpu --gpu-bench --batches 1,2
     step vc 120 bench/vc.py --device cpu --config paper --batches 1
     step vc_processes 120 bench/vc.py --device cpu --config paper --processes 2 --batches 2 --seconds 2
     step vc_shipped 120 bench/vc.py --device cpu --config default --batch-bench --batches 1 2
@@ -69,6 +70,8 @@ step vc_processes 150 bench/vc.py --device cuda --config paper --processes 1 8 1
 # the shipped checkpoint (harmonic vocoder: pitch tracker and 80 oscillators per session), not yet run on a GPU
 step vc_shipped 90 bench/vc.py --device cuda --config default --batches 1 64 256 1024
 step tts 90 bench/tts.py --device cuda --config paper
+# Pocket TTS at the release's shapes (random weights), served steps with CUDA graphs: streams per GPU, first audio
+step tts_pocket 120 bench/tts.py --weights random --device cuda --batches 1,64,256,1024
 step anchor_speech 90 .anchors/speech_batch_anchor.py --device cuda
 step video 120 bench/video.py --device cuda --config paper --streams 1 4 --blocks 8
 step anchor_longlive 60 .anchors/longlive_anchor.py --device cuda

@@ -15,6 +15,9 @@ CPU (default model, shipped checkpoint):
   evaluation vocabulary (weak on espeak-ng's accents: ~0.7 on the references themselves); mel-cepstral
   distortion (DTW) to the reference.
 
+Pocket TTS on published weights (``--weights DIR`` or ``--weights random``): ours beside the pocket-tts
+package in the same run, and GPU streams with CUDA graphs; see bench/tts_pocket.py.
+
 GPU (``--device cuda --config paper``: CLEAR-Base sizes, random weights, bf16): per-step latency and
 first-chunk latency at ``--batches`` (1/32/256/1024), eager vs CUDA graphs, VAE decode included. The same
 code runs on the CPU (``--device cpu --config paper --batches 1``, fp32, eager); no GPU has run it yet.
@@ -268,7 +271,22 @@ def main() -> None:
                     help="phoneme recognizer for PER: a VC checkpoint or a VC run's content.pt "
                     "(default: checkpoints/vc_default.safetensors when it exists)")
     ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality")
+    pocket = ap.add_argument_group("Pocket TTS (--weights): ours beside the pocket-tts package (bench/tts_pocket.py)")
+    pocket.add_argument("--weights", default=None, help="a pocket-tts weights folder, or 'random' (real shapes)")
+    pocket.add_argument("--tiny", action="store_true", help="toy sizes (the GPU suite's dry run)")
+    pocket.add_argument("--cores", type=int, nargs="+", default=[1, 2])
+    pocket.add_argument("--reps", type=int, default=2, help="rounds over the latency texts")
+    pocket.add_argument("--steps", type=int, default=10, help="frames timed per session count")
+    pocket.add_argument("--pocket-sessions", dest="pocket_sessions", type=int, nargs="+", default=[1, 2, 4, 8])
+    pocket.add_argument("--gpu-bench", action="store_true", help="the streams/first-audio bench (implied on cuda)")
     args = ap.parse_args()
+    if args.weights is not None:
+        from bench.tts_pocket import main as pocket_main
+
+        args.sessions = args.pocket_sessions
+        args.batches = [int(b) for b in str(args.batches).split(",")]
+        pocket_main(args)
+        return
     torch.set_num_threads(args.threads)
     if args.model_compute or args.device != "cpu" or args.config != "default":
         bench_model_compute(args)
