@@ -30,6 +30,7 @@ from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput,
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
 from models.errors import ParamError
+from models.graphs import BucketGraphs
 from models.params import base64_param
 from models.speech_text import (
     LANGUAGES,
@@ -49,6 +50,7 @@ DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkp
 SAMPLE_RATE_HZ = 16_000
 MAX_REFERENCE_S = 30.0
 EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
+GRAPH_CACHE_STEP = 64  # with CUDA graphs, the attended cache length is rounded up to this
 
 
 @dataclass
@@ -88,6 +90,7 @@ class TTSGenerator(Generator):
         cfg_scale: float | None = None,
         max_words: int = 10,
         num_threads: int = 1,
+        cuda_graphs: bool = True,
     ) -> None:
         self.device = torch.device(device)
         ckpt = self._load(config, checkpoint)
@@ -103,6 +106,11 @@ class TTSGenerator(Generator):
         self.silence_raw = ckpt.silence.to(self.device)  # (D,) un-normalised latent of silence
         self.silence = self.vae.normalize(self.silence_raw[None, :, None])[0, :, 0]  # normalised
         self.backend = make_backend(backend, self.model, num_threads)
+        # On CUDA the AR step and the flow head replay one captured graph per input shape (batch size, and the
+        # cache length rounded up to GRAPH_CACHE_STEP entries): eager launches dominate a GPU step otherwise.
+        graphs = cuda_graphs and self.device.type == "cuda" and backend == "torch"
+        self._ar = BucketGraphs(self.backend.ar, enabled=graphs)
+        self._sample = BucketGraphs(self.backend.sample, enabled=graphs)
         self.chunk_latents = chunk_latents
         self.max_words = max_words
         self.max_batch_size = max_batch_size
@@ -277,7 +285,7 @@ class TTSGenerator(Generator):
             noise = torch.stack([
                 torch.randn(self.cfg.latent_dim, generator=states[i].rng, device=self.device) for i in running
             ])
-            stop, sampled = self.backend.sample(hidden, noise)
+            stop, sampled = self._sample(hidden, noise)
             stops = (stop > 0.5).tolist()  # one device-to-host copy for the batch, not one per session
             cont = []
             for r, i in enumerate(running):
@@ -317,15 +325,18 @@ class TTSGenerator(Generator):
         # A segment never wraps the ring (it fits the window; no sink), so entry n sits at index n: only
         # the first max(position) entries can be visible.
         used = int(positions.min()) if t > 1 else max(s.position for s in states)
+        graphed = self._ar.enabled and t == 1  # a prefill's length varies too much to capture: eager
+        if graphed:  # fewer shapes to capture; the extra entries are empty (label -1), so masked
+            used = min(-(-used // GRAPH_CACHE_STEP) * GRAPH_CACHE_STEP, self.cache.capacity)
         cached = self.cache.mask(slots, positions)[..., :used]  # (B, 1, T, used): before the new entries exist
         causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril().expand(len(slots), 1, t, t)
         mask = torch.cat([cached, causal], dim=-1)
         k_cache, v_cache = self.cache.k[:, slots, :used], self.cache.v[:, slots, :used]  # (L, B, used, H, D)
-        h, new_k, new_v = self.backend.ar(x, positions, k_cache, v_cache, mask)
+        h, new_k, new_v = (self._ar if graphed else self.backend.ar)(x, positions, k_cache, v_cache, mask)
         index = self.cache.reserve(slots, positions)
         for layer in range(self.cfg.num_layers):
             self.cache.write(layer, slots, index, new_k[layer], new_v[layer])
-        return h
+        return h.clone() if graphed else h  # a graph's output is overwritten by its next replay
 
     def _end_segment(self, s: TTSState) -> None:
         s.running, s.hidden = False, None
