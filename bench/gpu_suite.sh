@@ -43,7 +43,7 @@ parity() {  # the GPU tests (plain torch: no conftest, which needs the serving s
     wanted parity || return 0
     local t0=$SECONDS
     timeout "$1" "$PY" -m pytest --noconftest -p no:cacheprovider -m gpu -s -q -W ignore::pytest.PytestConfigWarning \
-        tests/test_gpu_parity.py tests/test_graphs.py tests/test_video_model.py tests/test_avatar_model.py \
+        tests/test_gpu_parity.py tests/test_graphs.py tests/test_video_model.py tests/test_avatar_model.py tests/test_video_wan_gpu.py \
         >"$OUT/parity.txt" 2>&1
     local rc=$?
     grep -E "error|passed|failed|skipped" "$OUT/parity.txt" | tail -15
@@ -59,6 +59,8 @@ if [ -n "${DRY_RUN:-}" ]; then
     step vc_shipped 120 bench/vc.py --device cpu --config default --batch-bench --batches 1 2
     step anchor_speech 120 .anchors/speech_batch_anchor.py --tiny --device cpu
     step anchor_longlive 120 .anchors/longlive_anchor.py --tiny --device cpu
+    step video_wan 120 bench/video_wan.py --tiny --device cpu --blocks 2
+    step wan_vs_anchor 30 bench/video_wan.py --compare "$OUT/results.jsonl"
     exit 0
 fi
 
@@ -75,3 +77,9 @@ step tts_pocket 120 bench/tts.py --weights random --device cuda --batches 1,64,2
 step anchor_speech 90 .anchors/speech_batch_anchor.py --device cuda
 step video 120 bench/video.py --device cuda --config paper --streams 1 4 --blocks 8
 step anchor_longlive 60 .anchors/longlive_anchor.py --device cuda
+# LongLive's network (Wan2.1-1.3B, 832x480, random weights) on the served path: DiT + streaming Wan VAE to uint8,
+# graphs, bf16; the anchor again with LongLive's attention budget (sink 3 + window 6 + block 3 frames), then
+# the ratio of the two (never run on a GPU yet)
+step video_wan 240 bench/video_wan.py --device cuda --streams 1 2 --blocks 12
+step anchor_longlive_w6 60 .anchors/longlive_anchor.py --device cuda --window 6
+step wan_vs_anchor 30 bench/video_wan.py --compare "$OUT/results.jsonl"

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.cache import RingKVCache, offline_mask, visible
+from models.graphs import BucketGraphs
 from models.layers import Rope
 
 
@@ -241,6 +242,16 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
         self.head = WanHead(cfg)
         self.rope = Rope(cfg.head_dim, cfg.rope_axes)
+        self.use_graphs = False  # CUDA graphs for the steady-state pass (see :meth:`cached_pass`)
+        self._graphs: dict[tuple, BucketGraphs] = {}
+
+    def keep_fp32(self) -> WanDiT:
+        """Time embedding, projection and modulation tables back in float32 (Wan runs them so under bf16)."""
+        self.time_embedding.float()
+        self.time_projection.float()
+        for mod in [blk.modulation for blk in self.blocks] + [self.head.modulation]:
+            mod.data = mod.data.float()
+        return self
 
     # -- tokens ----------------------------------------------------------------------------------------
     def patchify(self, latents: torch.Tensor) -> torch.Tensor:
@@ -339,10 +350,21 @@ class WanDiT(nn.Module):
         index = cache.reserve(slots, labels)
         entries = cache.entry_index(slots, index)
         rows = _rows(slots)
-        mask = None if self._all_visible(cache, slots, num_blocks) else cache.mask(
-            slots, labels, window=cfg.window_blocks + 1)
-        positions = self.positions(first_block.to(patches.device) * cfg.block_frames, num_blocks * cfg.block_frames)
-        return self(patches, timestep, positions.to(patches.device), mask, cond, cache, rows, entries)
+        positions = self.positions(first_block * cfg.block_frames, num_blocks * cfg.block_frames).to(patches.device)
+        if not self._all_visible(cache, slots, num_blocks):
+            mask = cache.mask(slots, labels, window=cfg.window_blocks + 1)
+            return self(patches, timestep, positions, mask, cond, cache, rows, entries)
+        if self.use_graphs and patches.is_cuda and isinstance(rows, slice):
+            # steady state: no mask, fixed shapes; one graph per (bucket, slot rows, prompt rows). Everything the
+            # graph reads lives at fixed addresses (the cache, the generator's per-slot cross-attention rows);
+            # per-pass values (patches, time, positions, ring entries) are its inputs.
+            key = (rows.start, rows.stop, cond.kv[0][0].data_ptr(), id(cache))
+            graphs = self._graphs.get(key)
+            if graphs is None:
+                graphs = self._graphs[key] = BucketGraphs(
+                    lambda x, t, pos, ent: self(x, t, pos, None, cond, cache, rows, ent))
+            return graphs(patches, timestep.to(patches.device), positions, entries)
+        return self(patches, timestep, positions, None, cond, cache, rows, entries)
 
     def _all_visible(self, cache: RingKVCache, slots: Sequence[int], num_blocks: int) -> bool:
         """True when every slot's ring is full and one block is written: the mask would be all True."""

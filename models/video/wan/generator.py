@@ -50,7 +50,7 @@ class WanVideoGenerator(VideoGenerator):
         self.device = torch.device(device)
         self.dtype = dtype
         self.wan_cfg: WanConfig = dit.cfg
-        self.dit = dit.to(self.device, dtype).eval()
+        self.dit = dit.to(self.device, dtype).keep_fp32().eval()
         self.vae = decoder.to(self.device, dtype).eval()
         self.text_encoder = text_encoder
         self.default_switch = switch
