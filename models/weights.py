@@ -449,7 +449,8 @@ class _Record:
 def torch_archive_header(path: str | os.PathLike) -> ArchiveHeader:
     """Tensor names, shapes and dtypes of a TorchScript or ``torch.save`` zip archive, from ``data.pkl`` alone.
 
-    A restricted unpickler: classes of the archive become plain records, tensors become (shape, dtype),
+    For a check that reads no tensor data; :func:`read_torch_file` loads a ``torch.save`` file's tensors. A
+    restricted unpickler: classes of the archive become plain records, tensors become (shape, dtype),
     nothing else may be imported, no storage is read. Each tensor's storage must be present in the zip.
     WeightsError naming the file when it is missing, truncated, or not such an archive.
     """

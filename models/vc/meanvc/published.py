@@ -27,7 +27,15 @@ import numpy as np
 import torch
 
 from models.errors import WeightsError
-from models.weights import HubFile, PublishedModel, header_shapes, load_mapped, read_tensors, torch_archive_header
+from models.weights import (
+    HubFile,
+    PublishedModel,
+    header_shapes,
+    load_mapped,
+    read_tensors,
+    read_torch_file,
+    torch_archive_header,
+)
 
 DIT_FILE, VOCOS_FILE, ASR_FILE, SPEAKER_FILE = ("model_200ms.safetensors", "vocos.pt", "fastu2++.pt",
                                                 "wavlm_large_finetune.pth")
@@ -194,10 +202,10 @@ def load(folder: Path, device: str = "cpu", **options: Any):
     vocos = Vocos(VocosConfig.from_shapes(kept))
     load_mapped(vocos, state, _vocos_name, source=str(folder / VOCOS_FILE))
 
-    try:
-        raw = torch.load(folder / SPEAKER_FILE, map_location="cpu", weights_only=True)["model"]
-    except Exception as e:  # torch.load's errors for corrupt archives are many types
-        raise WeightsError(f"{folder / SPEAKER_FILE}: cannot be read ({e})") from e
+    raw = read_torch_file(folder / SPEAKER_FILE)
+    if not isinstance(raw, dict) or "model" not in raw:
+        raise WeightsError(f"{folder / SPEAKER_FILE}: no 'model' state dict")
+    raw = raw["model"]
     shapes = {k: tuple(v.shape) for k, v in raw.items() if our_name(k) is not None}
     speaker = SpeakerModel(**_speaker_sizes(shapes)).eval()
     load_mapped(speaker, {k: v.float() if v.is_floating_point() else v for k, v in raw.items()}, our_name,
