@@ -82,7 +82,7 @@ def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = Fal
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
         times.append(time.perf_counter() - start)
     gen.close_session(state)
-    delay = gen.model.vae.delay_samples  # the output lags by the decoder's delay: align with the input
+    delay = round(gen.spec.lookahead_ms * 16)  # the output lags by the model's look-ahead: align with the input
     return np.concatenate(out)[delay:], times
 
 
@@ -96,7 +96,9 @@ def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
              algorithmic_ms=algorithmic, compute_ms_p50=float(np.percentile(ms, 50)),
              compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
              end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)),
-             rtf=float(ms.sum() / 1000 / (len(speech) / 16_000)), seconds=round(len(speech) / 16_000, 1))
+             rtf=float(ms.sum() / 1000 / (len(speech) / 16_000)), seconds=round(len(speech) / 16_000, 1),
+             # without the look-ahead: the chunk and its compute (how MeanVC's 211 / 112 ms appear to be counted)
+             chunk_plus_compute_ms_p50=gen.spec.chunk_ms + float(np.percentile(ms, 50)))
     if args.paced_s > 0:  # real time: one step per chunk as the audio would arrive
         part = speech[: int(args.paced_s * 16_000)]
         _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
@@ -157,6 +159,8 @@ def wav_base64(audio: np.ndarray, rate_hz: int = 16_000) -> str:
 @torch.inference_mode()
 def vocode(gen: VCGenerator, audio: np.ndarray) -> np.ndarray:
     """Real speech through our vocoder (VAE encode, causal decode), delay removed."""
+    if hasattr(gen, "resynthesize"):  # published weights (MeanVC): mel -> its streaming vocoder
+        return gen.resynthesize(audio)
     vae = gen.model.vae
     hop = vae.cfg.hop
     x = torch.from_numpy(np.pad(audio, (0, -len(audio) % hop)))[None]
@@ -219,7 +223,7 @@ def bench_quality(gen: VCGenerator, args, judge: Judge, per: PhonemeRecognizer, 
         fields |= {"unvoiced_converted": sum(c == 0 for c in pitch["converted"]) / len(pitch["converted"]),
                    "pitch_error_semitones": statistics.mean(abs(12 * np.log2(c / t)) for c, t in voiced)
                    if voiced else None}
-        emit(bench="vc.quality", split=split, steps=args.steps, temperature=gen.temperature,
+        emit(bench="vc.quality", split=split, steps=args.steps, temperature=getattr(gen, "temperature", None),
              pairs=[f"{s}->{t}" for s, t in pairs],
              pitch_pairs=[(table[s]["pitch"], table[t]["pitch"]) for s, t in pairs],
              utterances=len(per_items["converted"]), **fields)
@@ -236,8 +240,7 @@ def bench_batches(args) -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     batches = [int(b) for b in args.batches]
     for graphs in (False, True) if cuda else (False,):
-        gen = VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
-                          max_sessions=max(batches), max_batch_size=max(batches), cuda_graphs=graphs)
+        gen = make_generator(args, max_sessions=max(batches), max_batch_size=max(batches), cuda_graphs=graphs)
         for batch in batches:
             states, chunk = _batch_sessions(gen, batch)
             for _ in range(3):
@@ -251,8 +254,8 @@ def bench_batches(args) -> None:
             for s in states:
                 gen.close_session(s)
             device = torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)"
-            emit(bench="vc.batch", config=args.config, graphs=graphs, batch=batch, step_ms=ms,
-                 chunk_ms=gen.spec.chunk_ms, sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms),
+            emit(bench="vc.batch", config="meanvc" if args.weights else args.config, graphs=graphs, batch=batch,
+                 step_ms=ms, chunk_ms=gen.spec.chunk_ms, sessions_real_time_bound=int(batch * gen.spec.chunk_ms / ms),
                  device=device)
 
 
@@ -318,6 +321,41 @@ def bench_processes(args) -> None:
                  device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
 
 
+def make_generator(args, **options):
+    """The generator benched: the shipped family's (``--config``/``--checkpoint``) or a weights folder's."""
+    if args.weights:
+        from models.registry import load_model
+
+        return load_model("vc", args.device, {"weights": args.weights, "chunk_ms": args.chunk_ms, **options})
+    return VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
+                       **options)
+
+
+# MeanVC's reported end-to-end latency on one CPU core (its paper): chunk ms -> ms
+MEANVC_REPORTED_MS = {160.0: 211.0, 80.0: 112.0}
+
+
+def bench_meanvc_parts(gen, speech: np.ndarray, args) -> None:
+    """Where a MeanVC step's time goes on this machine: the ASR (per session) and the batched rest, p50 ms."""
+    from models.vc.meanvc.stream import ContentStream
+
+    n = gen.spec.input_chunk_samples
+    stream = ContentStream(gen.asr, gen.chunk_frames, gen.device)
+    state = stream.initial_state()
+    chunks = [torch.from_numpy(speech[k * n : (k + 1) * n]) for k in range(min(40, len(speech) // n))]
+    asr_ms = []
+    with torch.inference_mode():
+        for c in chunks:
+            t0 = time.perf_counter()
+            stream(state, c)
+            asr_ms.append((time.perf_counter() - t0) * 1000)
+    _, times = convert(gen, speech[: len(chunks) * n], {"seed": 0, "steps": 1})
+    total = float(np.percentile(np.array(times) * 1000, 50))
+    emit(bench="vc.meanvc_parts", threads=args.threads, chunk_ms=gen.spec.chunk_ms, asr_ms_p50=float(np.median(asr_ms)),
+         step_ms_p50=total, rest_ms_p50=total - float(np.median(asr_ms)),
+         asr="stand-in (random_release.py)" if args.random_release else "published")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/speech_vc")
@@ -342,7 +380,17 @@ def main() -> None:
     ap.add_argument("--processes", nargs="+", default=None,
                     help="vc.processes: process counts sharing the device, each stepping --batches sessions")
     ap.add_argument("--seconds", type=float, default=10.0, help="vc.processes: timed seconds per setting")
+    ap.add_argument("--weights", default=None, help="a published weights folder (vc:weights=DIR, e.g. MeanVC's)")
+    ap.add_argument("--random-release", action="store_true",
+                    help="with --weights: first write MeanVC's files there with random weights (no download)")
+    ap.add_argument("--tiny", action="store_true", help="with --random-release: tiny sizes (a smoke test)")
     args = ap.parse_args()
+    args.weights_note = ""
+    if args.weights and args.random_release:
+        from models.vc.meanvc.random_release import write_random_release
+
+        write_random_release(args.weights, tiny=args.tiny)
+        args.weights_note = "random weights, stand-in ASR"
     torch.set_num_threads(args.threads)
     if args.processes:
         bench_processes(args)
@@ -352,9 +400,20 @@ def main() -> None:
         return
     skip = set(args.skip.split(","))
     options = {} if args.temperature is None else {"temperature": args.temperature}
-    gen = VCGenerator(checkpoint=args.checkpoint, chunk_ms=args.chunk_ms, max_sessions=128, max_batch_size=128,
-                      **options)
-    speech = np.concatenate([u.audio for u in load_utterances(args.data, ("test_unseen_voice",), 40)])
+    gen = make_generator(args, max_sessions=128, max_batch_size=128, **options)
+    if Path(args.data).exists():
+        speech = np.concatenate([u.audio for u in load_utterances(args.data, ("test_unseen_voice",), 40)])
+    elif args.weights:  # random weights need no real speech for timing
+        from models.vc.meanvc.random_release import speechlike
+
+        speech, skip = speechlike(40.0, 0), skip | {"quality"}
+    else:
+        raise SystemExit(f"{args.data} not found (scripts/make_speech_data.py)")
+    if args.weights:
+        reported = MEANVC_REPORTED_MS.get(gen.spec.chunk_ms)
+        emit(bench="vc.weights", weights=args.weights, note=args.weights_note, chunk_ms=gen.spec.chunk_ms,
+             lookahead_ms=gen.spec.lookahead_ms, meanvc_reported_end_to_end_ms=reported)
+        bench_meanvc_parts(gen, speech, args)
     if "latency" not in skip:
         bench_latency(gen, speech[: 30 * 16_000], args)
     if "sessions" not in skip:
@@ -367,7 +426,8 @@ def main() -> None:
             recognizer = VocabularyRecognizer({w for t in texts for w in words_of(t)})
         except ImportError:
             recognizer = None
-        bench_quality(gen, args, Judge(), PhonemeRecognizer(model=gen.model, symbols=gen.symbols), recognizer)
+        per = PhonemeRecognizer(model=gen.model, symbols=gen.symbols) if hasattr(gen, "model") else PhonemeRecognizer()
+        bench_quality(gen, args, Judge(), per, recognizer)
 
 
 if __name__ == "__main__":

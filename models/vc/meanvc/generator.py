@@ -319,6 +319,16 @@ class MeanVCGenerator(Generator):
         self._previous[rows] = clean
         return self._vocoder(rows, clean)
 
+    @torch.inference_mode()
+    def resynthesize(self, audio: np.ndarray) -> np.ndarray:
+        """Real speech through the mel and the streaming vocoder (a bench's upper bound), delay removed."""
+        from models.vc.meanvc.vocos import vocode_chunked
+
+        mel = self._mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None].to(self.device))
+        mel = mel[:, : mel.shape[1] // self.chunk_frames * self.chunk_frames]
+        out = vocode_chunked(self.vocos, mel, self.chunk_frames)[0].clamp(-1, 1).cpu().numpy()
+        return out[FADE_FRAMES * MEL_HOP :]
+
     def describe(self) -> dict[str, Any]:
         """Adds the voices of the weights folder, the step counts and the reference length used."""
         return {**super().describe(), "voices": [{"id": v} for v in self._voices], "steps": sorted(SCHEDULES),
