@@ -44,6 +44,7 @@ parity() {  # the GPU tests (plain torch: no conftest, which needs the serving s
     local t0=$SECONDS
     timeout "$1" "$PY" -m pytest --noconftest -p no:cacheprovider -m gpu -s -q -W ignore::pytest.PytestConfigWarning \
         tests/test_gpu_parity.py tests/test_graphs.py tests/test_video_model.py tests/test_avatar_model.py tests/test_video_wan_gpu.py \
+        tests/test_meanvc.py \
         >"$OUT/parity.txt" 2>&1
     local rc=$?
     grep -E "error|passed|failed|skipped" "$OUT/parity.txt" | tail -15
@@ -57,6 +58,8 @@ if [ -n "${DRY_RUN:-}" ]; then
     step vc 120 bench/vc.py --device cpu --config paper --batches 1
     step vc_processes 120 bench/vc.py --device cpu --config paper --processes 2 --batches 2 --seconds 2
     step vc_shipped 120 bench/vc.py --device cpu --config default --batch-bench --batches 1 2
+    step vc_meanvc 120 bench/vc.py --device cpu --weights "${MEANVC_DIR:-/tmp/meanvc_random}" --random-release --tiny \
+        --batch-bench --batches 1 2
     step anchor_speech 120 .anchors/speech_batch_anchor.py --tiny --device cpu
     step anchor_longlive 120 .anchors/longlive_anchor.py --tiny --device cpu
     step video_wan 120 bench/video_wan.py --tiny --device cpu --blocks 2
@@ -71,6 +74,10 @@ parity 120
 step vc_processes 150 bench/vc.py --device cuda --config paper --processes 1 8 12 --batches 256 --seconds 3
 # the shipped checkpoint (harmonic vocoder: pitch tracker and 80 oscillators per session), not yet run on a GPU
 step vc_shipped 90 bench/vc.py --device cuda --config default --batches 1 64 256 1024
+# MeanVC's published shapes with random weights (written to /tmp, not $OUT: WavLM-Large is 1.3 GB; the ASR is
+# a conformer-sized stand-in run per session as the shipped TorchScript is): sessions per GPU at 160 ms chunks
+step vc_meanvc 150 bench/vc.py --device cuda --weights "${MEANVC_DIR:-/tmp/meanvc_random}" --random-release \
+    --chunk-ms 160 --batches 1 64 256 1024 2048 --asr-threads 8
 step tts 90 bench/tts.py --device cuda --config paper
 # Pocket TTS at the release's shapes (random weights), served steps with CUDA graphs: streams per GPU, first audio
 step tts_pocket 120 bench/tts.py --weights random --device cuda --batches 1,64,256,1024

@@ -326,7 +326,8 @@ def make_generator(args, **options):
     if args.weights:
         from models.registry import load_model
 
-        return load_model("vc", args.device, {"weights": args.weights, "chunk_ms": args.chunk_ms, **options})
+        return load_model("vc", args.device, {"weights": args.weights, "chunk_ms": args.chunk_ms,
+                                              "asr_threads": args.asr_threads, **options})
     return VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
                        **options)
 
@@ -384,6 +385,7 @@ def main() -> None:
     ap.add_argument("--random-release", action="store_true",
                     help="with --weights: first write MeanVC's files there with random weights (no download)")
     ap.add_argument("--tiny", action="store_true", help="with --random-release: tiny sizes (a smoke test)")
+    ap.add_argument("--asr-threads", type=int, default=1, help="with --weights: threads for the per-session ASR")
     args = ap.parse_args()
     args.weights_note = ""
     if args.weights and args.random_release:

@@ -304,3 +304,53 @@ def test_batch_equals_single_in_any_slot():
         for i in range(3):
             alone = ring_stream(dit, noise[i : i + 1], content[i : i + 1], spk[i : i + 1], prompt[i : i + 1], 2)
             torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def _convert(gen, audio, params):
+    from models.base import StepInput
+
+    state = gen.open_session(gen.validate_params(params))
+    n = gen.spec.input_chunk_samples
+    out = [gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio
+           for k in range(len(audio) // n)]
+    gen.close_session(state)
+    return np.concatenate(out)
+
+
+def test_asr_threads_change_nothing(tmp_path):
+    """Sessions' ASR calls overlapped on threads (``asr_threads``) give the same audio as in turn."""
+    from models.registry import load_model
+    from models.vc.meanvc.random_release import speechlike, write_random_release
+
+    folder = write_random_release(tmp_path / "w", tiny=True)
+    audio = [speechlike(1.0, i) for i in range(3)]
+    outs = []
+    for threads in (1, 3):
+        gen = load_model("vc", "cpu", {"weights": str(folder), "asr_threads": threads, "max_sessions": 3})
+        states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(3)]
+        n = gen.spec.input_chunk_samples
+        from models.base import StepInput
+
+        outs.append([gen.step(states, [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in audio],
+                              3) for k in range(len(audio[0]) // n)])
+    for a, b in zip(outs[0], outs[1], strict=True):
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x.audio, y.audio)
+
+
+@pytest.mark.gpu
+def test_gpu_graphs_equal_the_cpu(tmp_path):
+    """On a GPU (one captured graph per bucket) a session converts as on the CPU."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from models.registry import load_model
+    from models.vc.meanvc.random_release import speechlike, write_random_release
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    folder = write_random_release(tmp_path / "w", tiny=True)
+    audio = speechlike(1.2, 1)
+    cpu = _convert(load_model("vc", "cpu", {"weights": str(folder)}), audio, {"seed": 4, "steps": 2})
+    gen = load_model("vc", "cuda", {"weights": str(folder)})
+    gpu = _convert(gen, audio, {"seed": 4, "steps": 2})
+    assert gen._graphs[2].num_graphs >= 1
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3)

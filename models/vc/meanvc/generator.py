@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -97,6 +98,7 @@ class MeanVCGenerator(Generator):
         cuda_graphs: bool = True,
         max_reference_s: float = 10.0,
         context_frames: int = 100,
+        asr_threads: int = 1,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -137,6 +139,9 @@ class MeanVCGenerator(Generator):
         self._voices = {name: self._embed(audio) for name, audio in sorted(voices.items())}
         self._pending: OrderedDict[int, np.ndarray] = OrderedDict()
         self._num_pending = 0
+        # The ASR runs once per session; TorchScript releases the GIL while it runs, so threads overlap the
+        # sessions' calls (their host overhead, on a GPU their launches). 1: in turn, on the worker thread.
+        self._asr_pool = ThreadPoolExecutor(int(asr_threads), "meanvc-asr") if int(asr_threads) > 1 else None
         self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
                         for n in SCHEDULES}
 
@@ -228,7 +233,7 @@ class MeanVCGenerator(Generator):
         self.cache.clear([slot], keep_sink=False)
         self._vocoder.reset([slot])
         self._set_reference(slot, reference)
-        rng = torch.Generator(device=self.device)
+        rng = torch.Generator()  # on the host: the same noise on any device, whatever the batch
         rng.manual_seed(params["seed"])
         return MeanVCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"],
                            content=self._content.initial_state())
@@ -280,7 +285,10 @@ class MeanVCGenerator(Generator):
         c, mel_dim = self.chunk_frames, self.dit.cfg.mel_dim
         audio = np.nan_to_num(np.stack([i.audio for i in inputs]), nan=0.0, posinf=0.0, neginf=0.0).clip(-1, 1)
         chunk = torch.from_numpy(audio.astype(np.float32)).to(self.device)
-        content = [self._content(s.content, chunk[i]) for i, s in enumerate(states)]  # (1, C, bn) each
+        if self._asr_pool is None:
+            content = [self._content(s.content, chunk[i]) for i, s in enumerate(states)]  # (1, C, bn) each
+        else:
+            content = list(self._asr_pool.map(self._content_no_grad, [s.content for s in states], chunk.unbind(0)))
         out: list[StepOutput | None] = [None] * len(states)
         span = torch.arange(c)
         for num_steps in sorted({s.steps for s in states}):
@@ -295,9 +303,10 @@ class MeanVCGenerator(Generator):
             labels = torch.where(has_previous[:, None], offset[:, None] - c + span, torch.full((size, c), -1))
             rows = torch.tensor(slots, device=self.device)
             entries = self.cache.entry_index(rows, self.cache.reserve(slots, labels))
-            noise = torch.zeros(size, c, mel_dim, device=self.device)
+            noise = torch.zeros(size, c, mel_dim)
             for j, s in enumerate(group):
-                noise[j] = torch.randn(c, mel_dim, generator=s.rng, device=self.device)
+                noise[j] = torch.randn(c, mel_dim, generator=s.rng)
+            noise = noise.to(self.device)
             bn = torch.cat([content[i] for i in index] + [torch.zeros_like(content[0])] * pad)
             wav = self._graphs[num_steps](rows, entries, noise, bn, has_previous.to(self.device),
                                           offset.to(self.device))
@@ -307,6 +316,10 @@ class MeanVCGenerator(Generator):
                 s.has_previous = True
                 out[i] = StepOutput(audio=wav[j])
         return out  # type: ignore[return-value]
+
+    def _content_no_grad(self, state: ContentState, audio: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # inference mode is per thread
+            return self._content(state, audio)
 
     def _core(self, rows: torch.Tensor, entries: torch.Tensor, noise: torch.Tensor, content: torch.Tensor,
               has_previous: torch.Tensor, offset: torch.Tensor, *, num_steps: int) -> torch.Tensor:
