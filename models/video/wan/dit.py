@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.cache import RingKVCache, offline_mask, visible
+from models.cache import RingKVCache, offline_mask
 from models.graphs import BucketGraphs
 from models.layers import Rope
 
@@ -421,12 +421,6 @@ def _rows(slots: Sequence[int]) -> slice | torch.Tensor:
     if s == list(range(s[0], s[0] + len(s))):
         return slice(s[0], s[0] + len(s))
     return torch.as_tensor(s)
-
-
-def visible_history(labels: torch.Tensor, cfg: WanConfig) -> torch.Tensor:
-    """Exported for tests: the same rule as :meth:`WanDiT.history_mask`."""
-    in_sink = torch.arange(labels.shape[1], device=labels.device)[None] < cfg.sink_blocks * cfg.tokens_per_block
-    return visible(labels, labels, in_sink, cfg.window_blocks + 1)
 
 
 # --- key mapping ---------------------------------------------------------------------------------------
