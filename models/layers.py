@@ -57,12 +57,20 @@ class Rope(nn.Module):
             parts.append(positions[..., axis].double()[..., None] * freqs)
         return torch.cat(parts, dim=-1)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate x (B, T, H, D) by its positions."""
-        ang = self.angles(positions)[:, :, None, :]  # (B, T, 1, D/2)
-        cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cosines and sines (B, T, 1, D/2) for :meth:`rotate`: compute once, rotate every layer's q and k."""
+        ang = self.angles(positions)[:, :, None, :]
+        return ang.cos().to(dtype), ang.sin().to(dtype)
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate adjacent pairs of x (B, T, H, D) by precomputed angles."""
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate x (B, T, H, D) by its positions."""
+        return self.rotate(x, *self.cos_sin(positions, x.dtype))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, explicit: bool = False):

@@ -135,13 +135,13 @@ class WanSelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(d, eps=cfg.eps)
         self.norm_k = nn.RMSNorm(d, eps=cfg.eps)
 
-    def project(self, x: torch.Tensor, rope: Rope, positions: torch.Tensor):
-        """Roped queries and keys, values: each (B, T, H, D)."""
+    def project(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """Roped queries and keys, values: each (B, T, H, D); ``rope`` is :meth:`Rope.cos_sin`'s pair."""
         b, t, _ = x.shape
         q = self.norm_q(self.q(x)).view(b, t, self.num_heads, self.head_dim)
         k = self.norm_k(self.k(x)).view(b, t, self.num_heads, self.head_dim)
         v = self.v(x).view(b, t, self.num_heads, self.head_dim)
-        return rope(q, positions), rope(k, positions), v
+        return Rope.rotate(q, *rope), Rope.rotate(k, *rope), v
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """SDPA over (B, T, H, D) queries and (B, S, H, D) keys/values, then the output projection."""
@@ -189,13 +189,14 @@ class WanBlock(nn.Module):
                                  nn.Linear(cfg.ffn_dim, cfg.dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: Rope, positions: torch.Tensor, mask: torch.Tensor | None,
-                cross_kv: tuple[torch.Tensor, torch.Tensor], cache: RingKVCache | None = None, layer: int = 0,
-                rows: slice | torch.Tensor | None = None, entries: torch.Tensor | None = None) -> torch.Tensor:
-        """X (B, T, dim); e (B, 1 or T, 6, dim) float32 time projection; with ``cache``, streams."""
+    def forward(self, x: torch.Tensor, e: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None, cross_kv: tuple[torch.Tensor, torch.Tensor],
+                cache: RingKVCache | None = None, layer: int = 0, rows: slice | torch.Tensor | None = None,
+                entries: torch.Tensor | None = None) -> torch.Tensor:
+        """X (B, T, dim); e (B, 1 or T, 6, dim) float32 time projection; rope: (cos, sin); with ``cache``, streams."""
         m = (self.modulation.float() + e).unbind(2)  # shift, scale, gate (attention); shift, scale, gate (FFN)
         h = (_layer_norm(x, self.eps).float() * (1 + m[1]) + m[0]).to(x.dtype)
-        q, k, v = self.self_attn.project(h, rope, positions)
+        q, k, v = self.self_attn.project(h, rope)
         if cache is not None:
             cache.write_entries(layer, entries, k, v)
             k, v = cache.read(layer, rows)
@@ -307,8 +308,9 @@ class WanDiT(nn.Module):
         w = self.patch_embedding.weight
         x = F.linear(patches.to(w.dtype), w.flatten(1), self.patch_embedding.bias)
         temb, e = self.time(timestep, x.dtype)
+        rope = self.rope.cos_sin(positions, x.dtype)  # once per pass, not per layer
         for i, blk in enumerate(self.blocks):
-            x = blk(x, e, self.rope, positions, mask, cond.kv[i], cache, i, rows, entries)
+            x = blk(x, e, rope, mask, cond.kv[i], cache, i, rows, entries)
         out = self.head(x, temb)  # Wan orders output patch values (pt, ph, pw, C): reorder to the input's (C, ...)
         return out.unflatten(-1, (-1, self.cfg.in_channels)).transpose(-1, -2).flatten(-2)
 

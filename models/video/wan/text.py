@@ -35,7 +35,7 @@ class WanTextEncoder:
 
         folder = Path(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
-        encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype, local_files_only=True)
+        encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder", dtype=dtype, local_files_only=True)
         return cls(encoder.to(device), tokenizer, text_len)
 
     @property
