@@ -42,11 +42,15 @@ class DecoderState:
         """One state for a batch of sessions (all started, or none)."""
         if len({s.started for s in states}) > 1:
             raise ValueError("a batch mixes streams that have and have not started")
+        if len(states) == 1:  # one stream: its own state, no copy (a full-resolution cache is ~1 GB in bf16)
+            return states[0]
         keys = states[0].frames.keys()
         return DecoderState({k: torch.cat([s.frames[k] for s in states]) for k in keys}, states[0].started)
 
     def split(self, sizes: int) -> list[DecoderState]:
         """Per-session states of a batch (views)."""
+        if sizes == 1:
+            return [self]
         parts = [DecoderState({}, self.started) for _ in range(sizes)]
         for k, v in self.frames.items():
             for i, row in enumerate(v.split(1)):
