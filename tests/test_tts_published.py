@@ -240,3 +240,27 @@ def test_padded_bucket_path_equals_eager(tokenizer_path):
                  for _ in range(30)]
         runs.append(np.concatenate(audio))
     _close(runs[1], runs[0])
+
+
+def test_voices_and_bad_input(tokenizer_path):
+    import base64
+
+    from models.audio.dsp import wav_bytes
+    from models.errors import ParamError
+
+    _, ours, tok = _pair(tokenizer_path)
+    gen = PocketGenerator(ours, tok, {"alba": ours.voice_from_audio(_clip())}, max_sessions=2)
+    state = gen.open_session(gen.validate_params({"seed": 0}))
+    assert state.voice is gen.voices["alba"]
+    clip = base64.b64encode(wav_bytes(_clip(seconds=2.0, seed=6).numpy(), 16_000)).decode()
+    assert gen.handle_event(state, ControlEvent("set_voice", {"reference_audio": clip})) == [{"type": "voice_set"}]
+    assert state.voice is not gen.voices["alba"] and state.voice.num_frames > 1
+    for bad in ({"voice": "nobody"}, {"seed": "x"}, {"speed": 2}):
+        with pytest.raises(ParamError):
+            gen.validate_params(bad)
+    with pytest.raises(ParamError, match="not a usable WAV"):
+        gen.handle_event(state, ControlEvent("set_voice", {"reference_audio": base64.b64encode(b"junk").decode()}))
+    with pytest.raises(ParamError, match="over the limit"):
+        gen.handle_event(state, ControlEvent("text", {"text": "x" * 300_000}))
+    gen.handle_event(state, ControlEvent("text", {"text": "Still speaking.", "final": True}))
+    assert not gen.step([state], [None], 1)[0].idle

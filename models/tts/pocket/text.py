@@ -175,8 +175,9 @@ class ChunkStream:
     def push(self, text: str) -> list[str]:
         """Add text; returns chunks that became final."""
         self.buffer += text
-        if not self.buffer.strip():
-            return []
+        recent = self.buffer[-(len(text) + 64):]
+        if not self.buffer.strip() or not any(c in TERMINAL_PUNCTUATION for c in recent):
+            return []  # no sentence ended lately: skip re-chunking the whole buffer (most words of a reply)
         ids = self.tokenizer.encode(self.rules.prepare(self.buffer)[0].strip())
         marks = set(self.tokenizer.encode(".!...?")[1:])
         cuts = _boundaries(ids, marks, self.tokenizer)
