@@ -274,6 +274,8 @@ def main() -> None:
     pocket = ap.add_argument_group("Pocket TTS (--weights): ours beside the pocket-tts package (bench/tts_pocket.py)")
     pocket.add_argument("--weights", default=None, help="a pocket-tts weights folder, or 'random' (real shapes)")
     pocket.add_argument("--tiny", action="store_true", help="toy sizes (the GPU suite's dry run)")
+    pocket.add_argument("--release", default=None, help="random weights in another of the package's configs' shapes "
+                        "(e.g. english_2m_2026-10); default: the English ~100M release")
     pocket.add_argument("--cores", type=int, nargs="+", default=[1, 2])
     pocket.add_argument("--reps", type=int, default=2, help="rounds over the latency texts")
     pocket.add_argument("--steps", type=int, default=10, help="frames timed per session count")

@@ -54,8 +54,11 @@ def _clip(seconds: float = 3.0) -> torch.Tensor:
     return 0.3 * torch.sin(2 * np.pi * 160 * t) * (0.5 + torch.rand(t.shape, generator=gen))
 
 
-def random_release(tiny: bool) -> tuple[dict, PocketTTS, Path]:
-    """(package-layout config, our model with default-initialised weights, tokenizer path)."""
+def random_release(tiny: bool, release: str | None = None) -> tuple[dict, PocketTTS, Path]:
+    """(package-layout config, our model with default-initialised weights, tokenizer path).
+
+    ``release``: another of the package's configs by name (e.g. ``english_2m_2026-10``); default: English.
+    """
     from tests.pocket_helpers import tiny_config, train_tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="pocket-bench-"))
@@ -65,6 +68,14 @@ def random_release(tiny: bool) -> tuple[dict, PocketTTS, Path]:
     vocab = sentencepiece.SentencePieceProcessor(model_file=str(tok)).vocab_size()
     if tiny:
         config = tiny_config(tok, vocab)
+    elif release:
+        import yaml
+        from pocket_tts.utils.config import CONFIGS_DIR
+
+        config = yaml.safe_load((CONFIGS_DIR / f"{release}.yaml").read_text())
+        for key in ("weights_path", "weights_path_without_voice_cloning"):
+            config.pop(key, None)
+        config["flow_lm"]["lookup_table"].update(n_bins=vocab, tokenizer="sentencepiece", tokenizer_path=str(tok))
     else:
         config = json.loads(json.dumps(ENGLISH))
         config["flow_lm"]["lookup_table"].update(n_bins=vocab, tokenizer="sentencepiece", tokenizer_path=str(tok))
@@ -140,7 +151,8 @@ def bench_cpu(args) -> None:
     import logging
 
     logging.getLogger("pocket_tts").setLevel(logging.ERROR)
-    config, model, tok = random_release(args.tiny) if args.weights == "random" else folder_release(Path(args.weights))
+    config, model, tok = (random_release(args.tiny, args.release) if args.weights == "random"
+                          else folder_release(Path(args.weights)))
     # The package stops on EOS like we do; random weights would stop at random frames, so both run the
     # chunk's full length budget (the same frames on both sides).
     eos = 1e9
@@ -162,7 +174,8 @@ def bench_cpu(args) -> None:
         first_pkg = statistics.median(r[0] for r in pkg) * 1000
         rtf_ours = sum(r[1] for r in ours) / sum(r[2] for r in ours)
         rtf_pkg = sum(r[1] for r in pkg) / sum(r[2] for r in pkg)
-        emit(bench="tts_pocket.latency", weights=args.weights, tiny=args.tiny, cores=cores, utterances=len(ours),
+        emit(bench="tts_pocket.latency", weights=args.weights, release=args.release or "english", tiny=args.tiny,
+             cores=cores, utterances=len(ours),
              first_audio_ms_ours=first_ours, first_audio_ms_package=first_pkg,
              first_audio_ratio=first_ours / first_pkg, rtf_ours=rtf_ours, rtf_package=rtf_pkg,
              rtf_ratio=rtf_ours / rtf_pkg, audio_s=sum(r[2] for r in ours))
@@ -182,7 +195,8 @@ def bench_cpu(args) -> None:
         for s in states:
             gen.close_session(s)
         step_s = statistics.median(times)
-        emit(bench="tts_pocket.sessions", weights=args.weights, tiny=args.tiny, cores=1, sessions=n,
+        emit(bench="tts_pocket.sessions", weights=args.weights, release=args.release or "english", tiny=args.tiny,
+             cores=1, sessions=n,
              step_ms_p50=step_s * 1000, step_ms_max=max(times) * 1000, load=step_s / FRAME_S,
              real_time=step_s < FRAME_S, package_streams_per_core=package_streams)
 
