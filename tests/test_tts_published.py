@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -99,6 +100,20 @@ def test_text_chunking_equals_package(tokenizer_path):
             got += stream.push(word + (" " if i < len(words) - 1 else ""))
         got += stream.flush()
         assert got == expected, (got, expected)
+        assert stream.push(text, final=True) == expected  # text sent whole: the package's grouping
+        eager = ChunkStream(tok, rules, max_tokens, eager=True)
+        assert eager.push(text, final=True) == expected
+
+
+def test_eager_chunking_speaks_each_sentence_when_complete(tokenizer_path):
+    tok = Tokenizer(tokenizer_path)
+    stream = ChunkStream(tok, TextRules(), 50, eager=True)
+    got = []
+    for word in "Is this the real life? Is this just fantasy? Voices can be cloned".split(" "):
+        got.append(stream.push(word + " "))
+    assert got[5] == ["Is this the real life?"]  # as soon as the next sentence's first word arrives
+    assert got[9] == ["Is this just fantasy?"]
+    assert stream.flush() == ["Voices can be cloned."]
 
 
 def _voice_session(gen: PocketGenerator, voice_audio: torch.Tensor, seed: int, name: str = "clip"):
@@ -125,7 +140,7 @@ def test_streamed_word_by_word_equals_package(tokenizer_path):
     theirs, ours, tok = _pair(tokenizer_path, eos_threshold=-4.0)
     voice = _clip(seed=5)
     their_latents, their_audio = _package_run(theirs, voice, LONG, seed=7)
-    gen = PocketGenerator(ours, tok, {}, max_sessions=3)
+    gen = PocketGenerator(ours, tok, {}, max_sessions=3, chunking="exact")
     other = _voice_session(gen, _clip(seed=9), seed=1, name="other")  # shares every batch
     gen.handle_event(other, ControlEvent("text", {"text": "Many sessions share one core.", "final": True}))
     state = _voice_session(gen, voice, seed=7)
@@ -255,6 +270,11 @@ def test_voices_and_bad_input(tokenizer_path):
     clip = base64.b64encode(wav_bytes(_clip(seconds=2.0, seed=6).numpy(), 16_000)).decode()
     assert gen.handle_event(state, ControlEvent("set_voice", {"reference_audio": clip})) == [{"type": "voice_set"}]
     assert state.voice is not gen.voices["alba"] and state.voice.num_frames > 1
+    cloned = gen.validate_params({"reference_audio": clip, "seed": 1})
+    assert cloned["reference_id"] and json.dumps(cloned)  # echoed to the client: JSON, no clip inside
+    other = gen.open_session(cloned)
+    assert torch.allclose(other.voice.k, state.voice.k)
+    gen.close_session(other)
     for bad in ({"voice": "nobody"}, {"seed": "x"}, {"speed": 2}):
         with pytest.raises(ParamError):
             gen.validate_params(bad)

@@ -11,8 +11,11 @@ Design note of the step loop. One step is one latent frame (80 ms) for every ses
 4. New latents are decoded by one batched streaming Mimi call (rows = slots); the first 5 ms of a chunk
    fade in, as the release does against the decoder's start-up click.
 
-Text arrives as ``text`` events (LLM tokens or words); :class:`~models.tts.pocket.text.ChunkStream` decides a
-chunk as soon as more text cannot change it, ``flush`` (or ``final``) decides the rest. Noise comes from a
+Text arrives as ``text`` events (LLM tokens or words); :class:`~models.tts.pocket.text.ChunkStream` turns
+complete sentences into chunks at once (``chunking=eager``, the default: speech starts after the first
+sentence) or exactly as the package groups the whole text (``chunking=exact``: a chunk is decided when more
+text can no longer change it); ``flush`` (or ``final``) decides the rest. Text sent whole (``final``) is
+grouped as the package does in both modes. Noise comes from a
 per-session generator drawn in the package's order (one draw per backbone call, prompts included), so a
 session's audio equals the package's for the same text, voice and seed, whatever batch it shares and however
 its text was split into messages.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,7 @@ TOKENS_PER_SECOND = 3.0  # the package's length budget: tokens / 3 + 2 s of fram
 BUDGET_PADDING_S = 2.0
 MAX_REFERENCE_S = 10.0  # a cloned voice's prompt (the window holds it with a chunk)
 FADE_IN_S = 0.005
+MAX_PENDING_REFERENCES = 64
 
 
 @dataclass
@@ -98,7 +102,11 @@ class PocketGenerator(Generator):
         temperature: float | None = None,
         eos_threshold: float | None = None,
         graphs: bool | None = None,
+        chunking: str = "eager",
     ) -> None:
+        if chunking not in ("eager", "exact"):
+            raise ValueError(f"chunking must be 'eager' or 'exact', not {chunking!r}")
+        self.eager_chunks = chunking == "eager"
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
@@ -132,6 +140,8 @@ class PocketGenerator(Generator):
         self.decoder = SlotDecoder(model.mimi, max_sessions + 1, self.device, graphs=self.use_graphs)  # rows = slots
         self.fade = torch.linspace(0, 1, int(FADE_IN_S * self.cfg.sample_rate_hz), device=self.device)
         self._ar = BucketGraphs(self._ar_core, enabled=self.use_graphs)
+        self._pending: OrderedDict[int, bytes] = OrderedDict()  # reference clips of sessions being opened
+        self._num_pending = 0
 
     # -- sessions ---------------------------------------------------------------------------------------
     @property
@@ -146,7 +156,12 @@ class PocketGenerator(Generator):
             raise ParamError(f"model 'tts' does not know parameters {sorted(unknown)}")
         out: dict[str, Any] = {}
         if "reference_audio" in params:
-            out["reference_audio"] = self._reference_bytes(params["reference_audio"])
+            # validated params are echoed to the client (JSON): the clip waits here, under an id
+            self._num_pending += 1
+            self._pending[self._num_pending] = self._reference_bytes(params["reference_audio"])
+            while len(self._pending) > MAX_PENDING_REFERENCES:
+                self._pending.popitem(last=False)
+            out["reference_id"] = self._num_pending
         else:
             out["voice"] = self._voice_name(params.get("voice", self.default_voice))
         seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
@@ -185,12 +200,17 @@ class PocketGenerator(Generator):
 
     def open_session(self, params: Mapping[str, Any]) -> PocketState:
         """Take a cache slot; params come from :meth:`validate_params`."""
-        voice = (self._reference_voice(params["reference_audio"]) if "reference_audio" in params
-                 else self.voices[params["voice"]])
+        if "reference_id" in params:
+            raw = self._pending.pop(params["reference_id"], None)
+            if raw is None:
+                raise ParamError("the reference clip expired before the session opened; send it again")
+            voice = self._reference_voice(raw)
+        else:
+            voice = self.voices[params["voice"]]
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         state = PocketState(slot=self.cache.allocate(), voice=voice, rng=rng,
-                            text=ChunkStream(self.tokenizer, self.rules, MAX_TOKENS_PER_CHUNK))
+                            text=ChunkStream(self.tokenizer, self.rules, MAX_TOKENS_PER_CHUNK, self.eager_chunks))
         if params.get("text"):
             self._add_text(state, params["text"], final=True)
         return state
@@ -225,10 +245,7 @@ class PocketGenerator(Generator):
     def _add_text(self, state: PocketState, text: str, final: bool) -> int:
         if len(text) > MAX_TEXT_CHARS:
             raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
-        chunks = state.text.push(text)
-        if final:
-            chunks += state.text.flush()
-        return self._queue(state, chunks)
+        return self._queue(state, state.text.push(text, final))
 
     def _queue(self, state: PocketState, chunks: list[str]) -> int:
         for chunk in chunks:

@@ -160,43 +160,58 @@ def split_chunks(tokenizer: Tokenizer, rules: TextRules, text: str, max_tokens: 
 
 
 class ChunkStream:
-    """Text arriving in pieces (LLM words) -> the chunks of :func:`split_chunks`, each as soon as it is final.
+    """Text arriving in pieces (LLM words) -> chunks to generate, each as soon as it is final.
 
-    The buffer is re-chunked whole up to its last complete sentence: every chunk but the last of that prefix
-    is closed by a complete sentence that did not fit, which more text cannot change. :meth:`flush` ends the
-    utterance and returns the rest. The result equals ``split_chunks`` of the concatenated text.
+    ``exact`` (the package's grouping): the buffer is re-chunked whole up to its last complete sentence;
+    every chunk but the last of that prefix is closed by a complete sentence that did not fit, which more
+    text cannot change, so the result equals :func:`split_chunks` of the whole text — but the first chunk
+    of a reply waits until ~50 tokens of text (or the flush) have arrived. ``eager`` (serving's default):
+    the complete sentences present at each push become chunks at once (grouped only with each other), so
+    the first sentence is spoken while the LLM is still writing the second. :meth:`flush` ends the utterance.
     """
 
-    def __init__(self, tokenizer: Tokenizer, rules: TextRules, max_tokens: int) -> None:
-        self.tokenizer, self.rules, self.max_tokens = tokenizer, rules, max_tokens
-        self.buffer = ""
-        self.num_emitted = 0  # chunks of the current buffer already handed out
+    def __init__(self, tokenizer: Tokenizer, rules: TextRules, max_tokens: int, eager: bool = False) -> None:
+        self.tokenizer, self.rules, self.max_tokens, self.eager = tokenizer, rules, max_tokens, eager
+        self.marks = set(tokenizer.encode(".!...?")[1:])
+        self.reset()
 
-    def push(self, text: str) -> list[str]:
-        """Add text; returns chunks that became final."""
+    def push(self, text: str, final: bool = False) -> list[str]:
+        """Add text; returns chunks that became final (all of them when ``final``: the utterance ends)."""
         self.buffer += text
+        if final:
+            return self.flush()
         recent = self.buffer[-(len(text) + 64):]
         if not self.buffer.strip() or not any(c in TERMINAL_PUNCTUATION for c in recent):
             return []  # no sentence ended lately: skip re-chunking the whole buffer (most words of a reply)
         ids = self.tokenizer.encode(self.rules.prepare(self.buffer)[0].strip())
-        marks = set(self.tokenizer.encode(".!...?")[1:])
-        cuts = _boundaries(ids, marks, self.tokenizer)
-        complete = cuts[-2]  # end of the last sentence that something follows
-        if complete <= 0:
+        complete = _boundaries(ids, self.marks, self.tokenizer)[-2]  # end of the last sentence something follows
+        if complete <= self.num_done:
             return []
-        chunks = split_chunks(self.tokenizer, self.rules, self.tokenizer.decode(ids[:complete]), self.max_tokens)
+        text = self.tokenizer.decode(ids[self.num_done:complete])
+        chunks = split_chunks(self.tokenizer, self.rules, text, self.max_tokens)
+        if self.eager:
+            self.num_done = complete
+            return chunks
         return self._take(chunks[:-1])
 
     def flush(self) -> list[str]:
         """End of the utterance: the remaining chunks; the buffer starts empty again."""
-        chunks = split_chunks(self.tokenizer, self.rules, self.buffer, self.max_tokens) if self.buffer.strip() else []
-        out = self._take(chunks)
+        out: list[str] = []
+        if self.buffer.strip():
+            if self.eager and self.num_done:
+                ids = self.tokenizer.encode(self.rules.prepare(self.buffer)[0].strip())
+                rest = self.tokenizer.decode(ids[self.num_done:])
+                out = split_chunks(self.tokenizer, self.rules, rest, self.max_tokens) if rest.strip() else []
+            else:
+                out = self._take(split_chunks(self.tokenizer, self.rules, self.buffer, self.max_tokens))
         self.reset()
         return out
 
     def reset(self) -> None:
         """Forget buffered text (barge-in)."""
-        self.buffer, self.num_emitted = "", 0
+        self.buffer = ""
+        self.num_emitted = 0  # exact: chunks of the current buffer already handed out
+        self.num_done = 0  # eager: tokens of the prepared buffer already handed out
 
     def _take(self, chunks: list[str]) -> list[str]:
         new = chunks[self.num_emitted:]
