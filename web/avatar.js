@@ -1,6 +1,7 @@
 // The Avatar tab's agent speech: text for the avatar to say (spoken by the tts model inside the avatar)
 // and uploaded agent audio (a WAV), both sent as `say` events (docs/models/avatar.md). Audio goes in
-// pieces of at most a second, each well inside a data-channel message (64 KiB), the last one `final`.
+// pieces of at most a second, each well inside a data-channel message (64 KiB), the last one `final`; and
+// the portrait a person uploads, scaled down in the page before it is sent as a start parameter.
 
 import { toBase64Pcm16 } from "./media.js";
 
@@ -39,4 +40,22 @@ export function sayAudioMessages(samples, rate = SAY_RATE_HZ, pieceS = PIECE_S) 
 /** Whether an error answering a `say` with text means no speech generator is loaded. */
 export function isNoTtsError(message) {
   return message.type === "error" && message.code === "bad_params" && /\btts\b/.test(message.message || "");
+}
+
+/** A portrait image file scaled to fit `width`x`height` (the model's frame), as base64 JPEG for `portrait`. */
+export async function portraitFromFile(file, width, height) {
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(file);
+  } catch (e) {
+    throw new Error(`cannot read ${file.name} as an image (${e.message || e})`);
+  }
+  const scale = Math.min(1, Math.max(width / bitmap.width, height / bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  const dataUrl = canvas.toDataURL("image/jpeg", 0.9);
+  return { name: file.name, width: canvas.width, height: canvas.height, data: dataUrl.slice(dataUrl.indexOf(",") + 1) };
 }

@@ -18,7 +18,7 @@ export class AudioGraph {
     this.onLevel = null;
     this._pending = null;
     this.tap.port.onmessage = (e) => {
-      if (e.data.level !== undefined && this.onLevel) this.onLevel(e.data.level);
+      if (e.data.level !== undefined && this.onLevel) this.onLevel(e.data.level, e.data.inputLevel);
       if (e.data.recorded && this._pending) { this._pending(e.data); this._pending = null; }
     };
   }
@@ -37,8 +37,12 @@ export class AudioGraph {
   async close() { await this.ctx.close().catch(() => {}); }
 }
 
-/** Open the microphone, or play `synthetic` samples (Float32Array at the context rate) as one. */
-export async function openMic(graph, synthetic) {
+/** Open the microphone, or play `synthetic` samples (Float32Array at the context rate) as one.
+ *
+ * `echoCancellation`: the browser's echo canceller (with its noise suppression) on the microphone. On where
+ * the page's own output may come back from a loudspeaker (the avatar listens and can be interrupted); off
+ * for voice conversion, which must hear the voice as it is, and for headphone users. */
+export async function openMic(graph, synthetic, { echoCancellation = false } = {}) {
   const ctx = graph.ctx;
   if (synthetic) {
     const buffer = ctx.createBuffer(1, synthetic.length, ctx.sampleRate);
@@ -49,12 +53,12 @@ export async function openMic(graph, synthetic) {
     source.connect(dest);
     graph.connectInput(source);
     source.start();
-    return { stream: dest.stream, node: source, stop: () => source.stop() };
+    return { stream: dest.stream, node: source, settings: { echoCancellation, synthetic: true }, stop: () => source.stop() };
   }
   let stream;
   try {
     stream = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
+      audio: { echoCancellation, noiseSuppression: echoCancellation, autoGainControl: false, channelCount: 1 },
     });
   } catch (e) {
     const err = new Error(
@@ -66,7 +70,8 @@ export async function openMic(graph, synthetic) {
   }
   const node = ctx.createMediaStreamSource(stream);
   graph.connectInput(node);
-  return { stream, node, stop: () => stream.getTracks().forEach((t) => t.stop()) };
+  const settings = stream.getAudioTracks()[0].getSettings();
+  return { stream, node, settings, stop: () => stream.getTracks().forEach((t) => t.stop()) };
 }
 
 /** Markers for the latency bench: a 4 ms 2 kHz burst every `periodS` after 0.5 s (as streaming/media/markers.py). */

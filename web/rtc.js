@@ -1,6 +1,9 @@
 // WebRTC transport: one RTCPeerConnection per session, signalled by POST /offer (non-trickle ICE),
 // a "control" data channel speaking the same JSON messages as the WebSocket protocol. With `watch` (a
 // shared session's id) the peer only receives: the server sends that stream's already-encoded media.
+// Each offer carries a random `offer_id`: closing the connection before its control channel opened (a
+// Stop while starting) sends `DELETE /offer/{offer_id}`, so the server drops the pending session at once
+// instead of after its connect timeout.
 
 import { Connection } from "./connection.js";
 
@@ -11,12 +14,15 @@ export class RtcConnection extends Connection {
     this.pc = null;
     this.channel = null;
     this.session = null;
+    this.offerId = randomId();
+    this._opened = false; // the control channel opened: a `stop` message can end the session from now on
     this._lastStats = null;
   }
 
   async start() {
     const pc = (this.pc = new RTCPeerConnection({ iceServers: this.iceServers }));
     this.channel = pc.createDataChannel("control");
+    this.channel.onopen = () => { this._opened = true; };
     this.channel.onmessage = (e) => this._emit("message", JSON.parse(e.data));
     this.channel.onclose = () => this._lost("the control channel closed");
     pc.onconnectionstatechange = () => {
@@ -34,14 +40,17 @@ export class RtcConnection extends Connection {
     if (this.wantsVideo) pc.addTransceiver("video", { direction: "recvonly" });
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
+    if (this._closed) throw cancelled();
     const response = await fetch("/offer", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(this.watch
-        ? { sdp: pc.localDescription.sdp, type: "offer", watch: this.watch }
-        : { sdp: pc.localDescription.sdp, type: "offer", model: this.model, params: this.params, share: Boolean(this.share) }),
+        ? { sdp: pc.localDescription.sdp, type: "offer", watch: this.watch, offer_id: this.offerId }
+        : { sdp: pc.localDescription.sdp, type: "offer", model: this.model, params: this.params, share: Boolean(this.share),
+          offer_id: this.offerId }),
     });
     const body = await response.json().catch(() => ({ code: "http", message: response.statusText }));
+    if (this._closed) throw cancelled(); // stopped while the server answered (close() told it to drop the offer)
     if (!response.ok) {
       this.close();
       const err = new Error(body.message || `HTTP ${response.status}`);
@@ -49,7 +58,12 @@ export class RtcConnection extends Connection {
       throw err;
     }
     this.session = body.session;
-    await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+    try {
+      await pc.setRemoteDescription({ type: "answer", sdp: body.sdp });
+    } catch (e) {
+      if (this._closed) throw cancelled();
+      throw e;
+    }
   }
 
   _onTrack(e) {
@@ -73,10 +87,13 @@ export class RtcConnection extends Connection {
   async stats() {
     if (!this.pc) return {};
     const report = await this.pc.getStats();
-    let bytes = 0, fps = null, pair = null;
+    let bytes = 0, fps = null, pair = null, bufferMs = null;
     const candidates = {};
     report.forEach((s) => {
       if (s.type === "inbound-rtp") { bytes += s.bytesReceived || 0; if (s.kind === "video") fps = s.framesPerSecond ?? fps; }
+      if (s.type === "inbound-rtp" && s.kind === "audio" && s.jitterBufferEmittedCount) {
+        bufferMs = (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount; // how long audio waits to be played
+      }
       if (s.type === "local-candidate" || s.type === "remote-candidate") candidates[s.id] = s;
       if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
     });
@@ -88,16 +105,30 @@ export class RtcConnection extends Connection {
       local: (candidates[pair.localCandidateId] || {}).address,
       remote: (candidates[pair.remoteCandidateId] || {}).address,
     };
-    return { fps, kbps, selected };
+    return { fps, kbps, selected, bufferMs };
   }
 
   close() {
+    const wasClosed = this._closed;
     this._closed = true;
-    if (this.channel) { this.channel.onclose = null; }
+    if (!wasClosed && !this._opened) {
+      // The session may be pending on the server (answered or not yet): tell it to drop the offer now.
+      fetch(`/offer/${this.offerId}`, { method: "DELETE", keepalive: true }).catch(() => {});
+    }
+    if (this.channel) { this.channel.onclose = null; this.channel.onopen = null; }
     if (this.pc) { this.pc.onconnectionstatechange = null; this.pc.close(); }
-    if (this.videoEl) { this.videoEl.srcObject = null; }
+    if (this.videoEl) { this.videoEl.srcObject = null; this.videoEl.hidden = true; }
     if (this.audioEl) { this.audioEl.srcObject = null; }
   }
+}
+
+function cancelled() {
+  return Object.assign(new Error("cancelled"), { code: "cancelled" });
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function gatheringComplete(pc, timeoutMs = 5000) {

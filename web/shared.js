@@ -2,6 +2,7 @@
 // each with a Watch button) and the timeline of prompt switches (`prompt_applied` notices).
 
 import { el } from "./dom.js";
+import { modelName } from "./labels.js";
 
 export class StreamsList {
   /** `onWatch(stream)` is called when a Watch button is pressed. */
@@ -53,9 +54,11 @@ export class StreamsList {
     for (const s of others) {
       const button = el("button", { className: "watch", disabled: this.busy, dataset: { session: s.session } }, "Watch");
       button.addEventListener("click", () => this.onWatch(s));
-      const viewers = `${s.viewers} viewer${s.viewers === 1 ? "" : "s"}`;
-      this.listEl.append(el("li", { dataset: { session: s.session } },
-        el("code", {}, s.session), ` · ${s.model} · ${viewers} `, button));
+      const viewers = `${s.viewers} watching`;
+      // a stream is named by what it shows (its model and current prompt); the id is for telling two apart
+      const title = s.prompt ? [el("q", { className: "stream-prompt" }, s.prompt), ` · ${modelName(s.model)}`] : [modelName(s.model)];
+      this.listEl.append(el("li", { dataset: { session: s.session }, title: `stream ${s.session}` },
+        ...title, ` · ${viewers} `, el("code", { className: "muted" }, s.session.slice(0, 6)), button));
     }
   }
 }

@@ -1,50 +1,53 @@
 // The Voice tab's target voice for the `vc` model: a shipped reference voice, or a clip of the user's
 // own (uploaded, or recorded from the microphone) sent as a WAV (docs/models/vc.md). A clip goes at
 // the start as the `reference_audio` param, or live as `set_reference` in pieces of its base64 text,
-// each well inside a data-channel message (64 KiB); the piece marked `final` completes it.
+// each well inside a data-channel message (64 KiB); the piece marked `final` completes it. A clip is
+// checked here (3-10 s, not silent) so a person learns at once what is wrong with it.
 
 import { decodeAudioFile } from "./avatar.js";
 import { AudioGraph, openMic } from "./media.js";
 
 export const REFERENCE_RATE_HZ = 16000; // the model's rate: a clip is resampled to it before sending
 export const MAX_REFERENCE_S = 12; // the model uses the first 10 s of speech; a little more is kept
+export const CLIP_RANGE_S = [3, 10]; // what a clip should hold, checked here before anything is sent
 const PIECE_CHARS = 48000;
 
-/** A label for a shipped voice from /healthz (`{id, espeak_voice, pitch, variant, f0_hz}`). */
-export function voiceLabel(v) {
-  if (typeof v !== "object") return String(v);
-  const voice = (v.espeak_voice || v.variant || "").replace("+", " "); // "en-gb+anika" -> "en-gb anika"
-  // its median pitch in Hz where the model measured it (espeak-ng's own 0-99 pitch setting otherwise)
-  const pitch = v.f0_hz ? `, ${Math.round(v.f0_hz)} Hz` : v.pitch != null ? `, pitch ${v.pitch}` : "";
-  return voice ? `${v.id} (${voice}${pitch})` : v.id;
-}
-
-/** A reference clip {name, seconds, wav (base64)} from an audio file the browser can decode. */
-export async function referenceFromFile(file) {
+/** A reference clip {name, seconds, note, wav (base64)} from an audio file the browser can decode. */
+export async function referenceFromFile(file, range = CLIP_RANGE_S) {
   const samples = await decodeAudioFile(file, REFERENCE_RATE_HZ);
-  return makeReference(file.name, samples);
+  return makeReference(file.name, samples, range);
 }
 
-/** A reference clip recorded from the microphone for `seconds`. */
-export async function recordReference(seconds) {
+/** A reference clip recorded from the microphone for `seconds`; `onTick(secondsLeft)` counts down. */
+export async function recordReference(seconds, onTick = () => {}, range = CLIP_RANGE_S) {
   const graph = await AudioGraph.create();
   let mic = null;
+  let timer = null;
   try {
     mic = await openMic(graph, null);
+    const started = performance.now();
+    onTick(seconds);
+    timer = setInterval(() => onTick(Math.max(0, Math.ceil(seconds - (performance.now() - started) / 1000))), 250);
     const r = await graph.record(seconds);
-    return makeReference("recording", await resample(r.recorded[0], r.rate, REFERENCE_RATE_HZ));
+    return makeReference("recording", await resample(r.recorded[0], r.rate, REFERENCE_RATE_HZ), range);
   } finally {
+    clearInterval(timer);
     if (mic) mic.stop();
     await graph.close();
   }
 }
 
-function makeReference(name, samples) {
+function makeReference(name, samples, [minS, maxS] = CLIP_RANGE_S) {
+  const seconds = samples.length / REFERENCE_RATE_HZ;
+  if (seconds < minS) {
+    throw new Error(`${name} is ${seconds.toFixed(1)} s long; a voice clip needs ${minS}–${maxS} s of speech`);
+  }
   const clip = samples.subarray(0, MAX_REFERENCE_S * REFERENCE_RATE_HZ);
   let peak = 0;
   for (const x of clip) peak = Math.max(peak, Math.abs(x));
   if (peak < 1e-3) throw new Error(`${name} is silent`);
-  return { name, seconds: clip.length / REFERENCE_RATE_HZ, wav: wavBase64(clip, REFERENCE_RATE_HZ) };
+  const note = seconds > maxS ? `${seconds.toFixed(1)} s: only the first ${maxS} s of speech are used` : "";
+  return { name, seconds: clip.length / REFERENCE_RATE_HZ, note, wav: wavBase64(clip, REFERENCE_RATE_HZ) };
 }
 
 async function resample(samples, fromRate, toRate) {

@@ -85,11 +85,12 @@ class PlayerProcessor extends AudioWorkletProcessor {
   }
 }
 
-// Records input 0 and input 1 sample-aligned while asked to; reports the level of input 1 for the meter.
+// Records input 0 and input 1 sample-aligned while asked to; reports the peak level of both (input 0: the
+// microphone meter, input 1: what is heard).
 class TapProcessor extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.remaining = 0; this.parts = [[], []]; this.peak = 0; this.frames = 0;
+    this.remaining = 0; this.parts = [[], []]; this.peak = 0; this.inputPeak = 0; this.frames = 0;
     this.port.onmessage = (e) => {
       if (e.data.record) { this.remaining = Math.round(e.data.record * sampleRate); this.parts = [[], []]; }
     };
@@ -98,7 +99,11 @@ class TapProcessor extends AudioWorkletProcessor {
     const a = (inputs[0] && inputs[0][0]) || new Float32Array(128);
     const b = (inputs[1] && inputs[1][0]) || new Float32Array(128);
     for (let i = 0; i < b.length; i++) this.peak = Math.max(this.peak, Math.abs(b[i]));
-    if (++this.frames % 16 === 0) { this.port.postMessage({ level: this.peak }); this.peak = 0; }
+    for (let i = 0; i < a.length; i++) this.inputPeak = Math.max(this.inputPeak, Math.abs(a[i]));
+    if (++this.frames % 16 === 0) {
+      this.port.postMessage({ level: this.peak, inputLevel: this.inputPeak });
+      this.peak = 0; this.inputPeak = 0;
+    }
     if (this.remaining > 0) {
       this.parts[0].push(a.slice(0)); this.parts[1].push(b.slice(0));
       this.remaining -= a.length;

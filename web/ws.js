@@ -28,6 +28,7 @@ export class WsConnection extends Connection {
     const ws = (this.ws = new WebSocket(url));
     ws.binaryType = "arraybuffer";
     await new Promise((resolve, reject) => {
+      this._abort = reject; // close() while starting ends the wait (the server drops the session on disconnect)
       ws.onopen = resolve;
       ws.onerror = () => reject(Object.assign(new Error("cannot reach the server's WebSocket"), { code: "network" }));
     });
@@ -39,6 +40,7 @@ export class WsConnection extends Connection {
     if (this.mic && !this.watch) start.input = { sample_rate_hz: this.graph.ctx.sampleRate, codec: "pcm16" };
     const first = this.watch ? "watching" : "ready";
     const ready = await new Promise((resolve, reject) => {
+      this._abort = reject;
       ws.onmessage = (e) => {
         if (typeof e.data !== "string") return;
         const message = JSON.parse(e.data);
@@ -48,6 +50,7 @@ export class WsConnection extends Connection {
       ws.onclose = () => reject(Object.assign(new Error("the server closed the connection"), { code: "network" }));
       ws.send(JSON.stringify(start));
     });
+    this._abort = null;
     this.session = ready.session;
     this._emit("message", ready);
     this._setupOutputs(ready.streams);
@@ -171,6 +174,7 @@ export class WsConnection extends Connection {
     const out = {
       kbps: ((this._bytes - this._last.bytes) * 8) / 1000 / dt,
       fps: this.canvas.hidden ? null : (this._frames - this._last.frames) / dt,
+      bufferMs: this.player ? 20 : null, // the player's prebuffer
     };
     this._last = { t: now, bytes: this._bytes, frames: this._frames };
     return out;
@@ -182,6 +186,8 @@ export class WsConnection extends Connection {
     if (this.player) this.player.disconnect();
     if (this.capture) this.capture.disconnect();
     this.canvas.hidden = true;
+    delete this.canvas.dataset.drawn;
+    if (this._abort) { this._abort(Object.assign(new Error("cancelled"), { code: "cancelled" })); this._abort = null; }
   }
 }
 
