@@ -13,6 +13,10 @@ memory. A viewer joining late starts at a key frame for the same reason.
 Design of the encode loop: chunks wait in a small bounded queue; if encoding falls behind, the oldest
 chunks are dropped and every encoder is asked for a key frame, so viewers resume cleanly.
 
+A shared session keeps its recent prompt switches (``prompt_applied`` notices, and the first prompt): a
+viewer joining late gets them replayed (marked ``"replay": true``) right after ``watching``, so it sees
+what the stream shows now and how it got there; ``GET /streams`` names each stream by its current prompt.
+
 Viewers come over the WebSocket (``streaming/transports/ws.py``: frames written as they are) or WebRTC
 (``streaming/transports/webrtc_viewer.py``: the same frames' payloads packetized into RTP, released on
 their pts). A viewer whose decoder lost a picture (a WebRTC receiver's RTCP PLI/FIR) asks for a key frame
@@ -39,6 +43,7 @@ from streaming.session import OutputChunk, Session
 log = logging.getLogger(__name__)
 
 PRIVATE_NOTICES = frozenset({"stats", "error", "stopped"})  # the producer's own business
+MAX_PROMPT_HISTORY = 32  # prompt switches replayed to a joining viewer (its control queue holds 64 messages)
 
 
 class Viewer:
@@ -112,6 +117,16 @@ class Broadcast:
         self.num_dropped_chunks = 0  # chunks skipped because encoding fell behind
         self.num_keyframe_requests = 0  # viewers' requests that forced a key frame
         self._last_key_request: dict[tuple[AudioCodec, VideoCodec], float] = {}
+        # the stream's prompt switches so far, for viewers who join later
+        self.prompt_history: deque[dict[str, Any]] = deque(maxlen=MAX_PROMPT_HISTORY)
+        first = session.params.get("prompt") if isinstance(session.params, dict) else None
+        if isinstance(first, str):
+            self.prompt_history.append({"type": "prompt_applied", "text": first, "frame": 0, "switch": "first prompt"})
+
+    @property
+    def current_prompt(self) -> str | None:
+        """The prompt the stream shows now (None for a model without prompts)."""
+        return self.prompt_history[-1]["text"] if self.prompt_history else None
 
     # -- viewers -------------------------------------------------------------------------------------
     def add_viewer(self, audio_codec: AudioCodec, video_codec: VideoCodec) -> Viewer:
@@ -119,6 +134,8 @@ class Broadcast:
         if len(self.viewers) >= self.max_viewers:
             raise ProtocolError(f"session {self.session.id} already has {self.max_viewers} viewers", "capacity")
         viewer = Viewer(audio_codec, video_codec, self.viewer_queue_frames)
+        for notice in self.prompt_history:  # queued behind the transport's `watching` reply
+            viewer.push_control({**notice, "replay": True})
         key = viewer.codecs
         if key in self._encoders:
             self._encoders[key].request_keyframe()
@@ -173,7 +190,9 @@ class Broadcast:
         self._wake.set()
 
     def on_notice(self, notice: dict[str, Any]) -> None:
-        """Forward the model's public notices (e.g. prompt switches) to every viewer."""
+        """Forward the model's public notices (e.g. prompt switches) to every viewer; remember prompt switches."""
+        if notice.get("type") == "prompt_applied" and isinstance(notice.get("text"), str):
+            self.prompt_history.append(notice)
         if notice.get("type") not in PRIVATE_NOTICES:
             for viewer in self.viewers:
                 viewer.push_control(notice)
@@ -215,9 +234,12 @@ class BroadcastHub:
         self._broadcasts: dict[str, Broadcast] = {}
 
     def share(self, session: Session) -> None:
-        """Make a running session watchable."""
+        """Make a running session watchable; its tap records prompt switches from now on (for late viewers)."""
         session.shared = True
         self._shared[session.id] = session
+        broadcast = Broadcast(session, self.codec_pool, max_viewers=self.max_viewers_per_session)
+        self._broadcasts[session.id] = broadcast
+        session.taps.append(broadcast)
 
     def unshare(self, session: Session) -> None:
         """Forget a session (it ended); its viewers were told by the tap."""
@@ -246,10 +268,13 @@ class BroadcastHub:
         return len(broadcast.viewers) if broadcast else 0
 
     def describe(self) -> list[dict[str, Any]]:
-        """Shared sessions and their viewer counts, for GET /streams."""
+        """Shared sessions, their viewer counts and current prompts, for GET /streams."""
         out = []
         for session_id, session in self._shared.items():
             broadcast = self._broadcasts.get(session_id)
-            out.append({"session": session_id, "model": session.model,
-                        "viewers": len(broadcast.viewers) if broadcast else 0})
+            viewers = len(broadcast.viewers) if broadcast else 0
+            entry = {"session": session_id, "model": session.model, "viewers": viewers}
+            if broadcast is not None and broadcast.current_prompt is not None:
+                entry["prompt"] = broadcast.current_prompt
+            out.append(entry)
         return out

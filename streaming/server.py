@@ -3,7 +3,8 @@
 Routes: ``GET /`` the web page (``web/``), ``GET /healthz`` status JSON, ``GET /metrics`` Prometheus text,
 ``GET /config`` client settings (ICE servers), ``GET /streams`` shared sessions viewers can watch,
 ``GET /ws`` the WebSocket protocol, ``POST /offer`` WebRTC signalling (one SDP offer in, one answer out:
-a session, or a viewer of a shared one; see streaming/transports/webrtc.py).
+a session, or a viewer of a shared one; see streaming/transports/webrtc.py), ``DELETE /offer/{offer_id}``
+a client cancelling its offer.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app[BROADCASTS_KEY] = BroadcastHub(app[CODEC_POOL_KEY], config.max_viewers_per_stream)
     app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers, broadcasts=app[BROADCASTS_KEY])
     app.router.add_post("/offer", app[RTC_KEY].handle_offer)
+    app.router.add_delete("/offer/{offer_id}", app[RTC_KEY].handle_cancel)
     if config.web_root.is_dir():
         app.router.add_static("/web/", config.web_root)
     app.on_startup.append(_start_engine)

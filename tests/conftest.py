@@ -85,12 +85,12 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
 
 
 # -- a server from a full ServerConfig (the WebRTC and browser tests) --------------------------------------
-async def serve_app(config: ServerConfig) -> tuple[RunningServer, web.AppRunner]:
-    """Start the real app for ``config`` on 127.0.0.1 with an ephemeral port; the caller cleans up."""
-    config = dataclasses.replace(config, host="127.0.0.1", port=0)
+async def serve_app(config: ServerConfig, port: int = 0) -> tuple[RunningServer, web.AppRunner]:
+    """Start the real app for ``config`` on 127.0.0.1 (an ephemeral port unless given); the caller cleans up."""
+    config = dataclasses.replace(config, host="127.0.0.1", port=port)
     runner = web.AppRunner(create_app(config), access_log=None, shutdown_timeout=2.0, **runner_options(config))
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     return RunningServer(runner.app, runner.addresses[0][1]), runner
 
@@ -122,8 +122,8 @@ class LiveServer(RunningServer):
 
 
 @contextlib.contextmanager
-def run_live_server(config: ServerConfig | None = None) -> Iterator[LiveServer]:
-    """Serve ``config`` on a thread and loop of its own until the block ends."""
+def run_live_server(config: ServerConfig | None = None, port: int = 0) -> Iterator[LiveServer]:
+    """Serve ``config`` on a thread and loop of its own until the block ends (on ``port``, or an ephemeral one)."""
     loop = asyncio.new_event_loop()
     started: dict[str, Any] = {}
     ready = threading.Event()
@@ -131,7 +131,7 @@ def run_live_server(config: ServerConfig | None = None) -> Iterator[LiveServer]:
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            running, started["runner"] = loop.run_until_complete(serve_app(config or make_server_config()))
+            running, started["runner"] = loop.run_until_complete(serve_app(config or make_server_config(), port))
             started["server"] = LiveServer(running.app, running.port, loop)
         except BaseException as e:  # surfaced to the caller below
             started["error"] = e

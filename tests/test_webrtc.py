@@ -268,6 +268,31 @@ async def test_ice_timeout_cleans_up() -> None:
         await runner.cleanup()
 
 
+async def test_cancelled_offer_drops_its_session_at_once(server: RunningServer) -> None:
+    """``DELETE /offer/{offer_id}`` ends the offer's pending session now, not at the connect timeout (15 s),
+    also when it arrives before the answer was built."""
+    import aiohttp
+
+    client = RtcClient(server.http_url)
+    async with aiohttp.ClientSession() as http:
+        await client.post_offer(_offer_body(await _offer_sdp(), offer_id="page-offer-1"))  # answer never applied
+        assert len(server.app[RTC_KEY].peers) == 1
+        async with http.delete(server.http_url + "/offer/page-offer-1") as response:
+            assert response.status == 200 and (await response.json())["cancelled"] == "page-offer-1"
+        await wait_for(lambda: no_sessions(server), timeout=1.0)
+        # cancelled first (the page stopped while its offer was on the way): the offer is refused
+        async with http.delete(server.http_url + "/offer/page-offer-2") as response:
+            assert response.status == 202
+        async with http.post(server.http_url + "/offer",
+                             json=_offer_body(await _offer_sdp(), offer_id="page-offer-2")) as response:
+            assert response.status == 409 and (await response.json())["code"] == "cancelled"
+        assert no_sessions(server)
+        async with http.delete(server.http_url + "/offer/x") as response:
+            assert response.status == 400
+        async with http.post(server.http_url + "/offer", json=_offer_body(await _offer_sdp(), offer_id=7)) as response:
+            assert response.status == 400 and "offer_id" in (await response.json())["message"]
+
+
 async def test_peer_vanishing_mid_stream_and_no_leaks(server: RunningServer) -> None:
     """Repeated connect / abrupt close cycles leave no peers, sessions, tasks or threads behind."""
 

@@ -214,6 +214,7 @@ function renderModel() {
   fillSelect($("voice"), voices, name === "vc" && state.reference ? ownVoiceOption(state.reference) : null);
   const ttsVoices = state.mode === "speak" && info && info.voices ? info.voices.map((v) => [voiceLabel(v), v.id ?? v]) : [["default", ""]];
   fillSelect($("speak-voice"), ttsVoices, state.speakReference ? ownVoiceOption(state.speakReference) : null);
+  $("speak-ref-file").closest("label").hidden = !(info && info.reference_audio);
   $("prompt-examples").replaceChildren(...((info && info.example_prompts) || []).map((p) => new Option(p)));
   if (info && info.example_prompts && info.example_prompts.length && !busy()) $("prompt").value = info.example_prompts[0];
   promptHelp.setModel(state.mode === "video" ? info : null);
@@ -689,7 +690,7 @@ async function teardown() {
   state.conn = state.mic = state.graph = null;
   if (conn) conn.close();
   if (mic) mic.stop();
-  if (graph) await graph.close();
+  if (graph) { graph.onLevel = null; await graph.close(); } // no level report lands after the meters reset
   state.expectClose = false;
 }
 

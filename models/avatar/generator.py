@@ -35,7 +35,7 @@ from models.avatar.features import (
 )
 from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
 from models.avatar.motion import MOTION_DIM
-from models.avatar.portrait import PortraitRenderer, decode_portrait, fit_image
+from models.avatar.portrait import MAX_PORTRAIT_BYTES, PortraitRenderer, decode_portrait, fit_image
 from models.avatar.render import STYLES, FaceRenderer
 from models.avatar.speech_source import AgentSpeech, TextSpeech, decode_pcm16, load_speech_generator, resample_to_model
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
@@ -116,8 +116,9 @@ class Avatar(Generator):
 
     # -- sessions ------------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
-        """Summary for /healthz; ``speaks_text`` says whether `say {text}` works (a tts model is inside)."""
-        return {**super().describe(), "speaks_text": self.text_speech is not None}
+        """Summary for /healthz: ``speaks_text`` (`say {text}` works) and ``portrait`` (the param's limits)."""
+        return {**super().describe(), "speaks_text": self.text_speech is not None,
+                "portrait": {"max_bytes": MAX_PORTRAIT_BYTES}}
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """`seed`, `style` (default/dark/light), `barge_in_ms` (0 = off), `portrait` (+ `portrait_mouth`)."""

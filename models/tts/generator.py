@@ -215,6 +215,11 @@ class TTSGenerator(Generator):
             self._add_text(state, params["text"], final=True)
         return state
 
+    def describe(self) -> dict[str, Any]:
+        """/healthz: the contract's summary plus the trained voices (with their espeak-ng origin, for labels)."""
+        voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self.voice_stats)]
+        return {**super().describe(), "voices": voices, "reference_audio": True}
+
     def close_session(self, state: TTSState) -> None:
         """Free the cache slot."""
         self.cache.free(state.slot)

@@ -4,7 +4,12 @@ Signalling is one HTTP exchange, non-trickle ICE as in aiortc's examples: ``POST
 ``{"sdp", "type": "offer", "model", "params", "share"}`` is answered by ``{"sdp", "type": "answer",
 "session"}``, or by HTTP 400 (bad offer, bad parameters) / 503 (at capacity) with an ``error`` message as
 body. An offer with ``"watch": SESSION_ID`` instead of a model makes a receive-only viewer of a shared
-session.
+session. Refused offers are logged with their reason.
+
+An offer may carry ``"offer_id"`` (the client's random id for it, 8-64 letters, digits, ``-`` or ``_``):
+``DELETE /offer/{offer_id}`` then drops that offer's peer at once, whether its answer is still being built
+or already sent (a person pressed Stop while starting), instead of leaving the session waiting for its
+connect timeout.
 
 :class:`RtcHub` reads and checks the offer body, plans ICE (which host addresses to gather from), builds
 the peer connection and hands the offer to the peer kind it asks for; it is the only module that knows
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +46,9 @@ from streaming.transports.webrtc_viewer import answer_watch
 __all__ = ["RtcConfig", "RtcHub", "inspect_offer"]
 
 log = logging.getLogger(__name__)
+
+OFFER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_CANCELLED_OFFERS = 1024  # cancellations remembered for offers whose answer is still being built
 
 
 class RtcHub:
@@ -58,6 +68,9 @@ class RtcHub:
         self.peers: set[RtcPeerBase] = set()
         self.ice_servers = config.ice_servers if config.ice_servers is not None else ice_servers
         self._shutting_down = False
+        self._offers: dict[str, RtcPeerBase] = {}  # offer_id -> its peer, while the peer lives
+        self._offer_ids: dict[RtcPeerBase, str] = {}
+        self._cancelled: OrderedDict[str, None] = OrderedDict()  # cancelled before their answer was ready
 
     @property
     def shutting_down(self) -> bool:
@@ -102,23 +115,46 @@ class RtcHub:
     def discard(self, peer: RtcPeerBase) -> None:
         """Forget a closed peer."""
         self.peers.discard(peer)
+        offer_id = self._offer_ids.pop(peer, None)
+        if offer_id is not None:
+            self._offers.pop(offer_id, None)
 
     async def handle_offer(self, request: web.Request) -> web.Response:
         """``POST /offer``: answer an SDP offer with a session (or a viewer), or explain why not."""
         try:
             body = await self._read_offer(request)
             if "watch" in body:
-                answer, _ = await answer_watch(self, body)
+                answer, peer = await answer_watch(self, body)
             else:
-                answer, _ = await answer_session(self, body)
-        except CapacityError as e:
-            return _error_response(e, 503)
-        except ShutdownError as e:
-            return _error_response(e, 503)
+                answer, peer = await answer_session(self, body)
+        except (CapacityError, ShutdownError) as e:
+            return _refused(request, e, 503)
         except CausalcastError as e:
             self.engine.metrics.errors.labels(e.code).inc()
-            return _error_response(e, 503 if e.code == "capacity" else 400)  # e.g. a stream's viewer limit
+            return _refused(request, e, 503 if e.code == "capacity" else 400)  # e.g. a stream's viewer limit
+        offer_id = body.get("offer_id")
+        if offer_id is not None:
+            if offer_id in self._cancelled:  # the client gave up while the answer was being built
+                del self._cancelled[offer_id]
+                await peer.close("cancelled by client", notify=False)
+                return _refused(request, ProtocolError("the client cancelled this offer", "cancelled"), 409)
+            self._offers[offer_id] = peer
+            self._offer_ids[peer] = offer_id
         return web.json_response(answer)
+
+    async def handle_cancel(self, request: web.Request) -> web.Response:
+        """``DELETE /offer/{offer_id}``: drop that offer's peer now (or as soon as its answer is built)."""
+        offer_id = request.match_info["offer_id"]
+        if not OFFER_ID.fullmatch(offer_id):
+            return _error_response(ProtocolError("offer id must be 8-64 letters, digits, '-' or '_'", "bad_offer"), 400)
+        peer = self._offers.pop(offer_id, None)
+        if peer is None:
+            self._cancelled[offer_id] = None
+            while len(self._cancelled) > MAX_CANCELLED_OFFERS:
+                self._cancelled.popitem(last=False)
+            return web.json_response({"cancelled": offer_id, "pending": True}, status=202)
+        await peer.close("cancelled by client", notify=False)
+        return web.json_response({"cancelled": offer_id, "session": getattr(peer, "id", None)})
 
     async def _read_offer(self, request: web.Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > self.config.max_offer_bytes:
@@ -131,6 +167,9 @@ class RtcHub:
             raise ProtocolError("offer body must be a JSON object", "bad_offer")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise ProtocolError("offer body needs 'type': 'offer' and a string 'sdp'", "bad_offer")
+        offer_id = body.get("offer_id")
+        if offer_id is not None and not (isinstance(offer_id, str) and OFFER_ID.fullmatch(offer_id)):
+            raise ProtocolError("'offer_id' must be 8-64 letters, digits, '-' or '_'", "bad_offer")
         if "watch" in body:
             if not isinstance(body["watch"], str) or not body["watch"]:
                 raise ProtocolError("'watch' must be the string id of a shared session", "bad_offer")
@@ -155,3 +194,9 @@ class RtcHub:
 
 def _error_response(error: CausalcastError, status: int) -> web.Response:
     return web.json_response(error.to_message(), status=status)
+
+
+def _refused(request: web.Request, error: CausalcastError, status: int) -> web.Response:
+    """An offer refused: logged with its reason (operators see why clients could not start), then answered."""
+    log.warning("offer from %s refused (HTTP %d, %s): %s", request.remote, status, error.code, error)
+    return _error_response(error, status)

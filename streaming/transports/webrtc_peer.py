@@ -68,7 +68,7 @@ class RtcConfig:
         default_factory=lambda: PacingConfig(margin_ms=5.0, grace_ms=15.0, window_s=0.5)
     )
     max_message_bytes: int = 64 * 1024  # data channel messages
-    max_offer_bytes: int = 256 * 1024
+    max_offer_bytes: int = 1024 * 1024  # a start parameter may hold a voice clip (10 s of 16 kHz WAV as base64)
     max_errors_per_s: int = 50
     stats_interval_s: float = 1.0
     max_pending_control: int = 256  # control messages held until the data channel opens
