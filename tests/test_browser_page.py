@@ -158,6 +158,7 @@ def test_layout_fits_phone_and_desktop(page, live: LiveServer, tmp_path: Path) -
                      " return v.videoWidth > 0 && v.currentTime > 0.3")
     layout = js(page, LAYOUT)
     assert layout["scroll"] <= layout["vw"] and layout["off"] == [], layout
+    wait_until(page, "return document.getElementById('stat-fps').textContent !== '–'")  # live numbers shown
     screenshot(page, out / "page-video-streaming-phone.png")
     viewport(page, *DESKTOP)
     screenshot(page, out / "page-video-streaming-desktop.png")
