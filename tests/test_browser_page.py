@@ -62,6 +62,7 @@ def browser(live: LiveServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def page(browser, live: LiveServer) -> Iterator:  # noqa: ANN001
     """The page freshly opened at desktop size; whatever a test started is stopped afterwards."""
     viewport(browser, *DESKTOP)
+    browser.get_log("browser")  # what earlier tests left (e.g. a server that went away) is not this test's
     browser.get(live.http_url + "/")  # a clean URL: no tab or transport kept from the previous test
     open_page(browser, live)
     yield browser
