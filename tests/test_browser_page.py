@@ -214,6 +214,17 @@ def test_speak_tab_starts_on_first_speak_and_sends_long_text_in_pieces(page, liv
                      f" >= {num_before + pieces}")
     assert len(js(page, "return causalcast.state().errors")) == num_errors
     by_id(page, "say-stop").click()
+    # the user's own voice: a 4 s clip, used from the next Speak (a new session that takes it)
+    first = js(page, "return causalcast.state().last.ready.session")
+    by_id(page, "speak-ref-file").send_keys(str(tone(tmp_path / "mine.wav", 4.0)))
+    wait_until(page, "return document.getElementById('speak-note').textContent.includes('next Speak')")
+    assert voices.first_selected_option.get_attribute("value") == "__reference__"
+    js(page, "document.getElementById('text').value = 'And now in my own voice.'")
+    by_id(page, "say").click()
+    ready = wait_until(page, f"const r = causalcast.state().last.ready; return r && r.session !== '{first}' && r")
+    assert ready["params"]["reference"].startswith("sha256:")
+    wait_until(page, "return causalcast.state().notices.some(n => n.type === 'text_queued' && n.segments > 0)")
+    assert len(js(page, "return causalcast.state().errors")) == num_errors
     assert severe_console_entries(page) == []
 
 

@@ -143,7 +143,13 @@ def _wav_b64(samples: np.ndarray, rate: int) -> str:
 def test_reference_audio_gives_a_voice(gen):
     ref = 0.3 * np.sin(2 * np.pi * 180 * np.arange(24_000) / 24_000).astype(np.float32)
     params = gen.validate_params({"reference_audio": _wav_b64(ref, 24_000), "seed": 1})
-    assert params["speaker"].shape == (16,) and torch.isfinite(params["speaker"]).all()
+    json.dumps(params)  # echoed to the client in `ready`: the clip is named by its digest, not sent back
+    state = gen.open_session(params)
+    try:
+        assert state.speaker.shape == (16,) and torch.isfinite(state.speaker).all()
+        assert not torch.equal(state.speaker, gen.voice_stats[params["voice"]])
+    finally:
+        gen.close_session(state)
 
 
 @pytest.mark.parametrize("bad", [

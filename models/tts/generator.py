@@ -15,8 +15,9 @@ its seed and text only — not on the batch it shares, nor on how its text was s
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ from models.tts.model import TTSConfig, TTSModel, speaker_stats
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
 SAMPLE_RATE_HZ = 16_000
 MAX_REFERENCE_S = 30.0
+MAX_CACHED_REFERENCES = 16  # reference clips given at start, kept until their sessions open
 EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
 GRAPH_CACHE_STEP = 64  # with CUDA graphs, the attended cache length is rounded up to this
 
@@ -128,6 +130,9 @@ class TTSGenerator(Generator):
             window=cfg.window, device=self.device,
         )
         self.vocoder = SlotVocoder(self.vae, max_sessions, self.silence_raw, self.device)  # rows = cache slots
+        # speaker vectors of reference clips given at start, by digest: the normalised params (echoed to the
+        # client as JSON in `ready`) carry the digest, not a tensor
+        self._reference_speakers: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -157,7 +162,13 @@ class TTSGenerator(Generator):
         out: dict[str, Any] = {"voice": self._voice(params.get("voice", self.default_voice))}
         out["language"] = check_language(params.get("language", self.voice_info[out["voice"]]["language"]))
         if "reference_audio" in params:
-            out["speaker"] = self.reference_speaker(params["reference_audio"])
+            speaker = self.reference_speaker(params["reference_audio"])
+            digest = "sha256:" + hashlib.sha256(params["reference_audio"].encode()).hexdigest()[:16]
+            self._reference_speakers.pop(digest, None)
+            self._reference_speakers[digest] = speaker
+            while len(self._reference_speakers) > MAX_CACHED_REFERENCES:
+                self._reference_speakers.popitem(last=False)
+            out["reference"] = digest
             out["language"] = params.get("language", LANGUAGES[0])
         seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -202,7 +213,11 @@ class TTSGenerator(Generator):
         """Allocate a cache slot; params come from :meth:`validate_params`."""
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
-        speaker = params.get("speaker")
+        speaker = None
+        if "reference" in params:
+            speaker = self._reference_speakers.get(params["reference"])
+            if speaker is None:
+                raise ParamError("the reference clip was evicted before the session opened; send it again")
         state = TTSState(
             slot=self.cache.allocate(),
             language=params["language"],
