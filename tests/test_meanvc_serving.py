@@ -204,3 +204,21 @@ async def test_served_over_websocket_with_healthz_naming_the_weights(start_serve
         out = got.collector.audio_samples()
         assert len(out) >= 3 * 3200 and np.isfinite(out).all() and np.abs(out).max() > 0
         await client.stop()
+
+
+def test_state_is_bounded_over_a_long_stream(release):
+    """110 chunks of 80 ms (past the ASR's offset resets every 50 chunks): per-slot tensors keep their
+    shapes, the ASR's caches stop growing at its left context, the ring at its look-back."""
+    g = load_model("vc", "cpu", {"weights": str(release), "chunk_ms": 80, "max_sessions": 1})
+    state = g.open_session(g.validate_params({"seed": 0}))
+    shapes = {k: tuple(v.shape) for k, v in vars(g).items() if isinstance(v, torch.Tensor)}
+    n = g.spec.input_chunk_samples
+    chunk = speechlike(n / 16_000, 3)
+    caches = []
+    for _ in range(110):
+        out = g.step([state], [StepInput(audio=chunk, num_valid_samples=n)], 1)[0].audio
+        caches.append(tuple(state.content.att_cache.shape))
+    assert np.isfinite(out).all() and caches[-1] == caches[10] == caches[60]
+    assert {k: tuple(v.shape) for k, v in vars(g).items() if isinstance(v, torch.Tensor)} == shapes
+    assert g.cache.num_entries(state.slot) <= g.lookback * g.chunk_frames + g.chunk_frames
+    g.close_session(state)
