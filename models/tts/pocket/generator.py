@@ -48,6 +48,7 @@ from models.tts.pocket.text import ChunkStream, TextRules, Tokenizer
 
 EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
 MAX_TOKENS_PER_CHUNK = 50  # the package's chunk size
+MAX_TOKENS_PER_SEGMENT = 2 * MAX_TOKENS_PER_CHUNK  # hard cut of an oversized chunk
 MIN_FRAMES_BEFORE_EOS = 6  # EOS is ignored on the first frames (some voices cross the threshold early)
 TOKENS_PER_SECOND = 3.0  # the package's length budget: tokens / 3 + 2 s of frames
 BUDGET_PADDING_S = 2.0
@@ -248,11 +249,17 @@ class PocketGenerator(Generator):
         return self._queue(state, state.text.push(text, final))
 
     def _queue(self, state: PocketState, chunks: list[str]) -> int:
+        count = 0
         for chunk in chunks:
             prompt, guess = self.rules.prepare(chunk)
             after = self.cfg.frames_after_eos if self.cfg.frames_after_eos is not None else guess + 2
-            state.queue.append(Chunk(self.tokenizer.encode(prompt), after))
-        return len(chunks)
+            ids = self.tokenizer.encode(prompt)
+            # a run-on sentence without commas can pass the chunker whole; the window must still hold voice,
+            # text and frames, so it is cut (the package would generate it and likely skip words)
+            for start in range(0, len(ids), MAX_TOKENS_PER_SEGMENT):
+                state.queue.append(Chunk(ids[start: start + MAX_TOKENS_PER_SEGMENT], after))
+                count += 1
+        return count
 
     def warmup_events(self) -> list[ControlEvent]:
         """A sentence to speak."""
