@@ -136,6 +136,26 @@ def _ours_utterance(gen: PocketGenerator, voice: str, text: str, seed: int) -> t
     return first or total, total, samples / gen.cfg.sample_rate_hz
 
 
+def _ours_streamed(gen: PocketGenerator, voice: str, words: list[str], seed: int) -> tuple[float, int]:
+    """Words pushed one at a time, as from an LLM.
+
+    Returns (s from the push that completed a chunk to its first audio, words pushed by then).
+    """
+    state = gen.open_session({"voice": voice, "seed": seed, "text": ""})
+    try:
+        for i, word in enumerate(words):
+            start = time.perf_counter()
+            gen.handle_event(state, ControlEvent("text", {"text": word + " "}))
+            if state.queue:
+                for _ in range(100):
+                    out = gen.step([state], [StepInput()], 1)[0]
+                    if not out.idle and out.audio.any():
+                        return time.perf_counter() - start, i + 1
+        return float("nan"), len(words)
+    finally:
+        gen.close_session(state)
+
+
 def _package_utterance(theirs, voice_state, text: str, seed: int) -> tuple[float, float, float]:
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -170,6 +190,8 @@ def bench_cpu(args) -> None:
             for i, text in enumerate(TEXTS):
                 ours.append(_ours_utterance(gen, "clip", text, rep * 10 + i))
                 pkg.append(_package_utterance(theirs, voice_state, text, rep * 10 + i))
+        streamed = [_ours_streamed(gen, "clip", f"{a} {b}".split(), 50 + i)
+                    for i, (a, b) in enumerate(zip(TEXTS, TEXTS[1:] + TEXTS[:1], strict=True))]
         first_ours = statistics.median(r[0] for r in ours) * 1000
         first_pkg = statistics.median(r[0] for r in pkg) * 1000
         rtf_ours = sum(r[1] for r in ours) / sum(r[2] for r in ours)
@@ -178,7 +200,11 @@ def bench_cpu(args) -> None:
              cores=cores, utterances=len(ours),
              first_audio_ms_ours=first_ours, first_audio_ms_package=first_pkg,
              first_audio_ratio=first_ours / first_pkg, rtf_ours=rtf_ours, rtf_package=rtf_pkg,
-             rtf_ratio=rtf_ours / rtf_pkg, audio_s=sum(r[2] for r in ours))
+             rtf_ratio=rtf_ours / rtf_pkg, audio_s=sum(r[2] for r in ours),
+             # two sentences pushed word by word: from the word that completes the first to its first audio
+             first_audio_ms_streamed_ours=statistics.median(r[0] for r in streamed) * 1000,
+             words_before_speaking=statistics.median(r[1] for r in streamed),
+             words_per_reply=statistics.median(len(f"{a} {b}".split()) for a, b in zip(TEXTS, TEXTS[1:], strict=False)))
         if cores == 1:
             package_streams = 1.0 / rtf_pkg
     _pin(1)
