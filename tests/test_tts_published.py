@@ -284,3 +284,20 @@ def test_voices_and_bad_input(tokenizer_path):
         gen.handle_event(state, ControlEvent("text", {"text": "x" * 300_000}))
     gen.handle_event(state, ControlEvent("text", {"text": "Still speaking.", "final": True}))
     assert not gen.step([state], [None], 1)[0].idle
+
+
+def test_shipped_voice_file_equals_cloned_voice(tokenizer_path, tmp_path):
+    """A voice state exported by the package (the release's embeddings/NAME.safetensors) reads as the same
+    keys/values our encoder computes from the clip it was made from."""
+    from pocket_tts.models.model_state import export_model_state
+
+    from models.tts.pocket.checkpoint import voice_from_state_file
+
+    theirs, ours, _ = _pair(tokenizer_path)
+    clip = _clip(seed=12)
+    export_model_state(theirs.get_state_for_audio_prompt(clip[None]), tmp_path / "v.safetensors")
+    shipped = voice_from_state_file(tmp_path / "v.safetensors", ours.cfg.backbone.num_layers)
+    cloned = ours.voice_from_audio(clip)
+    assert shipped.k.shape == cloned.k.shape
+    _close(shipped.k, cloned.k)
+    _close(shipped.v, cloned.v)
