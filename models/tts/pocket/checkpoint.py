@@ -122,5 +122,5 @@ def end_on_pause(audio: torch.Tensor, sample_rate_hz: int, pause_s: float = 0.08
     end = (int(loud[-1]) + 1) * frame
     audio = audio[:end].clone()
     fade = min(int(fade_s * sample_rate_hz), end)
-    audio[end - fade:] *= torch.linspace(1, 0, fade, dtype=audio.dtype)
+    audio[end - fade:] *= torch.linspace(1, 0, fade, dtype=audio.dtype, device=audio.device)
     return torch.cat([audio, audio.new_zeros(int(pause_s * sample_rate_hz))])

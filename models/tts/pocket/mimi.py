@@ -171,7 +171,7 @@ class Mimi(nn.Module):
             else:
                 x = layer(x)
         x = x.transpose(1, 2)  # (B, T, C)
-        positions = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+        positions = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
         x = attention_layers(self.encoder_transformer.transformer, x, positions).transpose(1, 2)
         if self.stride != 1:
             x = self.downsample.conv(x)[0]
