@@ -150,8 +150,7 @@ def test_layout_fits_phone_and_desktop(page, live: LiveServer, tmp_path: Path) -
                 assert layout["stacked"] and layout["header"] < 110, (mode, layout)
             else:
                 assert layout["beside"] and layout["header"] < 70, (mode, layout)
-            if mode in ("speak", "video"):
-                screenshot(page, out / f"page-{mode}-{name}.png")
+            screenshot(page, out / f"page-{mode}-{name}.png")
     # streaming: the video fits the phone's width
     viewport(page, *PHONE)
     js(page, "causalcast.selectMode('video'); causalcast.selectModel('testcard'); causalcast.start()")

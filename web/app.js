@@ -219,7 +219,7 @@ function renderModel() {
   if (info && info.example_prompts && info.example_prompts.length && !busy()) $("prompt").value = info.example_prompts[0];
   promptHelp.setModel(state.mode === "video" ? info : null);
   $("say-note").textContent = ""; // said when a `say` with text is refused (the avatar has no tts model)
-  $("stat-delay-label").textContent = info && info.input_audio && info.output_audio ? "Voice delay" : "Delay";
+  $("stat-delay-label").textContent = convertsVoice(info) ? "Voice delay" : "Delay";
   showRows();
   updateControls();
 }
@@ -501,7 +501,9 @@ async function openWatchLink(id) {
 
 function onMessage(m) {
   state.last[m.type] = m;
-  if (m.type === "stats") {
+  if (m.type === "pong") {
+    state.rttMs = performance.now() - m.t; // the control channel's round trip: kept, not shown (not the voice's delay)
+  } else if (m.type === "stats") {
     // a viewer's stats are its own: frames it lost, packets that came late to it
     $("stat-late").textContent = m.viewer ? `${m.late_packets} late packets` : `${m.late_chunks} of ${m.chunks_out}`;
     $("stat-underruns").textContent = m.viewer ? `${m.dropped_frames} dropped frames` : String((m.audio_underruns || 0) + (m.video_underruns || 0));
@@ -563,13 +565,18 @@ function addPromptSwitch(m) {
   }
 }
 
+/** A model that turns the microphone's voice into another (its output follows its input chunk by chunk). */
+function convertsVoice(info) {
+  return Boolean(info && info.pacing === "input" && info.input_audio && info.output_audio);
+}
+
 /** The delay a person hears: for voice models, mouth to ear (a chunk of input, the model's look-ahead, the
  * server's time per chunk, the client's playout buffer); otherwise the server's time per chunk. */
 function showDelay(stats) {
   const info = state.models[state.model];
   const serverMs = stats.chunk_latency_ms_p50;
   if (!info || serverMs == null) return;
-  if (info.input_audio && info.output_audio) {
+  if (convertsVoice(info)) {
     const bufferMs = (state.last.client_stats && state.last.client_stats.bufferMs) || 0;
     const parts = { chunk: info.chunk_ms, "look-ahead": info.lookahead_ms || 0, model: serverMs, "playout buffer": bufferMs };
     const total = Object.values(parts).reduce((a, b) => a + b, 0);
