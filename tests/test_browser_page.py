@@ -257,12 +257,11 @@ def test_avatar_tab_echo_cancellation_say_interrupt_portrait_and_reset(page, liv
     wait_until(page, "return causalcast.state().last.ready")
     assert js(page, "return causalcast.state().mic.echoCancellation") is False
     js(page, "return causalcast.stop()")
-    # without the microphone: Enter says the text, Interrupt stops it and says so plainly
+    # without the microphone: Enter on the text starts the session and says it; Interrupt stops it, said plainly
     by_id(page, "use-mic").click()
-    by_id(page, "start").click()
+    by_id(page, "say-text").send_keys("Hello there, I am the avatar and I talk for a while." + Keys.ENTER)
     wait_until(page, "return causalcast.state().phase === 'running' && causalcast.state().last.ready")
     wait_until(page, "return causalcast.grabFrame() !== null")
-    by_id(page, "say-text").send_keys("Hello there, I am the avatar and I talk for a while." + Keys.ENTER)
     wait_until(page, "return causalcast.state().notices.some(n => n.type === 'state' && n.state === 'speaking')")
     by_id(page, "avatar-interrupt").click()
     notice = wait_until(page, "return causalcast.state().notices.find(n => n.type === 'barge_in')")

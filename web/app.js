@@ -45,6 +45,7 @@ const state = {
   speakReference: null, // the same for the Speak tab's voice
   portrait: null, // the avatar's portrait: {name, data (base64 JPEG)}
   pendingText: null, // text typed before the Speak session was ready
+  pendingSay: null, // the same for the avatar's first Say
 };
 let streams = null;
 let timeline = null;
@@ -255,7 +256,8 @@ function updateControls() {
   $("say-stop").disabled = !producing;
   $("switch").disabled = !producing;
   $("prompt").disabled = !loaded;
-  for (const id of ["avatar-say", "avatar-interrupt", "agent-audio"]) $(id).disabled = !producing;
+  $("avatar-say").disabled = !loaded || state.phase === "starting" || Boolean(state.watching);
+  for (const id of ["avatar-interrupt", "agent-audio"]) $(id).disabled = !producing;
   for (const id of ["transport", "share", "use-mic", "headphones", "portrait-file", "seed"]) $(id).disabled = busy();
   streams.busy = busy();
   streams.render();
@@ -414,14 +416,15 @@ function paramsFor(model) {
 
 /** Start a session with the selected model, or (with `watch`) watch a shared session of `model`.
  * `text`: what the Speak tab says once the session is ready. Resolves to whether it is running. */
-async function start({ watch = null, model = null, text = null } = {}) {
+async function start({ watch = null, model = null, text = null, say = null } = {}) {
   if (busy()) return false; // one at a time: a second start while one is in flight is refused
   clearTimeout(state.retryTimer);
   model = model || currentModel();
   const info = model && state.models[model];
   if (!info) return false;
   const attempt = ++state.attempt;
-  Object.assign(state, { phase: "starting", model, watching: watch, pendingText: text, notices: [], last: {} });
+  Object.assign(state, { phase: "starting", model, watching: watch, notices: [], last: {} });
+  Object.assign(state, { pendingText: text, pendingSay: say });
   const transport = $("transport").value;
   const via = transport === "ws" ? "WebSocket" : "WebRTC";
   state.startOptions = { watch, model: watch ? model : null };
@@ -513,6 +516,7 @@ function onMessage(m) {
     if (m.output_video) timeline.fps = m.output_video.fps;
     if (m.params && m.params.prompt) addPromptSwitch({ text: m.params.prompt, frame: 0, switch: "first prompt" });
     if (m.type === "ready" && state.pendingText) { sendText(state.pendingText); state.pendingText = null; }
+    if (m.type === "ready" && state.pendingSay) { sendSay(state.pendingSay); state.pendingSay = null; }
     if (m.type === "ready" && (m.events || []).includes("prompt") && m.model !== "video" && $("prompt").value.trim()) switchPrompt();
     if (m.type === "ready" && state.mode === "video" && $("share").checked) {
       streams.ownSession = m.session;
@@ -652,10 +656,18 @@ function switchPrompt() {
   logLine(`prompt: ${text}`);
 }
 
+/** Say the typed text with the avatar's voice; the first Say starts the session. */
 function avatarSayText() {
   const text = $("say-text").value.trim();
   if (!text) { $("say-note").textContent = "Type something for the avatar to say first."; return; }
-  if (state.phase === "running") { send({ type: "say", text }); logLine(`say: ${text}`); $("say-note").textContent = ""; }
+  $("say-note").textContent = "";
+  if (state.phase === "running") sendSay(text);
+  else if (state.phase === "idle") start({ say: text });
+}
+
+function sendSay(text) {
+  send({ type: "say", text });
+  logLine(`say: ${text}`);
 }
 
 async function avatarSayFile() {
@@ -679,7 +691,7 @@ async function stop(reason = "stopped", tellServer = true) {
   if (tellServer) send({ type: "stop" });
   state.expectClose = true;
   await teardown();
-  Object.assign(state, { phase: "idle", watching: null, pendingText: null });
+  Object.assign(state, { phase: "idle", watching: null, pendingText: null, pendingSay: null });
   streams.ownSession = null;
   resetMedia();
   showRows();
