@@ -43,7 +43,7 @@ from speech_corpus import load_utterances  # noqa: E402
 
 from bench.tts import speak  # noqa: E402
 from bench.tts import vocode as tts_vocode  # noqa: E402
-from bench.vc import convert, wav_base64  # noqa: E402
+from bench.vc import Judge, convert, wav_base64  # noqa: E402
 from bench.vc import vocode as vc_vocode  # noqa: E402
 from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
 from evaluation.words import open_recognizer  # noqa: E402
@@ -67,20 +67,6 @@ def voiced_ratio(audio: np.ndarray) -> float:
 def semitones(a_hz: float, b_hz: float) -> float:
     """|a - b| in semitones (nan when either is unvoiced)."""
     return abs(12 * np.log2(a_hz / b_hz)) if a_hz > 0 and b_hz > 0 else float("nan")
-
-
-class SpeakerJudge:
-    """resemblyzer embeddings when installed (the vc-bench extra), else None."""
-
-    def __init__(self) -> None:
-        from resemblyzer import VoiceEncoder, preprocess_wav
-
-        self.encoder, self.prep = VoiceEncoder("cpu", verbose=False), preprocess_wav
-
-    def embed(self, clips: list[np.ndarray]) -> np.ndarray:
-        """Unit embedding of clips of one voice."""
-        e = np.mean([self.encoder.embed_utterance(self.prep(c, source_sr=16_000)) for c in clips], axis=0)
-        return e / np.linalg.norm(e)
 
 
 def main() -> None:
@@ -179,9 +165,9 @@ def main() -> None:
                  voiced_ratio_vs_reference=voiced_ours / max(1e-6, voiced_ref))
 
 
-def _speaker_judge() -> SpeakerJudge | None:
+def _speaker_judge() -> Judge | None:
     try:
-        return SpeakerJudge()
+        return Judge()
     except ImportError:
         print("resemblyzer not installed (pip install -e '.[vc-bench]'): no speaker margins", file=sys.stderr)
         return None
