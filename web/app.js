@@ -465,6 +465,7 @@ async function start({ watch = null, model = null, text = null, say = null } = {
       : `Streaming with ${name} over ${via}.${emptyPrompt ? " Empty prompt: the model shows its default scene." : ""}`);
     state.statsTimer = setInterval(pollStats, 1000);
     updateControls();
+    if (conn._closed) onLost("the connection closed while it was starting"); // its one `closed` event came early
     return true;
   } catch (e) {
     if (stale() || e.code === "cancelled") return false; // the user stopped it: not an error
