@@ -186,7 +186,7 @@ class MeanVCGenerator(Generator):
         if len(speech) < MIN_REFERENCE_S * SAMPLE_RATE_HZ:
             raise ParamError(f"'reference_audio' is too short: {len(speech) / SAMPLE_RATE_HZ:.1f} s of speech, "
                              f"{MIN_REFERENCE_S:g}-{self.max_reference_s:g} s are needed")
-        return (0.9 * speech / peak).astype(np.float32)
+        return speech.astype(np.float32)  # at its own level, as MeanVC reads a reference (its mel is not level-free)
 
     def _voice(self, payload: Mapping[str, Any]) -> str:
         voice = payload.get("voice") or self.default_voice
