@@ -476,9 +476,9 @@ def torch_archive_header(path: str | os.PathLike) -> ArchiveHeader:
                 from collections import OrderedDict
 
                 return OrderedDict
-            if module == "torch" and name in ("float32", "float16", "bfloat16", "int64"):
-                return name
-            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a weights archive")
+            # Anything else (dtypes, devices, a foreign object) becomes an inert record: nothing is imported or
+            # run, so an archive with globals we do not know still shows its tensors.
+            return type(name, (_Record,), {})
 
         def persistent_load(self, pid: Any) -> Any:
             _, storage_type, key, _location, numel = pid

@@ -69,6 +69,7 @@ def test_header_check_names_file_and_key(release, tmp_path):
     (folder / "wavlm_large_finetune.pth").unlink()
     data = (folder / "vocos.pt").read_bytes()
     (folder / "vocos.pt").write_bytes(data[: len(data) // 2])
+    (folder / "fastu2++.pt").write_bytes(b"PK" + bytes(100))
     weights.write_manifest(folder, weights.published_model("meanvc"), {})
     problems = weights.check(folder)
     assert any("wavlm_large_finetune.pth: missing (get it from https://drive.google.com" in p for p in problems)
@@ -76,6 +77,7 @@ def test_header_check_names_file_and_key(release, tmp_path):
     assert any("model_200ms.safetensors: 'transformer_blocks.1.attn.to_v.weight' has shape [3, 3]" in p
                for p in problems)
     assert any("vocos.pt: not a readable torch archive" in p for p in problems)
+    assert any("fastu2++.pt: not a readable TorchScript archive" in p for p in problems)
 
 
 def test_loading_refuses_bad_weights_naming_file_and_key(release, tmp_path, capsys):

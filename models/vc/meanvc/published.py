@@ -144,15 +144,23 @@ def _speaker_problems(folder: Path) -> list[str]:
 def check(folder: Path) -> list[str]:
     """Problems of a MeanVC folder (file and key named), from headers alone; empty when it can be served."""
     problems = _dit_problems(folder) + _vocos_problems(folder) + _speaker_problems(folder)
+    return problems + _asr_problems(folder / ASR_FILE)
+
+
+def _asr_problems(path: Path) -> list[str]:
+    """The ASR runs as shipped: a TorchScript zip whose directory lists its code and pickled module."""
+    import zipfile
+
+    if not path.exists():
+        return [f"{path}: missing"]
     try:
-        asr = torch_archive_header(folder / ASR_FILE)
-        if not asr.torchscript:
-            problems.append(f"{folder / ASR_FILE}: not a TorchScript archive (WeNet's export is one)")
-        elif not asr.tensors:
-            problems.append(f"{folder / ASR_FILE}: holds no tensors")
-    except WeightsError as e:
-        problems.append(str(e))
-    return problems
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as e:
+        return [f"{path}: not a readable TorchScript archive ({e})"]
+    if not any("/code/" in n for n in names) or not any(n.endswith("data.pkl") for n in names):
+        return [f"{path}: not a TorchScript archive (no code/ or data.pkl; WeNet's export has both)"]
+    return []
 
 
 # -- loading ------------------------------------------------------------------------------------------------
