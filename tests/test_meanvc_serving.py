@@ -224,3 +224,11 @@ def test_state_is_bounded_over_a_long_stream(release):
     assert {k: tuple(v.shape) for k, v in vars(g).items() if isinstance(v, torch.Tensor)} == shapes
     assert g.cache.num_entries(state.slot) <= g.lookback * g.chunk_frames + g.chunk_frames
     g.close_session(state)
+
+
+def test_a_folder_without_voices_serves_a_synthetic_one(release, tmp_path):
+    folder = _copy(release, tmp_path)
+    shutil.rmtree(folder / "voices")
+    g = load_model("vc", "cpu", {"weights": str(folder), "max_sessions": 1})
+    assert [v["id"] for v in g.describe()["voices"]] == ["synthetic-test-tone"]
+    assert g.validate_params({})["voice"] == "synthetic-test-tone"  # what the engine's warm-up sends

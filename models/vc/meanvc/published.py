@@ -10,7 +10,8 @@ Files (``download_ckpt.py`` of github.com/ASLP-lab/MeanVC, Apache-2.0, and its R
 | ``wavlm_large_finetune.pth`` | WavLM-Large + ECAPA (Google Drive) | ``torch.load``, our :class:`SpeakerModel` |
 
 ``meanvc_200ms.pt`` (the same DiT as TorchScript) is not needed. Optional ``voices/*.wav`` in the folder
-are listed as target voices (the page's picker); without any, sessions must upload ``reference_audio``.
+are listed as target voices (the page's picker); without any, one synthetic harmonic tone stands in (a
+session that names no voice and uploads no ``reference_audio`` gets it; the engine's warm-up needs one).
 
 The check reads headers only: the safetensors header, and the pickled ``data.pkl`` of the torch archives
 (:func:`models.weights.torch_archive_header`: names, shapes, dtypes, nothing run or loaded); sizes are
@@ -41,6 +42,7 @@ DIT_FILE, VOCOS_FILE, ASR_FILE, SPEAKER_FILE = ("model_200ms.safetensors", "voco
                                                 "wavlm_large_finetune.pth")
 SPEAKER_URL = "https://drive.google.com/file/d/1-aE1NfzpRCLxA4GUxX9ITI3F9LlbtEGP/view"
 VOICES_DIR = "voices"
+SYNTHETIC_VOICE = "synthetic-test-tone"  # listed when the folder has no voices: upload a reference instead
 RELEASED_CHUNK_FRAMES = 20  # model_200ms: trained on 200 ms chunks
 
 
@@ -178,6 +180,10 @@ def _voices(folder: Path) -> dict[str, np.ndarray]:
         if peak < 1e-3:
             raise WeightsError(f"{path}: silent")
         voices[path.stem] = speech.astype(np.float32)  # at its own level, as MeanVC reads a reference
+    if not voices:  # the engine warms up with default params: a session that names no voice needs one
+        from models.vc.meanvc.random_release import speechlike
+
+        voices[SYNTHETIC_VOICE] = speechlike(4.0, 0, 150.0)
     return voices
 
 
