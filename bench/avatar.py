@@ -41,7 +41,7 @@ from models.avatar.features import HOP, ConvState, frame_energy  # noqa: E402
 from models.avatar.generator import Avatar  # noqa: E402
 from models.avatar.motion import IDX, count_nods, jitter  # noqa: E402
 from models.avatar.render import FaceRenderer, mouth_openness  # noqa: E402
-from models.base import ControlEvent, StepInput  # noqa: E402
+from models.base import ControlEvent, StepInput, apply_event  # noqa: E402
 
 
 def emit(**fields) -> None:
@@ -70,7 +70,7 @@ def bench_capacity(device: str, config: str, max_sessions: int, steps: int) -> N
     while batch <= max_sessions:
         states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(batch)]
         for s in states:
-            gen.handle_event(s, ControlEvent("say", {"audio": b64_pcm16(np.tile(agent, 4))}))
+            apply_event(gen, s, ControlEvent("say", {"audio": b64_pcm16(np.tile(agent, 4))}))
         mic = speech("user")
         inputs = [StepInput(mic[:HOP], HOP) for _ in states]
         gen.step(states, inputs, batch)

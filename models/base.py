@@ -5,8 +5,19 @@ per-session state, and steps a *batch* of sessions by one chunk. Control events 
 voice, text to speak, barge-in) travel through the same object. The runtime never knows which family it
 serves: it only sees this interface.
 
-Threading invariant: the runtime calls every method of a :class:`Generator` from one worker thread per
-device, never concurrently, so a generator's state needs no locks.
+Threading: the event loop never runs model code. Three places run a generator's methods:
+
+- the event loop: :meth:`Generator.validate_params` only, cheap checks (types, ranges, sizes, the header of
+  an uploaded WAV or image; models/params.py);
+- the engine's preparation thread(s): :meth:`Generator.prepare_session` and :meth:`Generator.prepare_event`,
+  the heavy, stateless work on what a client sent (decode, resample, embed a reference, encode a clip). They
+  run beside the steps of other sessions, so a 300 ms reference embedding delays only the session that sent
+  it; they may read the model's weights and constant tables but touch no session state, slot or cache;
+- one worker thread per device: every other method, never concurrently, so a generator's state needs no
+  locks.
+
+Drivers without an engine (tests, benches, warm-up, a family driving another) chain the stages in one thread
+with :func:`open_direct` and :func:`apply_event`.
 """
 
 from __future__ import annotations
@@ -131,7 +142,11 @@ class ControlEvent:
     """A control message for one session, applied before its next step (control overtakes media)."""
 
     type: str
-    payload: Mapping[str, Any] = field(default_factory=dict)
+    payload: Mapping[str, Any] = field(default_factory=dict)  # the client's JSON fields
+    # What :meth:`Generator.prepare_event` made of the payload (an embedded reference, decoded samples); never
+    # from the client, so handle_event can trust it. None: not prepared (cheap events need no preparation).
+    prepared: Any = None
+    is_prepared: bool = False  # prepare_event has run on it (the engine prepares an event once)
 
 
 @dataclass
@@ -173,29 +188,65 @@ class Generator(ABC):
     # Set by the registry when the generator serves a published release (models/weights.py): the release,
     # its folder and each file's SHA-256, shown in /healthz.
     published_weights: dict[str, Any] | None = None
+    # Event types that pass through prepare_event (on the preparation thread) before handle_event sees them.
+    prepared_events: frozenset[str] = frozenset()
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Check a session's start parameters cheaply, before any state exists.
+        """Check a session's start parameters cheaply, on the event loop, before any state exists.
 
-        Returns the normalised parameters; raises :class:`ParamError` with a message for the client.
-        The default accepts no parameters.
+        Only checks that cost microseconds whatever the client sent: types, ranges, sizes, the header of an
+        upload (models/params.py) -- never a decode, a resample or a model. Returns the normalised parameters
+        (an upload may still be in them, undecoded) for :meth:`prepare_session`; raises :class:`ParamError`
+        with a message for the client. The default accepts no parameters.
         """
         if params:
             raise ParamError(f"model '{self.name}' takes no parameters, got {sorted(params)}")
         return {}
 
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The heavy, stateless work of a new session, off the event loop and off the step thread.
+
+        Runs on the engine's preparation thread after admission, concurrently with steps (see the module
+        docstring): decode and check uploads, embed a reference, encode a clip. Returns the parameters
+        :meth:`open_session` gets; raises :class:`ParamError` for an upload that proves unusable. Default:
+        nothing to do.
+        """
+        return dict(params)
+
     @abstractmethod
     def open_session(self, params: Mapping[str, Any]) -> Any:
-        """Create the state of a new session from validated parameters."""
+        """Create the state of a new session from prepared parameters (cheap: slots, copies)."""
+
+    def describe_session(self, state: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What the client is told about its opened session: the ``params`` of `ready` (JSON-able).
+
+        Called on the worker right after :meth:`open_session` with the parameters it got. Families whose
+        parameters carry uploads or tensors return a summary instead (a digest, ``"voice": "reference"``).
+        Default: the parameters.
+        """
+        return dict(params)
 
     @abstractmethod
     def close_session(self, state: Any) -> None:
         """Release a session's state (cache slots, buffers). Must not raise."""
 
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
+        """The heavy, stateless part of a control event whose type is in ``prepared_events``.
+
+        Runs on the preparation thread, as :meth:`prepare_session`, in the order the session's events came:
+        returns the event :meth:`handle_event` will get (the work's result in ``prepared``), or None when the
+        event was consumed here (a piece of an upload sent in parts). ``scratch`` is the session's own memory
+        for this stage (those pieces), touched by nothing else. Raises :class:`ParamError` for a bad event;
+        the session keeps running. Default: the event unchanged.
+        """
+        return event
+
     def handle_event(self, state: Any, event: ControlEvent) -> list[dict[str, Any]]:
         """Apply a control event to one session; returns notices for the client.
 
-        Raises :class:`ParamError` for a bad event; the session keeps running.
+        Raises :class:`ParamError` for a bad event; the session keeps running. Work that grows with what the
+        client sent belongs in :meth:`prepare_event` or is spread over steps (text is phonemized a segment
+        at a time), so one session's event cannot delay another's step.
         """
         raise ParamError(f"model '{self.name}' does not accept '{event.type}' events")
 
@@ -217,3 +268,23 @@ class Generator(ABC):
         if self.published_weights is not None:
             out["weights"] = self.published_weights
         return out
+
+
+def open_direct(generator: Generator, params: Mapping[str, Any]) -> Any:
+    """Validate, prepare and open a session in the calling thread (drivers without an engine)."""
+    return generator.open_session(generator.prepare_session(generator.validate_params(params)))
+
+
+def apply_event(
+    generator: Generator, state: Any, event: ControlEvent, scratch: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Prepare (if its type needs it) and apply one event in the calling thread (drivers without an engine).
+
+    Pass the same ``scratch`` for every event of one session when its uploads come in parts.
+    """
+    if event.type in generator.prepared_events:
+        prepared = generator.prepare_event(event, {} if scratch is None else scratch)
+        if prepared is None:
+            return []
+        event = prepared
+    return generator.handle_event(state, event)

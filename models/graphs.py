@@ -64,7 +64,9 @@ class BucketGraphs:
         result = self.fn(*inputs)  # lazy libraries (cuBLAS, cuDNN) initialise here, outside the capture
         static = tuple(x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):  # records, does not run: the state is not advanced
+        # records, does not run: the state is not advanced. thread_local: the engine's preparation threads may
+        # run kernels of their own (a reference embedding) while the worker captures
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             outputs = self.fn(*static)
         self._pool = graph.pool()
         self._graphs[key] = _Captured(graph, static, outputs)

@@ -40,25 +40,31 @@ CLAUSE_END = (",", ".", "?", "!")
 SPECIALS = ("<pad>", "<unk>")
 MAX_TEXT_CHARS = 200_000  # per message; longer is refused with a clear error
 _CLAUSE_CHARS = ",.?!;:"
+_WORD = re.compile(r"\S+")
 _STRESS = {"'": "'", ",": "%"}  # primary, secondary stress (renamed: "," is the clause token)
+
+
+def _kept(ch: str) -> bool:
+    """Letters, digits, punctuation and the apostrophe survive normalisation; everything else becomes a space."""
+    return unicodedata.category(ch)[0] in "LNP" or ch == "'"
+
+
+_ASCII_SPACES = {i: " " for i in range(128) if not _kept(chr(i))}  # the rule applied to ASCII, as one table
+_SPACES = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
     """Keep letters, digits, punctuation and spaces; drop emoji, symbols and control characters.
 
     espeak would read an emoji's name ("slightly smiling face"), which is not what a user who typed it
-    means; dropping symbols is the sane fallback.
+    means; dropping symbols is the sane fallback. ASCII text takes a translation table (the same rule,
+    ~10x faster: long messages are cut into thousands of segments).
     """
-    out = []
-    for ch in unicodedata.normalize("NFC", text):
-        cat = unicodedata.category(ch)
-        if cat[0] in "LNP" or ch in "'":
-            out.append(ch)
-        elif cat[0] == "Z" or ch in "\n\t\r":
-            out.append(" ")
-        else:
-            out.append(" ")
-    return re.sub(r"\s+", " ", "".join(out)).strip()
+    if text.isascii():
+        kept = text.translate(_ASCII_SPACES)
+    else:
+        kept = "".join(ch if _kept(ch) else " " for ch in unicodedata.normalize("NFC", text))
+    return _SPACES.sub(" ", kept).strip()
 
 
 def _load_library() -> tuple[ctypes.CDLL, bytes | None]:
@@ -188,17 +194,25 @@ class TextSegmenter:
         self.pending = ""
 
     def push(self, text: str) -> list[str]:
-        """Add text; returns the segments it completes."""
+        """Add text; returns the segments it completes.
+
+        One pass over the words of the pending text (linear in its length: a 150k-character message is cut
+        in milliseconds, not re-scanned per segment).
+        """
         self.pending += text
-        out = []
-        while True:
-            cut = self._next_cut(self.pending)
-            if cut is None:
-                break
-            segment, self.pending = self.pending[:cut], self.pending[cut:]
-            if normalize_text(segment):
-                out.append(normalize_text(segment))
-        return out
+        out, start, num_words = [], 0, 0
+        for word in _WORD.finditer(self.pending):
+            if num_words >= self.max_words:  # the word that would exceed the limit has begun: cut before it
+                out.append(self.pending[start : word.start()])
+                start, num_words = word.start(), 0
+            if word.end() == len(self.pending):
+                break  # the last word may go on in the next message
+            num_words += 1
+            if self.pending[word.end() - 1] in _CLAUSE_CHARS:  # clause punctuation, then a space: cut after it
+                out.append(self.pending[start : word.end() + 1])
+                start, num_words = word.end() + 1, 0
+        self.pending = self.pending[start:]
+        return [n for n in map(normalize_text, out) if n]
 
     def flush(self) -> list[str]:
         """Everything pending as a final segment (split at ``max_words`` if long)."""
@@ -209,23 +223,6 @@ class TextSegmenter:
         for i in range(0, len(words), self.max_words):
             out.append(" ".join(words[i : i + self.max_words]))
         return out
-
-    def _next_cut(self, text: str) -> int | None:
-        """Index after the first complete segment in text, or None."""
-        num_words = 0
-        in_word = False
-        for i, ch in enumerate(text):
-            if ch.isspace():
-                if in_word:
-                    num_words += 1
-                    in_word = False
-                    if i > 0 and text[i - 1] in _CLAUSE_CHARS:
-                        return i + 1
-                continue
-            if not in_word and num_words >= self.max_words:
-                return i  # the word that would exceed the limit has begun: cut before it
-            in_word = True
-        return None
 
     def reset(self) -> None:
         """Drop pending text (barge-in)."""

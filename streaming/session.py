@@ -286,6 +286,11 @@ class Session:
             self._resume(time.monotonic() if now is None else now)
         return events
 
+    def return_events(self, events: list[ControlEvent]) -> None:
+        """Put events the engine took back at the front of the queue (it prepared them off the worker)."""
+        self._events.extendleft(reversed(events))
+        self._wake(self)
+
     def ready_time(self) -> float | None:
         """When the next chunk is (or will be) due; None while waiting for input or idle."""
         if not self.running:

@@ -102,3 +102,30 @@ async def stuck_client(port: int, first_message: dict[str, Any]) -> socket.socke
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     await loop.sock_sendall(sock, bytes([0x81, 0x80 | len(payload)]) + mask + masked)
     return sock
+
+
+class LoopLag:
+    """Ticks every ``interval_s`` on the running loop; records how late each tick woke."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self.lags_s: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.interval_s)
+            self.lags_s.append(time.perf_counter() - before - self.interval_s)
+
+    def __enter__(self) -> LoopLag:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    @property
+    def max_ms(self) -> float:
+        return 1000 * max(self.lags_s)

@@ -11,7 +11,7 @@ from models.avatar.features import HOP, TRACK_DIM, TrackFeaturizer, TrackState, 
 from models.avatar.model import AvatarConfig, MotionModel
 from models.avatar.motion import MOTION_DIM
 from models.avatar.render import FaceRenderer
-from models.base import StepInput
+from models.base import StepInput, apply_event
 
 
 def tiny_model(seed: int = 0, **overrides) -> MotionModel:
@@ -59,7 +59,7 @@ def test_generator_motion_equals_model_rollout_on_its_own_tracks():
     agent_audio = speech("agent")
     from avatar_helpers import b64_pcm16
 
-    gen.handle_event(state, _say(b64_pcm16(agent_audio)))
+    apply_event(gen, state, _say(b64_pcm16(agent_audio)))
     mic = np.concatenate([np.zeros(HOP * 30, np.float32), speech("user")])
     past = gen.cfg.agent_past
     agent_rows, user_rows, conv, motion = [], [], [], []
@@ -90,7 +90,7 @@ def test_batch_equals_single():
         gen.cfg = gen.model.cfg
         states = {seed: gen.open_session(gen.validate_params({"seed": seed})) for seed in batch_seeds}
         for seed, s in states.items():  # different inputs per session
-            gen.handle_event(s, _say(b64_pcm16(speech("agent")[seed * 3000 :])))
+            apply_event(gen, s, _say(b64_pcm16(speech("agent")[seed * 3000 :])))
         mic = {seed: np.roll(speech("user"), seed * 5000) for seed in batch_seeds}
         out: dict[int, list] = {seed: [] for seed in batch_seeds}
         for k in range(25):

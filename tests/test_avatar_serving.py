@@ -13,7 +13,7 @@ from models.avatar.features import HOP, frame_energy
 from models.avatar.generator import DEFAULT_CHECKPOINT, Avatar
 from models.avatar.motion import IDX
 from models.avatar.render import mouth_openness
-from models.base import ControlEvent, StepInput
+from models.base import ControlEvent, StepInput, apply_event, open_direct
 from models.errors import ParamError
 from streaming.client import Client, MediaCollector, ServerError
 from streaming.engine.scheduler import AdmissionLimits
@@ -45,7 +45,7 @@ def test_shipped_checkpoint_loads_and_lip_syncs(shipped):
     assert DEFAULT_CHECKPOINT.stat().st_size <= 20 * 1024 * 1024
     state = shipped.open_session(shipped.validate_params({"seed": 1}))
     agent = speech("agent")
-    shipped.handle_event(state, ControlEvent("say", {"audio": b64_pcm16(agent)}))
+    apply_event(shipped, state, ControlEvent("say", {"audio": b64_pcm16(agent)}))
     outs = run(shipped, state, len(agent) // HOP + 20)
     played = np.concatenate([o.audio for o, _ in outs])
     jaw = np.array([m[IDX["jaw"]] for _, m in outs])
@@ -61,7 +61,7 @@ def test_shipped_checkpoint_loads_and_lip_syncs(shipped):
 def test_user_speech_makes_the_avatar_listen_and_interruption_is_detected_within_200ms():
     gen = tiny_avatar()
     state = gen.open_session(gen.validate_params({"barge_in_ms": 200}))
-    gen.handle_event(state, ControlEvent("say", {"audio": b64_pcm16(np.tile(speech("agent"), 3))}))
+    apply_event(gen, state, ControlEvent("say", {"audio": b64_pcm16(np.tile(speech("agent"), 3))}))
     user = speech("user")
     onset_frame = 40  # the agent has been talking for ~1.5 s when the user barges in
     onset = onset_frame + int(np.argmax(np.abs(user) > 0.02)) // HOP
@@ -83,9 +83,9 @@ def test_user_speech_makes_the_avatar_listen_and_interruption_is_detected_within
 def test_interrupt_event_stops_speech_at_once():
     gen = tiny_avatar()
     state = gen.open_session(gen.validate_params({}))
-    gen.handle_event(state, ControlEvent("say", {"audio": b64_pcm16(speech("agent"))}))
+    apply_event(gen, state, ControlEvent("say", {"audio": b64_pcm16(speech("agent"))}))
     run(gen, state, 10)
-    notice = gen.handle_event(state, ControlEvent("interrupt"))
+    notice = apply_event(gen, state, ControlEvent("interrupt"))
     assert notice[0]["type"] == "barge_in" and notice[0]["dropped_s"] > 1.0
     outs = run(gen, state, 3)
     assert all(np.abs(o.audio).max() == 0 for o, _ in outs)
@@ -108,14 +108,14 @@ def test_bad_say_events_are_refused_clearly(payload, message):
     gen = tiny_avatar()
     state = gen.open_session({})
     with pytest.raises(ParamError, match=message):
-        gen.handle_event(state, ControlEvent("say", payload))
+        apply_event(gen, state, ControlEvent("say", payload))
 
 
 def test_other_sample_rates_are_resampled():
     gen = tiny_avatar()
     state = gen.open_session({})
     one_second = {"audio": b64_pcm16(np.zeros(48000)), "sample_rate_hz": 48000}
-    notice = gen.handle_event(state, ControlEvent("say", one_second))
+    notice = apply_event(gen, state, ControlEvent("say", one_second))
     assert abs(notice[0]["seconds"] - 1.0) < 0.01
 
 
@@ -127,7 +127,7 @@ def test_other_sample_rates_are_resampled():
         ({"style": "purple"}, "'style'"),
         ({"seed": 1.5}, "'seed'"),
         ({"barge_in_ms": -1}, "barge_in_ms"),
-        ({"colour": "red"}, "unknown avatar params"),
+        ({"colour": "red"}, "does not know parameters"),
         ({"portrait_mouth": [0.5, 0.6]}, "needs 'portrait'"),
     ],
 )
@@ -157,8 +157,7 @@ def test_portrait_is_animated_by_warping():
 
     portrait = png_base64(FaceRenderer(300, 360, "dark").render(REST))  # any frontal face image
     gen = tiny_avatar(128)
-    params = gen.validate_params({"portrait": portrait, "portrait_mouth": [0.5, 0.62]})
-    state = gen.open_session(params)
+    state = open_direct(gen, {"portrait": portrait, "portrait_mouth": [0.5, 0.62]})
     closed, open_ = REST.copy(), REST.copy()
     open_[IDX["jaw"]] = 1.0
     a, b = state.renderer.render(closed), state.renderer.render(open_)

@@ -13,7 +13,7 @@ import torch
 
 from models.audio.dsp import wav_bytes
 from models.audio.vae import WaveformVAE
-from models.base import ControlEvent, StepInput
+from models.base import ControlEvent, StepInput, apply_event
 from models.errors import ParamError
 from models.speech_text import TextSegmenter, normalize_text, phonemize
 from models.tts.generator import TTSGenerator
@@ -142,14 +142,15 @@ def _wav_b64(samples: np.ndarray, rate: int) -> str:
 
 def test_reference_audio_gives_a_voice(gen):
     ref = 0.3 * np.sin(2 * np.pi * 180 * np.arange(24_000) / 24_000).astype(np.float32)
-    params = gen.validate_params({"reference_audio": _wav_b64(ref, 24_000), "seed": 1})
-    json.dumps(params)  # echoed to the client in `ready`: the clip is named by its digest, not sent back
+    params = gen.prepare_session(gen.validate_params({"reference_audio": _wav_b64(ref, 24_000), "seed": 1}))
+    assert params["speaker"].shape == (16,) and torch.isfinite(params["speaker"]).all()
     state = gen.open_session(params)
-    try:
-        assert state.speaker.shape == (16,) and torch.isfinite(state.speaker).all()
-        assert not torch.equal(state.speaker, gen.voice_stats[params["voice"]])
-    finally:
-        gen.close_session(state)
+    told = gen.describe_session(state, params)
+    assert told["voice"] == "reference" and json.loads(json.dumps(told)) == told  # `ready` carries no tensor
+    # a live voice change: encoded in the preparation stage, installed by handle_event
+    notices = apply_event(gen, state, ControlEvent("set_voice", {"reference_audio": _wav_b64(ref[::-1], 24_000)}))
+    assert notices == [{"type": "voice_set"}] and not torch.equal(state.speaker, params["speaker"])
+    gen.close_session(state)
 
 
 @pytest.mark.parametrize("bad", [
@@ -167,8 +168,8 @@ def test_bad_params_are_clear_errors(gen, bad):
 
 
 def test_silent_or_short_reference_is_refused(gen):
-    with pytest.raises(ParamError, match="silent"):
-        gen.validate_params({"reference_audio": _wav_b64(np.zeros(16_000, np.float32), 16_000)})
+    with pytest.raises(ParamError, match="silent"):  # found when decoded, off the loop
+        gen.prepare_session(gen.validate_params({"reference_audio": _wav_b64(np.zeros(16_000, np.float32), 16_000)}))
     with pytest.raises(ParamError, match="0.5"):
         gen.validate_params({"reference_audio": _wav_b64(np.ones(100, np.float32) * 0.5, 16_000)})
 
@@ -188,8 +189,40 @@ def test_bad_text_gets_sane_fallbacks(gen):
     big = ("word " * 10_000) + "x" * 50_000
     notices = gen.handle_event(state, ControlEvent("text", {"text": big, "final": True}))
     assert notices[0]["segments"] > 1000
-    assert all(len(ids) <= gen.cfg.max_phonemes for ids in state.queue)
     assert not gen.step([state], [StepInput()], 1)[0].idle
+    gen.close_session(state)
+
+
+def test_long_text_is_phonemized_a_segment_at_a_time(gen, monkeypatch):
+    """A 150k-character message is cut into segments at once, phonemized only as each segment starts."""
+    import models.tts.generator as tts_generator
+
+    calls = []
+
+    def counting_phonemize(text, language):
+        calls.append(len(text))
+        return phonemize(text, language)
+
+    monkeypatch.setattr(tts_generator, "phonemize", counting_phonemize)
+    state = gen.open_session(gen.validate_params({"seed": 1}))
+    text = "The quick brown fox jumps over the lazy dog near the river bank today. " * 2100  # 149,100 characters
+    notices = gen.handle_event(state, ControlEvent("text", {"text": text, "final": True}))
+    assert notices[0]["segments"] == 4200 and calls == []  # nothing phonemized yet
+    for _ in range(5):
+        assert not gen.step([state], [StepInput()], 1)[0].idle
+    assert 1 <= len(calls) <= 5 * gen.chunk_latents and max(calls) <= 400  # a segment per started segment
+    # more text than the session may have waiting is refused; the session keeps speaking
+    with pytest.raises(ParamError, match="waiting to be spoken"):
+        gen.handle_event(state, ControlEvent("text", {"text": text}))
+    assert not gen.step([state], [StepInput()], 1)[0].idle
+    gen.handle_event(state, ControlEvent("interrupt"))  # barge-in drops the waiting text: room again
+    gen.handle_event(state, ControlEvent("text", {"text": text}))
+    # a giant "word" is phonemized in bounded pieces, each within the model's phoneme limit
+    calls.clear()
+    gen.handle_event(state, ControlEvent("interrupt"))
+    gen.handle_event(state, ControlEvent("text", {"text": "x" * 50_000, "final": True}))
+    gen.step([state], [StepInput()], 1)
+    assert calls and max(calls) <= 400
     gen.close_session(state)
 
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from models.audio.dsp import read_wav, resample, trim_silence
+from models.diagnostic.pitch import PitchShifter
 from models.registry import load_model
 from models.tts.generator import DEFAULT_CHECKPOINT, TTSGenerator
 from streaming.client import Client, MediaCollector
 from streaming.protocol import MediaFrame
-from tests.streaming_helpers import Received, collect_until
+from tests.streaming_helpers import LoopLag, Received, collect_until, send_paced, tone
 from tests.tts_helpers import make_tiny_checkpoint, requires_espeak, run_session
 
 SHIPPED = os.path.exists(DEFAULT_CHECKPOINT)
@@ -97,3 +98,35 @@ def test_shipped_checkpoint_speaks_a_held_out_sentence(tmp_path):
     rms = np.sqrt((frames**2).mean(1))
     assert rms.max() > 0.02 and (rms > 0.1 * rms.max()).mean() > 0.4  # speech energy over most of it
     assert (rms < 0.1 * rms.max()).sum() >= 2  # and some pause (the comma, the segment gap)
+
+
+async def test_a_text_flood_does_not_stall_other_sessions(start_server, tiny_gen):
+    """20 messages of 150k characters from one session: the first is queued (cut now, phonemized a segment at a
+    time as it is spoken), the rest are refused; a concurrent pitch session's chunks stay on time."""
+    pitch = PitchShifter(chunk_ms=40.0)
+    server = await start_server(("pitch", "tts"), generators={"pitch": pitch, "tts": tiny_gen})
+    text = "The quick brown fox jumps over the lazy dog near the river bank today. " * 2100  # 149,100 characters
+    audio = tone(220, 4.0)
+    async with Client(server.ws_url) as monitor, Client(server.ws_url) as flooder:
+        await monitor.start("pitch", {"semitones": 3}, input_sample_rate_hz=16_000, audio="pcm16")
+        await flooder.start("tts", {"seed": 1}, audio="pcm16")
+        sender = asyncio.create_task(send_paced(monitor, audio, 320, 16_000))
+        await asyncio.sleep(0.5)
+        with LoopLag() as lag:
+            for _ in range(20):
+                await flooder.send({"type": "text", "text": text})
+            replies = []
+            while len(replies) < 20:
+                item = await flooder.receive(timeout=20)
+                if isinstance(item, dict) and item["type"] in ("text_queued", "error"):
+                    replies.append(item)
+            await sender
+        await asyncio.sleep(0.3)
+        stopped = await monitor.stop()
+        flooded = await flooder.stop()
+    assert replies[0] == {"type": "text_queued", "segments": 4200}
+    assert all(r["type"] == "error" and "waiting to be spoken" in r["message"] and not r["fatal"] for r in replies[1:])
+    assert flooded["stats"]["chunks_out"] > 0  # the flooder's own session speaks
+    assert lag.max_ms < 200, f"event loop lag {lag.max_ms:.0f} ms"
+    stats = stopped["stats"]
+    assert stats["chunks_out"] == len(audio) // 640 and stats["late_chunks"] <= 5, stats

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.base import ControlEvent, StepInput
+from models.base import ControlEvent, StepInput, apply_event, open_direct
 from models.errors import ParamError
 from models.registry import load_model
 from models.vc.generator import VCGenerator
@@ -142,24 +142,33 @@ def test_set_reference_switches_within_one_chunk_without_a_click(gen, monkeypatc
     assert abs(switched[k * n] - switched[k * n - 1]) <= steps.max()
 
 
+def prepare(gen, params):
+    """The engine's two stages of a start: the cheap check on the loop, then the preparation."""
+    return gen.prepare_session(gen.validate_params(params))
+
+
 def test_reference_audio_upload_and_bad_references(gen):
     voice = speechlike(4.0, 21, 180.0)
     params = gen.validate_params({"reference_audio": wav_b64(voice), "seed": 0})
     assert params["voice"] == "reference"
+    assert len(gen.prepare_session(params)["reference"]) == 4  # embedded in the preparation stage
     # any sample rate is resampled; clipped audio is usable
-    gen.validate_params({"reference_audio": wav_b64(speechlike(4.0, 22)[::2], rate=8000)})
-    gen.validate_params({"reference_audio": wav_b64(np.clip(4 * voice, -1, 1))})
-    gen.validate_params({"reference_audio": wav_b64(speechlike(20.0, 23))})  # long: the first 10 s are used
-    bad = {
-        "too short": wav_b64(speechlike(1.0, 24)),
-        "silent": wav_b64(np.zeros(64_000, np.float32)),
+    prepare(gen, {"reference_audio": wav_b64(speechlike(4.0, 22)[::2], rate=8000)})
+    prepare(gen, {"reference_audio": wav_b64(np.clip(4 * voice, -1, 1))})
+    prepare(gen, {"reference_audio": wav_b64(speechlike(20.0, 23))})  # long: the first 10 s are used
+    checked_on_the_loop = {  # from the header alone: nothing is decoded
         "at most": wav_b64(speechlike(31.0, 25)),
         "WAV": "bm90IGEgd2F2",
         "base64": 12,
+        "8-48 kHz": wav_b64(speechlike(4.0, 26), rate=96_000),
     }
-    for match, data in bad.items():
+    for match, data in checked_on_the_loop.items():
         with pytest.raises(ParamError, match=match):
             gen.validate_params({"reference_audio": data})
+    checked_when_decoded = {"too short": wav_b64(speechlike(1.0, 24)), "silent": wav_b64(np.zeros(64_000, np.float32))}
+    for match, data in checked_when_decoded.items():
+        with pytest.raises(ParamError, match=match):
+            prepare(gen, {"reference_audio": data})
     for params, match in [({"voice": "nobody"}, "unknown voice"), ({"steps": 3}, "steps"), ({"pitch": 1}, "pitch"),
                           ({"seed": "x"}, "seed")]:
         with pytest.raises(ParamError, match=match):
@@ -178,24 +187,33 @@ def test_bad_events_keep_the_session(gen):
 
 def test_reference_sent_live_in_pieces(gen):
     """A live upload in pieces (as the page sends it over a data channel): the final piece applies it."""
-    state = gen.open_session(gen.validate_params({"voice": "low", "seed": 0}))
+    state = open_direct(gen, {"voice": "low", "seed": 0})
+    scratch: dict = {}  # the engine keeps one per session for the preparation stage
+
+    def send(payload):
+        return apply_event(gen, state, ControlEvent("set_reference", payload), scratch)
+
     data = wav_b64(speechlike(4.0, 31, 200.0))
     pieces = [data[i : i + 10_000] for i in range(0, len(data), 10_000)]
     for piece in pieces[:-1]:
-        assert gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": piece})) == []
-    last = ControlEvent("set_reference", {"reference_audio_part": pieces[-1], "final": True})
-    assert gen.handle_event(state, last) == [{"type": "reference_set", "voice": "reference"}]
+        assert send({"reference_audio_part": piece}) == []
+    applied = [{"type": "reference_set", "voice": "reference"}]
+    assert send({"reference_audio_part": pieces[-1], "final": True}) == applied
     expected = gen.reference_from_wav(data)
     torch.testing.assert_close(gen._speaker[state.slot], expected[0])
     # a bad piece, an over-long upload and a bad WAV are refused; the session keeps its voice
     with pytest.raises(ParamError, match="piece"):
-        gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": 5}))
+        send({"reference_audio_part": 5})
     with pytest.raises(ParamError, match="over"):
         for _ in range(100):
-            gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": "A" * 50_000}))
+            send({"reference_audio_part": "A" * 50_000})
     with pytest.raises(ParamError, match="WAV"):
-        gen.handle_event(state, ControlEvent("set_reference", {"reference_audio_part": "bm90", "final": True}))
-    assert state.voice == "reference" and state.reference_parts == []
+        send({"reference_audio_part": "bm90", "final": True})
+    assert state.voice == "reference"
+    # nothing of the refused uploads is left over: a whole upload in one final piece applies as it is
+    assert send({"reference_audio_part": data, "final": True}) == applied
+    with pytest.raises(ValueError, match="prepare_event"):  # the step thread never embeds an upload itself
+        gen.handle_event(state, ControlEvent("set_reference", {"reference_audio": data}))
     gen.close_session(state)
 
 

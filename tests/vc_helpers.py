@@ -10,7 +10,7 @@ import torch
 from models.audio.dsp import wav_bytes
 from models.audio.pitch_track import track_signal
 from models.audio.vae import VAEConfig
-from models.base import ControlEvent, StepInput
+from models.base import ControlEvent, StepInput, apply_event, open_direct
 from models.cache import RingKVCache
 from models.flow import mean_flow_sample
 from models.vc.checkpoint import save_checkpoint
@@ -66,12 +66,12 @@ def make_tiny_checkpoint(path: str, seed: int = 0, harmonic: bool = False, **ove
 
 def run_session(gen: VCGenerator, audio: np.ndarray, params: dict, events: dict[int, tuple] | None = None):
     """Stream audio chunk by chunk through one session; ``events`` {chunk index: (type, payload)}."""
-    state = gen.open_session(gen.validate_params(params))
+    state = open_direct(gen, params)
     n = gen.spec.input_chunk_samples
     out = []
     for k in range(len(audio) // n):
         if events and k in events:
-            gen.handle_event(state, ControlEvent(*events[k]))
+            apply_event(gen, state, ControlEvent(*events[k]))
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
     gen.close_session(state)
     return np.concatenate(out)

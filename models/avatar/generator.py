@@ -35,15 +35,15 @@ from models.avatar.features import (
 )
 from models.avatar.model import AvatarConfig, MotionModel, load_checkpoint
 from models.avatar.motion import MOTION_DIM
-from models.avatar.portrait import MAX_PORTRAIT_BYTES, PortraitRenderer, decode_portrait, fit_image
+from models.avatar.portrait import MAX_PORTRAIT_BYTES, MAX_PORTRAIT_PIXELS, PortraitRenderer, fit_image
 from models.avatar.render import STYLES, FaceRenderer
 from models.avatar.speech_source import AgentSpeech, TextSpeech, decode_pcm16, load_speech_generator, resample_to_model
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
 from models.errors import ParamError
+from models.params import decode_image, image_upload, seed_param, unknown_params
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "avatar_default.safetensors"
 MAX_QUEUED_S = 120.0  # agent speech waiting to be played, per session
-MAX_CACHED_PORTRAITS = 16
 FPS = 25
 
 
@@ -73,6 +73,7 @@ class Avatar(Generator):
     """Model `avatar`: user mic + agent speech -> talking, listening head video with the agent's voice."""
 
     name = "avatar"
+    prepared_events = frozenset({"say"})  # pushed speech is decoded and resampled off the step thread
 
     def __init__(
         self,
@@ -110,7 +111,6 @@ class Avatar(Generator):
         self.cache = self.model.new_cache(max_sessions, self.device)
         self.featurizer = TrackFeaturizer()
         self._renderers = {name: FaceRenderer(width, height, name) for name in STYLES}
-        self._portraits: dict[str, np.ndarray] = {}  # digest -> fitted image, oldest first
         speech_generator = load_speech_generator(tts, device)  # `say` with text needs one
         self.text_speech = TextSpeech(speech_generator, SAMPLE_RATE_HZ) if speech_generator else None
 
@@ -121,13 +121,13 @@ class Avatar(Generator):
                 "portrait": {"max_bytes": MAX_PORTRAIT_BYTES}}
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """`seed`, `style` (default/dark/light), `barge_in_ms` (0 = off), `portrait` (+ `portrait_mouth`)."""
-        known = {"seed", "style", "barge_in_ms", "portrait", "portrait_mouth"}
-        if unknown := set(params) - known:
-            raise ParamError(f"unknown avatar params {sorted(unknown)}; known: {sorted(known)}")
-        seed = params.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ParamError("'seed' must be an integer")
+        """`seed`, `style` (default/dark/light), `barge_in_ms` (0 = off), `portrait` (+ `portrait_mouth`).
+
+        Cheap: a portrait's signature and size are checked here; prepare_session reads its header, caps its
+        pixels and decodes it.
+        """
+        unknown_params("avatar", params, {"seed", "style", "barge_in_ms", "portrait", "portrait_mouth"})
+        seed = seed_param(params, default=0)
         style = params.get("style", "default")
         if style not in STYLES:
             raise ParamError(f"'style' must be one of {sorted(STYLES)}")
@@ -141,26 +141,31 @@ class Avatar(Generator):
                     or not all(isinstance(v, int | float) and 0.1 <= v <= 0.9 for v in mouth)):  # fmt: skip
                 raise ParamError("'portrait_mouth' must be [x, y] in 0.1..0.9 (fractions of the image)")
             out["portrait_mouth"] = [float(v) for v in mouth]
-            # decoded once here (a clear error if it is not an image); the session opens from this cache,
-            # and the normalised params echo a digest, not megabytes of base64
-            image = fit_image(decode_portrait(params["portrait"]), self.width, self.height)
-            digest = "sha256:" + hashlib.sha256(params["portrait"].encode()).hexdigest()[:16]
-            self._portraits.pop(digest, None)
-            self._portraits[digest] = image
-            while len(self._portraits) > MAX_CACHED_PORTRAITS:
-                self._portraits.pop(next(iter(self._portraits)))
-            out["portrait"] = digest
+            out["portrait"] = image_upload(params["portrait"], "portrait", MAX_PORTRAIT_BYTES)
         elif "portrait_mouth" in params:
             raise ParamError("'portrait_mouth' needs 'portrait'")
         return out
 
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Decode a portrait (pixels capped from its header first), fit it to the output and build its renderer."""
+        out = dict(params)
+        if "portrait" in out:
+            data = out["portrait"]
+            image = fit_image(decode_image(data, "portrait", MAX_PORTRAIT_PIXELS), self.width, self.height)
+            out["renderer"] = PortraitRenderer(image, tuple(out["portrait_mouth"]))
+            # the client is told a digest, not megabytes of base64
+            out["portrait"] = "sha256:" + hashlib.sha256(data.encode()).hexdigest()[:16]
+        return out
+
     def open_session(self, params: Mapping[str, Any]) -> AvatarSession:
-        """Allocate a cache slot and empty feature windows."""
+        """Allocate a cache slot and empty feature windows; params come from :meth:`prepare_session`."""
+        if "portrait" in params and "renderer" not in params:
+            raise ValueError("a portrait must go through prepare_session (models.base.open_direct)")
         cfg = self.cfg
         state = AvatarSession(
             slot=self.cache.allocate(),
             rng=torch.Generator().manual_seed(int(params.get("seed", 0))),
-            renderer=self._session_renderer(params),
+            renderer=params.get("renderer") or self._renderers[params.get("style", "default")],
             barge_in_frames=round(float(params.get("barge_in_ms", 300)) / 1000 * FPS),
         )
         # frames before the session are all-zero rows, exactly as offline padding (model.condition_input)
@@ -171,13 +176,9 @@ class Avatar(Generator):
             self._enter_pipeline([state])
         return state
 
-    def _session_renderer(self, params: Mapping[str, Any]) -> FaceRenderer | PortraitRenderer:
-        if "portrait" not in params:
-            return self._renderers[params.get("style", "default")]
-        image = self._portraits.get(params["portrait"])
-        if image is None:
-            raise ParamError("the portrait was evicted before the session opened; start again")
-        return PortraitRenderer(image, tuple(params.get("portrait_mouth", (0.5, 0.68))))
+    def describe_session(self, state: AvatarSession, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters, a portrait as its digest."""
+        return {k: v for k, v in params.items() if k != "renderer"}
 
     def close_session(self, state: AvatarSession) -> None:
         """Give the cache slot (and any speech generator session) back."""
@@ -193,6 +194,19 @@ class Avatar(Generator):
         return [ControlEvent("say", {"audio": base64.b64encode(pcm).decode(), "sample_rate_hz": SAMPLE_RATE_HZ})]
 
     # -- events --------------------------------------------------------------------------------------
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent:
+        """`say` with ``audio``: check it, decode the PCM16 and resample it to 16 kHz (off the step thread)."""
+        p = event.payload
+        if "audio" not in p:
+            return event  # text, or an error handle_event reports
+        rate = p.get("sample_rate_hz", SAMPLE_RATE_HZ)
+        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
+            raise ParamError(f"'sample_rate_hz' must be an integer in 8000..48000, got {rate!r}")
+        if not isinstance(p.get("final", True), bool):
+            raise ParamError("'final' must be true or false")
+        samples = resample_to_model(decode_pcm16(p["audio"]), rate)
+        return ControlEvent(event.type, {k: v for k, v in p.items() if k != "audio"}, prepared=samples)
+
     def handle_event(self, state: AvatarSession, event: ControlEvent) -> list[dict[str, Any]]:
         """`say` {audio (base64 PCM16 mono), sample_rate_hz, final} queues agent speech; `interrupt` stops it."""
         if event.type == "interrupt":
@@ -204,15 +218,11 @@ class Avatar(Generator):
         p = event.payload
         if "text" in p and "audio" not in p:
             return self._say_text(state, p)
-        if "audio" not in p:
+        if event.prepared is None:
+            if "audio" in p:
+                raise ValueError("pushed speech must go through prepare_event (models.base.apply_event)")
             raise ParamError("'say' needs 'audio' (base64 PCM16 mono) or 'text'")
-        rate = p.get("sample_rate_hz", SAMPLE_RATE_HZ)
-        if not isinstance(rate, int) or isinstance(rate, bool) or not 8000 <= rate <= 48000:
-            raise ParamError(f"'sample_rate_hz' must be an integer in 8000..48000, got {rate!r}")
-        final = p.get("final", True)
-        if not isinstance(final, bool):
-            raise ParamError("'final' must be true or false")
-        samples = resample_to_model(decode_pcm16(p["audio"]), rate)
+        samples, final = event.prepared, p.get("final", True)
         if (state.speech.num_queued + len(samples)) / SAMPLE_RATE_HZ > MAX_QUEUED_S:
             raise ParamError(f"more than {MAX_QUEUED_S:.0f} s of agent speech would be queued")
         state.speech.push(samples, final)

@@ -16,17 +16,13 @@ It is deliberately simple (a 2D warp, not a learned portrait animator) and costs
 
 from __future__ import annotations
 
-import io
-from typing import Any
-
 import numpy as np
 
 from models.avatar.motion import IDX, clamp
 from models.avatar.render import ellipse_sd
-from models.errors import ParamError
-from models.params import base64_param
 
 MAX_PORTRAIT_BYTES = 1_500_000
+MAX_PORTRAIT_PIXELS = 4096 * 4096  # read from the header before decoding (a 16000x16000 PNG would take GBs)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -136,16 +132,3 @@ def fit_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
 
 
-def decode_portrait(data: Any) -> np.ndarray:
-    """A base64 PNG/JPEG portrait -> RGB (H, W, 3) uint8; ParamError if it is not an image."""
-    import av
-
-    raw = base64_param(data, "portrait", "a PNG or JPEG image")
-    if len(raw) > MAX_PORTRAIT_BYTES:
-        raise ParamError(f"'portrait' is larger than {MAX_PORTRAIT_BYTES} bytes")
-    try:
-        with av.open(io.BytesIO(raw)) as container:
-            frame = next(container.decode(video=0))
-            return frame.to_ndarray(format="rgb24")
-    except (av.error.FFmpegError, StopIteration, ValueError, IndexError) as e:
-        raise ParamError(f"'portrait' is not a decodable image (PNG or JPEG expected): {e}") from e

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from models.avatar.features import HOP, SAMPLE_RATE_HZ
-from models.base import ControlEvent, Generator, StepInput
+from models.base import ControlEvent, Generator, StepInput, open_direct
 from models.errors import ParamError
 from models.params import base64_param
 
@@ -132,7 +132,7 @@ class TextSpeech:
         """Queue text for a session (opening its speech session on first use)."""
         if session.tts_state is None:
             params = {"voice": voice} if voice is not None else {}
-            session.tts_state = self.generator.open_session(self.generator.validate_params(params))
+            session.tts_state = open_direct(self.generator, params)
         elif voice is not None:
             raise ParamError("'voice' can only be chosen with the session's first 'say' text")
         notices = self.generator.handle_event(session.tts_state, ControlEvent("text", {"text": text, "final": final}))

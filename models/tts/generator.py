@@ -8,16 +8,18 @@ the latent back through one batched AR step; those that stop free their cache fo
 with no speech (between segments, after the end) gets the latent of silence, so the decoder's stream
 never breaks. The chunk's latents are then decoded by the causal VAE with a fixed left context.
 
-Per-session state is O(window): a KV-cache slot, the last ``context_latents`` latents, queued text.
+Per-session state is O(window): a KV-cache slot, the last ``context_latents`` latents, queued text (at most
+``MAX_PENDING_TEXT_CHARS`` of it). Text is cut into segments when it arrives (linear, milliseconds for the
+longest message) but phonemized one segment at a time, when the segment starts: one session's long text
+costs each step at most a segment's phonemizing (~1 ms), never seconds of everyone's time.
 Randomness comes from a per-session generator drawn in a fixed order, so a session's audio depends on
 its seed and text only — not on the batch it shares, nor on how its text was split into messages.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,14 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.audio.dsp import read_wav, resample
+from models.audio.dsp import resample
 from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
 from models.errors import ParamError
 from models.graphs import BucketGraphs
-from models.params import base64_param
+from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
 from models.speech_text import (
     LANGUAGES,
     MAX_TEXT_CHARS,
@@ -40,7 +42,6 @@ from models.speech_text import (
     PhonemeVocab,
     TextSegmenter,
     check_language,
-    normalize_text,
     phonemize,
 )
 from models.tts.backends import make_backend
@@ -50,7 +51,8 @@ from models.tts.model import TTSConfig, TTSModel, speaker_stats
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
 SAMPLE_RATE_HZ = 16_000
 MAX_REFERENCE_S = 30.0
-MAX_CACHED_REFERENCES = 16  # reference clips given at start, kept until their sessions open
+MAX_PENDING_TEXT_CHARS = MAX_TEXT_CHARS  # text waiting to be spoken, per session
+MAX_SEGMENT_CHARS = 400  # longer segments (only giant "words") are cut before phonemizing (bounded per step)
 EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
 GRAPH_CACHE_STEP = 64  # with CUDA graphs, the attended cache length is rounded up to this
 
@@ -64,7 +66,9 @@ class TTSState:
     speaker: torch.Tensor  # (2 * latent_dim,) reference-encoder input
     rng: torch.Generator
     segmenter: TextSegmenter
-    queue: deque[list[int]] = field(default_factory=deque)  # phoneme ids of segments not started yet
+    # segments not started yet: (text, language) until phonemized when the next one starts, then phoneme ids
+    queue: deque[tuple[str, str] | list[int]] = field(default_factory=deque)
+    num_queued_chars: int = 0  # characters of text in the queue and the segmenter (bounded)
     running: bool = False  # a segment is being generated
     position: int = 0  # next cache position in the running segment
     num_latents: int = 0  # latents produced in the running segment
@@ -77,6 +81,7 @@ class TTSGenerator(Generator):
     """Model `tts`: text in (incrementally), 16 kHz speech out, paced by the output clock."""
 
     name = "tts"
+    prepared_events = frozenset({"set_voice"})  # a reference clip is encoded off the step thread
 
     def __init__(
         self,
@@ -130,9 +135,6 @@ class TTSGenerator(Generator):
             window=cfg.window, device=self.device,
         )
         self.vocoder = SlotVocoder(self.vae, max_sessions, self.silence_raw, self.device)  # rows = cache slots
-        # speaker vectors of reference clips given at start, by digest: the normalised params (echoed to the
-        # client as JSON in `ready`) carry the digest, not a tensor
-        self._reference_speakers: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def _load(self, config: str, checkpoint: str | None) -> Checkpoint:
         path = checkpoint or DEFAULT_CHECKPOINT
@@ -155,29 +157,28 @@ class TTSGenerator(Generator):
 
     # -- sessions ---------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a trained voice id), ``reference_audio`` (base64 WAV), ``language``, ``seed``, ``text``."""
-        unknown = set(params) - {"voice", "reference_audio", "language", "seed", "text"}
-        if unknown:
-            raise ParamError(f"model 'tts' does not know parameters {sorted(unknown)}")
+        """``voice`` (a trained voice id), ``reference_audio`` (base64 WAV), ``language``, ``seed``, ``text``.
+
+        Cheap: an upload's header is checked here, its samples are read and encoded in prepare_session.
+        """
+        unknown_params("tts", params, {"voice", "reference_audio", "language", "seed", "text"})
         out: dict[str, Any] = {"voice": self._voice(params.get("voice", self.default_voice))}
         out["language"] = check_language(params.get("language", self.voice_info[out["voice"]]["language"]))
         if "reference_audio" in params:
-            speaker = self.reference_speaker(params["reference_audio"])
-            digest = "sha256:" + hashlib.sha256(params["reference_audio"].encode()).hexdigest()[:16]
-            self._reference_speakers.pop(digest, None)
-            self._reference_speakers[digest] = speaker
-            while len(self._reference_speakers) > MAX_CACHED_REFERENCES:
-                self._reference_speakers.popitem(last=False)
-            out["reference"] = digest
-            out["language"] = params.get("language", LANGUAGES[0])
-        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParamError(f"'seed' must be an integer, got {seed!r}")
-        out["seed"] = seed
+            out["reference_audio"] = self._check_reference(params["reference_audio"])
+            out["language"] = check_language(params.get("language", LANGUAGES[0]))
+        out["seed"] = seed_param(params)
         text = params.get("text", "")
         if not isinstance(text, str):
             raise ParamError("'text' must be a string")
         out["text"] = text
+        return out
+
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Encode an uploaded reference into its speaker vector (the VAE encoder: the heavy part)."""
+        out = dict(params)
+        if (upload := out.pop("reference_audio", None)) is not None:
+            out["speaker"] = self._encode_reference(upload)
         return out
 
     @property
@@ -190,16 +191,18 @@ class TTSGenerator(Generator):
             raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voice_stats)}")
         return voice
 
-    @torch.inference_mode()
+    @staticmethod
+    def _check_reference(data: Any) -> WavUpload:
+        return wav_upload(data, "reference_audio", min_s=0.5, max_s=MAX_REFERENCE_S)
+
     def reference_speaker(self, data: Any) -> torch.Tensor:
-        """Speaker vector of a base64 WAV (any rate, 0.5-30 s); raises :class:`ParamError` if unusable."""
-        raw = base64_param(data, "reference_audio", "a WAV file")
-        try:
-            audio, rate = read_wav(raw)
-        except ValueError as e:
-            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
-        if not np.isfinite(audio).all() or not 0.5 <= len(audio) / rate <= MAX_REFERENCE_S:
-            raise ParamError(f"'reference_audio' must be 0.5-{MAX_REFERENCE_S:g} s of finite samples")
+        """Speaker vector of a base64 WAV (any rate, 0.5-30 s) in the calling thread; ParamError if unusable."""
+        return self._encode_reference(self._check_reference(data))
+
+    @torch.inference_mode()
+    def _encode_reference(self, upload: WavUpload) -> torch.Tensor:
+        """Decode, resample and encode a reference whose header was checked (off the loop and the steps)."""
+        audio, rate = decode_wav(upload)
         audio = resample(audio, rate, SAMPLE_RATE_HZ)
         if float(np.abs(audio).max()) < 1e-3:
             raise ParamError("'reference_audio' is silent")
@@ -210,14 +213,10 @@ class TTSGenerator(Generator):
         return speaker_stats(self.vae.normalize(mean)[0].T)
 
     def open_session(self, params: Mapping[str, Any]) -> TTSState:
-        """Allocate a cache slot; params come from :meth:`validate_params`."""
+        """Allocate a cache slot; params come from :meth:`prepare_session`."""
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
-        speaker = None
-        if "reference" in params:
-            speaker = self._reference_speakers.get(params["reference"])
-            if speaker is None:
-                raise ParamError("the reference clip was evicted before the session opened; send it again")
+        speaker = params.get("speaker")  # an uploaded reference's, encoded by prepare_session
         state = TTSState(
             slot=self.cache.allocate(),
             language=params["language"],
@@ -235,9 +234,22 @@ class TTSGenerator(Generator):
         voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self.voice_stats)]
         return {**super().describe(), "voices": voices, "reference_audio": True}
 
+    def describe_session(self, state: TTSState, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a trained id, or "reference" for an uploaded one), ``language``, ``seed``, ``text``."""
+        voice = "reference" if "speaker" in params else params["voice"]
+        return {"voice": voice, "language": params["language"], "seed": params["seed"], "text": params["text"]}
+
     def close_session(self, state: TTSState) -> None:
         """Free the cache slot."""
         self.cache.free(state.slot)
+
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent:
+        """`set_voice` with ``reference_audio``: check, decode and encode it (off the loop and the steps)."""
+        p = event.payload
+        if "reference_audio" not in p:
+            return event
+        speaker = self._encode_reference(self._check_reference(p["reference_audio"]))
+        return ControlEvent(event.type, {k: v for k, v in p.items() if k != "reference_audio"}, prepared=speaker)
 
     def handle_event(self, state: TTSState, event: ControlEvent) -> list[dict[str, Any]]:
         """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio, language?}``."""
@@ -253,11 +265,14 @@ class TTSGenerator(Generator):
         if event.type == "interrupt":
             state.segmenter.reset()
             state.queue.clear()
+            state.num_queued_chars = 0
             self._end_segment(state)
             return [{"type": "interrupted"}]
         if event.type == "set_voice":
-            if "reference_audio" in p:
-                state.speaker = self.reference_speaker(p["reference_audio"])
+            if event.prepared is not None:
+                state.speaker = event.prepared
+            elif "reference_audio" in p:
+                raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
             else:
                 voice = self._voice(p.get("voice"))
                 state.speaker = self.voice_stats[voice]
@@ -269,20 +284,39 @@ class TTSGenerator(Generator):
     def _add_text(self, state: TTSState, text: str, final: bool) -> int:
         if len(text) > MAX_TEXT_CHARS:
             raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
+        waiting = state.num_queued_chars + len(state.segmenter.pending)
+        if waiting + len(text) > MAX_PENDING_TEXT_CHARS:
+            raise ParamError(f"{waiting} characters of text are waiting to be spoken; {len(text)} more would pass "
+                             f"the limit of {MAX_PENDING_TEXT_CHARS} (send more as it is spoken)")
         segments = state.segmenter.push(text)
         if final:
             segments += state.segmenter.flush()
         return self._queue(state, segments)
 
     def _queue(self, state: TTSState, segments: list[str]) -> int:
-        """Phonemize segments and queue them (split to fit the per-segment phoneme limit)."""
+        """Queue segments to be phonemized when they start (a giant word is cut to bounded pieces first)."""
         count = 0
         for segment in segments:
-            tokens = phonemize(normalize_text(segment), state.language)
-            for piece in _split_tokens(tokens, self.cfg.max_phonemes):
-                state.queue.append(self.vocab.encode(piece))
+            for start in range(0, len(segment), MAX_SEGMENT_CHARS):
+                piece = segment[start : start + MAX_SEGMENT_CHARS]
+                state.queue.append((piece, state.language))
+                state.num_queued_chars += len(piece)
                 count += 1
         return count
+
+    def _next_phonemes(self, state: TTSState) -> list[int] | None:
+        """Phoneme ids of the next queued segment (phonemized now, split to the model's limit); None: no more."""
+        while state.queue:
+            head = state.queue.popleft()
+            if not isinstance(head, tuple):
+                return head
+            text, language = head
+            state.num_queued_chars -= len(text)
+            pieces = [self.vocab.encode(p) for p in _split_tokens(phonemize(text, language), self.cfg.max_phonemes)]
+            state.queue.extendleft(reversed(pieces[1:]))
+            if pieces:
+                return pieces[0]
+        return None
 
     def warmup_events(self) -> list[ControlEvent]:
         """A sentence to speak."""
@@ -296,8 +330,8 @@ class TTSGenerator(Generator):
         latents = self.silence.expand(len(states), self.chunk_latents, -1).clone()  # (B, K, D) normalised
         for j in range(self.chunk_latents):
             for s in states:
-                if not s.running and s.queue:
-                    self._start_segment(s)
+                if not s.running and s.queue and (ids := self._next_phonemes(s)) is not None:
+                    self._start_segment(s, ids)
             running = [i for i, s in enumerate(states) if s.running]
             if not running:
                 continue
@@ -320,9 +354,8 @@ class TTSGenerator(Generator):
         audio = self._decode(states, latents)
         return [StepOutput(idle=True) if idle[b] else StepOutput(audio=audio[b]) for b in range(len(states))]
 
-    def _start_segment(self, s: TTSState) -> None:
-        """Prefill [SPK ; phonemes ; BOS] of the next queued segment into the session's cache slot."""
-        ids = s.queue.popleft()
+    def _start_segment(self, s: TTSState, ids: list[int]) -> None:
+        """Prefill [SPK ; phonemes ; BOS] of a segment's phoneme ids into the session's cache slot."""
         self.cache.clear([s.slot], keep_sink=False)
         phonemes = torch.tensor([ids], device=self.device)
         x = self.model.prefix(s.speaker[None], phonemes)  # (1, T, C)

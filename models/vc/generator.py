@@ -30,16 +30,15 @@ prompt switch); measured on the shipped model, its first chunk after a switch st
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.audio.dsp import read_wav, resample, trim_silence
+from models.audio.dsp import resample, trim_silence
 from models.audio.pitch_track import StreamingPitch, hold_unvoiced, median_pitch
 from models.audio.vae import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
@@ -47,7 +46,7 @@ from models.cache import RingKVCache, SlotAllocator
 from models.errors import ParamError
 from models.flow import mean_flow_jumps
 from models.graphs import BucketGraphs
-from models.params import base64_param
+from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
@@ -58,7 +57,6 @@ MIN_REFERENCE_S = 3.0  # of speech, after trimming silence
 MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the first max_ref_s are used
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
-MAX_PENDING_REFERENCES = 64  # embedded references of validated sessions not opened yet
 # A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
 # enough for the longest accepted upload as 16-bit WAV at 48 kHz.
 MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
@@ -102,14 +100,13 @@ class VCState:
     # Ring entries of the last chunk (K,), holding its noisy tokens' keys/values until the next step writes
     # its clean ones there (None: nothing pending, e.g. at the start or after a voice reset).
     context_index: torch.Tensor | None = None
-    reference_parts: list[str] = field(default_factory=list)  # base64 pieces of a live upload, until `final`
-    reference_chars: int = 0  # their total length (bounded by MAX_REFERENCE_PARTS_CHARS)
 
 
 class VCGenerator(Generator):
     """Model `vc`: mic audio in, the same speech in a reference voice out, 16 kHz, chunk by chunk."""
 
     name = "vc"
+    prepared_events = frozenset({"set_reference"})  # an uploaded reference is embedded off the step thread
 
     def __init__(
         self,
@@ -203,8 +200,6 @@ class VCGenerator(Generator):
             self._target_log_f0 = torch.zeros(rows, device=dev)
         self._voices = {v: self._embed_reference(m, ckpt.voice_info.get(v, {}).get("f0_hz", PRIOR_F0_HZ))
                         for v, m in ckpt.voice_mels.items()}
-        self._pending: OrderedDict[int, tuple[torch.Tensor, ...]] = OrderedDict()
-        self._num_pending = 0
         self._use_graphs = cuda_graphs and self.pads_to_bucket
         self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=self._use_graphs) for n in (1, 2)}
 
@@ -242,17 +237,12 @@ class VCGenerator(Generator):
         return speaker[0], kv, torch.nn.functional.pad(tmask[0], (0, pad)), log_f0
 
     def reference_from_wav(self, data: Any) -> tuple[torch.Tensor, ...]:
-        """Embed a base64 WAV reference (any rate); raises :class:`ParamError` when unusable."""
-        raw = base64_param(data, "reference_audio", "a WAV file")
-        try:
-            audio, rate = read_wav(raw)
-        except ValueError as e:
-            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
-        if not np.isfinite(audio).all():
-            raise ParamError("'reference_audio' has NaN or infinite samples")
-        if len(audio) / rate > MAX_REFERENCE_UPLOAD_S:
-            seconds = len(audio) / rate
-            raise ParamError(f"'reference_audio' is {seconds:.1f} s; send at most {MAX_REFERENCE_UPLOAD_S:g} s")
+        """Embed a base64 WAV reference (any rate) in the calling thread; :class:`ParamError` when unusable."""
+        return self._embed_upload(wav_upload(data, "reference_audio", max_s=MAX_REFERENCE_UPLOAD_S))
+
+    def _embed_upload(self, upload: WavUpload) -> tuple[torch.Tensor, ...]:
+        """Decode, resample, trim and embed a reference whose header was checked (off the loop and the steps)."""
+        audio, rate = decode_wav(upload)
         audio = resample(audio, rate, SAMPLE_RATE_HZ)
         peak = float(np.abs(audio).max()) if len(audio) else 0.0
         if peak < 1e-3:
@@ -266,13 +256,14 @@ class VCGenerator(Generator):
         mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
         return self._embed_reference(mel, median_pitch(speech, PRIOR_F0_HZ))
 
-    def _reference(self, payload: Mapping[str, Any]) -> tuple[str, tuple[torch.Tensor, ...]]:
+    def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
+        """The voice a start or `set_reference` asks for: (shipped id, None) or ("reference", its checked upload)."""
         if "reference_audio" in payload:
-            return "reference", self.reference_from_wav(payload["reference_audio"])
+            return "reference", wav_upload(payload["reference_audio"], "reference_audio", max_s=MAX_REFERENCE_UPLOAD_S)
         voice = payload.get("voice", self.default_voice)
         if voice not in self._voices:
             raise ParamError(f"unknown voice {voice!r}; shipped voices: {sorted(self._voices)}")
-        return voice, self._voices[voice]
+        return voice, None
 
     @property
     def default_voice(self) -> str:
@@ -281,34 +272,33 @@ class VCGenerator(Generator):
 
     # -- sessions -----------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (shipped id) or ``reference_audio`` (base64 WAV, 3-10 s of speech), ``steps``, ``seed``."""
-        unknown = set(params) - PARAMS
-        if unknown:
-            raise ParamError(f"model 'vc' does not know parameters {sorted(unknown)}; it takes {sorted(PARAMS)}")
-        voice, reference = self._reference(params)
-        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParamError(f"'seed' must be an integer, got {seed!r}")
-        # Validated params are echoed to the client (JSON): an uploaded reference's embedding waits here.
-        self._num_pending += 1
-        self._pending[self._num_pending] = reference
-        while len(self._pending) > MAX_PENDING_REFERENCES:
-            self._pending.popitem(last=False)
-        steps = _steps(params.get("steps", 1))
-        return {"voice": voice, "reference_id": self._num_pending, "steps": steps, "seed": seed}
+        """``voice`` (shipped id) or ``reference_audio`` (base64 WAV, 3-10 s of speech), ``steps``, ``seed``.
+
+        Cheap: an upload's header is checked here, its samples are read and embedded in prepare_session.
+        """
+        unknown_params("vc", params, PARAMS)
+        voice, upload = self._check_reference(params)
+        out = {"voice": voice, "steps": _steps(params.get("steps", 1)), "seed": seed_param(params)}
+        if upload is not None:
+            out["reference_audio"] = upload
+        return out
+
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Embed an uploaded reference (decode, resample, speaker encoder): the work that takes ~0.1-2 s."""
+        out = dict(params)
+        if (upload := out.pop("reference_audio", None)) is not None:
+            out["reference"] = self._embed_upload(upload)
+        return out
 
     def open_session(self, params: Mapping[str, Any]) -> VCState:
-        """Take a slot and reset its state; params come from :meth:`validate_params`."""
+        """Take a slot and reset its state; params come from :meth:`prepare_session`."""
+        reference = params.get("reference") or self._voices[params["voice"]]
         slot = self._slots.allocate()
         self.cache.clear([slot], keep_sink=False)
         for t in (self._tail, self._conv1, self._conv2, self._recent):
             t[slot] = 0
         self._gru[:, slot] = 0
         self._vocoder.reset(slot)
-        reference = self._pending.pop(params["reference_id"], None)
-        if reference is None:
-            self._slots.free(slot)
-            raise ParamError("the session's reference expired before it started; start again")
         self._set_reference(slot, reference)
         if self._harmonic:
             self._pitch_tail[slot] = 0
@@ -317,6 +307,10 @@ class VCGenerator(Generator):
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
+
+    def describe_session(self, state: VCState, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a shipped id or "reference"), ``steps``, ``seed``."""
+        return {"voice": state.voice, "steps": state.steps, "seed": params["seed"]}
 
     def close_session(self, state: VCState) -> None:
         """Free the slot."""
@@ -330,23 +324,37 @@ class VCGenerator(Generator):
         for (r, t), i in self._pair_index.items():  # the adaLN modulations of every flow-time pair
             self._mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
 
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
+        """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
+        payload = event.payload
+        if "reference_audio_part" in payload:
+            payload = _reference_part(scratch, payload)
+            if payload is None:
+                return None  # more pieces to come
+        voice, upload = self._check_reference(payload)
+        if upload is None:
+            return ControlEvent(event.type, {"voice": voice})
+        return ControlEvent(event.type, {"voice": voice}, prepared=self._embed_upload(upload))
+
     def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
         """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
 
         Both take effect from the next chunk on. ``reference_audio_part`` carries one piece of a base64 WAV
-        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it.
+        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it. Uploads are
+        embedded by :meth:`prepare_event` first; this only installs the result.
         """
         if event.type == "set_steps":
             state.steps = _steps(event.payload.get("steps"))
             return [{"type": "steps_set", "steps": state.steps}]
         if event.type != "set_reference":
             return super().handle_event(state, event)
-        payload = event.payload
-        if "reference_audio_part" in payload:
-            payload = self._reference_part(state, payload)
-            if payload is None:
-                return []  # more pieces to come
-        voice, reference = self._reference(payload)
+        if event.prepared is None and {"reference_audio", "reference_audio_part"} & set(event.payload):
+            raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
+        if event.prepared is not None:  # an upload, embedded by prepare_event
+            voice, reference = "reference", event.prepared
+        else:
+            voice = self._check_reference(event.payload)[0]
+            reference = self._voices[voice]
         self._set_reference(state.slot, reference)
         if self.voice_switch == "reset":
             self.cache.clear([state.slot], keep_sink=False)  # the vocoder's context stays: no click
@@ -355,24 +363,6 @@ class VCGenerator(Generator):
             self._recache(state)
         state.voice = voice
         return [{"type": "reference_set", "voice": voice}]
-
-    @staticmethod
-    def _reference_part(state: VCState, payload: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Collect one piece of a live reference upload; the whole upload once the final piece is in."""
-        part = payload["reference_audio_part"]
-        if not isinstance(part, str):
-            state.reference_parts, state.reference_chars = [], 0
-            raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
-        state.reference_chars += len(part)
-        if state.reference_chars > MAX_REFERENCE_PARTS_CHARS:
-            state.reference_parts, state.reference_chars = [], 0
-            raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
-        state.reference_parts.append(part)
-        if not payload.get("final", False):
-            return None
-        data = "".join(state.reference_parts)
-        state.reference_parts, state.reference_chars = [], 0
-        return {"reference_audio": data}
 
     @torch.inference_mode()
     def _recache(self, state: VCState) -> None:
@@ -510,6 +500,24 @@ class VCGenerator(Generator):
         voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self._voices)]
         return {**super().describe(), "voices": voices, "steps": [1, 2],
                 "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s]}
+
+
+def _reference_part(scratch: dict[str, Any], payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Collect one piece of a live reference upload in ``scratch``; the whole upload once the final piece is in."""
+    part = payload["reference_audio_part"]
+    parts: list[str] = scratch.setdefault("reference_parts", [])
+    if not isinstance(part, str):
+        parts.clear()
+        raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
+    if sum(map(len, parts)) + len(part) > MAX_REFERENCE_PARTS_CHARS:
+        parts.clear()
+        raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
+    parts.append(part)
+    if not payload.get("final", False):
+        return None
+    data = "".join(parts)
+    parts.clear()
+    return {"reference_audio": data}
 
 
 def _bucket(num: int, padded: int) -> int:

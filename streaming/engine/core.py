@@ -5,13 +5,20 @@ clocks into batches; the whole plan then runs on the engine's single worker thre
 keeps moving bytes; the outputs come back to the loop and are stamped and queued per session. While the
 worker is busy, more sessions fall due, so batches grow with load (continuous batching) without any
 artificial wait, and latency at low load stays one step.
+
+The heavy work on what a client sent (decoding and embedding an uploaded reference, a portrait, pushed
+audio) runs on separate preparation threads (``prepare_session`` / ``prepare_event``, see models/base.py),
+after admission and beside the steps, so it neither blocks the loop nor delays other sessions' chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import os
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -21,12 +28,15 @@ from typing import Any
 from models.base import Generator
 from models.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
 from streaming.engine.loop_load import LoopLoad
+from streaming.engine.prepare import EventPreparer
 from streaming.engine.runner import Runner
 from streaming.engine.scheduler import AdmissionLimits, ModelInfo, Scheduler, SchedulerOutput
 from streaming.metrics import Metrics
 from streaming.session import Session, SessionConfig
 
 log = logging.getLogger(__name__)
+
+PREP_NICENESS = 10  # added to the preparation threads' nice value (Linux: per thread)
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,9 @@ class EngineConfig:
     limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     session: SessionConfig = field(default_factory=SessionConfig)
     warmup_max_batch: int = 64  # warm-up measures buckets up to this size (the rest is extrapolated)
+    # Threads for prepare_session / prepare_event: two, so one session's long preparation does not hold up
+    # every other session's start.
+    num_prep_threads: int = 2
 
 
 class Engine:
@@ -55,6 +68,10 @@ class Engine:
             self.loop_load,
         )
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{config.device}")
+        self._prep = ThreadPoolExecutor(
+            config.num_prep_threads, thread_name_prefix=f"engine-{config.device}-prep", initializer=_background_thread
+        )
+        self.preparer = EventPreparer(generators, self._prep, config.session.max_pending_events)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop_load_task: asyncio.Task[None] | None = None
@@ -92,6 +109,7 @@ class Engine:
                 except asyncio.CancelledError:
                     pass
         self._worker.shutdown(wait=True)
+        self._prep.shutdown(wait=True, cancel_futures=True)
 
     def wake(self, session: Session | None = None) -> None:
         """Tell the loop that a session got input or an event (or just to look again)."""
@@ -101,7 +119,7 @@ class Engine:
 
     # -- sessions ------------------------------------------------------------------------------------
     def new_session(self, model: str, params: dict[str, Any], input_rate_hz: int | None) -> Session:
-        """Validate a start request and build its (not yet opened) session."""
+        """Validate a start request (cheap checks, on the loop) and build its (not yet opened) session."""
         generator = self.generators.get(model)
         if generator is None:
             raise ProtocolError(
@@ -121,7 +139,12 @@ class Engine:
         )
 
     async def open_session(self, session: Session) -> None:
-        """Admit and open a session, then start its clock; raises :class:`CapacityError` when full."""
+        """Admit, prepare and open a session, then start its clock; raises :class:`CapacityError` when full.
+
+        Admission comes first, so a refused session costs no preparation. Then ``prepare_session`` runs on a
+        preparation thread (the heavy part: uploads), ``open_session`` on the worker (the cheap part: slots),
+        and ``session.params`` becomes what the model reports (``describe_session``), which `ready` echoes.
+        """
         if self._stopping:
             raise CapacityError("server is shutting down")
         try:
@@ -135,9 +158,13 @@ class Engine:
         except CapacityError as e:
             self.metrics.sessions_refused.labels(session.model, e.reason).inc()
             raise
+        generator = self.generators[session.model]
         try:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._worker, self.runner.open, session.id, session.model, session.params)
+            prepared = await loop.run_in_executor(self._prep, generator.prepare_session, session.params)
+            session.params = await loop.run_in_executor(
+                self._worker, self.runner.open, session.id, session.model, prepared
+            )
         except BaseException as e:
             self.scheduler.unreserve(session.model)
             if isinstance(e, CausalcastError):
@@ -186,6 +213,7 @@ class Engine:
         if self.scheduler.remove(session.id) is None:
             return
         self.metrics.sessions_active.labels(session.model).dec()
+        self.preparer.forget(session.id)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._worker, self.runner.close, session.id)
 
@@ -196,6 +224,7 @@ class Engine:
             session.close(str(error))
             self.scheduler.remove(session.id)
             self.metrics.sessions_active.labels(session.model).dec()
+            self.preparer.forget(session.id)
             self._worker.submit(self.runner.close, session.id)
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -204,6 +233,7 @@ class Engine:
         while True:
             self._wake.clear()  # before scheduling: a wake during the turn is never lost
             plan = self.scheduler.schedule(time.monotonic())
+            self.preparer.divert(plan, self.scheduler.sessions)
             if plan.empty:
                 timeout = self.scheduler.next_wakeup(time.monotonic())
                 try:
@@ -244,6 +274,12 @@ class Engine:
             "max_sessions": self.scheduler.limits.max_sessions,
             "event_loop": self.loop_load.status(),
         }
+
+
+def _background_thread() -> None:
+    """Lower this thread's CPU priority: preparation work yields to the loop and the steps when they compete."""
+    with contextlib.suppress(AttributeError, OSError):  # per-thread nice values are Linux's; elsewhere a no-op
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREP_NICENESS)
 
 
 def _describe(plan: SchedulerOutput) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ControlEvent, Generator, StepInput, StepOutput
+from models.base import ControlEvent, Generator, StepInput, StepOutput, apply_event, open_direct
 from models.errors import CausalcastError, ModelError
 from streaming.engine.scheduler import RunnerOutput, ScheduledBatch, SchedulerOutput, StepTiming
 
@@ -33,9 +33,12 @@ class Runner:
         """Sessions whose state is held."""
         return len(self._states)
 
-    def open(self, session_id: str, model: str, params: Mapping[str, Any]) -> None:
-        """Create a session's state (params already validated)."""
-        self._states[session_id] = (model, self.generators[model].open_session(params))
+    def open(self, session_id: str, model: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a session's state (params already validated and prepared); returns what the client is told."""
+        generator = self.generators[model]
+        state = generator.open_session(params)
+        self._states[session_id] = (model, state)
+        return generator.describe_session(state, params)
 
     def close(self, session_id: str) -> None:
         """Free a session's state; unknown ids are ignored (double close is harmless)."""
@@ -120,11 +123,11 @@ class Runner:
         spec = generator.spec
         seconds: dict[int, float] = {}
         for size in batch_sizes:
-            states = [generator.open_session(generator.validate_params({})) for _ in range(size)]
+            states = [open_direct(generator, {}) for _ in range(size)]
             try:
                 for state in states:
                     for event in generator.warmup_events():
-                        generator.handle_event(state, event)
+                        apply_event(generator, state, event)
                 n = spec.input_chunk_samples
                 inputs = [StepInput(np.zeros(n, np.float32), n) if n else StepInput() for _ in range(size)]
                 times = []
