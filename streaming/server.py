@@ -74,12 +74,18 @@ def runner_options(config: ServerConfig) -> dict[str, Any]:
 
 
 def load_models(config: ServerConfig) -> dict[str, Any]:
-    """Build every configured generator on the engine's device."""
-    generators = {}
-    for spec in config.models:
-        name, options = parse_model_spec(spec)
+    """Build every configured generator on the engine's device.
+
+    The composition root: when `tts` is served, the avatar speaks text with that very generator (one TTS in
+    memory, its sessions in the same cache) instead of building a private one, so `tts` is built first.
+    """
+    specs = [parse_model_spec(spec) for spec in config.models]
+    generators: dict[str, Any] = {}
+    for name, options in sorted(specs, key=lambda spec: spec[0] == "avatar"):
+        if name == "avatar" and "tts" in generators and "tts" not in options:
+            options["tts"] = generators["tts"]
         generators[name] = load_model(name, config.engine.device, options)
-    return generators
+    return {name: generators[name] for name, _ in specs}  # in the configured order
 
 
 def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -> web.Application:

@@ -118,3 +118,36 @@ def test_say_text_with_the_real_tts_generator(tmp_path):
                             for _ in range(40)])
     assert len(audio) == 40 * HOP and np.abs(audio).max() > 0  # synthesized speech is played
     gen.close_session(state)
+
+
+@requires_espeak
+async def test_the_server_hands_the_served_tts_to_the_avatar(tmp_path):
+    """One TTS in memory: the avatar speaks text with the served `tts` generator, not a private copy."""
+    from conftest import make_server_config, serve_app
+
+    from streaming.client import Client, MediaCollector
+    from streaming.server import load_models
+
+    ckpt = make_tiny_checkpoint(str(tmp_path / "t.safetensors"), never_stop=False)
+    config = make_server_config(models=("avatar:config=tiny,checkpoint=,width=64,height=64",
+                                        f"tts:checkpoint={ckpt},max_sessions=8,max_batch_size=4"))
+    generators = load_models(config)
+    assert list(generators) == ["avatar", "tts"]  # the configured order
+    assert generators["avatar"].text_speech.generator is generators["tts"]
+    server, runner = await serve_app(config)
+    try:
+        served = server.engine.generators
+        assert served["avatar"].text_speech.generator is served["tts"]
+        async with Client(server.ws_url) as client:
+            ready = await client.start("avatar", {}, input_sample_rate_hz=16_000, audio="pcm16", video="jpeg")
+            await client.send({"type": "say", "text": "Hello there."})
+            assert (await client.expect("text_queued"))["segments"] == 1
+            collector = MediaCollector(ready)
+            while len(collector.audio_samples(0)) < 16_000:
+                item = await client.receive(10)
+                if not isinstance(item, dict):
+                    collector.add(item)
+            await client.stop()
+        assert np.abs(collector.audio_samples(0)).max() > 0  # the served tts spoke through the avatar
+    finally:
+        await runner.cleanup()

@@ -101,7 +101,7 @@ def resample_to_model(samples: np.ndarray, rate_hz: int) -> np.ndarray:
 
 
 def load_speech_generator(spec: str | Generator | None, device: str) -> Generator | None:
-    """``"auto"``: the registry's `tts` model when it is implemented and loads; a Generator: itself."""
+    """``"auto"``: a private `tts` from the registry; a Generator: itself (a server serving `tts` passes that one)."""
     if spec is None or isinstance(spec, Generator):
         return spec
     if spec != "auto":
