@@ -56,14 +56,8 @@ from speech_corpus import load_utterances  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
 from models.audio.pitch_track import decoder_pitch  # noqa: E402
-from models.audio.vae import (  # noqa: E402
-    VAEConfig,
-    WaveformVAE,
-    kl_loss,
-    load_checkpoint_vae,
-    magnitude_loss,
-    reconstruction_loss,
-)
+from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
+from models.audio.vae_training import kl_loss, load_checkpoint_vae, magnitude_loss, reconstruction_loss  # noqa: E402
 from models.flow import flow_matching_loss, interpolate, sample_training_times  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
 from models.tts.checkpoint import save_checkpoint  # noqa: E402

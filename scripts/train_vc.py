@@ -65,7 +65,8 @@ from speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E4
 from training_log import log, lr_at  # noqa: E402
 
 from models.audio.pitch_track import median_pitch  # noqa: E402
-from models.audio.vae import VAEConfig, WaveformVAE, load_checkpoint_vae  # noqa: E402
+from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
+from models.audio.vae_training import load_checkpoint_vae  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
 from models.vc.checkpoint import save_checkpoint  # noqa: E402

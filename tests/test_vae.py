@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from models.audio.vae import StreamingDecoder, VAEConfig, WaveformVAE
+from models.audio.vae import VAEConfig, WaveformVAE
+from models.audio.vae_stream import StreamingDecoder
 
 
 def tiny_vae(synth_window: int) -> WaveformVAE:

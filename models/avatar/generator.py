@@ -48,7 +48,7 @@ FPS = 25
 
 
 @dataclass
-class AvatarSession:
+class AvatarState:
     """One session: cache slot, sampling noise, feature windows, conversation and speech state."""
 
     slot: int
@@ -157,12 +157,12 @@ class Avatar(Generator):
             out["portrait"] = "sha256:" + hashlib.sha256(data.encode()).hexdigest()[:16]
         return out
 
-    def open_session(self, params: Mapping[str, Any]) -> AvatarSession:
+    def open_session(self, params: Mapping[str, Any]) -> AvatarState:
         """Allocate a cache slot and empty feature windows; params come from :meth:`prepare_session`."""
         if "portrait" in params and "renderer" not in params:
             raise ValueError("a portrait must go through prepare_session (models.base.open_direct)")
         cfg = self.cfg
-        state = AvatarSession(
+        state = AvatarState(
             slot=self.cache.allocate(),
             rng=torch.Generator().manual_seed(int(params.get("seed", 0))),
             renderer=params.get("renderer") or self._renderers[params.get("style", "default")],
@@ -176,11 +176,11 @@ class Avatar(Generator):
             self._enter_pipeline([state])
         return state
 
-    def describe_session(self, state: AvatarSession, params: Mapping[str, Any]) -> dict[str, Any]:
+    def describe_session(self, state: AvatarState, params: Mapping[str, Any]) -> dict[str, Any]:
         """The parameters, a portrait as its digest."""
         return {k: v for k, v in params.items() if k != "renderer"}
 
-    def close_session(self, state: AvatarSession) -> None:
+    def close_session(self, state: AvatarState) -> None:
         """Give the cache slot (and any speech generator session) back."""
         self.cache.free(state.slot)
         if self.text_speech is not None:
@@ -207,7 +207,7 @@ class Avatar(Generator):
         samples = resample_to_model(decode_pcm16(p["audio"]), rate)
         return ControlEvent(event.type, {k: v for k, v in p.items() if k != "audio"}, prepared=samples)
 
-    def handle_event(self, state: AvatarSession, event: ControlEvent) -> list[dict[str, Any]]:
+    def handle_event(self, state: AvatarState, event: ControlEvent) -> list[dict[str, Any]]:
         """`say` {audio (base64 PCM16 mono), sample_rate_hz, final} queues agent speech; `interrupt` stops it."""
         if event.type == "interrupt":
             dropped = self._stop_speech(state)
@@ -229,7 +229,7 @@ class Avatar(Generator):
         return [{"type": "speech_queued", "frame": state.frame, "seconds": round(len(samples) / SAMPLE_RATE_HZ, 3),
                  "queued_s": round(state.speech.num_queued / SAMPLE_RATE_HZ, 3)}]  # fmt: skip
 
-    def _say_text(self, state: AvatarSession, p: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _say_text(self, state: AvatarState, p: Mapping[str, Any]) -> list[dict[str, Any]]:
         if self.text_speech is None:
             raise ParamError("'say' with text needs the tts model, which is not loaded; send 'audio' instead")
         text, final, voice = p["text"], p.get("final", True), p.get("voice")
@@ -239,7 +239,7 @@ class Avatar(Generator):
             raise ParamError("'final' must be true or false and 'voice' a string")
         return self.text_speech.say(state, text, final, voice)
 
-    def _stop_speech(self, state: AvatarSession) -> float:
+    def _stop_speech(self, state: AvatarState) -> float:
         """Drop the agent's unplayed speech and stop synthesis; returns the seconds dropped."""
         if self.text_speech is not None:
             self.text_speech.interrupt(state)
@@ -247,7 +247,7 @@ class Avatar(Generator):
 
     # -- stepping ------------------------------------------------------------------------------------
     def step(
-        self, states: Sequence[AvatarSession], inputs: Sequence[StepInput], padded_batch_size: int
+        self, states: Sequence[AvatarState], inputs: Sequence[StepInput], padded_batch_size: int
     ) -> list[StepOutput]:
         """One 40 ms frame for every session of the batch."""
         notices: list[list[dict[str, Any]]] = [[] for _ in states]
@@ -269,7 +269,7 @@ class Avatar(Generator):
         return out
 
     @torch.no_grad()
-    def motion_step(self, states: Sequence[AvatarSession], conv: Sequence[int]) -> np.ndarray:
+    def motion_step(self, states: Sequence[AvatarState], conv: Sequence[int]) -> np.ndarray:
         """Advance the motion transformer one frame for a batch; returns motion (B, MOTION_DIM)."""
         dev = self.device
         agent_win = torch.from_numpy(np.stack([s.agent_window for s in states])).to(dev)
@@ -284,7 +284,7 @@ class Avatar(Generator):
             s.prev = xi
         return self.model.denormalize(x).cpu().numpy()
 
-    def _enter_pipeline(self, states: Sequence[AvatarSession], user_audio: np.ndarray | None = None) -> np.ndarray:
+    def _enter_pipeline(self, states: Sequence[AvatarState], user_audio: np.ndarray | None = None) -> np.ndarray:
         """Pull the next agent chunk of each session, featurize it, and queue it for playout.
 
         With ``user_audio`` (B, HOP) the mic chunks are featurized in the same batch; returns their features.
@@ -300,7 +300,7 @@ class Avatar(Generator):
             s.agent_window = np.concatenate([s.agent_window[1:], f[None]])
         return feats[len(states) :]
 
-    def _update_state(self, s: AvatarSession, notices: list[dict[str, Any]]) -> int:
+    def _update_state(self, s: AvatarState, notices: list[dict[str, Any]]) -> int:
         """Conversational state of the frame being played; auto barge-in; notices on changes."""
         cfg = self.cfg
         before = s.tracker.state

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from models.audio.dsp import resample
-from models.audio.vae import SlotVocoder
+from models.audio.slot_vocoder import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata

@@ -40,7 +40,7 @@ import torch
 
 from models.audio.dsp import resample, trim_silence
 from models.audio.pitch_track import StreamingPitch, hold_unvoiced, median_pitch
-from models.audio.vae import SlotVocoder
+from models.audio.slot_vocoder import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
 from models.errors import ParamError

@@ -5,7 +5,7 @@ of a few sessions on one CPU core is bound by per-op overhead and by reading the
 arithmetic, so serving runs the same weights through this file instead:
 
 - **Content**: the causal convolutions are one matrix product each over time-major frames
-  (:func:`~models.audio.vae.causal_conv_step`); ``F.conv1d`` at batch 1 takes PyTorch's ``slow_conv2d``.
+  (:func:`~models.audio.vae_stream.causal_conv_step`); ``F.conv1d`` at batch 1 takes PyTorch's ``slow_conv2d``.
 - **DiT, one pass per step**: the reference path runs two passes per chunk, the denoising pass and then
   the clean pass that writes the chunk's keys/values to the cache. The clean pass of chunk k only has to
   happen before chunk k+1 reads the cache, so it runs *inside* the next step's denoising pass, as the
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.audio.vae import causal_conv_step, conv_matrix
+from models.audio.vae_stream import causal_conv_step, conv_matrix
 from models.cache import RingKVCache
 from models.vc.model import DiT, VCModel
 

@@ -40,7 +40,7 @@ MAX_PROMPT_CHARS = 16_384  # longer texts are refused; anything up to this is tr
 
 
 @dataclass
-class VideoSession:
+class VideoState:
     """One stream: its cache slot, position, prompt, pending switch and decoder state."""
 
     slot: int
@@ -124,23 +124,23 @@ class VideoGenerator(Generator):
             raise ParamError("seed must be an integer")
         return out
 
-    def open_session(self, params: Mapping[str, Any]) -> VideoSession:
+    def open_session(self, params: Mapping[str, Any]) -> VideoState:
         """Take a cache slot and encode the first prompt."""
         p = self.validate_params(params)
         slot = self.cache.allocate()
-        state = VideoSession(slot=slot, seed=p["seed"], strategy=p["switch"], prompt=p["prompt"],
+        state = VideoState(slot=slot, seed=p["seed"], strategy=p["switch"], prompt=p["prompt"],
                              generator=torch.Generator().manual_seed(p["seed"]))
         self._set_condition(state, p["prompt"])
         return state
 
-    def close_session(self, state: VideoSession) -> None:
+    def close_session(self, state: VideoState) -> None:
         """Give the cache slot back."""
         try:
             self.cache.free(state.slot)
         except ValueError:
             pass
 
-    def handle_event(self, state: VideoSession, event: ControlEvent) -> list[dict[str, Any]]:
+    def handle_event(self, state: VideoState, event: ControlEvent) -> list[dict[str, Any]]:
         """`prompt` {text, switch?}: queue a switch for the next block (the newest prompt wins)."""
         if event.type != "prompt":
             return super().handle_event(state, event)
@@ -162,7 +162,7 @@ class VideoGenerator(Generator):
             raise ParamError(f"prompt of {len(text)} characters exceeds {MAX_PROMPT_CHARS}")
         return " ".join(text.split())
 
-    def _set_condition(self, state: VideoSession, text: str) -> None:
+    def _set_condition(self, state: VideoState, text: str) -> None:
         """Encode a prompt (cached per text) into the session's cross-attention rows."""
         tokens, mask = self.text_encoder.encode(text)
         tokens = tokens.to(self.device, self.dtype)[None, None]  # (1, 1, S, text_dim)
@@ -181,7 +181,7 @@ class VideoGenerator(Generator):
 
     # -- switching -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def apply_switch(self, state: VideoSession, text: str, strategy: str) -> dict[str, Any]:
+    def apply_switch(self, state: VideoState, text: str, strategy: str) -> dict[str, Any]:
         """Switch a session's prompt now (see the module docstring); returns a notice with timings."""
         t0 = time.perf_counter()
         self._set_condition(state, text)
@@ -204,7 +204,7 @@ class VideoGenerator(Generator):
 
     # -- stepping --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, states: Sequence[VideoSession], inputs: Sequence[StepInput], padded_batch_size: int
+    def step(self, states: Sequence[VideoState], inputs: Sequence[StepInput], padded_batch_size: int
              ) -> list[StepOutput]:
         """Apply pending switches, generate one block per session (grouped by step count), decode, emit."""
         notices: list[list[dict[str, Any]]] = [[] for _ in states]
@@ -223,7 +223,7 @@ class VideoGenerator(Generator):
         frames = self.decode(states, torch.stack(latents))  # type: ignore[arg-type]
         return [StepOutput(video=frames[i], notices=notices[i]) for i in range(len(states))]
 
-    def generate(self, states: Sequence[VideoSession], num_steps: int) -> torch.Tensor:
+    def generate(self, states: Sequence[VideoState], num_steps: int) -> torch.Tensor:
         """One block for sessions that share a step count; returns latents (B, F, C, h, w)."""
         cfg = self.cfg
         tokens, in_dim = cfg.tokens_per_block, cfg.latent_channels * cfg.patch**2
@@ -239,7 +239,7 @@ class VideoGenerator(Generator):
             s.fresh = False
         return out
 
-    def decode(self, states: Sequence[VideoSession], latents: torch.Tensor) -> np.ndarray:
+    def decode(self, states: Sequence[VideoState], latents: torch.Tensor) -> np.ndarray:
         """Causal decode of one block per session -> uint8 frames (B, frames_per_block, H, W, 3)."""
         prev = torch.stack([s.prev_latent if s.prev_latent is not None else torch.zeros_like(latents[0, 0])
                             for s in states])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from models.base import Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
-from models.video.generator import SWITCH_STRATEGIES, VideoGenerator, VideoSession
+from models.video.generator import SWITCH_STRATEGIES, VideoGenerator, VideoState
 from models.video.wan.dit import TextCondition, WanConfig, WanDiT
 from models.video.wan.text import WanTextEncoder
 from models.video.wan.vae import DecoderState, StreamingWanDecoder
@@ -83,13 +83,13 @@ class WanVideoGenerator(VideoGenerator):
             params = {**params, "prompt": self.default_prompt}
         return super().validate_params(params)
 
-    def open_session(self, params: Mapping[str, Any]) -> VideoSession:
+    def open_session(self, params: Mapping[str, Any]) -> VideoState:
         """Take a cache slot, encode the first prompt, start a decoder stream."""
         state = super().open_session(params)
         state.decoder = DecoderState()  # type: ignore[attr-defined]
         return state
 
-    def _set_condition(self, state: VideoSession, text: str) -> None:
+    def _set_condition(self, state: VideoState, text: str) -> None:
         """Encode a prompt (umT5, cached per text) into the session's cross-attention rows."""
         features = self.text_encoder.encode(text).to(self.device, self.dtype)[None]
         cond = self.dit.condition(features)
@@ -108,7 +108,7 @@ class WanVideoGenerator(VideoGenerator):
 
     # -- switching -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def apply_switch(self, state: VideoSession, text: str, strategy: str) -> dict[str, Any]:
+    def apply_switch(self, state: VideoState, text: str, strategy: str) -> dict[str, Any]:
         """Switch a session's prompt now; returns a notice with timings (see the module docstring)."""
         t0 = time.perf_counter()
         cfg = self.wan_cfg
@@ -134,7 +134,7 @@ class WanVideoGenerator(VideoGenerator):
 
     # -- stepping --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def step(self, states: Sequence[VideoSession], inputs: Sequence[StepInput], padded_batch_size: int
+    def step(self, states: Sequence[VideoState], inputs: Sequence[StepInput], padded_batch_size: int
              ) -> list[StepOutput]:
         """Apply pending switches, generate one block per session, decode it, emit 12 frames each."""
         notices: list[list[dict[str, Any]]] = [[] for _ in states]
@@ -146,7 +146,7 @@ class WanVideoGenerator(VideoGenerator):
         frames = self.decode(states, patches)
         return [StepOutput(video=frames[i], notices=notices[i]) for i in range(len(states))]
 
-    def generate(self, states: Sequence[VideoSession], num_steps: int | None = None) -> torch.Tensor:
+    def generate(self, states: Sequence[VideoState], num_steps: int | None = None) -> torch.Tensor:
         """One block for a batch of sessions; returns clean patch vectors (B, T, patch_dim)."""
         cfg = self.wan_cfg
         steps = len(cfg.denoising_steps)
@@ -162,7 +162,7 @@ class WanVideoGenerator(VideoGenerator):
             s.fresh = False
         return out
 
-    def decode(self, states: Sequence[VideoSession], patches: torch.Tensor) -> np.ndarray:
+    def decode(self, states: Sequence[VideoState], patches: torch.Tensor) -> np.ndarray:
         """Streaming VAE decode of one block per session -> uint8 frames (B, 12, H, W, 3)."""
         cfg = self.wan_cfg
         latents = self.dit.unpatchify(patches, cfg.block_frames).transpose(1, 2)  # (B, C, F, h, w)
