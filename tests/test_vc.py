@@ -200,7 +200,7 @@ def test_reference_sent_live_in_pieces(gen):
     applied = [{"type": "reference_set", "voice": "reference"}]
     assert send({"reference_audio_part": pieces[-1], "final": True}) == applied
     expected = gen.reference_from_wav(data)
-    torch.testing.assert_close(gen._speaker[state.slot], expected[0])
+    torch.testing.assert_close(gen.slots.speaker[state.slot], expected[0])
     # a bad piece, an over-long upload and a bad WAV are refused; the session keeps its voice
     with pytest.raises(ParamError, match="piece"):
         send({"reference_audio_part": 5})
@@ -308,7 +308,7 @@ def test_harmonic_vocoder_moves_the_speakers_pitch_to_the_target(tmp_path):
     run_session(gen, audio, {"voice": "high", "seed": 0}, {20: ("set_reference", {"voice": "low"})})
     out = torch.cat(f0s, dim=1)[0]  # (frames,) at 10 ms
     source, _ = track_signal(torch.from_numpy(audio)[None])
-    high, low = (float(gen._voices[v][3].exp()) for v in ("high", "low"))
+    high, low = (float(gen.voice_embedding(v)[3].exp()) for v in ("high", "low"))
     assert 200 < high < 240 and 90 < low < 110  # the voices' median pitch, measured on their references
     settled = slice(96, 320)  # chunks 6-19: after a second, before the switch at chunk 20 (frame 320)
     assert abs(float(out[settled].median()) / high - 1) < 0.06

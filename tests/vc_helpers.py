@@ -14,8 +14,9 @@ from models.base import ControlEvent, StepInput, apply_event, open_direct
 from models.cache import RingKVCache
 from models.flow import mean_flow_sample
 from models.vc.checkpoint import save_checkpoint
-from models.vc.generator import VCGenerator, map_pitch
+from models.vc.generator import VCGenerator
 from models.vc.model import VCConfig, VCModel
+from models.vc.pitch_map import map_pitch
 
 SYMBOLS = ["<blank>", "@", "D", "a", "b", "d", "e@", "h", "i", "k", "l", "m", "n", "oU", "s", "t"]
 
@@ -91,7 +92,7 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
     rng = torch.Generator().manual_seed(seed)
     noise = torch.cat([torch.randn(k, cfg.vae.latent_dim, generator=rng) for _ in range(num_chunks)])[None]
     noise = gen.temperature * noise  # the generator's sampling temperature
-    speaker, kv_all, tmask, _ = gen._voices[voice]
+    speaker, kv_all, tmask, _ = gen.voice_embedding(voice)
     kv = [(kv_all[i, 0][None], kv_all[i, 1][None]) for i in range(cfg.depth)]
     latents = torch.zeros_like(noise)
     for c in range(num_chunks):
@@ -104,7 +105,7 @@ def offline_reference(gen: VCGenerator, audio: np.ndarray, voice: str, seed: int
                                           speaker[None], kv, tmask[None], k)
             z = z - (t - r)[..., None] * u
         latents[:, c * k : end] = z[:, c * k : end]
-    return decode_offline(gen, latents, audio, [gen._voices[voice][3]] * num_chunks)
+    return decode_offline(gen, latents, audio, [gen.voice_embedding(voice)[3]] * num_chunks)
 
 
 @torch.no_grad()
@@ -116,7 +117,7 @@ def decode_offline(gen: VCGenerator, latents: torch.Tensor, audio: np.ndarray, t
     """
     vae = gen.model.vae
     ctx = vae.context_latents
-    silence = gen._silence[None, :, None].expand(1, -1, ctx)
+    silence = gen.silence_latent[None, :, None].expand(1, -1, ctx)
     z = torch.cat([silence, vae.denormalize(latents.transpose(1, 2))], dim=2)
     f0 = None
     if vae.cfg.harmonics:
@@ -149,13 +150,13 @@ def reference_stream(gen: VCGenerator, audio: np.ndarray, params: dict, events: 
     steps = params.get("steps", 1)
 
     def voice(name):
-        speaker, kv, tmask, log_f0 = gen._voices[name]
+        speaker, kv, tmask, log_f0 = gen.voice_embedding(name)
         return speaker[None], [(kv[i, 0][None], kv[i, 1][None]) for i in range(cfg.depth)], tmask[None], log_f0
 
     speaker, kv, tmask, log_f0 = voice(params["voice"])
     targets, all_latents = [], []  # a harmonic vocoder's per-chunk target pitch; the latents
     tail, content_state = torch.zeros(1, model.mel.tail), model.content.initial_state(1)
-    vae_context = gen._silence[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D), un-normalised
+    vae_context = gen.silence_latent[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D), un-normalised
     recent, out, num_frames = torch.zeros(1, 0, 0), [], 0
     for c in range(len(audio) // n):
         event_type, payload = (events or {}).get(c, (None, None))

@@ -6,7 +6,7 @@ For every session of the batch at once: the chunk becomes causal log-mel frames 
 contexts and GRU state), the DiT denoises the chunk's latents from the session's own noise in 1 or 2
 mean-flow steps against its KV-cache slot, and the shared waveform VAE decodes them, carrying its
 convolution states. A harmonic vocoder (the shipped one) is also given a pitch per 10 ms: the mic's, from
-a causal tracker, moved to the target voice's register (:func:`map_pitch`), so the output keeps the
+a causal tracker, moved to the target voice's register (:func:`~models.vc.pitch_map.map_pitch`), so the output keeps the
 speaker's intonation at the target's pitch and is periodic at any pitch. The chunk's clean latents become
 the context of later chunks: their keys/values are written by the next step's first DiT pass, which runs
 them as a second stream beside the new chunk's noisy tokens (one pass over the weights per step, not two;
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from models.audio.dsp import resample, trim_silence
-from models.audio.pitch_track import StreamingPitch, hold_unvoiced, median_pitch
+from models.audio.pitch_track import StreamingPitch, median_pitch
 from models.audio.slot_vocoder import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
@@ -49,6 +49,8 @@ from models.graphs import BucketGraphs
 from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
+from models.vc.pitch_map import PRIOR_F0_HZ, map_pitch
+from models.vc.slots import VCSlots
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
@@ -60,32 +62,6 @@ EVENTS = frozenset({"set_reference", "set_steps"})
 # A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
 # enough for the longest accepted upload as 16-bit WAV at 48 kHz.
 MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
-# A harmonic vocoder's pitch is the speaker's, moved to the target's register: the speaker's mean log f0 is
-# learnt frame by frame as they talk, starting from PRIOR_F0_HZ as if heard for PRIOR_FRAMES voiced frames (10 ms);
-# beyond MEMORY_FRAMES the oldest fade (a new speaker at the same mic is followed within ~10 s of their speech).
-PRIOR_F0_HZ, PRIOR_FRAMES, MEMORY_FRAMES = 150.0, 5, 1000
-F0_RANGE_HZ = (50.0, 600.0)
-
-
-def map_pitch(f0: torch.Tensor, voicing: torch.Tensor, stats: torch.Tensor,
-              target_log_f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One chunk's pitch for a harmonic vocoder: the speaker's track moved to the target's register.
-
-    ``f0``, ``voicing`` (B, N): the tracker's frames of the speaker; ``stats`` (B, 3): the sum of log f0 and
-    the count of the speaker's voiced frames so far and the last output f0; ``target_log_f0`` (B,). Returns
-    the output f0 (B, N) (log f0 shifted by the target's median minus the speaker's running mean, held
-    through unvoiced frames) and the new stats. A pure function, so streaming and offline passes share it.
-    """
-    log_f0 = f0.clamp_min(1.0).log()
-    voiced = (voicing > 0.5).float()
-    # the speaker's mean log f0 up to and including each frame (the prior counts as PRIOR_FRAMES frames)
-    total = stats[:, :1] + torch.cumsum(log_f0 * voiced, dim=1)
-    count = stats[:, 1:2] + torch.cumsum(voiced, dim=1)
-    mean = (total + PRIOR_FRAMES * np.log(PRIOR_F0_HZ)) / (count + PRIOR_FRAMES)
-    shifted = (log_f0 - mean + target_log_f0[:, None]).exp().clamp(*F0_RANGE_HZ)
-    out = hold_unvoiced(shifted, voicing, stats[:, 2])
-    fade = MEMORY_FRAMES / count[:, -1].clamp_min(MEMORY_FRAMES)  # beyond the memory the oldest frames fade
-    return out, torch.stack([total[:, -1] * fade, count[:, -1] * fade, out[:, -1]], dim=1)
 
 
 @dataclass
@@ -169,35 +145,25 @@ class VCGenerator(Generator):
         self._jumps = {n: [((t if sampler == "euler" else r, t), t - r) for r, t in mean_flow_jumps(n)] for n in (1, 2)}
         pairs = [(0.0, 0.0)] + sorted({p for js in self._jumps.values() for p, _ in js} - {(0.0, 0.0)})
         self._pair_index = {p: i for i, p in enumerate(pairs)}  # (0, 0): the clean stream
-        # Per-slot state tensors (row = slot, always the first dim): see the module docstring.
+        # Per-session state: rows of preallocated tensors (models/vc/slots.py), one per slot and the pad row.
         mel, content = self.model.mel, self.model.content
         self.num_ref_tokens = int(cfg.max_ref_s * SAMPLE_RATE_HZ / cfg.mel_hop) // cfg.ref_stride
-        heads, head_dim = cfg.num_heads, cfg.dim // cfg.num_heads
-        self._tail = torch.zeros(rows, mel.tail, device=dev)
-        self._conv1 = torch.zeros(rows, content.conv1.kernel_size[0] - 1, cfg.num_mels, device=dev)  # time-major
-        self._conv2 = torch.zeros(rows, content.conv2.kernel_size[0] - content.conv2.stride[0],
-                                  cfg.content_channels, device=dev)
-        self._gru = torch.zeros(cfg.content_layers, rows, cfg.content_channels, device=dev)  # (layers, rows, C)
         with torch.inference_mode():
             silence = self.model.vae.encode(torch.zeros(1, 8 * hop, device=dev))[0][0, :, 4]
-        self._silence = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
+        self.silence_latent = silence  # (D,) un-normalised latent of silence: the decoder's context at the start
         self._vocoder = SlotVocoder(self.model.vae, rows, silence, dev)
-        self._speaker = torch.zeros(rows, cfg.dim, device=dev)
-        self._mods = torch.zeros(rows, len(pairs), self._dit.num_mods, cfg.dim, device=dev)
-        self._timbre = torch.zeros(rows, cfg.depth, 2, heads, self.num_ref_tokens, head_dim, device=dev)
-        self._timbre_mask = torch.zeros(rows, self.num_ref_tokens, dtype=torch.bool, device=dev)
-        per = cfg.content_per_latent * cfg.content_dim
-        self._recent = torch.zeros(rows, cfg.window_latents, cfg.vae.latent_dim + per, device=dev)
         self._harmonic = bool(cfg.vae.harmonics)  # the vocoder is driven by a pitch track of the mic
         if self._harmonic:
             missing = [v for v in ckpt.voice_mels if "f0_hz" not in ckpt.voice_info.get(v, {})]
             if missing:
                 raise ValueError(f"the checkpoint's harmonic vocoder needs each voice's f0_hz; missing: {missing}")
             self._pitch = StreamingPitch()
-            self._pitch_tail = torch.zeros(rows, self._pitch.cfg.window - self._pitch.cfg.frame_hop, device=dev)
-            # per row: the speaker's voiced frames' sum of log f0 and their count, the last output f0
-            self._f0_stats = torch.zeros(rows, 3, device=dev)
-            self._target_log_f0 = torch.zeros(rows, device=dev)
+        self.slots = VCSlots.allocate(
+            cfg, rows, mel_tail=mel.tail, conv1_past=content.conv1.kernel_size[0] - 1,
+            conv2_past=content.conv2.kernel_size[0] - content.conv2.stride[0], num_pairs=len(pairs),
+            num_mods=self._dit.num_mods, num_ref_tokens=self.num_ref_tokens, device=dev,
+            pitch_tail=self._pitch.cfg.window - self._pitch.cfg.frame_hop if self._harmonic else None,
+        )
         self._voices = {v: self._embed_reference(m, ckpt.voice_info.get(v, {}).get("f0_hz", PRIOR_F0_HZ))
                         for v, m in ckpt.voice_mels.items()}
         self._use_graphs = cuda_graphs and self.pads_to_bucket
@@ -265,6 +231,10 @@ class VCGenerator(Generator):
             raise ParamError(f"unknown voice {voice!r}; shipped voices: {sorted(self._voices)}")
         return voice, None
 
+    def voice_embedding(self, voice: str) -> tuple[torch.Tensor, ...]:
+        """A shipped voice's embedding: speaker (dim,), timbre K/V, token mask (S,), median log f0 ()."""
+        return self._voices[voice]
+
     @property
     def default_voice(self) -> str:
         """The first shipped voice."""
@@ -295,15 +265,12 @@ class VCGenerator(Generator):
         reference = params.get("reference") or self._voices[params["voice"]]
         slot = self._slots.allocate()
         self.cache.clear([slot], keep_sink=False)
-        for t in (self._tail, self._conv1, self._conv2, self._recent):
-            t[slot] = 0
-        self._gru[:, slot] = 0
+        self.slots.reset_stream(slot)
         self._vocoder.reset(slot)
         self._set_reference(slot, reference)
         if self._harmonic:
-            self._pitch_tail[slot] = 0
-            self._f0_stats[slot, :2] = 0  # nothing heard of the speaker yet
-            self._f0_stats[slot, 2] = reference[3].exp()  # silence holds the target's pitch
+            self.slots.f0_stats[slot, :2] = 0  # nothing heard of the speaker yet
+            self.slots.f0_stats[slot, 2] = reference[3].exp()  # silence holds the target's pitch
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
@@ -318,11 +285,11 @@ class VCGenerator(Generator):
 
     def _set_reference(self, slot: int, reference: tuple[torch.Tensor, ...]) -> None:
         speaker, kv, tmask, log_f0 = reference
-        self._speaker[slot], self._timbre[slot], self._timbre_mask[slot] = speaker, kv, tmask
+        self.slots.speaker[slot], self.slots.timbre[slot], self.slots.timbre_mask[slot] = speaker, kv, tmask
         if self._harmonic:
-            self._target_log_f0[slot] = log_f0
+            self.slots.target_log_f0[slot] = log_f0
         for (r, t), i in self._pair_index.items():  # the adaLN modulations of every flow-time pair
-            self._mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
+            self.slots.mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
 
     def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
         """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
@@ -377,7 +344,7 @@ class VCGenerator(Generator):
         # of the oldest, so the recomputed frames see the older context that path's ring would still hold.
         labels = self.cache.labels[state.slot]
         labels[labels < state.num_frames - num - self.chunk_latents] = -1
-        recent = self._recent[slot, -num:]  # (1, num, D + content)
+        recent = self.slots.recent[slot, -num:]  # (1, num, D + content)
         latents, content = recent.split([self.cfg.vae.latent_dim, recent.shape[-1] - self.cfg.vae.latent_dim], -1)
         positions = torch.arange(state.num_frames - num, state.num_frames, device=self.device)[None]
         self._write_context(slot, latents, content.reshape(1, num * self.cfg.content_per_latent, -1), positions)
@@ -442,7 +409,8 @@ class VCGenerator(Generator):
         """
         b, k = noise.shape[:2]
         content = self._content_step(rows, audio).reshape(b, k, -1)  # (B, K, per * content_dim)
-        mods, timbre, tmask, recent = self._mods[rows], self._timbre[rows], self._timbre_mask[rows], self._recent[rows]
+        slots = self.slots
+        mods, timbre, tmask, recent = slots.mods[rows], slots.timbre[rows], slots.timbre_mask[rows], slots.recent[rows]
         z = noise
         for i, (pair, jump) in enumerate(self._jumps[num_steps]):  # mean flows: z_r = z_t - (t - r) u(z_t, r, t)
             tokens = torch.cat([z, content], dim=-1)[:, None]  # (B, 1, K, D + P): the noisy stream
@@ -453,7 +421,7 @@ class VCGenerator(Generator):
                 pos = torch.stack([positions - k, positions], dim=1)
             z = z - jump * self._dit(tokens, m, pos, timbre, tmask, self.cache, rows, index[:, -k * tokens.shape[1] :])
         new = torch.cat([z, content], dim=-1)
-        self._recent[rows] = torch.cat([recent, new], dim=1)[:, -self.cfg.window_latents :]
+        self.slots.recent[rows] = torch.cat([recent, new], dim=1)[:, -self.cfg.window_latents :]
         if self._harmonic:
             return self._decode(rows, z, self._pitch_step(rows, audio))
         return self._decode(rows, z)
@@ -464,28 +432,30 @@ class VCGenerator(Generator):
         The speaker's f0 track shifted in log f0 by the target's median minus the speaker's running mean, held
         through unvoiced frames.
         """
-        f0, voicing, self._pitch_tail[rows] = self._pitch(audio, self._pitch_tail[rows])
-        out, self._f0_stats[rows] = map_pitch(f0, voicing, self._f0_stats[rows], self._target_log_f0[rows])
+        slots = self.slots
+        f0, voicing, slots.pitch_tail[rows] = self._pitch(audio, slots.pitch_tail[rows])
+        out, slots.f0_stats[rows] = map_pitch(f0, voicing, slots.f0_stats[rows], slots.target_log_f0[rows])
         return out
 
     def _content_step(self, rows: Rows, audio: torch.Tensor) -> torch.Tensor:
         """Content features (B, K * per, content_dim) of one chunk, carrying each row's front-end state."""
-        full = torch.cat([self._tail[rows], audio], dim=1)
-        self._tail[rows] = audio[:, -self._tail.shape[1] :]
+        slots = self.slots
+        full = torch.cat([slots.tail[rows], audio], dim=1)
+        slots.tail[rows] = audio[:, -slots.tail.shape[1] :]
         content, (past1, past2, gru) = self._content_net(
-            full, self._conv1[rows], self._conv2[rows], self._gru[:, rows].contiguous()  # cuDNN's GRU: contiguous h
+            full, slots.conv1[rows], slots.conv2[rows], slots.gru[:, rows].contiguous()  # cuDNN's GRU: contiguous h
         )
-        self._conv1[rows], self._conv2[rows] = past1, past2
-        self._gru[:, rows] = gru
+        slots.conv1[rows], slots.conv2[rows] = past1, past2
+        slots.gru[:, rows] = gru
         return content
 
     def _write_context(self, slots, latents, content, positions) -> None:
         """The reference path's clean pass (for KV-recache): write the frames' keys/values under the voice now set."""
-        kv = self._timbre[slots]  # (B, depth, 2, H, S, hd)
+        kv = self.slots.timbre[slots]  # (B, depth, 2, H, S, hd)
         timbre_kv = [(kv[:, i, 0], kv[:, i, 1]) for i in range(kv.shape[1])]
         index = self.cache.reserve(slots, positions)
-        self.model.dit.write_context(latents, content, self._speaker[slots], timbre_kv, self._timbre_mask[slots],
-                                     positions, self.cache, slots, index)
+        self.model.dit.write_context(latents, content, self.slots.speaker[slots], timbre_kv,
+                                     self.slots.timbre_mask[slots], positions, self.cache, slots, index)
 
     def _decode(self, rows: Rows, latents: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         """Decode normalised latents (B, K, D), carrying each row's vocoder state; returns (B, K * hop) audio."""
