@@ -128,4 +128,4 @@ class LoopLag:
 
     @property
     def max_ms(self) -> float:
-        return 1000 * max(self.lags_s)
+        return 1000 * max(self.lags_s, default=0.0)

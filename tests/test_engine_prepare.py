@@ -10,6 +10,7 @@ chunks stay on time, because the work runs on the engine's preparation thread.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 
@@ -18,7 +19,7 @@ import pytest
 
 from models.diagnostic.pitch import PitchShifter
 from models.vc.generator import VCGenerator
-from streaming.client import Client
+from streaming.client import Client, ServerError
 from tests.streaming_helpers import LoopLag, send_paced, tone
 from tests.vc_helpers import make_tiny_checkpoint, speechlike, wav_b64
 
@@ -74,3 +75,22 @@ async def test_slow_reference_does_not_stall_the_loop_or_other_sessions(start_se
     # (the same tolerance as tests/test_server_ws.py's five-second pitch stream)
     stats = stopped["stats"]
     assert stats["chunks_out"] == len(audio) // 640 and stats["late_chunks"] <= 5, stats
+
+
+async def test_a_giant_portrait_is_refused_from_its_header(start_server):
+    """A 16000x16000 PNG portrait (its header, inside a small upload): refused after admission without
+    decoding it (it stalled every session for 6.2 s and took 2 GB when it was decoded on the loop)."""
+    from tests.avatar_helpers import tiny_avatar
+    from tests.test_params import png_header
+
+    server = await start_server(("avatar",), generators={"avatar": tiny_avatar()})
+    portrait = base64.b64encode(png_header(16_000, 16_000) + bytes(100_000)).decode()
+    async with Client(server.ws_url) as client:
+        with LoopLag() as lag:
+            started = time.perf_counter()
+            with pytest.raises(ServerError, match="16000x16000 pixels; at most 16 megapixels"):
+                await client.start("avatar", {"portrait": portrait}, input_sample_rate_hz=16_000)
+            refused_s = time.perf_counter() - started
+        ready = await client.start("avatar", {}, input_sample_rate_hz=16_000)  # the connection carries on
+    assert ready["params"]["style"] == "default"
+    assert refused_s < 1.0 and lag.max_ms < 200, (refused_s, lag.max_ms)
