@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from models.base import ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec, VideoFormat
 from models.errors import ParamError
+from models.params import seed_param, unknown_params
 from models.video.autoencoder import LatentAutoencoder, to_uint8
 from models.video.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, random_models
 from models.video.model import Condition, VideoConfig, VideoDiT
@@ -113,15 +114,11 @@ class VideoGenerator(Generator):
     # -- sessions --------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """``prompt`` (str), ``switch`` (recache | clear | keep), ``seed`` (int)."""
-        unknown = set(params) - {"prompt", "switch", "seed"}
-        if unknown:
-            raise ParamError(f"model 'video' takes prompt, switch, seed; got {sorted(unknown)}")
+        unknown_params("video", params, {"prompt", "switch", "seed"})
         out = {"prompt": self._check_prompt(params.get("prompt", DEFAULT_PROMPT)),
-               "switch": params.get("switch", self.default_switch), "seed": params.get("seed", 0)}
+               "switch": params.get("switch", self.default_switch), "seed": seed_param(params, default=0)}
         if out["switch"] not in SWITCH_STRATEGIES:
-            raise ParamError(f"switch must be one of {list(SWITCH_STRATEGIES)}")
-        if not isinstance(out["seed"], int) or isinstance(out["seed"], bool):
-            raise ParamError("seed must be an integer")
+            raise ParamError(f"'switch' must be one of {list(SWITCH_STRATEGIES)}")
         return out
 
     def open_session(self, params: Mapping[str, Any]) -> VideoState:
@@ -147,7 +144,7 @@ class VideoGenerator(Generator):
         text = self._check_prompt(event.payload.get("text"))
         strategy = event.payload.get("switch", state.strategy)
         if strategy not in SWITCH_STRATEGIES:
-            raise ParamError(f"switch must be one of {list(SWITCH_STRATEGIES)}")
+            raise ParamError(f"'switch' must be one of {list(SWITCH_STRATEGIES)}")
         coalesced = state.pending_prompt is not None
         state.num_coalesced += int(coalesced)
         state.pending_prompt, state.pending_strategy = text, strategy
