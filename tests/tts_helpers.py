@@ -27,18 +27,24 @@ PHONEMES = ["<pad>", "<unk>", "|", ",", ".", "?", "!", "'", "%", "@", "a", "aI",
             "n", "oU", "r", "s", "t", "u:", "w", "z", "3:", "D", "m", "eI", "V", "O:", "A:", "f", "b", "p", "v"]
 
 
-def tiny_config() -> TTSConfig:
-    vae = VAEConfig(latent_dim=8, enc_channels=32, dec_channels=32, dec_up_channels=(32, 32), dec_blocks=2)
+def tiny_config(harmonic: bool = False) -> TTSConfig:
+    """With ``harmonic``: the harmonic-plus-noise decoder driven by its own pitch head (10 ms delay)."""
+    extra = {"synth_window": 320, "harmonics": 40, "pitch_head": 16} if harmonic else {}
+    vae = VAEConfig(latent_dim=8, enc_channels=32, dec_channels=32, dec_up_channels=(32, 32), dec_blocks=2, **extra)
     return TTSConfig(vocab_size=len(PHONEMES), dim=32, num_layers=2, num_heads=2, ffn_hidden=48, latent_dim=8,
                      head_width=32, head_blocks=2, flow_steps=3, cfg_scale=2.0, window=160, frames_per_phoneme=0.5,
                      vae=vae)
 
 
-def make_tiny_checkpoint(path: str, seed: int = 0, never_stop: bool = True) -> str:
+def make_tiny_checkpoint(path: str, seed: int = 0, never_stop: bool = True, harmonic: bool = False) -> str:
     """A random tiny model; with ``never_stop`` every segment runs to its latent cap (deterministic length)."""
     torch.manual_seed(seed)
-    cfg = tiny_config()
+    cfg = tiny_config(harmonic)
     model, vae = TTSModel(cfg), WaveformVAE(cfg.vae)
+    if harmonic:  # a pitch head that calls some frames voiced, at pitches that move
+        with torch.no_grad():
+            vae.pitch_head[-1].weight.mul_(torch.tensor([3.0, 30.0])[:, None, None])  # voicing: decided (few near 0.5)
+            vae.pitch_head[-1].bias.copy_(torch.tensor([5.0, 0.0]))
     for p in model.head.mod.parameters():  # adaLN-zero init makes the head output constant: randomize it
         torch.nn.init.normal_(p, std=0.05)
     if never_stop:

@@ -21,8 +21,10 @@ class SlotVocoder:
         self.decoder = StreamingDecoder(vae).to(device)
         before = silence.to(device)[None, None].expand(1, vae.context_latents, -1)  # (1, ctx, D) un-normalised
         f0 = torch.full((1, before.shape[1] * (vae.cfg.hop // vae.cfg.frame_hop)), 100.0, device=device)
-        with torch.inference_mode():  # (a harmonic decoder's oscillators idle at 100 Hz, silent)
-            start = self.decoder(before, self.decoder.initial_state(1, device), f0 if vae.cfg.harmonics else None)
+        if not vae.cfg.harmonics or vae.pitch_head is not None:
+            f0 = None  # (a harmonic decoder's oscillators idle at 100 Hz, silent; with a pitch head, at its pitch)
+        with torch.inference_mode():
+            start = self.decoder(before, self.decoder.initial_state(1, device), f0)
         self._start = start[1]
         self._state = self.decoder.initial_state(num_rows, device)
 
@@ -35,7 +37,8 @@ class SlotVocoder:
                f0: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised latents (B, K, D) of ``rows`` -> their next (B, K * hop) samples, clamped to [-1, 1].
 
-        A harmonic decoder also takes the frames' pitch, ``f0`` (B, K * frames per latent).
+        A harmonic decoder also takes the frames' pitch, ``f0`` (B, K * frames per latent) (with a pitch head:
+        or None, for the predicted pitch).
         """
         state = [s[rows] for s in self._state]
         audio, state = self.decoder(self.decoder.denormalize(latents), state, f0)

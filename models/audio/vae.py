@@ -28,6 +28,11 @@ The speech families' latent codec: 16 kHz audio <-> continuous latents at ``samp
   from outside (a tracker of the speaker), so the output is periodic at any pitch; with a 20 ms synthesis
   window for the noise part the delay is 10 ms. Streamed by :class:`StreamingDecoder` (the oscillators'
   phase runs from the stream's start), not by ``decode_chunk``.
+- Pitch head (``VAEConfig.pitch_head``, the TTS family's vocoder, which has no speaker to track): a small
+  per-frame MLP on the decoder trunk predicts each 10 ms frame's log f0 and voicing from the latents (trained
+  with the YIN tracker of models/audio/pitch_track.py as teacher). A harmonic decoder given no pitch drives
+  its oscillators with that prediction, held through unvoiced frames like a tracked one; it is causal and
+  per frame, so streaming still equals one offline decode (to the phase drift that f0 rounding integrates).
 
 This file holds the model; beside it: ``vae_stream.py`` (the streaming decoder), ``slot_vocoder.py`` (its
 per-session rows, the serving vocoder), ``vae_training.py`` (losses and loading a checkpoint's VAE).
@@ -43,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.audio.harmonic import harmonic_amplitudes, synthesize
+from models.audio.pitch_track import hold_unvoiced
 
 
 @dataclass
@@ -62,6 +68,7 @@ class VAEConfig:
     kernel: int = 3  # decoder kernel size (causal)
     synth_window: int = 0  # decoder's synthesis window (0: n_fft); shorter -> less delay, see delay_samples
     harmonics: int = 0  # > 0: a harmonic-plus-noise head with this many harmonics, driven by a pitch track
+    pitch_head: int = 0  # > 0: a pitch predictor (MLP of this width on the decoder trunk) drives the harmonics
 
     @property
     def synth_len(self) -> int:
@@ -161,6 +168,13 @@ class WaveformVAE(nn.Module):
         # Harmonic-plus-noise: ``head`` becomes the noise part (fixed phase, as above) and ``harm_head`` the
         # spectral envelope the harmonics of a given pitch are read off (models/audio/harmonic.py).
         self.harm_head = nn.Conv1d(widths[-1], cfg.n_fft // 2 + 1, 1) if cfg.harmonics else None
+        # Per frame: (log f0 in Hz, voicing logit), from the trunk's features (causal: 1x1 convolutions only).
+        self.pitch_head = None
+        if cfg.pitch_head:
+            self.pitch_head = nn.Sequential(nn.Conv1d(widths[-1], cfg.pitch_head, 1), nn.SiLU(),
+                                            nn.Conv1d(cfg.pitch_head, 2, 1))
+            with torch.no_grad():  # start at a typical voice, unvoiced
+                self.pitch_head[-1].bias.copy_(torch.tensor([math.log(PITCH_START_HZ), -1.0]))
         self.register_buffer("window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False)
         self.register_buffer("synth", torch.hann_window(cfg.synth_len, periodic=True), persistent=False)
         if cfg.synth_len > cfg.n_fft or cfg.synth_len % cfg.frame_hop:
@@ -250,17 +264,29 @@ class WaveformVAE(nn.Module):
         gain = overlap_gain(self.synth, hop)
         return out.view(b, -1)[:, : n * hop] / gain
 
+    def predict_pitch(self, feats: torch.Tensor) -> torch.Tensor:
+        """The pitch head on the trunk's features (B, C, N) -> (B, N, 2): log f0 (Hz) and voicing logit per frame."""
+        if self.pitch_head is None:
+            raise ValueError("this decoder has no pitch head")
+        return self.pitch_head(feats).float().transpose(1, 2)
+
     def decode(self, z: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
         """Latents (B, D, T) -> audio (B, T * hop), delayed by :attr:`delay_samples`.
 
         A harmonic decoder (``cfg.harmonics``) also takes the pitch of the stream's frames from its start,
-        ``f0`` (B, T * up) in Hz, held through unvoiced frames (models/audio/pitch_track.py).
+        ``f0`` (B, T * up) in Hz, held through unvoiced frames (models/audio/pitch_track.py); with a pitch
+        head, ``f0`` None uses the head's prediction (:func:`predicted_f0`, not differentiated).
         """
         if not self.cfg.harmonics:
             return self.overlap_add(self.frames(z))
+        return self.decode_features(self.features(z), f0)
+
+    def decode_features(self, feats: torch.Tensor, f0: torch.Tensor | None = None) -> torch.Tensor:
+        """A harmonic decoder's :meth:`decode` from the trunk's :meth:`features` (B, C, T * up)."""
         if f0 is None:
-            raise ValueError("a harmonic decoder needs f0 per frame")
-        feats = self.features(z)
+            if self.pitch_head is None:
+                raise ValueError("a harmonic decoder needs f0 per frame")
+            f0 = predicted_f0(self.predict_pitch(feats).detach())
         noise = self.overlap_add(self._frames(self.head(feats).float()))
         return noise + periodic_part(self.cfg, self.harm_head(feats).float().transpose(1, 2), f0)
 
@@ -274,6 +300,24 @@ class WaveformVAE(nn.Module):
         if self.cfg.harmonics:
             raise ValueError("a harmonic decoder streams with StreamingDecoder (its phase spans the stream)")
         return self.decode(z_context)[:, -num_new * self.cfg.hop :]
+
+
+# The pitch a predicted track holds before the stream's first voiced frame (and a zero state's f0 stands for).
+PITCH_START_HZ = 120.0
+PITCH_RANGE_HZ = (50.0, 600.0)
+
+
+def predicted_f0(pitch: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+    """A pitch head's output (B, N, 2) (log f0, voicing logit) -> the f0 (B, N) that drives the oscillators.
+
+    Voiced frames (voicing > 0.5) give their own pitch, the others hold the last voiced frame's; ``last`` (B,)
+    is the f0 before the first frame (a streaming decoder's previous output; zero or None: the stream's start).
+    """
+    f0 = pitch[..., 0].float().exp().clamp(*PITCH_RANGE_HZ)
+    voicing = torch.sigmoid(pitch[..., 1].float())
+    start = torch.full_like(f0[:, 0], PITCH_START_HZ)
+    last = start if last is None else torch.where(last > 0, last, start)
+    return hold_unvoiced(f0, voicing, last)
 
 
 def periodic_part(cfg: VAEConfig, log_env: torch.Tensor, f0: torch.Tensor,

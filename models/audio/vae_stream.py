@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.audio.vae import ResBlock, UpBlock, WaveformVAE, overlap_gain, periodic_part
+from models.audio.vae import ResBlock, UpBlock, WaveformVAE, overlap_gain, periodic_part, predicted_f0
 
 
 def causal_conv_step(x: torch.Tensor, past: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -74,6 +74,11 @@ class StreamingDecoder:
         self.head_w, self.head_b = conv_matrix(vae.head.weight), vae.head.bias.detach().clone()
         if vae.harm_head is not None:
             self.harm_w, self.harm_b = conv_matrix(vae.harm_head.weight), vae.harm_head.bias.detach().clone()
+        self.pitch_ops = None
+        if vae.pitch_head is not None:
+            first, last = vae.pitch_head[0], vae.pitch_head[-1]
+            self.pitch_ops = (conv_matrix(first.weight), first.bias.detach().clone(),
+                              conv_matrix(last.weight), last.bias.detach().clone())
         self.synth = vae.synth
         self.phase = vae.phase  # (frames per latent, F): the fixed phase repeats every latent
         self._phases: dict[int, torch.Tensor] = {}
@@ -135,7 +140,8 @@ class StreamingDecoder:
         """Un-normalised latents (B, T, latent_dim) -> audio (B, T * hop) and the new state.
 
         The audio is exactly the next ``T * hop`` samples of :meth:`WaveformVAE.decode` over the stream so
-        far (delayed by ``delay_samples`` like it). A harmonic decoder takes the frames' ``f0`` (B, T * up) too.
+        far (delayed by ``delay_samples`` like it). A harmonic decoder takes the frames' ``f0`` (B, T * up) too
+        (with a pitch head: or None, for the predicted pitch).
         """
         new: list[torch.Tensor] = []
         past = iter(state)
@@ -170,10 +176,15 @@ class StreamingDecoder:
         new.append(out[:, n:].reshape(b, 1, -1))  # the overlap of these frames with the next chunk
         audio = out[:, :n].reshape(b, n * hop) / self.gain
         if self.cfg.harmonics:
+            osc_state = next(past)[:, 0]
             if f0 is None:
-                raise ValueError("a harmonic decoder needs f0 per frame")
+                if self.pitch_ops is None:
+                    raise ValueError("a harmonic decoder needs f0 per frame")
+                w1, b1, w2, b2 = self.pitch_ops
+                pitch = self._conv1x1(F.silu(self._conv1x1(x_head, w1, b1)), w2, b2)  # (B, frames, 2)
+                f0 = predicted_f0(pitch, osc_state[:, -2])  # the state's f0: the last frame's, held
             env = self._conv1x1(x_head, self.harm_w, self.harm_b)
-            periodic, osc = periodic_part(self.cfg, env, f0, next(past)[:, 0])
+            periodic, osc = periodic_part(self.cfg, env, f0, osc_state)
             audio = audio + periodic
             new.append(osc[:, None])
         return audio, new

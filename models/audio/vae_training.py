@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.audio.vae import VAEConfig, WaveformVAE
+from models.audio.vae import PITCH_RANGE_HZ, VAEConfig, WaveformVAE
 from models.checkpoint_io import load_tensors, strip_prefix
 
 
@@ -34,7 +34,8 @@ def load_checkpoint_vae(path: str, **overrides) -> WaveformVAE:
     """The VAE inside a speech family's safetensors checkpoint (``vae.*`` tensors, ``config["vae"]``).
 
     ``overrides`` replace config fields that change no weight's shape (e.g. ``synth_window``); ``harmonics``
-    on a checkpoint without a harmonic head starts one as a copy of the magnitude head (to fine-tune).
+    on a checkpoint without a harmonic head starts one as a copy of the magnitude head (to fine-tune), and
+    ``pitch_head`` on one without a pitch head starts a fresh one.
     """
     tensors, meta = load_tensors(path)
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"]["vae"].items()}
@@ -43,6 +44,8 @@ def load_checkpoint_vae(path: str, **overrides) -> WaveformVAE:
     state.pop("silence", None)  # the TTS checkpoint's silence latent is the generator's, not a VAE weight
     if vae.harm_head is not None and "harm_head.weight" not in state:
         state["harm_head.weight"], state["harm_head.bias"] = state["head.weight"], state["head.bias"]
+    if vae.pitch_head is not None and "pitch_head.0.weight" not in state:  # a new pitch head: its initial weights
+        state |= {f"pitch_head.{k}": v for k, v in vae.pitch_head.state_dict().items()}
     vae.load_state_dict(state)
     return vae.eval()
 
@@ -62,6 +65,17 @@ def magnitude_loss(vae: WaveformVAE, z: torch.Tensor, target: torch.Tensor) -> t
     floor = math.log(1e-4)  # below ~-80 dB nothing is audible: do not spend capacity there
     pred = vae.log_magnitudes(z).clamp_min(floor)
     return (pred - spec.abs().clamp_min(1e-4).log()).abs().mean()
+
+
+def pitch_loss(pitch: torch.Tensor, f0: torch.Tensor, voicing: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A pitch head's output (B, N, 2) against a tracker's f0 and voicing (B, N): the teacher's losses.
+
+    ``f0``: L1 in log f0 over the teacher's voiced frames (in octaves); ``voicing``: binary cross-entropy.
+    """
+    voiced = (voicing > 0.5).float()
+    err = (pitch[..., 0] - f0.clamp(*PITCH_RANGE_HZ).log()).abs() / math.log(2)
+    return {"f0": (err * voiced).sum() / voiced.sum().clamp_min(1.0),
+            "voicing": F.binary_cross_entropy_with_logits(pitch[..., 1], voiced)}
 
 
 def kl_loss(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
