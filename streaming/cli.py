@@ -157,17 +157,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         return weights_command(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        ice_servers = _json_list(args.ice_servers)
-        server_ice_servers = _json_list(args.server_ice_servers) if args.server_ice_servers else None
+        config = server_config(args)
     except ValueError as e:
-        print(f"causalcast: ice servers: {e}", file=sys.stderr)
+        print(f"causalcast: {e}", file=sys.stderr)
         return 2
-    host_addresses = tuple(a.strip() for a in args.ice_host_addresses.split(",") if a.strip()) or None
     if args.torch_threads > 0:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    config = ServerConfig(
+    if args.workers > 1:
+        return serve_workers(config, args.workers, args.torch_threads, args.log_level.upper())
+    try:
+        run(config)
+    except (ValueError, CausalcastError) as e:  # bad model names or options, bad published weights
+        print(f"causalcast: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`ServerConfig` that parsed ``serve`` options describe; raises ValueError on a bad option.
+
+    Also used where something else runs the server (``streaming.ray_serve``: one per replica).
+    """
+    try:
+        ice_servers = _json_list(args.ice_servers)
+        server_ice_servers = _json_list(args.server_ice_servers) if args.server_ice_servers else None
+    except ValueError as e:
+        raise ValueError(f"ice servers: {e}") from e
+    host_addresses = tuple(a.strip() for a in args.ice_host_addresses.split(",") if a.strip()) or None
+    return ServerConfig(
         host=args.host,
         port=args.port,
         models=tuple(args.models),
@@ -190,14 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect_timeout_s=args.rtc_connect_timeout,
         ),
     )
-    if args.workers > 1:
-        return serve_workers(config, args.workers, args.torch_threads, args.log_level.upper())
-    try:
-        run(config)
-    except (ValueError, CausalcastError) as e:  # bad model names or options, bad published weights
-        print(f"causalcast: {e}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _json_list(text: str) -> list:

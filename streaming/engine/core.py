@@ -79,6 +79,7 @@ class Engine:
         self.metrics.loop_lag.set_function(lambda: self.loop_load.lag_s)
         self._stopping = False
         self._probed_at: dict[tuple[str, int], float] = {}  # (model, batch size) -> when last probed
+        self._draining = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -111,6 +112,18 @@ class Engine:
         self._worker.shutdown(wait=True)
         self._prep.shutdown(wait=True, cancel_futures=True)
 
+    @property
+    def draining(self) -> bool:
+        """True while the engine refuses new sessions and lets its running ones finish."""
+        return self._draining
+
+    def set_draining(self, draining: bool) -> None:
+        """Refuse new sessions (``capacity``, reason: draining) while running ones finish; False takes them again.
+
+        For rolling updates and scale-down: a process that drains can be removed once it serves no one.
+        """
+        self._draining = draining
+
     def wake(self, session: Session | None = None) -> None:
         """Tell the loop that a session got input or an event (or just to look again)."""
         if session is not None:
@@ -138,6 +151,27 @@ class Engine:
             wake=self.wake,
         )
 
+    def check_admission(self, model: str) -> None:
+        """Raise :class:`CapacityError` (with the limit in its message) if a ``model`` session would be refused now.
+
+        Admits nothing: what :meth:`open_session` would decide at this instant (a router asks before placing).
+        """
+        if model not in self.generators:
+            raise ProtocolError(
+                f"model '{model}' is not served here; loaded models: {sorted(self.generators)}", "unknown_model"
+            )
+        self._refuse_if_closed()
+        self.scheduler.reserve(model)
+        self.scheduler.unreserve(model)
+
+    def _refuse_if_closed(self) -> None:
+        if self._stopping:
+            raise CapacityError("server is shutting down", "shutdown")
+        if self._draining:
+            raise CapacityError(
+                "server is draining: it finishes its running sessions and takes no new ones", "draining"
+            )
+
     async def open_session(self, session: Session) -> None:
         """Admit, prepare and open a session, then start its clock; raises :class:`CapacityError` when full.
 
@@ -145,9 +179,8 @@ class Engine:
         preparation thread (the heavy part: uploads), ``open_session`` on the worker (the cheap part: slots),
         and ``session.params`` becomes what the model reports (``describe_session``), which `ready` echoes.
         """
-        if self._stopping:
-            raise CapacityError("server is shutting down")
         try:
+            self._refuse_if_closed()
             try:
                 self.scheduler.reserve(session.model)
             except CapacityError:
@@ -264,11 +297,20 @@ class Engine:
                 self.metrics.late_chunks.labels(model).inc(n)
 
     # -- introspection -------------------------------------------------------------------------------
+    def sessions_per_model(self) -> dict[str, int]:
+        """Running sessions of each loaded model (0 for a model with none)."""
+        counts = dict.fromkeys(self.generators, 0)
+        for session in self.scheduler.sessions.values():
+            counts[session.model] += 1
+        return counts
+
     def status(self) -> dict[str, Any]:
         """Load and capacity, for /healthz."""
         return {
             "device": self.config.device,
             "sessions": len(self.scheduler.sessions),
+            "sessions_per_model": self.sessions_per_model(),
+            "draining": self._draining,
             "utilization": round(self.scheduler.utilization(), 4),
             "max_utilization": self.scheduler.limits.max_utilization,
             "max_sessions": self.scheduler.limits.max_sessions,
