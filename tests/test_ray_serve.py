@@ -86,7 +86,7 @@ def cluster() -> Iterator[Cluster]:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         replica = ReplicaSettings.from_command_line(
-            "--models pitch testcard --codec-threads 1 --ice-loopback-only", drain_timeout_s=2.0,
+            "--models pitch testcard --codec-threads 1 --ice-loopback-only --max-sessions 3", drain_timeout_s=2.0,
             bind_host="127.0.0.1",  # Ray may know this node by another address; the replicas stay on loopback
         )
         settings = ClusterSettings(num_replicas=2, gpus_per_replica=0, cpus_per_replica=0.5, stats_period_s=0.2,
@@ -126,7 +126,11 @@ async def _wait_reported(cluster: Cluster, predicate, timeout_s: float = 5.0) ->
 async def _pitch_session(cluster: Cluster, semitones: int = 4) -> Client:
     client = Client(cluster.ws_url)
     await client.connect()
-    await client.start("pitch", {"semitones": semitones}, input_sample_rate_hz=RATE_HZ, audio="pcm16")
+    try:
+        await client.start("pitch", {"semitones": semitones}, input_sample_rate_hz=RATE_HZ, audio="pcm16")
+    except BaseException:
+        await client.close()
+        raise
     return client
 
 
@@ -163,6 +167,12 @@ async def test_sessions_spread_over_both_replicas(cluster: Cluster) -> None:
             metrics = await response.text()
         for replica_id in replica_ids:
             assert f'causalcast_sessions_active{{model="pitch",replica="{replica_id}"}} 2.0' in metrics
+        # Fill both replicas (3 sessions each): the next start is refused, with the replica's own reason.
+        clients += [await _pitch_session(cluster) for _ in range(2)]
+        await _wait_reported(cluster, lambda h: h["sessions"] == 6)
+        with pytest.raises(ServerError) as refused:
+            await _pitch_session(cluster)
+        assert refused.value.code == "capacity" and "3 sessions is the configured maximum" in str(refused.value)
     finally:
         for client in clients:
             await client.close()
@@ -206,7 +216,7 @@ async def test_broadcast_watched_through_the_ingress_from_the_other_replica(clus
 
 
 async def test_webrtc_offer_answered_by_a_replica_media_bypasses_serve(cluster: Cluster) -> None:
-    from streaming.transports.webrtc_client import ArrayAudioTrack, RtcClient
+    from streaming.client.webrtc import ArrayAudioTrack, RtcClient
 
     client = RtcClient(cluster.url)
     try:

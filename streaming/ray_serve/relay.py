@@ -122,12 +122,14 @@ class SocketRelay:
     async def _on_text(self, text: str) -> None:
         message = _parse(text)
         kind = message.get("type") if message else None
-        if not self.busy and kind in ("start", "watch"):
+        target = message.get("model" if kind == "start" else "session") if message else None
+        if not self.busy and kind in ("start", "watch") and isinstance(target, str):
+            # (a malformed start or watch goes wherever the socket is: that replica explains what is wrong)
             try:
                 if kind == "start":
-                    placement = await self.placer.place(str(message.get("model")))
+                    placement = await self.placer.place(target)
                 else:
-                    placement = await self.placer.locate(str(message.get("session")))
+                    placement = await self.placer.locate(target)
             except PlacementError as e:
                 await self._send_client(json.dumps(e.message))
                 return

@@ -232,7 +232,7 @@ FORWARDED_HEADERS = frozenset({"authorization", "cookie"})
 
 
 def _node_address() -> str:
-    """This node's address as the Ray cluster knows it (what other nodes and the ingress reach it by)."""
+    """The address of this node as the Ray cluster knows it (what other nodes and the ingress reach it by)."""
     node_id = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():
         if node["NodeID"] == node_id:
