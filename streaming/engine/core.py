@@ -151,17 +151,23 @@ class Engine:
             wake=self.wake,
         )
 
-    def check_admission(self, model: str) -> None:
+    async def check_admission(self, model: str, *, probe: bool = True) -> None:
         """Raise :class:`CapacityError` (with the limit in its message) if a ``model`` session would be refused now.
 
-        Admits nothing: what :meth:`open_session` would decide at this instant (a router asks before placing).
+        Admits nothing: what :meth:`open_session` would decide at this instant (a router asks before placing),
+        including its re-probe of stale step costs unless ``probe`` is False (a cheap, periodic look).
         """
         if model not in self.generators:
             raise ProtocolError(
                 f"model '{model}' is not served here; loaded models: {sorted(self.generators)}", "unknown_model"
             )
         self._refuse_if_closed()
-        self.scheduler.reserve(model)
+        try:
+            self.scheduler.reserve(model)
+        except CapacityError:
+            if not probe or not await self._probe_stale_costs(model):
+                raise
+            self.scheduler.reserve(model)
         self.scheduler.unreserve(model)
 
     def _refuse_if_closed(self) -> None:

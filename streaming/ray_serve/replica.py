@@ -107,7 +107,7 @@ class EngineReplica:
         room = {}
         for model in self.engine.generators:
             try:
-                self.engine.check_admission(model)
+                await self.engine.check_admission(model, probe=False)
                 room[model] = None
             except CausalcastError as e:
                 room[model] = str(e)
@@ -154,7 +154,7 @@ class EngineReplica:
         if (gone := self._gone(route)) is not None:
             return {"error": gone}
         try:
-            self.engine.check_admission(model)
+            await self.engine.check_admission(model)
         except CausalcastError as e:
             return {"error": e.to_message(), "replica": self.replica_id}
         return self._placement()
