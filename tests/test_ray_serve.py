@@ -50,7 +50,30 @@ def test_rank_for_session_prefers_room_then_fewest_sessions() -> None:
     assert find_share({"a": _load(0)}, "s1") is None
 
 
-# -- the cluster --------------------------------------------------------------------------------------
+def test_sessions_policy_asks_for_replicas_by_sessions() -> None:
+    pytest.importorskip("ray", reason="Ray is not installed (the 'ray' extra)")
+    from ray.serve.config import AutoscalingContext
+
+    from streaming.ray_serve.autoscale import SessionsPolicy
+
+    def context(sessions: dict[str, float], min_replicas: int = 1) -> AutoscalingContext:
+        return AutoscalingContext(
+            deployment_id=None, deployment_name="EngineReplica", app_name="causalcast",
+            current_num_replicas=len(sessions), target_num_replicas=len(sessions), running_replicas=[],
+            total_num_requests=0.0, total_queued_requests=0.0, aggregated_metrics={"sessions": sessions},
+            raw_metrics=None, capacity_adjusted_min_replicas=min_replicas, capacity_adjusted_max_replicas=8,
+            policy_state={}, last_scale_up_time=None, last_scale_down_time=None, current_time=None, config=None,
+        )
+
+    policy = SessionsPolicy(target_sessions_per_replica=10)
+    assert policy(context({"a": 12.0, "b": 9.0}))[0] == 3  # 21 sessions at 10 a replica
+    assert policy(context({"a": 2.0, "b": 0.0}, min_replicas=2))[0] == 2  # never below the minimum
+    assert policy(context({"a": 0.0}))[0] == 1
+    with pytest.raises(ValueError):
+        SessionsPolicy(0)
+
+
+# -- the cluster (slow: Ray and two replicas start once for the module, ~30 s in all) -----------------
 @dataclass
 class Cluster:
     url: str  # Serve's HTTP proxy (the ingress)
@@ -151,6 +174,7 @@ async def _audio_round_trip(client: Client, seconds: float = 0.4) -> int:
 
 
 # -- behaviour ----------------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_sessions_spread_over_both_replicas(cluster: Cluster) -> None:
     replica_ids = await _replica_ids(cluster)
     assert len(replica_ids) == 2
@@ -178,6 +202,7 @@ async def test_sessions_spread_over_both_replicas(cluster: Cluster) -> None:
             await client.close()
 
 
+@pytest.mark.slow
 async def test_broadcast_watched_through_the_ingress_from_the_other_replica(cluster: Cluster) -> None:
     producer = Client(cluster.ws_url)
     viewer = Client(cluster.ws_url)
@@ -215,6 +240,7 @@ async def test_broadcast_watched_through_the_ingress_from_the_other_replica(clus
         await producer.close()
 
 
+@pytest.mark.slow
 async def test_webrtc_offer_answered_by_a_replica_media_bypasses_serve(cluster: Cluster) -> None:
     from streaming.client.webrtc import ArrayAudioTrack, RtcClient
 
@@ -233,6 +259,7 @@ async def test_webrtc_offer_answered_by_a_replica_media_bypasses_serve(cluster: 
         await client.close()
 
 
+@pytest.mark.slow
 async def test_drained_replica_takes_no_new_session(cluster: Cluster) -> None:
     from streaming.ray_serve.admin import drain
 
@@ -256,6 +283,7 @@ async def test_drained_replica_takes_no_new_session(cluster: Cluster) -> None:
             await client.close()
 
 
+@pytest.mark.slow
 async def test_killing_a_replica_ends_only_its_sessions(cluster: Cluster) -> None:
     import ray
 
