@@ -375,6 +375,11 @@ def bench_meanvc_parts(gen, speech: np.ndarray, args) -> None:
          end_to_end_cpu_ms_p99=algorithmic + float(np.percentile(step_cpu, 99)),
          chunk_plus_cpu_ms_p50=gen.spec.chunk_ms + float(np.median(step_cpu)),
          meanvc_reported_ms=MEANVC_REPORTED_MS.get(gen.spec.chunk_ms))
+    # a reference's embedding (WavLM-Large + ECAPA, MRTE memory): once per voice or upload, on the worker
+    for seconds in (3.0, 10.0):
+        t0 = time.thread_time()
+        gen._embed(speech[: int(seconds * 16_000)])
+        emit(bench="vc.meanvc_reference", reference_s=seconds, embed_cpu_ms=(time.thread_time() - t0) * 1000)
 
 
 def main() -> None:
