@@ -39,7 +39,8 @@ def release(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gen(release):
-    return load_model("vc", "cpu", {"weights": str(release), "max_sessions": 6})
+    # uploads embedded in turn, so outputs do not depend on a background thread's timing
+    return load_model("vc", "cpu", {"weights": str(release), "max_sessions": 6, "async_reference": False})
 
 
 def _copy(release, tmp_path):
@@ -232,3 +233,36 @@ def test_a_folder_without_voices_serves_a_synthetic_one(release, tmp_path):
     g = load_model("vc", "cpu", {"weights": str(folder), "max_sessions": 1})
     assert [v["id"] for v in g.describe()["voices"]] == ["synthetic-test-tone"]
     assert g.validate_params({})["voice"] == "synthetic-test-tone"  # what the engine's warm-up sends
+
+
+def test_an_upload_is_embedded_off_the_worker(release):
+    """async_reference: the worker keeps stepping while an upload is embedded; a new session is silent and a
+    switching one keeps its voice until the step that applies it (which says reference_set)."""
+    import threading
+
+    g = load_model("vc", "cpu", {"weights": str(release), "max_sessions": 3})
+    gate = threading.Event()
+    embed = g._embed
+    g._embed = lambda audio: gate.wait(10) and embed(audio)
+    n = g.spec.input_chunk_samples
+    chunk = speechlike(n / 16_000, 2)
+    upload = wav_b64(speechlike(3.0, 9, 230.0))
+    new = g.open_session(g.validate_params({"reference_audio": upload, "seed": 1}))
+    old = g.open_session(g.validate_params({"voice": "example", "seed": 2}))
+    assert g.handle_event(old, ControlEvent("set_reference", {"reference_audio": upload})) == []
+    for _ in range(2):
+        outs = g.step([new, old], [StepInput(audio=chunk, num_valid_samples=n)] * 2, 2)
+        assert not outs[0].audio.any() and outs[1].audio.any() and old.voice == "example"
+    gate.set()
+    said = [[], []]
+    for _ in range(50):
+        outs = g.step([new, old], [StepInput(audio=chunk, num_valid_samples=n)] * 2, 2)
+        for i, o in enumerate(outs):
+            said[i] += [m["type"] for m in o.notices]
+        if not (new.silent or old.waiting):
+            break
+    assert said == [["reference_set"], ["reference_set"]] and outs[0].audio.any()
+    assert new.voice == old.voice == "reference" and not new.silent
+    assert torch.equal(g._spk[new.slot], g._spk[old.slot])  # the same upload
+    g.close_session(new)
+    g.close_session(old)

@@ -16,8 +16,11 @@ input, reference and seed, never on its batch.
 
 Output chunk k covers input chunk k, 65 ms late: 45 ms of ASR look-ahead (the fbank window and the
 conformer's subsampling context past the chunk; zeros at the stream's start) and 20 ms of vocoder seam.
-A reference's speaker vector comes from WavLM-Large + ECAPA, which is heavy (seconds on a CPU core for a
-10 s clip): uploads are decoded and checked when a session is validated and embedded on the worker.
+A reference's speaker vector comes from WavLM-Large + ECAPA, which is heavy (6 s of a CPU core for a 10 s
+clip): an upload is decoded and checked when validated (on the loop, cheap) and embedded on a thread of its
+own (``async_reference``), so the worker keeps stepping every session; until it is ready a new session
+outputs silence and a switching one keeps its old voice, and the step that applies it says
+``reference_set``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -64,6 +67,8 @@ class MeanVCState:
     num_frames: int = 0  # mel frames generated so far (the next chunk's first position)
     has_previous: bool = False  # a clean chunk to run as the cache chunk (False at the start, after a switch)
     reference_parts: list[str] = field(default_factory=list)
+    waiting: Future | None = None  # an uploaded reference being embedded in the background
+    silent: bool = False  # no reference yet (its upload is still being embedded): the output is silence
 
 
 def _steps(value: Any) -> int:
@@ -99,6 +104,7 @@ class MeanVCGenerator(Generator):
         max_reference_s: float = 10.0,
         context_frames: int = 100,
         asr_threads: int = 1,
+        async_reference: bool = True,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -142,6 +148,10 @@ class MeanVCGenerator(Generator):
         # The ASR runs once per session; TorchScript releases the GIL while it runs, so threads overlap the
         # sessions' calls (their host overhead, on a GPU their launches). 1: in turn, on the worker thread.
         self._asr_pool = ThreadPoolExecutor(int(asr_threads), "meanvc-asr") if int(asr_threads) > 1 else None
+        # An upload's embedding (WavLM-Large: ~6 s of a CPU core for 10 s of audio) runs on its own thread, so
+        # the worker keeps stepping every session meanwhile; the session keeps its voice (or, at its start,
+        # outputs silence) until it is ready. Off: embedded on the worker, in turn (deterministic timing).
+        self._reference_pool = ThreadPoolExecutor(1, "meanvc-reference") if async_reference else None
         self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
                         for n in SCHEDULES}
 
@@ -159,6 +169,11 @@ class MeanVCGenerator(Generator):
         flat = [torch.nn.functional.pad(t[0], (0, 0, 0, pad)) for kv in memory for t in kv]
         mask = torch.arange(self.num_ref_frames, device=self.device) < num
         return (spk[0], mask, *flat)
+
+    def _embed_later(self, audio: np.ndarray) -> Future:
+        """Start embedding on the reference thread."""
+        assert self._reference_pool is not None
+        return self._reference_pool.submit(self._embed, audio)
 
     def _set_reference(self, slot: int, reference: tuple[torch.Tensor, ...]) -> None:
         spk, mask, *flat = reference
@@ -212,7 +227,9 @@ class MeanVCGenerator(Generator):
         out["seed"] = seed
         if "reference_audio" in params:
             self._num_pending += 1
-            self._pending[self._num_pending] = self._decode_upload(params["reference_audio"])
+            audio = self._decode_upload(params["reference_audio"])
+            # async: the embedding starts now, off the event loop; otherwise the worker embeds it at open
+            self._pending[self._num_pending] = audio if self._reference_pool is None else self._embed_later(audio)
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
             out |= {"voice": "reference", "reference_id": self._num_pending}
@@ -222,21 +239,26 @@ class MeanVCGenerator(Generator):
 
     def open_session(self, params: Mapping[str, Any]) -> MeanVCState:
         """Take a slot, reset its state and set its reference (an upload is embedded here, on the worker)."""
+        waiting = None
         if params["voice"] == "reference":
-            audio = self._pending.pop(params["reference_id"], None)
-            if audio is None:
+            pending = self._pending.pop(params["reference_id"], None)
+            if pending is None:
                 raise ParamError("the session's reference expired before it started; start again")
-            reference = self._embed(audio)
+            if isinstance(pending, Future) and not pending.done():
+                reference, waiting = None, pending
+            else:
+                reference = pending.result() if isinstance(pending, Future) else self._embed(pending)
         else:
             reference = self._voices[params["voice"]]
         slot = self._slots.allocate()
         self.cache.clear([slot], keep_sink=False)
         self._vocoder.reset([slot])
-        self._set_reference(slot, reference)
+        if reference is not None:
+            self._set_reference(slot, reference)
         rng = torch.Generator()  # on the host: the same noise on any device, whatever the batch
         rng.manual_seed(params["seed"])
         return MeanVCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"],
-                           content=self._content.initial_state())
+                           content=self._content.initial_state(), waiting=waiting, silent=waiting is not None)
 
     def close_session(self, state: MeanVCState) -> None:
         """Free the slot."""
@@ -268,14 +290,39 @@ class MeanVCGenerator(Generator):
                 return []
             payload, state.reference_parts = {"reference_audio": "".join(state.reference_parts)}, []
         if "reference_audio" in payload:
-            voice, reference = "reference", self._embed(self._decode_upload(payload["reference_audio"]))
+            audio = self._decode_upload(payload["reference_audio"])
+            if self._reference_pool is not None:  # applied by a later step, which then says reference_set
+                state.waiting = self._embed_later(audio)
+                return []
+            voice, reference = "reference", self._embed(audio)
         else:
             voice = self._voice(payload)
             reference = self._voices[voice]
+        self._switch(state, voice, reference)
+        return [{"type": "reference_set", "voice": voice}]
+
+    def _switch(self, state: MeanVCState, voice: str, reference: tuple[torch.Tensor, ...]) -> None:
+        """A new reference from the next chunk: the DiT's context dropped, the vocoder's kept (no click)."""
         self._set_reference(state.slot, reference)
         self.cache.clear([state.slot], keep_sink=False)
-        state.has_previous, state.voice = False, voice
-        return [{"type": "reference_set", "voice": voice}]
+        state.has_previous, state.voice, state.silent, state.waiting = False, voice, False, None
+
+    def _apply_ready_references(self, states: Sequence[MeanVCState]) -> dict[int, list[dict[str, Any]]]:
+        """Switch the sessions whose background embedding finished; their notices, by batch index."""
+        notices: dict[int, list[dict[str, Any]]] = {}
+        for i, s in enumerate(states):
+            if s.waiting is None or not s.waiting.done():
+                continue
+            try:
+                reference = s.waiting.result()
+            except Exception as e:  # a fault in one upload ends nothing: the session keeps its voice
+                s.waiting = None
+                notices[i] = [{"type": "error", "code": "bad_params", "fatal": False,
+                               "message": f"the reference could not be embedded: {type(e).__name__}: {e}"}]
+                continue
+            self._switch(s, "reference", reference)
+            notices[i] = [{"type": "reference_set", "voice": "reference"}]
+        return notices
 
     # -- stepping -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -290,9 +337,13 @@ class MeanVCGenerator(Generator):
         else:
             content = list(self._asr_pool.map(self._content_no_grad, [s.content for s in states], chunk.unbind(0)))
         out: list[StepOutput | None] = [None] * len(states)
+        notices = self._apply_ready_references(states)
+        for i, s in enumerate(states):  # no reference yet: the ASR has run (its context stays current), silence
+            if s.silent:
+                out[i] = StepOutput(audio=np.zeros(c * MEL_HOP, np.float32))
         span = torch.arange(c)
-        for num_steps in sorted({s.steps for s in states}):
-            index = [i for i, s in enumerate(states) if s.steps == num_steps]
+        for num_steps in sorted({s.steps for s in states if not s.silent}):
+            index = [i for i, s in enumerate(states) if s.steps == num_steps and not s.silent]
             group = [states[i] for i in index]
             size = _bucket(len(index), padded_batch_size) if self.pads_to_bucket else len(index)
             pad = size - len(index)
@@ -315,6 +366,8 @@ class MeanVCGenerator(Generator):
                 s.num_frames += c
                 s.has_previous = True
                 out[i] = StepOutput(audio=wav[j])
+        for i, extra in notices.items():
+            out[i].notices.extend(extra)  # type: ignore[union-attr]
         return out  # type: ignore[return-value]
 
     def _content_no_grad(self, state: ContentState, audio: torch.Tensor) -> torch.Tensor:
