@@ -133,8 +133,7 @@ def write_random_release(folder: str | Path, *, tiny: bool = False, seed: int = 
     from safetensors.torch import save_file
 
     from models.audio.dsp import write_wav
-    from models.vc.meanvc.published import PUBLISHED_MODEL
-    from models.weights import write_manifest
+    from models.weights import published_model, write_manifest
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -153,5 +152,5 @@ def write_random_release(folder: str | Path, *, tiny: bool = False, seed: int = 
     if voices:
         (folder / "voices").mkdir(exist_ok=True)
         write_wav(folder / "voices" / "example.wav", speechlike(4.0, seed, 180.0), 16_000)
-    write_manifest(folder, PUBLISHED_MODEL, {})
+    write_manifest(folder, published_model("meanvc"), {})
     return folder
