@@ -346,11 +346,15 @@ def test_gpu_graphs_equal_the_cpu(tmp_path):
     from models.registry import load_model
     from models.vc.meanvc.random_release import speechlike, write_random_release
 
-    torch.backends.cuda.matmul.allow_tf32 = False
     folder = write_random_release(tmp_path / "w", tiny=True)
     audio = speechlike(1.2, 1)
     cpu = _convert(load_model("vc", "cpu", {"weights": str(folder)}), audio, {"seed": 4, "steps": 2})
-    gen = load_model("vc", "cuda", {"weights": str(folder)})
-    gpu = _convert(gen, audio, {"seed": 4, "steps": 2})
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # float32 as on the CPU
+    try:
+        gen = load_model("vc", "cuda", {"weights": str(folder)})
+        gpu = _convert(gen, audio, {"seed": 4, "steps": 2})
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
     assert gen._graphs[2].num_graphs >= 1
     np.testing.assert_allclose(gpu, cpu, atol=2e-3)

@@ -57,7 +57,7 @@ class StandInLayer(nn.Module):
         y = F.scaled_dot_product_attention(q[None], k[None], v[None])[0]  # (H, T, d_k)
         x = x + self.out(y.transpose(0, 1).reshape(t, -1))[None]
         h = self.norm2(x).transpose(1, 2)  # (1, dim, T)
-        past = cnn if has_cache else torch.zeros(1, h.shape[1], self.kernel - 1)
+        past = cnn if has_cache else torch.zeros(1, h.shape[1], self.kernel - 1, device=h.device)
         h = torch.cat([past, h], dim=2)
         x = x + F.silu(self.dw(h)).transpose(1, 2)
         x = x + self.ff2(F.silu(self.ff1(self.norm3(x))))
@@ -86,7 +86,7 @@ class StandInASR(nn.Module):
         """Fbank frames (1, T, 80) -> encoder frames (1, (T - 7) // 4 + 1, dim) and the new caches."""
         x = F.relu(self.conv2(F.relu(self.conv1(xs[:, None]))))  # (1, dim, T', 19)
         x = self.embed(x.permute(0, 2, 1, 3).reshape(1, x.shape[2], -1))  # (1, T', dim)
-        pos = torch.arange(offset, offset + x.shape[1], dtype=torch.float32)[:, None]
+        pos = torch.arange(offset, offset + x.shape[1], dtype=torch.float32, device=x.device)[:, None]
         x = x + torch.sin(pos / 100.0)  # positions matter, as WeNet's
         has_cache = att_cache.shape[0] > 0
         new_att: list[torch.Tensor] = []

@@ -65,7 +65,8 @@ class ContentStream:
 
     def initial_state(self) -> ContentState:
         """A stream's start: zeros before it."""
-        return ContentState(tail=torch.zeros(LOOKAHEAD_SAMPLES, device=self.device))
+        empty = torch.zeros(0, 0, 0, 0, device=self.device)  # WeNet's "no cache yet"
+        return ContentState(tail=torch.zeros(LOOKAHEAD_SAMPLES, device=self.device), att_cache=empty, cnn_cache=empty)
 
     def __call__(self, state: ContentState, audio: torch.Tensor) -> torch.Tensor:
         """One chunk of samples (chunk_frames * 160,) -> content at mel rate (1, chunk_frames, bn)."""
