@@ -266,3 +266,24 @@ def test_an_upload_is_embedded_off_the_worker(release):
     assert torch.equal(g._spk[new.slot], g._spk[old.slot])  # the same upload
     g.close_session(new)
     g.close_session(old)
+
+
+def test_padding_to_the_bucket_changes_nothing(gen):
+    """The GPU path pads a batch to its bucket with a scratch slot (exercised here on the CPU, eagerly)."""
+    inputs = [speechlike(1.0, 10 + i) for i in range(3)]
+    params = [{"voice": "example", "seed": i, "steps": 2} for i in range(3)]  # one group of 3: padded to 4
+    runs = []
+    for pads in (False, True):
+        gen.pads_to_bucket = pads
+        try:
+            states = [gen.open_session(gen.validate_params(p)) for p in params]
+            n = gen.spec.input_chunk_samples
+            runs.append([gen.step(states, [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n)
+                                           for a in inputs], 4) for k in range(len(inputs[0]) // n)])
+            for s in states:
+                gen.close_session(s)
+        finally:
+            gen.pads_to_bucket = False
+    for plain, padded in zip(*runs, strict=True):
+        for x, y in zip(plain, padded, strict=True):
+            np.testing.assert_allclose(x.audio, y.audio, atol=1e-5)
