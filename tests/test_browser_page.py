@@ -221,7 +221,7 @@ def test_speak_tab_starts_on_first_speak_and_sends_long_text_in_pieces(page, liv
     js(page, "document.getElementById('text').value = 'And now in my own voice.'")
     by_id(page, "say").click()
     ready = wait_until(page, f"const r = causalcast.state().last.ready; return r && r.session !== '{first}' && r")
-    assert ready["params"]["reference"].startswith("sha256:")
+    assert ready["params"]["voice"] == "reference"  # the uploaded clip, prepared off the loop
     wait_until(page, "return causalcast.state().notices.some(n => n.type === 'text_queued' && n.segments > 0)")
     assert len(js(page, "return causalcast.state().errors")) == num_errors
     assert severe_console_entries(page) == []
