@@ -119,8 +119,19 @@ def _pin(cores: int) -> None:
     torch.set_num_threads(cores)
 
 
+def _threads(ours: bool, cores: int) -> None:
+    """Torch threads for the side about to run: ours 1, the package every core.
+
+    Ours runs one thread per engine worker (more cores serve more sessions, through more workers); the
+    package gets every core for its generation and decoding threads. Ours with two intra-op threads on this
+    shared VM was 4-8x slower than with one (small ops wait on a descheduled thread).
+    """
+    torch.set_num_threads(1 if ours else cores)
+
+
 def _ours_utterance(gen: PocketGenerator, voice: str, text: str, seed: int) -> tuple[float, float, float]:
     """(first audio s, total s, audio s) of one utterance alone."""
+    _threads(True, 0)
     state = gen.open_session({"voice": voice, "seed": seed, "text": ""})
     start = time.perf_counter()
     gen.handle_event(state, ControlEvent("text", {"text": text, "final": True}))
@@ -141,6 +152,7 @@ def _ours_streamed(gen: PocketGenerator, voice: str, words: list[str], seed: int
 
     Returns (s from the push that completed a chunk to its first audio, words pushed by then).
     """
+    _threads(True, 0)
     state = gen.open_session({"voice": voice, "seed": seed, "text": ""})
     try:
         for i, word in enumerate(words):
@@ -156,7 +168,8 @@ def _ours_streamed(gen: PocketGenerator, voice: str, words: list[str], seed: int
         gen.close_session(state)
 
 
-def _package_utterance(theirs, voice_state, text: str, seed: int) -> tuple[float, float, float]:
+def _package_utterance(theirs, voice_state, text: str, seed: int, cores: int) -> tuple[float, float, float]:
+    _threads(False, cores)
     torch.manual_seed(seed)
     start = time.perf_counter()
     first, samples = None, 0
@@ -181,15 +194,16 @@ def bench_cpu(args) -> None:
     clip = _clip()
     gen.voices["clip"] = model.voice_from_audio(clip)
     voice_state = theirs.get_state_for_audio_prompt(clip[None])
+    package_streams = None
     for cores in args.cores:
         _pin(cores)
         _ours_utterance(gen, "clip", TEXTS[0], 0)  # warm-up, both
-        _package_utterance(theirs, voice_state, TEXTS[0], 0)
+        _package_utterance(theirs, voice_state, TEXTS[0], 0, cores)
         ours, pkg = [], []
         for rep in range(args.reps):  # alternated, so drift in the shared machine's load hits both
             for i, text in enumerate(TEXTS):
                 ours.append(_ours_utterance(gen, "clip", text, rep * 10 + i))
-                pkg.append(_package_utterance(theirs, voice_state, text, rep * 10 + i))
+                pkg.append(_package_utterance(theirs, voice_state, text, rep * 10 + i, cores))
         streamed = [_ours_streamed(gen, "clip", f"{a} {b}".split(), 50 + i)
                     for i, (a, b) in enumerate(zip(TEXTS, TEXTS[1:] + TEXTS[:1], strict=True))]
         first_ours = statistics.median(r[0] for r in ours) * 1000
@@ -197,7 +211,7 @@ def bench_cpu(args) -> None:
         rtf_ours = sum(r[1] for r in ours) / sum(r[2] for r in ours)
         rtf_pkg = sum(r[1] for r in pkg) / sum(r[2] for r in pkg)
         emit(bench="tts_pocket.latency", weights=args.weights, release=args.release or "english", tiny=args.tiny,
-             cores=cores, utterances=len(ours),
+             cores=cores, threads_ours=1, threads_package=cores, utterances=len(ours),
              first_audio_ms_ours=first_ours, first_audio_ms_package=first_pkg,
              first_audio_ratio=first_ours / first_pkg, rtf_ours=rtf_ours, rtf_package=rtf_pkg,
              rtf_ratio=rtf_ours / rtf_pkg, audio_s=sum(r[2] for r in ours),
@@ -205,8 +219,7 @@ def bench_cpu(args) -> None:
              first_audio_ms_streamed_ours=statistics.median(r[0] for r in streamed) * 1000,
              words_before_speaking=statistics.median(r[1] for r in streamed),
              words_per_reply=statistics.median(len(f"{a} {b}".split()) for a, b in zip(TEXTS, TEXTS[1:], strict=False)))
-        if cores == 1:
-            package_streams = 1.0 / rtf_pkg
+        package_streams = 1.0 / rtf_pkg if cores == 1 else None
     _pin(1)
     for n in args.sessions:
         states = [gen.open_session({"voice": "clip", "seed": i, "text": ""}) for i in range(n)]
