@@ -37,6 +37,7 @@ from typing import Any
 
 from models.errors import ProtocolError
 from streaming.media.wire import WireEncoder, WireFrame
+from streaming.outbox import Outbox
 from streaming.protocol import AudioCodec, MediaKind, VideoCodec
 from streaming.session import OutputChunk, Session
 
@@ -47,55 +48,47 @@ MAX_PROMPT_HISTORY = 32  # prompt switches replayed to a joining viewer (its con
 
 
 class Viewer:
-    """One watcher: a bounded queue of protocol frames and notices, drained by its transport."""
+    """One watcher: an :class:`~streaming.outbox.Outbox` of protocol frames and notices, drained by its transport."""
 
     def __init__(self, audio_codec: AudioCodec, video_codec: VideoCodec, max_frames: int) -> None:
         self.codecs = (audio_codec, video_codec)
         self.max_frames = max_frames
         self.num_dropped = 0
         self.end_reason: str | None = None
-        self._frames: deque[bytes] = deque()
-        self._control: deque[dict[str, Any]] = deque(maxlen=64)
+        self._queue: Outbox[bytes] = Outbox(max_frames, max_control=64)
         self._needs_key = True  # video starts (and resumes after drops) at a key frame
-        self._ready = asyncio.Event()
+
+    @property
+    def num_queued(self) -> int:
+        """Frames waiting for the transport."""
+        return self._queue.num_media
 
     def push(self, frames: list[WireFrame]) -> bool:
         """Queue encoded frames; returns False when frames were dropped (a key frame is then needed)."""
         ok = True
         for frame in frames:
-            if len(self._frames) >= self.max_frames:  # too slow: drop the backlog, resume video at a key frame
-                self.num_dropped += len(self._frames)
-                self._frames.clear()
+            if self._queue.media_full:  # too slow: drop the backlog, resume video at a key frame
+                self.num_dropped += self._queue.clear_media()
                 self._needs_key, ok = True, False
             if frame.kind is MediaKind.VIDEO:
                 if self._needs_key and not frame.key:
                     continue
                 self._needs_key = False
-            self._frames.append(frame.data)
-        self._ready.set()
+            self._queue.put_media(frame.data)
         return ok
 
     def push_control(self, message: dict[str, Any]) -> None:
         """Queue a notice; it overtakes queued media."""
-        self._control.append(message)
-        self._ready.set()
+        self._queue.put_control(message)
 
     def end(self, reason: str) -> None:
         """No more items: the stream ended or the viewer left."""
         self.end_reason = self.end_reason or reason
-        self._ready.set()
+        self._queue.close()
 
     async def get(self) -> bytes | dict[str, Any] | None:
         """Next notice or frame; None once ended and drained."""
-        while True:
-            if self._control:
-                return self._control.popleft()
-            if self._frames:
-                return self._frames.popleft()
-            if self.end_reason is not None:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
+        return await self._queue.get()
 
 
 class Broadcast:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from models.errors import CausalcastError
 from models.registry import DEFAULT_MODELS
@@ -15,6 +15,7 @@ from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ServerConfig, run
 from streaming.session import SessionConfig
+from streaming.transports.control import ControlLimits
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 from streaming.workers import serve_workers
@@ -61,6 +62,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--late-after-ms", type=float, default=_optional_float(_env("LATE_AFTER_MS", "")),
                        help="input-paced chunks are late after this (default: each model's)")
     serve.add_argument("--max-message-bytes", type=int, default=int(_env("MAX_MESSAGE_BYTES", str(2 * 1024 * 1024))))
+    limits = ControlLimits()
+    serve.add_argument("--max-messages-per-s", type=float,
+                       default=float(_env("MAX_MESSAGES_PER_S", str(limits.max_messages_per_s))),
+                       help="messages one client connection may send a second, all types (over it: read slower)")
+    serve.add_argument("--max-bytes-per-s", type=float,
+                       default=float(_env("MAX_BYTES_PER_S", str(limits.max_bytes_per_s))),
+                       help="bytes one client connection may send a second (over it: read slower)")
+    serve.add_argument("--rate-burst-s", type=float, default=float(_env("RATE_BURST_S", str(limits.burst_s))),
+                       help="seconds of those rates a client may send at once")
+    serve.add_argument("--type-rates", default=_env("TYPE_RATES", _rates_text(limits.max_type_per_s)),
+                       help="per message type, messages a second, over which they are dropped with a "
+                       "'rate_limited' error (default: %(default)s)")
+    serve.add_argument("--max-errors-per-s", type=int,
+                       default=int(_env("MAX_ERRORS_PER_S", str(limits.max_errors_per_s))),
+                       help="a client causing more errors a second is disconnected")
     serve.add_argument("--codec-threads", type=int, default=int(_env("CODEC_THREADS", "2")))
     serve.add_argument(
         "--torch-threads",
@@ -185,6 +201,10 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         server_ice_servers = _json_list(args.server_ice_servers) if args.server_ice_servers else None
     except ValueError as e:
         raise ValueError(f"ice servers: {e}") from e
+    try:
+        type_rates = parse_rates(args.type_rates)
+    except ValueError as e:
+        raise ValueError(f"--type-rates: {e}") from e
     host_addresses = tuple(a.strip() for a in args.ice_host_addresses.split(",") if a.strip()) or None
     return ServerConfig(
         host=args.host,
@@ -200,6 +220,13 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             session=SessionConfig(clock_lead_ms=args.clock_lead_ms, late_after_ms=args.late_after_ms),
         ),
         ws=WsConfig(max_message_bytes=args.max_message_bytes),
+        control=ControlLimits(
+            max_messages_per_s=args.max_messages_per_s,
+            max_bytes_per_s=args.max_bytes_per_s,
+            burst_s=args.rate_burst_s,
+            max_type_per_s=type_rates,
+            max_errors_per_s=args.max_errors_per_s,
+        ),
         codec_threads=args.codec_threads,
         ice_servers=tuple(ice_servers),
         webrtc=RtcConfig(
@@ -209,6 +236,21 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             connect_timeout_s=args.rtc_connect_timeout,
         ),
     )
+
+
+def _rates_text(rates: Mapping[str, float]) -> str:
+    return ",".join(f"{kind}={rate:g}" for kind, rate in rates.items())
+
+
+def parse_rates(text: str) -> dict[str, float]:
+    """``"ping=20,request_keyframe=4"`` -> ``{"ping": 20.0, "request_keyframe": 4.0}``."""
+    rates = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, rate = item.partition("=")
+        if not sep or not kind.strip():
+            raise ValueError(f"{item!r} is not TYPE=RATE")
+        rates[kind.strip()] = float(rate)
+    return rates
 
 
 def _json_list(text: str) -> list:

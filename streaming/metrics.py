@@ -35,6 +35,13 @@ class Metrics:
             "causalcast_batch_size", "Sessions per model step", ["model"], buckets=BATCH_SIZE_BUCKETS, registry=r
         )
         self.errors = Counter("causalcast_errors", "Errors reported to clients", ["code"], registry=r)
+        self.rate_limited = Counter(
+            "causalcast_rate_limited",
+            "Client messages over a rate limit: kind 'connection' waited for the connection's budget, "
+            "a message type's were dropped",
+            ["transport", "kind"],
+            registry=r,
+        )
         self.underruns = Counter(
             "causalcast_underruns",
             "Output frames a paced track had to fill (silence / repeated frame)",

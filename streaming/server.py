@@ -27,6 +27,7 @@ from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine, EngineConfig
 from streaming.metrics import Metrics
 from streaming.protocol import PROTOCOL_VERSION
+from streaming.transports.control import ControlLimits
 from streaming.transports.webrtc import RtcConfig, RtcHub
 from streaming.transports.ws import WsConfig, WsConnection
 
@@ -52,6 +53,7 @@ class ServerConfig:
     models: tuple[str, ...] = DEFAULT_MODELS  # "name[:key=value,...]" specs
     engine: EngineConfig = field(default_factory=EngineConfig)
     ws: WsConfig = field(default_factory=WsConfig)
+    control: ControlLimits = field(default_factory=ControlLimits)  # what one client connection may send
     codec_threads: int = 2  # video encoding pool shared by all sessions
     ice_servers: tuple[dict[str, Any], ...] = ()  # STUN/TURN for WebRTC clients, served at /config
     webrtc: RtcConfig = field(default_factory=RtcConfig)
@@ -105,7 +107,8 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.router.add_get("/ws", _websocket)
     app.router.add_get("/streams", _streams)
     app[BROADCASTS_KEY] = BroadcastHub(app[CODEC_POOL_KEY], config.max_viewers_per_stream)
-    app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers, broadcasts=app[BROADCASTS_KEY])
+    app[RTC_KEY] = RtcHub(engine, config.webrtc, ice_servers=config.ice_servers, broadcasts=app[BROADCASTS_KEY],
+                          control=config.control)
     app.router.add_post("/offer", app[RTC_KEY].handle_offer)
     app.router.add_delete("/offer/{offer_id}", app[RTC_KEY].handle_cancel)
     if config.web_root.is_dir():
@@ -190,7 +193,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if sock is not None and config.ws.socket_send_buffer_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.ws.socket_send_buffer_bytes)
     connection = WsConnection(
-        ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY], request.app[BROADCASTS_KEY]
+        ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY], request.app[BROADCASTS_KEY], config.control
     )
     request.app[CONNECTIONS_KEY].add(connection)
     try:

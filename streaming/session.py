@@ -14,7 +14,6 @@ replaying the silence.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import deque
@@ -28,6 +27,7 @@ import numpy as np
 from models.base import ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from models.errors import ProtocolError
 from streaming.media.audio import AudioInput
+from streaming.outbox import Outbox
 from streaming.protocol import VIDEO_CLOCK_HZ
 
 
@@ -112,59 +112,6 @@ class SessionStats:
         }
 
 
-class Outbox:
-    """What a session sends: media (bounded; oldest dropped when full) and control (overtakes media)."""
-
-    def __init__(self, max_media: int, max_control: int = 256) -> None:
-        self._media: deque[OutputChunk] = deque()
-        self._control: deque[dict[str, Any]] = deque(maxlen=max_control)
-        self._max_media = max_media
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    @property
-    def media_full(self) -> bool:
-        """True when the transport is not keeping up."""
-        return len(self._media) >= self._max_media
-
-    def put_media(self, chunk: OutputChunk) -> bool:
-        """Queue a chunk; returns False if an older chunk had to be dropped to make room."""
-        dropped = self.media_full
-        if dropped:
-            self._media.popleft()
-        self._media.append(chunk)
-        self._ready.set()
-        return not dropped
-
-    def put_control(self, message: dict[str, Any]) -> None:
-        """Queue a control message; it is sent before any queued media."""
-        self._control.append(message)
-        self._ready.set()
-
-    def drop_media(self) -> int:
-        """Discard queued media (barge-in); returns how many chunks were dropped."""
-        num = len(self._media)
-        self._media.clear()
-        return num
-
-    def close(self) -> None:
-        """No more items will come; :meth:`get` returns None once drained."""
-        self._closed = True
-        self._ready.set()
-
-    async def get(self) -> OutputChunk | dict[str, Any] | None:
-        """Next item (control first), or None when closed and drained."""
-        while True:
-            if self._control:
-                return self._control.popleft()
-            if self._media:
-                return self._media.popleft()
-            if self._closed:
-                return None
-            self._ready.clear()
-            await self._ready.wait()
-
-
 class Session:
     """Per-client state of one stream through one model."""
 
@@ -186,7 +133,7 @@ class Session:
         self.config = config
         self.state = SessionState.OPENING
         self.stats = SessionStats()
-        self.outbox = Outbox(config.output_queue_chunks)
+        self.outbox: Outbox[OutputChunk] = Outbox(config.output_queue_chunks)
         self.close_reason: str | None = None
         self.shared = False  # viewers may watch this session's output (the producer opted in at start)
         self.taps: list[SessionTap] = []  # observers of every output chunk (broadcast to viewers)
@@ -237,6 +184,13 @@ class Session:
         """True while a clock-paced model has nothing to produce (its silence is not an underrun)."""
         return self._idle
 
+    def report(self) -> dict[str, Any]:
+        """The session's `stats` fields: output counters and latency, and the input buffer's state."""
+        out = {"session": self.id, **self.stats.snapshot()}
+        if self.input is not None:
+            out.update(self.input.stats())
+        return out
+
     # -- input (from the transport) ------------------------------------------------------------------
     def push_audio(self, pcm16: bytes, pts: int | None, now: float | None = None) -> None:
         """Add client audio (PCM16 mono at the declared rate)."""
@@ -268,7 +222,7 @@ class Session:
         if len(self._events) >= self.config.max_pending_events:
             raise ProtocolError("too many control events waiting; slow down", "rate_limited")
         if event_type == "interrupt":  # barge-in: queued output is stale the moment the user speaks
-            self.stats.dropped_output_chunks += self.outbox.drop_media()
+            self.stats.dropped_output_chunks += self.outbox.clear_media()
         self._events.append(ControlEvent(event_type, payload))
         self._wake(self)
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from streaming.engine.core import Engine, EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ENGINE_KEY, ServerConfig, create_app, runner_options
+from streaming.transports.control import ControlLimits
 from streaming.transports.webrtc import RtcConfig
 from streaming.transports.ws import WsConfig
 
@@ -54,6 +55,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
         max_message_bytes: int = 2 * 1024 * 1024,
         stats_interval_s: float = 1.0,
         generators: dict[str, Any] | None = None,
+        control: ControlLimits | None = None,
         **engine_overrides: Any,
     ) -> RunningServer:
         engine = dataclasses.replace(
@@ -70,6 +72,7 @@ async def start_server() -> AsyncIterator[Callable[..., Any]]:
             models=models,
             engine=engine,
             ws=WsConfig(max_message_bytes=max_message_bytes, stats_interval_s=stats_interval_s),
+            control=control or ControlLimits(),
         )
         runner = web.AppRunner(create_app(config, generators), shutdown_timeout=2.0, **runner_options(config))
         await runner.setup()

@@ -80,6 +80,15 @@ class AudioInput:
         self.num_overlap_samples = 0  # resent samples trimmed (client rate)
         self.num_resyncs = 0
 
+    def stats(self) -> dict[str, float | int]:
+        """What the input buffer holds and lost, for `stats` messages (ms at the rate the numbers were counted)."""
+        return {
+            "input_backlog_ms": round(len(self.fifo) * 1000 / self.model_rate_hz, 1),  # waiting for the engine
+            "input_dropped_ms": round(self.fifo.num_dropped * 1000 / self.model_rate_hz, 1),
+            "input_gap_ms": round(self.num_gap_samples * 1000 / self.client_rate_hz, 1),
+            "input_resyncs": self.num_resyncs,
+        }
+
     def push_pcm16(self, payload: bytes, pts: int | None) -> int:
         """Add one frame of PCM16 mono; returns the number of model-rate samples added."""
         pcm = np.frombuffer(payload, dtype="<i2")

@@ -39,6 +39,7 @@ from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
 from streaming.protocol import load_json
 from streaming.transports import rtc_support
+from streaming.transports.control import ControlLimits
 from streaming.transports.webrtc_peer import RtcConfig, RtcPeerBase, inspect_offer
 from streaming.transports.webrtc_session import answer_session
 from streaming.transports.webrtc_viewer import answer_watch
@@ -61,9 +62,11 @@ class RtcHub:
         *,
         ice_servers: tuple[dict[str, Any], ...],
         broadcasts: BroadcastHub | None = None,
+        control: ControlLimits | None = None,
     ) -> None:
         self.engine = engine
         self.config = config
+        self.control = control or ControlLimits()  # what each peer's client may send
         self.broadcasts = broadcasts  # shared sessions: producers may `share`, viewers `watch`
         self.peers: set[RtcPeerBase] = set()
         self.ice_servers = config.ice_servers if config.ice_servers is not None else ice_servers

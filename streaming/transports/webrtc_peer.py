@@ -1,12 +1,15 @@
 """What every server-side WebRTC peer has, whether it runs a session or watches a shared one.
 
 :class:`RtcPeerBase` owns one ``RTCPeerConnection`` and its control data channel (the WebSocket
-protocol's JSON messages), the peer's background tasks, a connect watchdog, error-flood protection and
-the single close path. Subclasses say what the peer is: :class:`~streaming.transports.webrtc_session.RtcPeer`
-(a session from an offer with a model) and :class:`~streaming.transports.webrtc_viewer.RtcViewer` (a
-viewer of a shared session, from an offer with ``watch``). Peers reach the server through
-:class:`RtcHost` (what :class:`~streaming.transports.webrtc.RtcHub` provides), so this module and the
-peers below it never import the hub.
+protocol's JSON messages), the peer's background tasks, a connect watchdog and the single close path.
+Client messages on the data channel go through a bounded inbox to the peer's
+:class:`~streaming.transports.control.ControlEndpoint` (limits, dispatch, replies), on a task of the
+peer's own, so nothing a client sends can raise into aiortc. Subclasses say what the peer is:
+:class:`~streaming.transports.webrtc_session.RtcPeer` (a session from an offer with a model) and
+:class:`~streaming.transports.webrtc_viewer.RtcViewer` (a viewer of a shared session, from an offer with
+``watch``). Peers reach the server through :class:`RtcHost` (what
+:class:`~streaming.transports.webrtc.RtcHub` provides), so this module and the peers below it never
+import the hub.
 
 Whatever ends a peer (client ``stop``, data channel or connection closed, ICE not connecting in time, the
 session or stream ending, server shutdown) goes through :meth:`RtcPeerBase.close`, which is idempotent
@@ -19,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,7 +34,7 @@ from models.errors import CausalcastError, ProtocolError
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
 from streaming.media.pacing import PacingConfig
-from streaming.protocol import parse_control
+from streaming.transports.control import ControlEndpoint, ControlLimits
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,11 @@ class RtcConfig:
     )
     max_message_bytes: int = 64 * 1024  # data channel messages
     max_offer_bytes: int = 1024 * 1024  # a start parameter may hold a voice clip (10 s of 16 kHz WAV as base64)
-    max_errors_per_s: int = 50
     stats_interval_s: float = 1.0
     max_pending_control: int = 256  # control messages held until the data channel opens
+    # Client messages waiting for the control endpoint (its rate budget); more are dropped: a data channel
+    # cannot push back on its sender as a TCP socket does.
+    max_inbox_messages: int = 256
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class RtcHost(Protocol):
 
     engine: Engine
     config: RtcConfig
+    control: ControlLimits
     broadcasts: BroadcastHub | None
     peers: set[RtcPeerBase]
 
@@ -173,16 +178,27 @@ class RtcPeerBase:
         self._closing = False
         self._pending: deque[dict[str, Any]] = deque(maxlen=self.config.max_pending_control)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._error_times: deque[float] = deque()
         self._closer: asyncio.Task[None] | None = None
+        self._inbox: deque[str | bytes] = deque()
+        self._inbox_ready = asyncio.Event()
+        self._inbox_dropped = 0
+        self.control = ControlEndpoint(
+            self,
+            self._send_async,
+            hub.control,
+            hub.engine.metrics,
+            max_message_bytes=self.config.max_message_bytes,
+            stats_interval_s=self.config.stats_interval_s,
+            transport="webrtc",
+        )
 
     # -- what a subclass supplies ---------------------------------------------------------------------
     def _first_message(self) -> dict[str, Any]:
         """Sent when the control channel opens (`ready`, `watching`)."""
         raise NotImplementedError
 
-    def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
-        """A control message that is not ping/stop/request_keyframe/start."""
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """A control message that is not ping/stop/request_keyframe/start/watch (a model event)."""
         raise NotImplementedError
 
     def request_keyframe(self) -> None:
@@ -191,9 +207,9 @@ class RtcPeerBase:
     async def _release(self, reason: str) -> None:
         """Free what the peer serves (first step of :meth:`close`)."""
 
-    def _stopped_message(self, reason: str) -> dict[str, Any]:
-        """The `stopped` message a client gets when the server ends the peer."""
-        return {"type": "stopped", "session": self.id, "reason": reason}
+    def _stopped(self, reason: str) -> tuple[str, dict[str, Any]]:
+        """The session id the client knows and the extra fields of its `stopped` message."""
+        return self.id, {}
 
     def stop_tracks(self) -> None:
         """Stop the outgoing tracks (and what feeds them)."""
@@ -241,6 +257,7 @@ class RtcPeerBase:
             return
         self.channel = channel
         channel.on("message", self._on_message)
+        self._spawn(self._read_inbox(), "control")
         channel.on("close", lambda: self._close_soon("data channel closed"))
         if channel.readyState == "open":
             self._on_channel_open()
@@ -253,27 +270,47 @@ class RtcPeerBase:
             self._send_now(self._pending.popleft())
 
     def _on_message(self, message: str | bytes) -> None:
-        try:
-            if isinstance(message, bytes):
-                raise ProtocolError("the control channel takes JSON text messages, not binary", "bad_message")
-            if len(message) > self.config.max_message_bytes:
-                raise ProtocolError(f"control message of {len(message)} bytes is too large", "too_large")
-            self._handle_control(parse_control(message))
-        except CausalcastError as e:
-            self.send_error(e)
+        """The data channel's callback: queue the message for :meth:`_read_inbox` (nothing here raises)."""
+        if len(self._inbox) >= self.config.max_inbox_messages:
+            self._inbox_dropped += 1
+            return
+        self._inbox.append(message)
+        self._inbox_ready.set()
 
-    def _handle_control(self, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "ping":
-            self.send({"type": "pong", "t": message.get("t"), "server_time": time.time()})
-        elif kind == "stop":
-            self._close_soon("stopped by client")
-        elif kind == "request_keyframe":
-            self.request_keyframe()
-        elif kind in ("start", "watch"):
-            raise ProtocolError(f"the {self.kind} was started by the offer; '{kind}' is for WebSocket clients")
-        else:
-            self._handle_event(kind, message)
+    async def _read_inbox(self) -> None:
+        """Client messages, in order, through the control endpoint (which waits for the rate budget)."""
+        while True:
+            while not self._inbox:
+                self._inbox_ready.clear()
+                await self._inbox_ready.wait()
+            if not await self.control.receive(self._inbox.popleft()):
+                self._close_soon("too many errors")
+                return
+            if self._inbox_dropped:
+                num, self._inbox_dropped = self._inbox_dropped, 0
+                limit = self.config.max_inbox_messages
+                await self.control.report_dropped("inbox", num, f"more than {limit} messages waited for the server")
+
+    # -- the control handler (see streaming.transports.control) ------------------------------------------
+    async def on_start(self, message: dict[str, Any]) -> None:
+        """``start`` is for WebSocket clients."""
+        raise ProtocolError(f"the {self.kind} was started by the offer; 'start' is for WebSocket clients")
+
+    async def on_watch(self, message: dict[str, Any]) -> None:
+        """``watch`` is for WebSocket clients (an offer with ``watch`` makes a viewer)."""
+        raise ProtocolError(f"the {self.kind} was started by the offer; 'watch' is for WebSocket clients")
+
+    async def on_stop(self) -> None:
+        """``stop``: close the peer (the close path says `stopped`)."""
+        self._close_soon("stopped by client")
+
+    def on_keyframe_request(self) -> None:
+        """``request_keyframe`` on the data channel."""
+        self.request_keyframe()
+
+    def on_media(self, data: bytes) -> None:
+        """Binary messages are refused: media travels as RTP."""
+        raise ProtocolError("the control channel takes JSON text messages, not binary", "bad_message")
 
     def send(self, message: dict[str, Any]) -> None:
         """Send a control message now, or once the data channel opens."""
@@ -282,19 +319,16 @@ class RtcPeerBase:
         elif not self._closing:
             self._pending.append(message)
 
+    async def _send_async(self, message: dict[str, Any]) -> None:
+        self.send(message)
+
     def _send_now(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # a channel closing under us: the close path handles it
             self.channel.send(json.dumps(message))
 
-    def send_error(self, error: CausalcastError) -> None:
+    async def send_error(self, error: CausalcastError) -> None:
         """Report an error; a client flooding errors is disconnected."""
-        self.hub.engine.metrics.errors.labels(error.code).inc()
-        now = time.monotonic()
-        self._error_times.append(now)
-        while self._error_times and self._error_times[0] < now - 1.0:
-            self._error_times.popleft()
-        self.send(error.to_message())
-        if len(self._error_times) > self.config.max_errors_per_s:
+        if not await self.control.send_error(error):
             self._close_soon("too many errors")
 
     # -- teardown -------------------------------------------------------------------------------------
@@ -311,9 +345,11 @@ class RtcPeerBase:
             if notify and self.channel is not None and self.channel.readyState == "open" and not self._pc_closing:
                 if error is not None:
                     self._send_now(error.to_message())
-                self._send_now(self._stopped_message(reason))
+                session_id, fields = self._stopped(reason)
+                await self.control.send_stopped(session_id, reason, **fields)
                 await drain_channel(self.channel)
             self.stop_tracks()
+            self.control.stop_stats()
             current = asyncio.current_task()
             tasks = [t for t in self._tasks if t is not current]
             for task in tasks:

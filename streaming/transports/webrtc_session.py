@@ -16,7 +16,6 @@ Data flows one way per direction:
 
 from __future__ import annotations
 
-import asyncio
 import fractions
 import time
 from typing import Any
@@ -145,7 +144,8 @@ class RtcPeer(RtcPeerBase):
         """Start the output pump and the connect watchdog (after the answer is ready)."""
         self._spawn(self._pump_output(), "out")
         self._spawn(self._watch_connect(), "watch")
-        self._spawn(self._report_stats(), "stats")
+        session = self.session
+        self.control.start_stats(lambda: {**session.report(), **self.pacing_stats()} if session.running else None)
 
     def _output_expected(self) -> bool:
         session = self.session
@@ -181,7 +181,7 @@ class RtcPeer(RtcPeerBase):
             try:
                 self.session.push_audio(float_to_pcm16(out).tobytes(), pts)
             except CausalcastError as e:
-                self.send_error(e)
+                await self.send_error(e)
         if not self._closing and self.session.spec.pacing is Pacing.INPUT:
             self._close_soon("connection closed" if self._pc_closing else "client audio ended")
 
@@ -198,10 +198,11 @@ class RtcPeer(RtcPeerBase):
             if transceiver.kind == "video" and transceiver.sender.track is not None:
                 rtc_support.force_keyframe(transceiver.sender)
 
-    def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """A model event, queued for the session's next step."""
         if not self.session.running:
             raise ProtocolError(f"'{kind}' after the session ended", "not_started")
-        self.session.push_event(kind, {k: v for k, v in message.items() if k != "type"})
+        self.session.push_event(kind, payload)
 
     # -- output -----------------------------------------------------------------------------------------
     async def _pump_output(self) -> None:
@@ -222,22 +223,9 @@ class RtcPeer(RtcPeerBase):
         if not self._closing:  # the engine ended the session (fatal error): the error was queued above
             await self.close(session.close_reason or "session ended", notify=False)
 
-    async def _report_stats(self) -> None:
-        session = self.session
-        while session.running:
-            await asyncio.sleep(self.config.stats_interval_s)
-            if session.running:
-                self.send({"type": "stats", "session": session.id, **session.stats.snapshot(), **self.pacing_stats()})
-
     def pacing_stats(self) -> dict[str, Any]:
-        """Input backlog, and underruns and trims of the outgoing tracks."""
+        """Underruns and trims of the outgoing tracks."""
         out: dict[str, Any] = {}
-        audio_in = self.session.input
-        if audio_in is not None:
-            rate = audio_in.model_rate_hz
-            out["input_backlog_ms"] = round(len(audio_in.fifo) * 1000 / rate, 1)  # waiting for the engine
-            out["input_dropped_ms"] = round(audio_in.fifo.num_dropped * 1000 / rate, 1)
-            out["input_gap_ms"] = round(audio_in.num_gap_samples * 1000 / audio_in.client_rate_hz, 1)
         for kind, track in (("audio", self.audio_track), ("video", self.video_track)):
             if track is not None:
                 s = track.pacer.stats
@@ -255,8 +243,8 @@ class RtcPeer(RtcPeerBase):
         if self.hub.broadcasts is not None:
             self.hub.broadcasts.unshare(self.session)
 
-    def _stopped_message(self, reason: str) -> dict[str, Any]:
-        return {"type": "stopped", "session": self.id, "reason": reason, "stats": self.session.stats.snapshot()}
+    def _stopped(self, reason: str) -> tuple[str, dict[str, Any]]:
+        return self.session.id, {"stats": self.session.stats.snapshot()}
 
     def stop_tracks(self) -> None:
         """Stop the outgoing tracks (and the pacers feeding them)."""

@@ -86,7 +86,7 @@ class RtcViewer(RtcPeerBase):
         """Start the pump, the connect watchdog and the stats (after the answer is ready)."""
         self._spawn(self._pump(), "out")
         self._spawn(self._watch_connect(), "watch")
-        self._spawn(self._report_stats(), "stats")
+        self.control.start_stats(lambda: {"session": self.session.id, "viewer": True, **self.viewer_stats()})
 
     def _on_connection_state(self) -> None:
         if self.pc.connectionState == "connected":
@@ -100,7 +100,8 @@ class RtcViewer(RtcPeerBase):
         return session_reply("watching", self.session.id, self.session.model, streams, spec.describe(),
                              transport="webrtc")
 
-    def _handle_event(self, kind: str, message: dict[str, Any]) -> None:
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Model events are the producer's to send."""
         raise ProtocolError(
             f"'{kind}' is for the stream's producer; a viewer may send ping, request_keyframe and stop", "not_started"
         )
@@ -143,11 +144,6 @@ class RtcViewer(RtcPeerBase):
         if not self._closing:  # the producer ended: `stream_ended` went out above
             await self.close(self.viewer.end_reason or "stream ended", notify=False)
 
-    async def _report_stats(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval_s)
-            self.send({"type": "stats", "session": self.session.id, "viewer": True, **self.viewer_stats()})
-
     def viewer_stats(self) -> dict[str, Any]:
         """What this viewer lost and how its clock moved."""
         clock = self.clock.stats
@@ -168,8 +164,8 @@ class RtcViewer(RtcPeerBase):
         if self.broadcast is not None and self.viewer is not None:
             self.broadcast.remove_viewer(self.viewer)
 
-    def _stopped_message(self, reason: str) -> dict[str, Any]:
-        return {"type": "stopped", "session": self.session.id, "reason": reason, **self.viewer_stats()}
+    def _stopped(self, reason: str) -> tuple[str, dict[str, Any]]:
+        return self.session.id, self.viewer_stats()
 
     def stop_tracks(self) -> None:
         """Stop the outgoing tracks (and the pacers feeding them)."""
