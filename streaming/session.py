@@ -192,16 +192,17 @@ class Session:
         return out
 
     # -- input (from the transport) ------------------------------------------------------------------
-    def push_audio(self, pcm16: bytes, pts: int | None, now: float | None = None) -> None:
-        """Add client audio (PCM16 mono at the declared rate)."""
+    def push_audio(self, samples: np.ndarray, pts: int | None, now: float | None = None) -> None:
+        """Add client audio: mono float32 samples in [-1, 1] at the declared rate, ``pts`` in samples at it."""
         if self.input is None:
             raise ProtocolError(f"model '{self.model}' takes no audio input", "bad_frame")
-        if len(pcm16) % 2:
-            raise ProtocolError("PCM16 payload has an odd number of bytes", "bad_frame")
+        samples = np.asarray(samples, dtype=np.float32)
+        if samples.ndim != 1:
+            raise ProtocolError(f"audio must be mono samples, got shape {samples.shape}", "bad_frame")
         now = time.monotonic() if now is None else now
         fifo, chunk = self.input.fifo, self.spec.input_chunk_samples
         before = fifo.num_pushed // chunk
-        self.input.push_pcm16(pcm16, pts)
+        self.input.push(samples, pts)
         if self.spec.pacing is not Pacing.INPUT:
             return
         completed = fifo.num_pushed // chunk - before

@@ -13,7 +13,7 @@ from streaming.engine.scheduler import AdmissionLimits, ModelInfo, RunnerOutput,
 from streaming.session import Session, SessionConfig
 
 SPEC = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))
-PCM_CHUNK = b"\x00\x00" * 320
+PCM_CHUNK = np.zeros(320, np.float32)  # one 20 ms chunk of client audio at 16 kHz
 
 
 def make_session(i, model="m"):

@@ -78,7 +78,7 @@ def test_input_overflow_drops_oldest_and_keeps_ready_times_consistent():
     )
     s.start(now=0.0)
     for i in range(20):  # 400 ms into a 100 ms buffer
-        s.push_audio(b"\x01\x00" * 320, pts=i * 320, now=i * 0.02)
+        s.push_audio(np.full(320, 1 / 32768, np.float32), pts=i * 320, now=i * 0.02)
     assert len(s.input.fifo) == 1600 and s.input.fifo.num_dropped == 320 * 15
     assert len(s._ready_times) == 5
     assert s.ready_time() == pytest.approx(0.3)  # the oldest chunk still held arrived at 300 ms
@@ -97,3 +97,19 @@ async def test_outbox_control_overtakes_media_and_close_drains():
     box.close()
     assert (await box.get()) is chunk and (await box.get()) is chunk
     assert (await asyncio.wait_for(box.get(), 1)) is None
+
+
+def test_push_audio_takes_float_samples_and_fills_gaps_by_pts():
+    """Float samples in, exactly those samples out (no PCM16 round trip); a pts gap becomes silence."""
+    spec = StreamSpec(chunk_ms=20, pacing=Pacing.INPUT, input_audio=AudioFormat(16000), output_audio=AudioFormat(16000))
+    s = Session("f", "m", spec, {}, input_rate_hz=16000, config=SessionConfig(), wake=lambda s: None)
+    s.start(now=0.0)
+    first = np.linspace(-0.3, 0.3, 320, dtype=np.float32)
+    s.push_audio(first, pts=0, now=0.0)
+    s.push_audio(first[:160], pts=480, now=0.03)  # 160 samples (10 ms) missing before this frame
+    assert s.take_input().audio.tolist() == first.tolist()  # bit-exact: nothing quantized on the way
+    second = s.input.fifo.pop(320)
+    assert np.all(second[:160] == 0.0) and second[160:].tolist() == first[:160].tolist()
+    assert s.input.stats()["input_gap_ms"] == 10.0
+    with pytest.raises(ProtocolError, match="mono"):
+        s.push_audio(np.zeros((2, 160), np.float32), pts=None)

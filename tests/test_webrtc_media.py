@@ -125,8 +125,8 @@ def test_session_audio_input_and_opus_encoder_keep_whole_packets() -> None:
     from streaming.protocol import AudioCodec
 
     audio_in = AudioInput(48_000, 16_000)
-    pcm = (np.sin(np.arange(960) / 5) * 8000).astype("<i2").tobytes()
-    assert [audio_in.push_pcm16(pcm, None) for _ in range(5)] == [320] * 5
+    samples = (np.sin(np.arange(960) / 5) * 0.25).astype(np.float32)
+    assert [audio_in.push(samples, None) for _ in range(5)] == [320] * 5
     encoder = AudioEncoder(AudioCodec.OPUS, 16_000)
     counts = [len(encoder.encode(np.zeros(320, np.float32), i * 320)) for i in range(5)]
     assert counts == [1] * 5  # FFmpeg's resampler made it [0, 1, 1, 1, 1] and delayed every packet by one

@@ -1,9 +1,10 @@
-"""Incoming audio: client PCM16 at its declared rate onto a gap-free float32 timeline at the model rate.
+"""Incoming audio: a client's float samples at its declared rate onto a gap-free timeline at the model rate.
 
-The client stamps every frame with a pts (samples at its rate). A small gap (lost or late frames) is
-filled with silence so the model's timeline stays continuous; an overlap (a frame resent) is trimmed; a
-jump larger than ``max_gap_s`` is a resync: counted and not filled, so a paused client does not make the
-server synthesize minutes of silence.
+Transports decode what arrives on the wire to float32 (the WebSocket's PCM16 with :func:`pcm16_to_float`;
+WebRTC's decoder already gives float) and push it with its pts (samples at the client's rate). A small gap
+(lost or late frames) is filled with silence so the model's timeline stays continuous; an overlap (a frame
+resent) is trimmed; a jump larger than ``max_gap_s`` is a resync: counted and not filled, so a paused
+client does not make the server synthesize minutes of silence.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class FloatFifo:
 
 
 class AudioInput:
-    """Converts a client's PCM16 frames into the model's float32 input stream."""
+    """Puts a client's float32 frames onto the model's input timeline (gaps filled, overlaps trimmed, resampled)."""
 
     def __init__(
         self, client_rate_hz: int, model_rate_hz: int, max_buffer_s: float = 1.0, max_gap_s: float = 1.0
@@ -89,12 +90,11 @@ class AudioInput:
             "input_resyncs": self.num_resyncs,
         }
 
-    def push_pcm16(self, payload: bytes, pts: int | None) -> int:
-        """Add one frame of PCM16 mono; returns the number of model-rate samples added."""
-        pcm = np.frombuffer(payload, dtype="<i2")
+    def push(self, samples: np.ndarray, pts: int | None) -> int:
+        """Add one frame of mono float32 samples at the client rate; returns the model-rate samples added."""
         if pts is not None:
-            pcm = self._align(pcm, pts)
-        return self._append(pcm)
+            samples = self._align(samples, pts)
+        return self._append(samples)
 
     def _align(self, pcm: np.ndarray, pts: int) -> np.ndarray:
         expected = self._next_pts
@@ -108,23 +108,27 @@ class AudioInput:
             return pcm
         if gap > 0:
             self.num_gap_samples += gap
-            return np.concatenate([np.zeros(gap, dtype=np.int16), pcm])
+            return np.concatenate([np.zeros(gap, dtype=np.float32), pcm])
         if gap < 0:
             trim = min(-gap, len(pcm))
             self.num_overlap_samples += trim
             return pcm[trim:]
         return pcm
 
-    def _append(self, pcm: np.ndarray) -> int:
-        if len(pcm) == 0:
+    def _append(self, samples: np.ndarray) -> int:
+        if len(samples) == 0:
             return 0
-        samples = pcm.astype(np.float32) / 32768.0
         if self._resampler is not None:
             samples = self._resampler.process(samples)
             if len(samples) == 0:
                 return 0
         self.fifo.push(samples)
         return len(samples)
+
+
+def pcm16_to_float(payload: bytes) -> np.ndarray:
+    """Little-endian PCM16 bytes (an even number) to float32 samples in [-1, 1)."""
+    return np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:

@@ -5,8 +5,8 @@ answer; :class:`~streaming.transports.webrtc.RtcHub` calls it for offers that na
 connection, control channel and close path are :class:`~streaming.transports.webrtc_peer.RtcPeerBase`'s.
 Data flows one way per direction:
 
-* in: the remote audio track -> :class:`~streaming.media.resample.CausalResampler` to the model rate ->
-  ``session.push_audio`` (pts from RTP, so lost packets become gap-filled silence);
+* in: the remote audio track -> float samples -> :class:`~streaming.media.resample.CausalResampler` to the
+  model rate -> ``session.push_audio`` (float, pts from RTP, so lost packets become gap-filled silence);
 * out: one task drains the session's outbox: control messages go to the data channel, media chunks to an
   :class:`~streaming.media.pacing.AudioPacer` / :class:`~streaming.media.pacing.VideoPacer`; aiortc's
   senders pull from :class:`PacedAudioTrack` / :class:`PacedVideoTrack`, which release one frame per slot
@@ -179,7 +179,7 @@ class RtcPeer(RtcPeerBase):
             pts = round(frame.pts * rate / frame.sample_rate) if frame.pts is not None else None
             self._last_input = time.monotonic()
             try:
-                self.session.push_audio(float_to_pcm16(out).tobytes(), pts)
+                self.session.push_audio(out, pts)
             except CausalcastError as e:
                 await self.send_error(e)
         if not self._closing and self.session.spec.pacing is Pacing.INPUT:

@@ -24,6 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from models.errors import ProtocolError, ShutdownError
 from streaming.broadcast import Broadcast, BroadcastHub, Viewer
 from streaming.engine.core import Engine
+from streaming.media.audio import pcm16_to_float
 from streaming.media.wire import WireEncoder
 from streaming.protocol import (
     AudioCodec,
@@ -194,12 +195,14 @@ class WsConnection:
         self._require_session(kind).push_event(kind, payload)
 
     def on_media(self, data: bytes) -> None:
-        """Binary media: client PCM16 audio, for the session."""
+        """Binary media: client PCM16 audio, decoded to float for the session."""
         frame = unpack_media(data)
         session = self._require_session("binary media")
         if frame.kind is not MediaKind.AUDIO or frame.codec != AudioCodec.PCM16:
             raise ProtocolError("only PCM16 audio frames are accepted from clients", "bad_frame")
-        session.push_audio(frame.payload, frame.pts)
+        if len(frame.payload) % 2:
+            raise ProtocolError("PCM16 payload has an odd number of bytes", "bad_frame")
+        session.push_audio(pcm16_to_float(frame.payload), frame.pts)
 
     async def _on_socket_error(self, error: BaseException) -> None:
         # aiohttp has already closed the socket, with 1009 (message too big) for an oversized frame:
