@@ -32,16 +32,21 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the repository root: run as `python bench/avatar.py`
 
-from avatar_helpers import b64_pcm16, speech  # noqa: E402
-
+from models.audio.dsp import read_wav  # noqa: E402
 from models.avatar.features import HOP, ConvState, frame_energy  # noqa: E402
 from models.avatar.generator import Avatar  # noqa: E402
 from models.avatar.motion import IDX, count_nods, jitter  # noqa: E402
 from models.avatar.render import FaceRenderer, mouth_openness  # noqa: E402
 from models.base import ControlEvent, StepInput, apply_event  # noqa: E402
+from streaming.client.ws import pcm16_base64 as b64_pcm16  # noqa: E402
+
+
+def speech(name: str) -> np.ndarray:
+    """The tests' fixture utterance 'agent' or 'user' (tests/data), float32 16 kHz."""
+    samples, _ = read_wav(str(ROOT / "tests" / "data" / f"avatar_{name}_speech.wav"))
+    return samples
 
 
 def emit(**fields) -> None:

@@ -96,29 +96,12 @@ def bench_concurrency(gen: TTSGenerator, texts: list[str], args) -> None:
              load=per_chunk / gen.spec.chunk_s, real_time=per_chunk < gen.spec.chunk_s)
 
 
-def phoneme_recognizer(path: str | None):
-    """The content recognizer from a VC checkpoint (.safetensors) or a VC run's ``content.pt``; None if absent."""
-    from evaluation.phonemes import DEFAULT_CHECKPOINT, PhonemeRecognizer
-
-    path = path or DEFAULT_CHECKPOINT
-    if not Path(path).exists():
-        return None
-    if path.endswith(".safetensors"):
-        return PhonemeRecognizer(path)
-    from models.vc.model import VCConfig, VCModel
-
-    saved = torch.load(path, map_location="cpu")
-    model = VCModel(VCConfig.from_dict(saved["cfg"])).eval()
-    model.mel.load_state_dict(saved["mel"])
-    model.content.load_state_dict(saved["content"])
-    return PhonemeRecognizer(model=model, symbols=saved["symbols"])
-
-
 def bench_quality(gen: TTSGenerator, args) -> None:
+    from evaluation.phonemes import load_recognizer
+    from evaluation.speech_corpus import load_manifest
     from evaluation.words import VocabularyRecognizer, words_of
-    from scripts.speech_corpus import load_manifest
 
-    per_recognizer = phoneme_recognizer(args.per_checkpoint)
+    per_recognizer = load_recognizer(args.per_checkpoint)
     if per_recognizer is None:
         print(f"no phoneme recognizer at {args.per_checkpoint or 'the shipped VC checkpoint'}: PER skipped",
               file=sys.stderr)

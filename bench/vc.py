@@ -47,12 +47,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from speech_corpus import load_utterances, voices  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: run as `python bench/vc.py`
 
 from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
+from evaluation.speech_corpus import load_utterances, voices  # noqa: E402
 from models.audio.dsp import wav_bytes  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, median_pitch  # noqa: E402
 from models.base import StepInput  # noqa: E402

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,3 +58,19 @@ class PhonemeRecognizer:
 def phoneme_error_rate(items: Iterable[tuple[str, str, np.ndarray]], checkpoint: str | None = None) -> float:
     """PER of (text, language, 16 kHz audio) triples under the shipped content recognizer."""
     return PhonemeRecognizer(checkpoint).per(items)
+
+
+def load_recognizer(path: str | None) -> PhonemeRecognizer | None:
+    """The content recognizer from a VC checkpoint (.safetensors) or a VC run's ``content.pt``; None if absent."""
+    path = path or DEFAULT_CHECKPOINT
+    if not Path(path).exists():
+        return None
+    if path.endswith(".safetensors"):
+        return PhonemeRecognizer(path)
+    from models.vc.model import VCConfig, VCModel
+
+    saved = torch.load(path, map_location="cpu")
+    model = VCModel(VCConfig.from_dict(saved["cfg"])).eval()
+    model.mel.load_state_dict(saved["mel"])
+    model.content.load_state_dict(saved["content"])
+    return PhonemeRecognizer(model=model, symbols=saved["symbols"])

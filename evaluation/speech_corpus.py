@@ -1,4 +1,8 @@
-"""Loading the espeak-ng speech corpus (``scripts/make_speech_data.py``) for training and benches."""
+"""Loading the speech corpus (``scripts/make_speech_data.py``) for the training scripts, benches and judges.
+
+In this package (not in ``scripts/``) so that ``scripts/`` and ``bench/`` both import it by its name,
+with no ``sys.path`` edits reaching into each other's folders.
+"""
 
 from __future__ import annotations
 

@@ -39,9 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speech_corpus import load_manifest  # noqa: E402
-
-from bench.tts import phoneme_recognizer  # noqa: E402
+from evaluation.phonemes import load_recognizer  # noqa: E402
+from evaluation.speech_corpus import load_manifest  # noqa: E402
 from evaluation.words import VocabularyRecognizer, words_of  # noqa: E402
 from models.audio.dsp import mel_cepstral_distortion, read_wav, write_wav  # noqa: E402
 from models.speech_text import PhonemeVocab  # noqa: E402
@@ -166,7 +165,7 @@ def main() -> None:
     if args.ar:
         ckpt.model.load_state_dict(torch.load(args.ar, map_location="cpu")["state"])
     model, vocab = ckpt.model, PhonemeVocab(ckpt.phonemes)
-    per_recognizer = phoneme_recognizer(args.per_checkpoint)
+    per_recognizer = load_recognizer(args.per_checkpoint)
     root = Path(args.data)
     rows = load_manifest(root)
     refs_by_voice = {}

@@ -30,8 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speech_corpus import load_manifest  # noqa: E402
-
+from evaluation.speech_corpus import load_manifest  # noqa: E402
 from models.audio.dsp import read_wav  # noqa: E402
 from models.avatar.features import HOP, SAMPLE_RATE_HZ, TrackFeaturizer, conversation_states, track_features  # noqa: E402
 from models.avatar.motion import teacher_motion  # noqa: E402

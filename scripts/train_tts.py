@@ -70,9 +70,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from speech_corpus import load_utterances  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
+from evaluation.speech_corpus import load_utterances  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, track_signal  # noqa: E402
 from models.audio.vae import VAEConfig, WaveformVAE, predicted_f0  # noqa: E402
 from models.audio.vae_training import (  # noqa: E402
@@ -273,7 +273,7 @@ def self_context(
 def train_ar(args) -> None:
     out = Path(args.out)
     data = torch.load(out / "latents.pt")
-    from speech_corpus import phoneme_inventory
+    from evaluation.speech_corpus import phoneme_inventory
 
     vocab = PhonemeVocab(phoneme_inventory(args.data))
     vae = load_vae(out)
@@ -341,7 +341,7 @@ def train_ar(args) -> None:
 # -- stage 4: export -------------------------------------------------------------------------------------
 def export(args) -> None:
     out = Path(args.out)
-    from speech_corpus import phoneme_inventory, voices
+    from evaluation.speech_corpus import phoneme_inventory, voices
 
     saved = torch.load(out / "ar.pt")
     cfg = TTSConfig.from_dict(saved["cfg"])

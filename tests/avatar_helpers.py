@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import wave
 from pathlib import Path
 
 import numpy as np
 
 from models.avatar.generator import Avatar
+from streaming.client.ws import pcm16_base64
 
 DATA = Path(__file__).parent / "data"
 
@@ -21,7 +21,7 @@ def speech(name: str) -> np.ndarray:
 
 def b64_pcm16(samples: np.ndarray) -> str:
     """Float samples -> base64 PCM16 (the `say` event's audio field)."""
-    return base64.b64encode((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()).decode()
+    return pcm16_base64(samples)
 
 
 def tiny_avatar(size: int = 64, **options) -> Avatar:

@@ -147,3 +147,33 @@ def test_clients_import_no_model_and_no_server() -> None:
             bad = [t for t in targets if t.startswith(("models.", "streaming.engine", "streaming.server"))
                    and t != "models.errors"]
             assert bad == [], f"{name} imports {bad}"
+
+
+def _bare_imports(path: Path) -> set[str]:
+    """Top-level names of every import in a file (``a.b`` -> ``a``; relative imports excluded)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def _path_edits(path: Path) -> list[str]:
+    """Source of each ``sys.path.insert/append`` call in a file."""
+    text = path.read_text()
+    return [ast.get_source_segment(text, node) or "" for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("insert", "append") and ast.unparse(node.func.value) == "sys.path"]
+
+
+@pytest.mark.parametrize(("folder", "others"), [("bench", ("scripts", "tests")), ("scripts", ("bench", "tests"))])
+def test_bench_and_scripts_do_not_reach_into_each_other(folder: str, others: tuple[str, ...]) -> None:
+    """Shared helpers live in packages (evaluation/, streaming/client/): no import of another folder's files,
+    and no sys.path edit pointing into one (a script may only put the repository root on the path)."""
+    foreign = {p.stem for other in others for p in (ROOT / other).glob("*.py")} | set(others)
+    for path in sorted((ROOT / folder).glob("*.py")):
+        assert not (_bare_imports(path) & foreign), f"{path.name} imports {sorted(_bare_imports(path) & foreign)}"
+        for edit in _path_edits(path):
+            assert not any(f'"{o}"' in edit or f"'{o}'" in edit for o in others), f"{path.name}: {edit}"

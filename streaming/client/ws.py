@@ -9,6 +9,7 @@ item = await client.receive()               # a control dict or a MediaFrame
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from typing import Any
@@ -163,6 +164,11 @@ class Client:
                     return item
                 if item.get("type") == "error" and kind != "error":
                     raise ServerError(item)
+
+
+def pcm16_base64(samples: np.ndarray) -> str:
+    """Float samples in [-1, 1] as base64 PCM16: the audio field of events such as the avatar's ``say``."""
+    return base64.b64encode((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()).decode()
 
 
 class MediaCollector:
