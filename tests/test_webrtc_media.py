@@ -135,7 +135,7 @@ def test_session_audio_input_and_opus_encoder_keep_whole_packets() -> None:
 # -- pre-encoded packets on their pts, and video following the audio clock ---------------------------------
 async def test_packet_pacers_release_audio_and_video_together_on_their_pts() -> None:
     """0.4 s of packets arriving at once leave at their pts, not in a burst, audio and video in step."""
-    from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
+    from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 
     clock = MediaClock(PacingConfig(margin_ms=5.0))
     audio, video = PacketPacer(clock, 48_000), PacketPacer(clock, 90_000, keyed=True)
@@ -162,7 +162,7 @@ async def test_packet_pacers_release_audio_and_video_together_on_their_pts() -> 
 
 
 def test_media_clock_follows_late_data_but_not_a_late_loop_and_trims_back() -> None:
-    from streaming.media.pacing import MediaClock
+    from streaming.media.packet_pacing import MediaClock
 
     clock = MediaClock(PacingConfig(margin_ms=5.0, grace_ms=15.0, trim_above_ms=4.0, window_s=0.5), max_trim_s=0.1)
     clock.arrived(10.0, now=100.0)
@@ -181,7 +181,7 @@ def test_media_clock_follows_late_data_but_not_a_late_loop_and_trims_back() -> N
 
 
 async def test_packet_pacer_overflow_resumes_video_at_a_key_frame() -> None:
-    from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
+    from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 
     requests = []
     pacer = PacketPacer(MediaClock(), 90_000, keyed=True, max_buffer_s=0.2, on_need_key=lambda: requests.append(1))

@@ -64,7 +64,7 @@ class RtcConfig:
     connect_timeout_s: float = 15.0  # ICE + DTLS must be up this long after the answer
     audio_prefetch: int = 0  # packets aiortc's audio receiver holds before decoding (aiortc's default: 4)
     pacing: PacingConfig = field(default_factory=PacingConfig)
-    # Viewers of shared streams: pre-encoded packets released on their pts (streaming.media.pacing.MediaClock).
+    # Viewers of shared streams: pre-encoded packets released on their pts (streaming.media.packet_pacing.MediaClock).
     # The margin absorbs the jitter of the shared encode (video encoding runs on the codec pool).
     viewer_pacing: PacingConfig = field(
         default_factory=lambda: PacingConfig(margin_ms=5.0, grace_ms=15.0, window_s=0.5)

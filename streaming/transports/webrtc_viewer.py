@@ -6,9 +6,9 @@ choice (Opus and the negotiated VP8 or H.264): aiortc's sender only packetizes a
 from a track, so many viewers cost no model work and no encoding, only RTP packetization and sends.
 
 Data flows one way: the broadcast's :class:`~streaming.broadcast.Viewer` queue -> one pump task that
-sends notices to the data channel and splits media by kind -> a :class:`~streaming.media.pacing.PacketPacer`
+sends notices to the data channel and splits media by kind -> a :class:`~streaming.media.packet_pacing.PacketPacer`
 per track -> :class:`PacketTrack` -> aiortc's sender. Both pacers release packets on one
-:class:`~streaming.media.pacing.MediaClock` by their pts, so audio and video leave in sync and at the
+:class:`~streaming.media.packet_pacing.MediaClock` by their pts, so audio and video leave in sync and at the
 stream's own rate (no bursts when the shared encode hands over a whole chunk at once).
 
 Key frames: the viewer starts at one (the broadcast skips video until a key frame for a new viewer), and
@@ -30,7 +30,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from models.errors import ProtocolError, ShutdownError
 from streaming.broadcast import Broadcast, Viewer
-from streaming.media.pacing import MediaClock, PacketPacer, TimedPacket
+from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
 from streaming.session import Session
 from streaming.transports import rtc_support
