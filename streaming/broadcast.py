@@ -166,6 +166,11 @@ class Broadcast:
         self.num_keyframe_requests += 1
         return True
 
+    @property
+    def codec_choices(self) -> set[tuple[AudioCodec, VideoCodec]]:
+        """The (audio, video) codec choices encoded now: one encode per chunk each."""
+        return set(self._encoders)
+
     def streams(self, viewer: Viewer) -> list[dict[str, Any]]:
         """Stream declarations for the viewer's `watching` message."""
         return self._encoders[viewer.codecs].streams()
@@ -254,6 +259,10 @@ class BroadcastHub:
             broadcast = Broadcast(session, self.codec_pool, max_viewers=self.max_viewers_per_session)
             self._broadcasts[session_id] = broadcast
         return broadcast, broadcast.add_viewer(audio_codec, video_codec)
+
+    def broadcast(self, session_id: str) -> Broadcast | None:
+        """The broadcast of a shared session, once someone has watched it (None before)."""
+        return self._broadcasts.get(session_id)
 
     def num_viewers(self, session_id: str) -> int:
         """Viewers attached to a session's broadcast now."""

@@ -164,7 +164,7 @@ async def test_slow_reader_is_bounded(start_server):
         assert session is not None and session.outbox.media_full
         produced = session.stats.chunks_out
         await asyncio.sleep(1.0)
-        assert len(session.outbox._media) == session.config.output_queue_chunks  # bounded
+        assert session.outbox.num_media == session.config.output_queue_chunks  # bounded
         assert session.stats.chunks_out <= produced + 1  # paused, not generating into the void
         assert session.running
         async with Client(server.ws_url) as client:  # others are served meanwhile

@@ -18,7 +18,7 @@ from streaming_helpers import Received, collect_until, stuck_client
 
 def broadcast_of(server, session_id):
     hub: BroadcastHub = server.app[BROADCASTS_KEY]
-    return hub._broadcasts[session_id]
+    return hub.broadcast(session_id)
 
 
 async def test_viewers_share_one_encode_and_start_at_key_frames(start_server):

@@ -22,21 +22,41 @@ def clock_session(**config):
     return Session("c", "m", CLOCK_SPEC, {}, input_rate_hz=None, config=SessionConfig(**config), wake=lambda s: None)
 
 
+class ChunkRecorder:
+    """A session tap (the public way to watch a session's output) that keeps every chunk."""
+
+    def __init__(self, session: Session) -> None:
+        self.chunks: list[OutputChunk] = []
+        session.taps.append(self)
+
+    def on_chunk(self, chunk: OutputChunk) -> None:
+        self.chunks.append(chunk)
+
+    def on_notice(self, notice: dict) -> None:
+        pass
+
+    def on_close(self, reason: str) -> None:
+        pass
+
+
 def test_clock_session_is_due_one_lead_ahead_and_stamps_pts():
     s = clock_session()
+    recorder = ChunkRecorder(s)
     s.start(now=100.0)  # chunk 0 plays at 100.04 and is due now
     assert s.ready_time() == pytest.approx(100.0)
     out = StepOutput(audio=np.zeros(640, np.float32), video=np.zeros((1, 48, 64, 3), np.uint8))
     assert s.deliver(out, ready_time=100.0, deadline=s.deadline(), now=100.01) is False
     assert s.ready_time() == pytest.approx(100.04)
     assert s.deliver(out, 100.04, s.deadline(), now=100.2) is True  # chunk 1 played at 100.08: late
-    chunks = [s.outbox._media[0], s.outbox._media[1]]
+    chunks = recorder.chunks
+    assert s.outbox.num_media == 2
     assert [c.audio_pts for c in chunks] == [0, 640]
     assert [c.video_pts for c in chunks] == [[0], [3600]]
 
 
 def test_idle_session_pauses_and_resumes_at_the_present():
     s = clock_session()
+    recorder = ChunkRecorder(s)
     s.start(now=0.0)
     s.deliver(StepOutput(idle=True), 0.0, s.deadline(), now=0.001)
     assert s.ready_time() is None  # nothing to say: not scheduled
@@ -45,7 +65,7 @@ def test_idle_session_pauses_and_resumes_at_the_present():
     assert s.ready_time() == pytest.approx(10.0, abs=0.041)  # skipped ahead, no 10 s of silence
     out = StepOutput(audio=np.zeros(640, np.float32), video=np.zeros((1, 48, 64, 3), np.uint8))
     s.deliver(out, 10.0, s.deadline(), now=10.01)
-    chunk = s.outbox._media[-1]
+    chunk = recorder.chunks[-1]
     assert chunk.discontinuity and chunk.audio_pts == 250 * 640
 
 
@@ -56,7 +76,7 @@ def test_interrupt_drops_queued_output():
     for i in range(3):
         s.deliver(out, i * 0.04, s.deadline(), now=i * 0.04)
     s.push_event("interrupt", {})
-    assert len(s.outbox._media) == 0 and s.stats.dropped_output_chunks == 3
+    assert s.outbox.num_media == 0 and s.stats.dropped_output_chunks == 3
 
 
 def test_unknown_events_and_floods_are_refused():

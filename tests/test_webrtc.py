@@ -320,7 +320,8 @@ async def test_peer_vanishing_mid_stream_and_no_leaks(server: RunningServer) -> 
     gc.collect()
     assert len(asyncio.all_tasks()) <= tasks_before + 1, asyncio.all_tasks()
     assert threading.active_count() <= threads_before + 1, [t.name for t in threading.enumerate()]
-    assert server.app[ENGINE_KEY].metrics.sessions_active.labels("pitch")._value.get() == 0
+    registry = server.app[ENGINE_KEY].metrics.registry
+    assert registry.get_sample_value("causalcast_sessions_active", {"model": "pitch"}) == 0
 
     # A session opened after all that still works.
     client = RtcClient(server.http_url)
@@ -352,7 +353,9 @@ async def test_underruns_are_counted_in_metrics() -> None:
         assert np.concatenate([s for _, s in received]).std() > 0.02  # audio still flows, with gaps
         (peer,) = running.app[RTC_KEY].peers
         assert peer.audio_track.pacer.stats.underruns >= 5
-        metric = running.app[ENGINE_KEY].metrics.underruns.labels("pitch", "audio")._value.get()
+        metric = running.app[ENGINE_KEY].metrics.registry.get_sample_value(
+            "causalcast_underruns_total", {"model": "pitch", "kind": "audio"}
+        )
         assert metric >= 5
         text = running.app[ENGINE_KEY].metrics.render().decode()
         assert 'causalcast_underruns_total{kind="audio",model="pitch"}' in text

@@ -44,7 +44,7 @@ async def card_server() -> AsyncIterator[RunningServer]:
 
 
 def broadcast_of(server: RunningServer, session_id: str) -> Broadcast:
-    return server.app[BROADCASTS_KEY]._broadcasts[session_id]
+    return server.app[BROADCASTS_KEY].broadcast(session_id)
 
 
 def viewer_peers(server: RunningServer) -> list[RtcViewer]:
@@ -127,7 +127,7 @@ async def test_webrtc_and_ws_viewers_share_one_encode_per_codec(card_server: Run
         assert watching["session"] == sid and watching["model"] == "testcard" and watching["transport"] == "webrtc"
         await ws_viewer.connect()
         got = Received(MediaCollector(await ws_viewer.watch(sid, audio="opus", video="vp8")))
-        await wait_for(lambda: sid in card_server.app[BROADCASTS_KEY]._broadcasts)
+        await wait_for(lambda: card_server.app[BROADCASTS_KEY].broadcast(sid) is not None)
         broadcast = broadcast_of(card_server, sid)
         await wait_for(lambda: len(broadcast.viewers) == 4)
         session = broadcast.session
@@ -142,7 +142,7 @@ async def test_webrtc_and_ws_viewers_share_one_encode_per_codec(card_server: Run
         encodes = broadcast.num_encoded_chunks - encoded_before
         encodes_per_chunk = encodes / (session.stats.chunks_out - chunks_before)
         print(f"4 viewers, 2 codec choices: {encodes_per_chunk:.2f} encodes per chunk")
-        assert len(broadcast._encoders) == 2  # (opus, vp8) shared by 3 viewers, (opus, h264) by one
+        assert len(broadcast.codec_choices) == 2  # (opus, vp8) shared by 3 viewers, (opus, h264) by one
         assert 1.5 <= encodes_per_chunk <= 2.1  # one per codec choice, not per viewer (chunks in flight blur it)
         beeps = await take(viewers[1].audio_frames, 1.2)
         assert max(float(np.abs(mono_samples(f)).max()) for _, f in beeps) > 0.1, "no beep in a viewer's audio"
@@ -173,7 +173,7 @@ async def test_late_viewer_starts_at_a_key_frame_and_its_pli_reaches_the_encoder
         await asyncio.sleep(2.5)  # joins mid-GOP: the encoder's next periodic key frame is 1.5 s away
         await viewer.watch(sid)
         await viewer.wait_connected(10)
-        await wait_for(lambda: sid in card_server.app[BROADCASTS_KEY]._broadcasts)  # joins once connected
+        await wait_for(lambda: card_server.app[BROADCASTS_KEY].broadcast(sid) is not None)  # joins once connected
         broadcast = broadcast_of(card_server, sid)
         await wait_for(lambda: len(broadcast.viewers) == 1)
         joined_at = broadcast.num_encoded_chunks
@@ -236,7 +236,7 @@ async def test_viewers_leaving_or_vanishing_leak_nothing(card_server: RunningSer
         gc.collect()
         assert len(asyncio.all_tasks()) <= tasks_before + 1, asyncio.all_tasks()
         assert threading.active_count() <= threads_before + 1, [t.name for t in threading.enumerate()]
-        assert broadcast._encoders == {}  # nobody watches: nothing is encoded
+        assert broadcast.codec_choices == set()  # nobody watches: nothing is encoded
 
         # The producer ending ends its viewers: `stream_ended`, then the peer is gone.
         viewer = RtcClient(card_server.http_url)
