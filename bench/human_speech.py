@@ -36,16 +36,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-
-from make_speech_data import render as render_espeak  # noqa: E402
-from speech_corpus import load_utterances  # noqa: E402
 
 from bench.tts import speak  # noqa: E402
 from bench.tts import vocode as tts_vocode  # noqa: E402
 from bench.vc import Judge, convert, wav_base64  # noqa: E402
 from bench.vc import vocode as vc_vocode  # noqa: E402
 from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
+from evaluation.speech_corpus import load_utterances  # noqa: E402
+from evaluation.speech_corpus import render as render_espeak  # noqa: E402
 from evaluation.words import open_recognizer  # noqa: E402
 from models.audio.pitch_track import median_pitch, track_signal  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Loading the speech corpus (``scripts/make_speech_data.py``) for the training scripts, benches and judges.
+"""The speech corpus (``scripts/make_speech_data.py``): rendering an utterance in a corpus voice, and loading.
 
 In this package (not in ``scripts/``) so that ``scripts/`` and ``bench/`` both import it by its name,
 with no ``sys.path`` edits reaching into each other's folders.
@@ -7,12 +7,16 @@ with no ``sys.path`` edits reaching into each other's folders.
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from models.audio.dsp import read_wav
+from models.audio.dsp import read_wav, resample, trim_silence
+
+SAMPLE_RATE_HZ = 16_000
 
 
 @dataclass
@@ -55,3 +59,13 @@ def voices(root: str | Path) -> dict[str, dict]:
 def phoneme_inventory(root: str | Path) -> list[str]:
     """Sorted phoneme symbols of the corpus."""
     return json.loads((Path(root) / "phonemes.json").read_text())
+
+
+def render(voice: dict, text: str) -> np.ndarray:
+    """One utterance in a corpus voice ({espeak_voice, pitch, speed_wpm}): 16 kHz, silence trimmed, peak 0.7."""
+    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
+        cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed_wpm"])]
+        subprocess.run([*cmd, "-w", tmp.name, text], check=True, capture_output=True)
+        x, rate = read_wav(tmp.name)
+    x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
+    return 0.7 * x / max(1e-4, float(np.abs(x).max()))

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from make_speech_data import TRAIN_VARIANTS  # noqa: E402
-from make_speech_data import render as render_espeak  # noqa: E402
 from speech_sentences import sentences  # noqa: E402
 
+from evaluation.speech_corpus import render as render_espeak  # noqa: E402
 from models.audio.augment import augment  # noqa: E402
 from models.audio.dsp import read_wav, resample, trim_silence, write_wav  # noqa: E402
 from models.speech_text import normalize_text, phonemize  # noqa: E402

@@ -38,21 +38,18 @@ import os
 import random
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_sentences import sentences  # noqa: E402
 
-from models.audio.dsp import read_wav, resample, trim_silence, write_wav  # noqa: E402
+from evaluation.speech_corpus import SAMPLE_RATE_HZ, render  # noqa: E402
+from models.audio.dsp import write_wav  # noqa: E402
 from models.speech_text import LANGUAGES, normalize_text, phonemize  # noqa: E402
 
-SAMPLE_RATE_HZ = 16_000
 TRAIN_VARIANTS = (
     "m1 m2 m3 m4 m5 m7 f1 f2 f3 f5 klatt klatt2 klatt4 Andy Annie anika belinda boris david edward gustave "
     "iven john linda max michel norbert paul pedro"
@@ -87,16 +84,6 @@ def make_voices(
             "held_out": held_out,
         }
     return voices
-
-
-def render(voice: dict, text: str) -> np.ndarray:
-    """One utterance in a corpus voice ({espeak_voice, pitch, speed_wpm}): 16 kHz, silence trimmed, peak 0.7."""
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed_wpm"])]
-        subprocess.run([*cmd, "-w", tmp.name, text], check=True, capture_output=True)
-        x, rate = read_wav(tmp.name)
-    x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
-    return 0.7 * x / max(1e-4, float(np.abs(x).max()))
 
 
 def synthesize(job: tuple[dict, dict, str]) -> dict:

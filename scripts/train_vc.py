@@ -60,10 +60,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from make_speech_data import render  # noqa: E402
 from training_log import log, lr_at  # noqa: E402
 
-from evaluation.speech_corpus import load_utterances, phoneme_inventory, voices  # noqa: E402
+from evaluation.speech_corpus import (  # noqa: E402
+    load_utterances,
+    phoneme_inventory,
+    render,  # noqa: E402
+    voices,
+)
 from models.audio.pitch_track import median_pitch  # noqa: E402
 from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
 from models.audio.vae_training import load_checkpoint_vae  # noqa: E402

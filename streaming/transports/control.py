@@ -159,7 +159,7 @@ class ControlEndpoint:
             if isinstance(message, bytes):
                 self.handler.on_media(message)
             else:
-                await self._dispatch(self._parse(message))
+                await self._dispatch(parse_control(message))
         except CausalcastError as e:
             return await self.send_error(e)
         return True
@@ -174,12 +174,6 @@ class ControlEndpoint:
         if waited:
             self.num_waits += 1
             self.metrics.rate_limited.labels(self.transport, "connection").inc()
-
-    def _parse(self, text: str) -> dict[str, Any]:
-        try:
-            return parse_control(text)
-        except RecursionError:  # json's decoder recurses per nesting level
-            raise ProtocolError("control message is nested too deeply") from None
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
