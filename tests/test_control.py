@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -248,3 +249,23 @@ async def test_a_data_channel_flood_is_limited_and_the_peer_stays_up(server) -> 
         assert messages[-1]["reason"] == "stopped by client"
     finally:
         await client.close()
+
+
+async def test_clients_leaving_before_ready_leave_no_traceback_and_no_session(start_server, caplog) -> None:
+    """Start, then vanish before `ready` (100 times): every session is released and nothing logs an error."""
+    server = await start_server(("pitch",))
+    caplog.set_level(logging.WARNING)
+    for i in range(100):
+        client = Client(server.ws_url)
+        await client.connect()
+        await client.send({"type": "start", "model": "pitch", "input": {"sample_rate_hz": RATE}})
+        if i % 2:
+            await asyncio.sleep(0)  # some leave at once, some a moment later
+        await client.abort()
+    for _ in range(100):
+        if not server.engine.scheduler.sessions and server.engine.runner.num_states == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert server.engine.scheduler.sessions == {} and server.engine.runner.num_states == 0
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors[:3]]

@@ -127,7 +127,7 @@ class WsConnection:
                 elif msg.type is WSMsgType.ERROR:
                     await self._on_socket_error(msg.data)
                     break
-        except (ConnectionError, RuntimeError) as e:  # the client left while we answered it (e.g. before `ready`)
+        except ConnectionError as e:  # the client left while we answered it (e.g. before `ready`)
             log.debug("websocket client gone: %s", e)
         finally:
             await self.end_watching("client disconnected", notify=False)
