@@ -218,9 +218,11 @@ async def test_a_flooding_client_is_limited_and_others_stream_on(start_server, m
     )
     assert (waits or 0) > 0 or flood["rate_limited"]
     assert monitor["received"] == monitor["sent"] and monitor["input_dropped_ms"] == 0.0  # nothing lost
-    # A loaded 2-core CI machine makes a few chunks late with no flood at all; a starved loop makes most late.
+    # A starved loop (the unlimited floods of issue 18: round trips of 1-2 s, input lost) makes most chunks
+    # late; a 2-core machine shared with other work makes some late with no flood at all (measured: up to
+    # 17 of 125 while two other processes kept both cores busy), hence the quarter.
     num_chunks = monitor["sent"] // FRAME
-    assert monitor["late_chunks"] <= max(3, num_chunks // 10), monitor["late_chunks"]
+    assert monitor["late_chunks"] <= num_chunks // 4, monitor["late_chunks"]
     assert len(monitor["round_trips_ms"]) >= 10 and np.percentile(monitor["round_trips_ms"], 90) < 100.0
 
 
