@@ -15,19 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+from hardening_helpers import Monitor
 
 from models.errors import ProtocolError
 from streaming.client import Client
 from streaming.metrics import Metrics
 from streaming.transports.control import ControlEndpoint, ControlLimits, TokenBucket
 
-from streaming_helpers import tone
-
 FLOOD_CLIENT = Path(__file__).with_name("flood_client.py")
 RATE = 16_000
-FRAME = 320  # 20 ms
 
 
 class FakeClock:
@@ -148,60 +145,20 @@ async def test_connection_budget_makes_a_fast_sender_wait() -> None:
 
 
 # -- against the real server --------------------------------------------------------------------------------
-async def _monitor(url: str, seconds: float) -> dict[str, Any]:
-    """A well-behaved pitch session: paced 20 ms audio frames, a ping every 100 ms; what it saw."""
-    async with Client(url) as client:
-        await client.start("pitch", input_sample_rate_hz=RATE, audio="pcm16")
-        audio = tone(300, seconds)
-        sent_at: dict[float, float] = {}
-        round_trips: list[float] = []
-        received = 0
-        stats: dict[str, Any] = {}
-
-        async def send() -> None:
-            start = time.monotonic()
-            for i in range(0, len(audio), FRAME):
-                await client.send_audio(audio[i : i + FRAME])
-                if (i // FRAME) % 5 == 0:
-                    t = time.monotonic()
-                    sent_at[t] = t
-                    await client.send({"type": "ping", "t": t})
-                await asyncio.sleep(max(0.0, start + (i + FRAME) / RATE - time.monotonic()))
-
-        sender = asyncio.create_task(send())
-        deadline = time.monotonic() + seconds + 5
-        while received < len(audio) and time.monotonic() < deadline:
-            item = await client.receive(max(0.01, deadline - time.monotonic()))
-            if isinstance(item, dict):
-                if item["type"] == "pong":
-                    round_trips.append(time.monotonic() - item["t"])
-                elif item["type"] == "stats":
-                    stats = item
-            else:
-                received += len(item.payload) // 2
-        await sender
-        stopped = await client.stop()
-    return {"received": received, "sent": len(audio), "round_trips_ms": np.array(round_trips) * 1000,
-            "late_chunks": stopped["stats"]["late_chunks"], "input_dropped_ms": stats.get("input_dropped_ms", 0.0)}
-
-
-async def _flood_beside_monitor(url: str, mode: str, seconds: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, str(FLOOD_CLIENT), url, str(seconds), mode, stdout=subprocess.PIPE
-    )
-    await asyncio.sleep(0.3)  # the flood is under way
-    monitor = await _monitor(url, seconds - 0.5)
-    out, _ = await asyncio.wait_for(process.communicate(), 30)
-    return json.loads(out), monitor
-
-
 @pytest.mark.parametrize("mode", ["ping", "keyframe", "big"])
 async def test_a_flooding_client_is_limited_and_others_stream_on(start_server, mode: str) -> None:
-    """Pings, key frame requests or 2 MiB messages as fast as a socket takes them: the flooder is held to its
-    budgets, and a pitch session beside it gets all its audio back with no late chunk and quick round trips."""
+    """Pings, key frame requests or 2 MiB messages as fast as a socket takes them, from another process: the
+    flooder is held to its budgets (not disconnected), and a pitch session beside it (hardening_helpers'
+    Monitor) gets its audio back, its chunks on time and its pings answered promptly."""
     server = await start_server(("pitch", "testcard"))
     seconds = 3.0
-    flood, monitor = await _flood_beside_monitor(server.ws_url, mode, seconds)
+    async with Monitor(server.ws_url) as monitor:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(FLOOD_CLIENT), server.ws_url, str(seconds), mode, stdout=subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+        report = await monitor.finish()
+    flood = json.loads(out)
     limits = ControlLimits()
     if mode == "ping":
         # pongs: at most the ping budget (its burst, then its rate), however many were sent
@@ -217,17 +174,14 @@ async def test_a_flooding_client_is_limited_and_others_stream_on(start_server, m
         "causalcast_rate_limited_total", {"transport": "ws", "kind": "connection"}
     )
     assert (waits or 0) > 0 or flood["rate_limited"]
-    assert monitor["received"] == monitor["sent"] and monitor["input_dropped_ms"] == 0.0  # nothing lost
     # A starved loop (the unlimited floods of issue 18: round trips of 1-2 s, input lost) makes most chunks
     # late; a 2-core machine shared with other work makes some late with no flood at all (measured: up to
-    # 17 of 125 while two other processes kept both cores busy), hence the quarter.
-    num_chunks = monitor["sent"] // FRAME
-    assert monitor["late_chunks"] <= num_chunks // 4, monitor["late_chunks"]
-    assert len(monitor["round_trips_ms"]) >= 10 and np.percentile(monitor["round_trips_ms"], 90) < 100.0
+    # 17 of 125 while two other processes kept both cores busy), hence a tenth of the chunks.
+    report.assert_unaffected(max_late=max(2, report.stats["chunks_out"] // 10), max_round_trip_s=0.25)
 
 
 async def test_a_data_channel_flood_is_limited_and_the_peer_stays_up(server) -> None:
-    """Thousands of pings on a WebRTC data channel at once: answered within the ping budget, the rest dropped
+    """A thousand pings on a WebRTC data channel at once: answered within the ping budget, the rest dropped
     (told with `rate_limited`), nothing raised into aiortc, and the peer still obeys `stop`."""
     from streaming.client.webrtc import RtcClient
 
@@ -236,16 +190,18 @@ async def test_a_data_channel_flood_is_limited_and_the_peer_stays_up(server) -> 
         await client.connect("testcard", receive_video=True)
         await client.wait_connected(10)
         await client.expect("ready")
-        for _ in range(3000):
+        started = time.monotonic()
+        for _ in range(1000):  # four times the peer's inbox
             client.send({"type": "ping"})
         await asyncio.sleep(2.0)
         client.send({"type": "stop"})
         messages = []
         while not messages or messages[-1]["type"] != "stopped":
             messages.append(await asyncio.wait_for(client.messages.get(), 10))
+        elapsed = time.monotonic() - started  # SCTP may take seconds to deliver them on a busy machine
         pongs = sum(m["type"] == "pong" for m in messages)
         limits = ControlLimits()
-        assert 1 <= pongs <= limits.max_type_per_s["ping"] * (4 + limits.burst_s)
+        assert 1 <= pongs <= limits.max_type_per_s["ping"] * (elapsed + limits.burst_s)
         notices = [m for m in messages if m.get("code") == "rate_limited"]
         assert notices and not any(m["type"] == "error" and m.get("code") != "rate_limited" for m in messages)
         assert messages[-1]["reason"] == "stopped by client"
