@@ -80,6 +80,8 @@ async def sessions(ws_url: str, num_sessions: int, seconds: float) -> dict:
 def start_serve(temp_dir: str) -> str:
     """Ray + the causalcast app with one engine replica; returns the ingress's ws:// URL."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # keep every Ray service on 127.0.0.1 (a single-node Ray otherwise talks over the interface address)
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
     from ray import serve
 

@@ -91,7 +91,14 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
+    # A single-node Ray announces the machine's interface address by default and its processes then talk
+    # over it; this keeps every Ray service, and so all test traffic, on 127.0.0.1 (read when ray imports;
+    # its workers inherit it).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray = pytest.importorskip("ray", reason="Ray is not installed (the 'ray' extra)")
+    import ray._private.ray_constants as ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # in case ray was imported before the variable was set
     from ray import serve
 
     from streaming.ray_serve.app import ClusterSettings, build_app
