@@ -23,18 +23,23 @@ checkpoint (checkpoints/tts_default.safetensors) came from exactly these runs on
         --crop 24 --lr 2e-3 --threads 1
     python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
         --steps 800 --minutes 17 --batch 8 --crop 24 --lr 5e-4 --threads 1
+    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
+        --steps 500 --minutes 13 --batch 8 --crop 24 --lr 3e-4 --threads 1 --seed 1
+    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
+        --steps 700 --minutes 10 --batch 8 --crop 24 --lr 2e-4 --threads 1 --seed 2
     python scripts/train_tts.py export-vae --init checkpoints/tts_default.safetensors --out runs/tts_harm \
-        --checkpoint checkpoints/tts_default.safetensors
+        --checkpoint runs/tts_harm/tts_harmonic.safetensors
 
 The fixed-phase decoder spoke nearly unvoiced (YIN voiced frames ~0.06 of the espeak voices' ~0.65, already in
-its round trip of the reference): the last three stages give it the VC vocoder's harmonic-plus-noise head,
+its round trip of the reference): the last five stages give it the VC vocoder's harmonic-plus-noise head,
 driven by a pitch head (``--pitch-head``: per-frame log f0 and voicing from the decoder trunk, taught by the
 YIN tracker) because a TTS has no speaker to track. ``--drive teacher`` trains the oscillators on the
 tracker's pitch of the crop while the head learns it; serving drives them with the head's pitch. (``--drive
 predicted``, training on the head's own pitch as served, was tried beside it for the same 17 minutes and
 learnt to mute the harmonics: round-trip voiced ratio 0.06 vs 0.66 with teacher driving, reference 0.71.)
-``export-vae`` swaps the
-fine-tuned decoder into the checkpoint; the encoder is frozen throughout, so the AR model needs no retraining.
+``export-vae`` writes the shipped checkpoint with the fine-tuned decoder in place of its VAE (the encoder is
+frozen throughout, so the AR model needs no retraining) — beside it, not over it: that decoder costs ~5 % phoneme
+error (docs/models/tts.md), so it is not the default yet.
 
 The last two ``ar`` stages add scheduled sampling (``--self-context``): half the context latents are the
 model's own samples. Without it the ~975-step model spoke clearly under teacher forcing (phoneme error 0.44)
