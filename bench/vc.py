@@ -53,7 +53,7 @@ from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
 from evaluation.speech_corpus import load_utterances, voices  # noqa: E402
 from models.audio.dsp import wav_bytes  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, median_pitch  # noqa: E402
-from models.base import StepInput  # noqa: E402
+from models.base import StepInput, open_direct  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = Fal
     Back to back by default; ``paced``: each chunk is stepped when its last sample would have been spoken
     (real time), as in serving, where the model's weights and state go cold in the caches between steps.
     """
-    state = gen.open_session(gen.validate_params(params))
+    state = open_direct(gen, params)  # validate, prepare (an uploaded reference) and open
     n = gen.spec.input_chunk_samples
     audio = np.pad(audio, (0, -len(audio) % n))
     out, times = [], []

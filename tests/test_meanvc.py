@@ -307,9 +307,9 @@ def test_batch_equals_single_in_any_slot():
 
 
 def _convert(gen, audio, params):
-    from models.base import StepInput
+    from models.base import StepInput, open_direct
 
-    state = gen.open_session(gen.validate_params(params))
+    state = open_direct(gen, params)
     n = gen.spec.input_chunk_samples
     out = [gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio
            for k in range(len(audio) // n)]
@@ -327,9 +327,10 @@ def test_asr_threads_change_nothing(tmp_path):
     outs = []
     for threads in (1, 3):
         gen = load_model("vc", "cpu", {"weights": str(folder), "asr_threads": threads, "max_sessions": 3})
-        states = [gen.open_session(gen.validate_params({"seed": i})) for i in range(3)]
+        from models.base import StepInput, open_direct
+
+        states = [open_direct(gen, {"seed": i}) for i in range(3)]
         n = gen.spec.input_chunk_samples
-        from models.base import StepInput
 
         outs.append([gen.step(states, [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in audio],
                               3) for k in range(len(audio[0]) // n)])

@@ -38,30 +38,33 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.audio.dsp import resample, trim_silence
 from models.audio.pitch_track import StreamingPitch, median_pitch
 from models.audio.slot_vocoder import SlotVocoder
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
-from models.errors import ParamError
 from models.flow import mean_flow_jumps
 from models.graphs import BucketGraphs
-from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
+from models.params import WavUpload, seed_param, unknown_params, wav_upload
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
 from models.vc.pitch_map import PRIOR_F0_HZ, map_pitch
+from models.vc.serving import (
+    MAX_REFERENCE_UPLOAD_S,
+    check_reference,
+    clean_audio,
+    group_bucket,
+    reference_part,
+    reference_speech,
+    steps_param,
+)
 from models.vc.slots import VCSlots
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
 SAMPLE_RATE_HZ = 16_000
-MIN_REFERENCE_S = 3.0  # of speech, after trimming silence
-MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused; up to this, the first max_ref_s are used
+MIN_REFERENCE_S = 3.0  # of speech, after trimming silence (uploads: models/vc/serving.py; the first max_ref_s used)
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
-# A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
-# enough for the longest accepted upload as 16-bit WAV at 48 kHz.
-MAX_REFERENCE_PARTS_CHARS = int(MAX_REFERENCE_UPLOAD_S * 48_000 * 2 * 4 / 3) + 4096
 
 
 @dataclass
@@ -208,28 +211,14 @@ class VCGenerator(Generator):
 
     def _embed_upload(self, upload: WavUpload) -> tuple[torch.Tensor, ...]:
         """Decode, resample, trim and embed a reference whose header was checked (off the loop and the steps)."""
-        audio, rate = decode_wav(upload)
-        audio = resample(audio, rate, SAMPLE_RATE_HZ)
-        peak = float(np.abs(audio).max()) if len(audio) else 0.0
-        if peak < 1e-3:
-            raise ParamError("'reference_audio' is silent")
-        speech = trim_silence(audio, SAMPLE_RATE_HZ)
-        seconds = len(speech) / SAMPLE_RATE_HZ
-        if seconds < MIN_REFERENCE_S:
-            raise ParamError(f"'reference_audio' is too short: {seconds:.1f} s of speech, {MIN_REFERENCE_S:g}-"
-                             f"{self.cfg.max_ref_s:g} s are needed")
+        speech, peak = reference_speech(upload, SAMPLE_RATE_HZ, MIN_REFERENCE_S, self.cfg.max_ref_s)
         speech = 0.7 * speech / peak  # the corpus's level; clipped input stays clipped but usable
         mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
         return self._embed_reference(mel, median_pitch(speech, PRIOR_F0_HZ))
 
     def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
         """The voice a start or `set_reference` asks for: (shipped id, None) or ("reference", its checked upload)."""
-        if "reference_audio" in payload:
-            return "reference", wav_upload(payload["reference_audio"], "reference_audio", max_s=MAX_REFERENCE_UPLOAD_S)
-        voice = payload.get("voice", self.default_voice)
-        if voice not in self._voices:
-            raise ParamError(f"unknown voice {voice!r}; shipped voices: {sorted(self._voices)}")
-        return voice, None
+        return check_reference(payload, self._voices, self.default_voice, "shipped voices")
 
     def voice_embedding(self, voice: str) -> tuple[torch.Tensor, ...]:
         """A shipped voice's embedding: speaker (dim,), timbre K/V, token mask (S,), median log f0 ()."""
@@ -248,7 +237,7 @@ class VCGenerator(Generator):
         """
         unknown_params("vc", params, PARAMS)
         voice, upload = self._check_reference(params)
-        out = {"voice": voice, "steps": _steps(params.get("steps", 1)), "seed": seed_param(params)}
+        out = {"voice": voice, "steps": steps_param(params.get("steps", 1)), "seed": seed_param(params)}
         if upload is not None:
             out["reference_audio"] = upload
         return out
@@ -295,7 +284,7 @@ class VCGenerator(Generator):
         """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
         payload = event.payload
         if "reference_audio_part" in payload:
-            payload = _reference_part(scratch, payload)
+            payload = reference_part(scratch, payload)
             if payload is None:
                 return None  # more pieces to come
         voice, upload = self._check_reference(payload)
@@ -311,7 +300,7 @@ class VCGenerator(Generator):
         embedded by :meth:`prepare_event` first; this only installs the result.
         """
         if event.type == "set_steps":
-            state.steps = _steps(event.payload.get("steps"))
+            state.steps = steps_param(event.payload.get("steps"))
             return [{"type": "steps_set", "steps": state.steps}]
         if event.type != "set_reference":
             return super().handle_event(state, event)
@@ -360,7 +349,7 @@ class VCGenerator(Generator):
         write): a captured graph per bucket on a GPU.
         """
         k, dim = self.chunk_latents, self.cfg.vae.latent_dim
-        audio = _clean(np.stack([i.audio for i in inputs]))  # (B, N): one check and clip for the batch
+        audio = clean_audio(np.stack([i.audio for i in inputs]))  # (B, N): one check and clip for the batch
         noise = torch.stack([torch.randn(k, dim, generator=s.rng, device=self.device) for s in states])
         noise.mul_(self.temperature)
         out = np.zeros((len(states), k * self.cfg.latent_hop), np.float32)
@@ -368,7 +357,7 @@ class VCGenerator(Generator):
         for num_steps, pending in sorted(set(keys)):
             rows = [i for i, key in enumerate(keys) if key == (num_steps, pending)]
             group = [states[i] for i in rows]
-            size = _bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
+            size = group_bucket(len(rows), padded_batch_size) if self.pads_to_bucket else len(rows)
             pad = size - len(rows)
             slots = [s.slot for s in group] + [self._pad_slot] * pad
             # padding rows (scratch: the pad slot) sit at positions K.., their clean stream at 0..K-1
@@ -470,41 +459,4 @@ class VCGenerator(Generator):
         voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self._voices)]
         return {**super().describe(), "voices": voices, "steps": [1, 2],
                 "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s]}
-
-
-def _reference_part(scratch: dict[str, Any], payload: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Collect one piece of a live reference upload in ``scratch``; the whole upload once the final piece is in."""
-    part = payload["reference_audio_part"]
-    parts: list[str] = scratch.setdefault("reference_parts", [])
-    if not isinstance(part, str):
-        parts.clear()
-        raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
-    if sum(map(len, parts)) + len(part) > MAX_REFERENCE_PARTS_CHARS:
-        parts.clear()
-        raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
-    parts.append(part)
-    if not payload.get("final", False):
-        return None
-    data = "".join(parts)
-    parts.clear()
-    return {"reference_audio": data}
-
-
-def _bucket(num: int, padded: int) -> int:
-    """The engine's bucket for the whole batch, or the next power of two for a smaller group of it."""
-    return padded if num == padded else min(padded, 1 << max(0, num - 1).bit_length())
-
-
-def _steps(value: Any) -> int:
-    if value not in (1, 2) or isinstance(value, bool):
-        raise ParamError(f"'steps' must be 1 or 2, got {value!r}")
-    return int(value)
-
-
-def _clean(audio: np.ndarray | None) -> np.ndarray:
-    """Mic samples as finite float32 in [-1, 1]: NaN/inf become silence, overs are clipped."""
-    x = np.asarray(audio, dtype=np.float32)
-    if not np.isfinite(x).all():  # rare: nan_to_num costs ~30 us a chunk, the check ~3 us
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    return np.clip(x, -1.0, 1.0)
 

@@ -17,42 +17,39 @@ input, reference and seed, never on its batch.
 Output chunk k covers input chunk k, 65 ms late: 45 ms of ASR look-ahead (the fbank window and the
 conformer's subsampling context past the chunk; zeros at the stream's start) and 20 ms of vocoder seam.
 A reference's speaker vector comes from WavLM-Large + ECAPA, which is heavy (6 s of a CPU core for a 10 s
-clip): an upload is decoded and checked when validated (on the loop, cheap) and embedded on a thread of its
-own (``async_reference``), so the worker keeps stepping every session; until it is ready a new session
-outputs silence and a switching one keeps its old voice, and the step that applies it says
-``reference_set``.
+clip). Following the generator contract (models/base.py), ``validate_params`` only checks an upload's header
+on the event loop; the decode, resample and embedding run in ``prepare_session`` / ``prepare_event`` on the
+engine's preparation thread, beside the steps of every other session; ``open_session`` and ``handle_event``
+on the worker only install the result in the session's slot. A new session therefore starts (`ready`) in
+its uploaded voice, and a session switching to an upload keeps its old voice until the engine hands it the
+prepared event, whose ``reference_set`` reply comes with the switch.
 """
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 
-from models.audio.dsp import read_wav, resample, trim_silence
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
-from models.errors import ParamError
 from models.graphs import BucketGraphs
-from models.params import base64_param
+from models.params import WavUpload, seed_param, unknown_params
 from models.vc.meanvc.dit import MeanVCDiT
 from models.vc.meanvc.features import MEL_HOP, SAMPLE_RATE_HZ, MeanVCMel
 from models.vc.meanvc.speaker import SpeakerModel
 from models.vc.meanvc.stream import LOOKAHEAD_SAMPLES, SCHEDULES, ContentState, ContentStream, denoise_chunk
 from models.vc.meanvc.vocos import FADE_FRAMES, StreamingVocoder, Vocos
+from models.vc.serving import check_reference, clean_audio, group_bucket, reference_part, reference_speech, steps_param
 
 PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
 EVENTS = frozenset({"set_reference", "set_steps"})
 MIN_REFERENCE_S = 1.0  # of speech after trimming silence
-MAX_REFERENCE_UPLOAD_S = 30.0
-MAX_PENDING = 64
 
 
 @dataclass
@@ -66,26 +63,13 @@ class MeanVCState:
     content: ContentState
     num_frames: int = 0  # mel frames generated so far (the next chunk's first position)
     has_previous: bool = False  # a clean chunk to run as the cache chunk (False at the start, after a switch)
-    reference_parts: list[str] = field(default_factory=list)
-    waiting: Future | None = None  # an uploaded reference being embedded in the background
-    silent: bool = False  # no reference yet (its upload is still being embedded): the output is silence
-
-
-def _steps(value: Any) -> int:
-    if isinstance(value, bool) or value not in SCHEDULES:
-        raise ParamError(f"'steps' must be 1 or 2, got {value!r}")
-    return int(value)
-
-
-def _bucket(num: int, padded: int) -> int:
-    """The engine's bucket for the whole batch, or the next power of two for a smaller group of it."""
-    return padded if num == padded else min(padded, 1 << max(0, num - 1).bit_length())
 
 
 class MeanVCGenerator(Generator):
     """Model `vc` served from MeanVC's published weights (``vc:weights=DIR``)."""
 
     name = "vc"
+    prepared_events = frozenset({"set_reference"})  # an uploaded reference is embedded off the step thread
 
     def __init__(
         self,
@@ -104,7 +88,6 @@ class MeanVCGenerator(Generator):
         max_reference_s: float = 10.0,
         context_frames: int = 100,
         asr_threads: int = 1,
-        async_reference: bool = True,
     ) -> None:
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -143,15 +126,9 @@ class MeanVCGenerator(Generator):
         self._previous = torch.zeros(rows, c, cfg.mel_dim, device=dev)
         self._vocoder = StreamingVocoder(self.vocos, rows, dev)
         self._voices = {name: self._embed(audio) for name, audio in sorted(voices.items())}
-        self._pending: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._num_pending = 0
         # The ASR runs once per session; TorchScript releases the GIL while it runs, so threads overlap the
         # sessions' calls (their host overhead, on a GPU their launches). 1: in turn, on the worker thread.
         self._asr_pool = ThreadPoolExecutor(int(asr_threads), "meanvc-asr") if int(asr_threads) > 1 else None
-        # An upload's embedding (WavLM-Large: ~6 s of a CPU core for 10 s of audio) runs on its own thread, so
-        # the worker keeps stepping every session meanwhile; the session keeps its voice (or, at its start,
-        # outputs silence) until it is ready. Off: embedded on the worker, in turn (deterministic timing).
-        self._reference_pool = ThreadPoolExecutor(1, "meanvc-reference") if async_reference else None
         self._graphs = {n: BucketGraphs(partial(self._core, num_steps=n), enabled=cuda_graphs and self.pads_to_bucket)
                         for n in SCHEDULES}
 
@@ -170,44 +147,19 @@ class MeanVCGenerator(Generator):
         mask = torch.arange(self.num_ref_frames, device=self.device) < num
         return (spk[0], mask, *flat)
 
-    def _embed_later(self, audio: np.ndarray) -> Future:
-        """Start embedding on the reference thread."""
-        assert self._reference_pool is not None
-        return self._reference_pool.submit(self._embed, audio)
-
     def _set_reference(self, slot: int, reference: tuple[torch.Tensor, ...]) -> None:
         spk, mask, *flat = reference
         self._spk[slot], self._memory_mask[slot] = spk, mask
         for i, (k, v) in enumerate(self._memory):
             k[slot], v[slot] = flat[2 * i], flat[2 * i + 1]
 
-    def _decode_upload(self, data: Any) -> np.ndarray:
-        """A base64 WAV reference (any rate) -> 16 kHz speech; ParamError when unusable. Cheap: no model runs."""
-        raw = base64_param(data, "reference_audio", "a WAV file")
-        try:
-            audio, rate = read_wav(raw)
-        except ValueError as e:
-            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
-        if not np.isfinite(audio).all():
-            raise ParamError("'reference_audio' has NaN or infinite samples")
-        if len(audio) / rate > MAX_REFERENCE_UPLOAD_S:
-            seconds = len(audio) / rate
-            raise ParamError(f"'reference_audio' is {seconds:.1f} s; send at most {MAX_REFERENCE_UPLOAD_S:g} s")
-        audio = resample(audio, rate, SAMPLE_RATE_HZ)
-        peak = float(np.abs(audio).max()) if len(audio) else 0.0
-        if peak < 1e-3:
-            raise ParamError("'reference_audio' is silent")
-        speech = trim_silence(audio, SAMPLE_RATE_HZ)
-        if len(speech) < MIN_REFERENCE_S * SAMPLE_RATE_HZ:
-            raise ParamError(f"'reference_audio' is too short: {len(speech) / SAMPLE_RATE_HZ:.1f} s of speech, "
-                             f"{MIN_REFERENCE_S:g}-{self.max_reference_s:g} s are needed")
-        return speech.astype(np.float32)  # at its own level, as MeanVC reads a reference (its mel is not level-free)
+    def _embed_upload(self, upload: WavUpload) -> tuple[torch.Tensor, ...]:
+        """Decode, resample, trim and embed a reference whose header was checked (the preparation stage)."""
+        speech, _ = reference_speech(upload, SAMPLE_RATE_HZ, MIN_REFERENCE_S, self.max_reference_s)
+        return self._embed(speech)  # at its own level, as MeanVC reads a reference (its mel is not level-free)
 
-    def _voice(self, payload: Mapping[str, Any]) -> str:
-        voice = payload.get("voice") or self.default_voice
-        if voice not in self._voices:
-            raise ParamError(f"unknown voice {voice!r}; voices: {sorted(self._voices)} (or send 'reference_audio')")
-        return voice
+    def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
+        return check_reference(payload, self._voices, self.default_voice)
 
     @property
     def default_voice(self) -> str:
@@ -216,113 +168,80 @@ class MeanVCGenerator(Generator):
 
     # -- sessions -----------------------------------------------------------------------------------------
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a clip of the weights folder) or ``reference_audio`` (base64 WAV), ``steps``, ``seed``."""
-        unknown = set(params) - PARAMS
-        if unknown:
-            raise ParamError(f"model 'vc' does not know parameters {sorted(unknown)}; it takes {sorted(PARAMS)}")
-        out: dict[str, Any] = {"steps": _steps(params.get("steps", 1))}
-        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParamError(f"'seed' must be an integer, got {seed!r}")
-        out["seed"] = seed
-        if "reference_audio" in params:
-            self._num_pending += 1
-            audio = self._decode_upload(params["reference_audio"])
-            # async: the embedding starts now, off the event loop; otherwise the worker embeds it at open
-            self._pending[self._num_pending] = audio if self._reference_pool is None else self._embed_later(audio)
-            while len(self._pending) > MAX_PENDING:
-                self._pending.popitem(last=False)
-            out |= {"voice": "reference", "reference_id": self._num_pending}
-        else:
-            out["voice"] = self._voice(params)
+        """``voice`` (a clip of the weights folder) or ``reference_audio`` (base64 WAV), ``steps``, ``seed``.
+
+        Cheap: an upload's header is checked here; its samples are read and embedded in prepare_session.
+        """
+        unknown_params("vc", params, PARAMS)
+        voice, upload = self._check_reference(params)
+        out = {"voice": voice, "steps": steps_param(params.get("steps", 1)), "seed": seed_param(params)}
+        if upload is not None:
+            out["reference_audio"] = upload
+        return out
+
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Embed an uploaded reference (decode, resample, WavLM + ECAPA, MRTE memory): 0.1-6 s of a CPU core."""
+        out = dict(params)
+        if (upload := out.pop("reference_audio", None)) is not None:
+            out["reference"] = self._embed_upload(upload)
         return out
 
     def open_session(self, params: Mapping[str, Any]) -> MeanVCState:
-        """Take a slot, reset its state and set its reference (an upload is embedded here, on the worker)."""
-        waiting = None
-        if params["voice"] == "reference":
-            pending = self._pending.pop(params["reference_id"], None)
-            if pending is None:
-                raise ParamError("the session's reference expired before it started; start again")
-            if isinstance(pending, Future) and not pending.done():
-                reference, waiting = None, pending
-            else:
-                reference = pending.result() if isinstance(pending, Future) else self._embed(pending)
-        else:
-            reference = self._voices[params["voice"]]
+        """Take a slot, reset its state and install its reference; params come from :meth:`prepare_session`."""
+        reference = params.get("reference") or self._voices[params["voice"]]
         slot = self._slots.allocate()
         self.cache.clear([slot], keep_sink=False)
         self._vocoder.reset([slot])
-        if reference is not None:
-            self._set_reference(slot, reference)
+        self._set_reference(slot, reference)
         rng = torch.Generator()  # on the host: the same noise on any device, whatever the batch
         rng.manual_seed(params["seed"])
         return MeanVCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"],
-                           content=self._content.initial_state(), waiting=waiting, silent=waiting is not None)
+                           content=self._content.initial_state())
+
+    def describe_session(self, state: MeanVCState, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a clip's id or "reference"), ``steps``, ``seed``."""
+        return {"voice": state.voice, "steps": state.steps, "seed": params["seed"]}
 
     def close_session(self, state: MeanVCState) -> None:
         """Free the slot."""
         self._slots.free(state.slot)
+
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
+        """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
+        payload = event.payload
+        if "reference_audio_part" in payload:
+            payload = reference_part(scratch, payload)
+            if payload is None:
+                return None  # more pieces to come
+        voice, upload = self._check_reference(payload)
+        if upload is None:
+            return ControlEvent(event.type, {"voice": voice})
+        return ControlEvent(event.type, {"voice": voice}, prepared=self._embed_upload(upload))
 
     @torch.inference_mode()
     def handle_event(self, state: MeanVCState, event: ControlEvent) -> list[dict[str, Any]]:
         """``set_reference {voice | reference_audio | reference_audio_part, final}``, ``set_steps {steps}``.
 
         A new reference takes effect at the next chunk: speaker vector and reference memory replaced, the
-        DiT's context dropped (the chunk is generated as at a stream's start), the vocoder's context kept.
+        DiT's context dropped (the chunk is generated as at a stream's start), the vocoder's context kept
+        (no click). Uploads are embedded by :meth:`prepare_event` first; this only installs the result.
         """
         if event.type == "set_steps":
-            state.steps = _steps(event.payload.get("steps"))
+            state.steps = steps_param(event.payload.get("steps"))
             return [{"type": "steps_set", "steps": state.steps}]
         if event.type != "set_reference":
             return super().handle_event(state, event)
-        payload = event.payload
-        if "reference_audio_part" in payload:
-            part = payload["reference_audio_part"]
-            if not isinstance(part, str):
-                state.reference_parts = []
-                raise ParamError("'reference_audio_part' must be a piece of a base64-encoded WAV file")
-            state.reference_parts.append(part)
-            if sum(map(len, state.reference_parts)) > MAX_REFERENCE_UPLOAD_S * 48_000 * 8 / 3 + 4096:
-                state.reference_parts = []
-                raise ParamError(f"the reference sent in parts is over {MAX_REFERENCE_UPLOAD_S:g} s of 48 kHz audio")
-            if not payload.get("final", False):
-                return []
-            payload, state.reference_parts = {"reference_audio": "".join(state.reference_parts)}, []
-        if "reference_audio" in payload:
-            audio = self._decode_upload(payload["reference_audio"])
-            if self._reference_pool is not None:  # applied by a later step, which then says reference_set
-                state.waiting = self._embed_later(audio)
-                return []
-            voice, reference = "reference", self._embed(audio)
+        if event.prepared is None and {"reference_audio", "reference_audio_part"} & set(event.payload):
+            raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
+        if event.prepared is not None:  # an upload, embedded by prepare_event
+            voice, reference = "reference", event.prepared
         else:
-            voice = self._voice(payload)
+            voice = self._check_reference(event.payload)[0]
             reference = self._voices[voice]
-        self._switch(state, voice, reference)
-        return [{"type": "reference_set", "voice": voice}]
-
-    def _switch(self, state: MeanVCState, voice: str, reference: tuple[torch.Tensor, ...]) -> None:
-        """A new reference from the next chunk: the DiT's context dropped, the vocoder's kept (no click)."""
         self._set_reference(state.slot, reference)
         self.cache.clear([state.slot], keep_sink=False)
-        state.has_previous, state.voice, state.silent, state.waiting = False, voice, False, None
-
-    def _apply_ready_references(self, states: Sequence[MeanVCState]) -> dict[int, list[dict[str, Any]]]:
-        """Switch the sessions whose background embedding finished; their notices, by batch index."""
-        notices: dict[int, list[dict[str, Any]]] = {}
-        for i, s in enumerate(states):
-            if s.waiting is None or not s.waiting.done():
-                continue
-            try:
-                reference = s.waiting.result()
-            except Exception as e:  # a fault in one upload ends nothing: the session keeps its voice
-                s.waiting = None
-                notices[i] = [{"type": "error", "code": "bad_params", "fatal": False,
-                               "message": f"the reference could not be embedded: {type(e).__name__}: {e}"}]
-                continue
-            self._switch(s, "reference", reference)
-            notices[i] = [{"type": "reference_set", "voice": "reference"}]
-        return notices
+        state.has_previous, state.voice = False, voice
+        return [{"type": "reference_set", "voice": voice}]
 
     # -- stepping -----------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -330,22 +249,17 @@ class MeanVCGenerator(Generator):
              padded_batch_size: int) -> list[StepOutput]:
         """Convert one chunk for every session (see the module docstring); one core call per step count."""
         c, mel_dim = self.chunk_frames, self.dit.cfg.mel_dim
-        audio = np.nan_to_num(np.stack([i.audio for i in inputs]), nan=0.0, posinf=0.0, neginf=0.0).clip(-1, 1)
-        chunk = torch.from_numpy(audio.astype(np.float32)).to(self.device)
+        chunk = torch.from_numpy(clean_audio(np.stack([i.audio for i in inputs]))).to(self.device)
         if self._asr_pool is None:
             content = [self._content(s.content, chunk[i]) for i, s in enumerate(states)]  # (1, C, bn) each
         else:
             content = list(self._asr_pool.map(self._content_no_grad, [s.content for s in states], chunk.unbind(0)))
         out: list[StepOutput | None] = [None] * len(states)
-        notices = self._apply_ready_references(states)
-        for i, s in enumerate(states):  # no reference yet: the ASR has run (its context stays current), silence
-            if s.silent:
-                out[i] = StepOutput(audio=np.zeros(c * MEL_HOP, np.float32))
         span = torch.arange(c)
-        for num_steps in sorted({s.steps for s in states if not s.silent}):
-            index = [i for i, s in enumerate(states) if s.steps == num_steps and not s.silent]
+        for num_steps in sorted({s.steps for s in states}):
+            index = [i for i, s in enumerate(states) if s.steps == num_steps]
             group = [states[i] for i in index]
-            size = _bucket(len(index), padded_batch_size) if self.pads_to_bucket else len(index)
+            size = group_bucket(len(index), padded_batch_size) if self.pads_to_bucket else len(index)
             pad = size - len(index)
             slots = [s.slot for s in group] + [self._pad_slot] * pad
             offset = torch.tensor([s.num_frames for s in group] + [c] * pad)
@@ -366,8 +280,6 @@ class MeanVCGenerator(Generator):
                 s.num_frames += c
                 s.has_previous = True
                 out[i] = StepOutput(audio=wav[j])
-        for i, extra in notices.items():
-            out[i].notices.extend(extra)  # type: ignore[union-attr]
         return out  # type: ignore[return-value]
 
     def _content_no_grad(self, state: ContentState, audio: torch.Tensor) -> torch.Tensor:
