@@ -50,6 +50,20 @@ class CapacityError(CausalcastError):
         self.reason = reason
 
 
+class AuthError(CausalcastError):
+    """A request without a valid token, or with one that does not allow what it asks (``status``: HTTP code)."""
+
+    code = "unauthorized"
+    fatal = True
+
+    def __init__(self, message: str, reason: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.reason = reason  # label for causalcast_refusals{reason=...}
+        self.status = status
+        if status == 403:
+            self.code = "forbidden"
+
+
 class ModelError(CausalcastError):
     """The generator failed while stepping this session."""
 

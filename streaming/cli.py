@@ -1,4 +1,4 @@
-"""Command line: ``causalcast serve ...``, ``causalcast weights ...`` (also ``python -m streaming ...``)."""
+"""Command line: ``causalcast serve|weights|token ...`` (also ``python -m streaming ...``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from models.errors import CausalcastError
 from models.registry import DEFAULT_MODELS
+from streaming.auth import AccessConfig, check_access_config
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.server import ServerConfig, run
@@ -116,9 +117,99 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes sharing the port (SO_REUSEPORT), each with its own engine: one event loop "
         "carries a few hundred audio sessions' transports, a GPU steps thousands (streaming/workers.py)",
     )
+    _add_access_options(serve)
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
     _add_weights_parser(sub)
+    _add_token_parser(sub)
     return parser
+
+
+def _add_access_options(serve: argparse.ArgumentParser) -> None:
+    access = serve.add_argument_group("access and per-client limits (docs/security.md)")
+    access.add_argument(
+        "--auth-secret-file",
+        default=_env("AUTH_SECRET_FILE", ""),
+        help="file holding the secret tokens are signed with (or CAUSALCAST_AUTH_SECRET); with one, every "
+        "session, viewer, /streams, /config and /metrics request needs a token from `causalcast token`",
+    )
+    access.add_argument(
+        "--no-auth",
+        action="store_true",
+        default=_env("NO_AUTH", "") not in ("", "0", "false"),
+        help="serve a non-loopback address without tokens (refused otherwise)",
+    )
+    access.add_argument(
+        "--allowed-origins",
+        default=_env("ALLOWED_ORIGINS", ""),
+        help="comma-separated origins (https://app.example.org) whose pages may connect besides the server's "
+        "own; they also get CORS headers ('*': any origin)",
+    )
+    access.add_argument(
+        "--max-sessions-per-client",
+        type=int,
+        default=int(_env("MAX_SESSIONS_PER_CLIENT", "8")),
+        help="sessions one token (unless it sets its own) or one non-loopback address may hold at once "
+        "(0: no limit)",
+    )
+    access.add_argument(
+        "--turn-secret-file",
+        default=_env("TURN_SECRET_FILE", ""),
+        help="coturn's static-auth-secret (or CAUSALCAST_TURN_SECRET): /config mints time-limited TURN "
+        "credentials per client for --turn-urls",
+    )
+    access.add_argument("--turn-urls", default=_env("TURN_URLS", ""), help="comma-separated turn:/turns: URLs")
+    access.add_argument("--turn-ttl", type=float, default=float(_env("TURN_TTL", "3600")), help="seconds")
+    access.add_argument(
+        "--http-idle-timeout",
+        type=float,
+        default=float(_env("HTTP_IDLE_TIMEOUT", "10")),
+        help="seconds a connection may take to send a request's headers, or sit idle between requests",
+    )
+
+
+def _add_token_parser(sub: argparse._SubParsersAction) -> None:
+    token = sub.add_parser("token", help="mint a signed, expiring access token")
+    token.add_argument("--auth-secret-file", default=_env("AUTH_SECRET_FILE", ""), help="as for serve")
+    token.add_argument("--models", nargs="*", default=None, help="models it may start (default: every one)")
+    token.add_argument("--share", action="store_true", help="may share its sessions with viewers")
+    token.add_argument("--watch", action="store_true", help="may list and watch shared sessions")
+    token.add_argument("--max-sessions", type=int, default=None, help="sessions it may hold at once")
+    token.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 1 h)")
+    token.add_argument("--subject", default="", help="who it is for (shows in logs and TURN user names)")
+
+
+def _read_secret(path: str, env_name: str) -> bytes | None:
+    """A secret from a file (trailing newline dropped) or from the CAUSALCAST_<env_name> variable."""
+    if path:
+        with open(path, "rb") as f:
+            return f.read().rstrip(b"\r\n")
+    value = os.environ.get(f"CAUSALCAST_{env_name}")
+    return value.encode() if value else None
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """``causalcast token``: print a token signed with the server's secret."""
+    from streaming.auth import mint_token
+
+    try:
+        secret = _read_secret(args.auth_secret_file, "AUTH_SECRET")
+        if secret is None:
+            raise ValueError("no secret: give --auth-secret-file or set CAUSALCAST_AUTH_SECRET")
+        print(
+            mint_token(
+                secret,
+                ttl_s=args.ttl,
+                models=args.models,
+                share=args.share,
+                watch=args.watch,
+                max_sessions=args.max_sessions,
+                subject=args.subject,
+            )
+        )
+    except (OSError, ValueError) as e:
+        print(f"causalcast: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _add_weights_parser(sub: argparse._SubParsersAction) -> None:
@@ -171,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "weights":
         return weights_command(args)
+    if args.command == "token":
+        return token_command(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = server_config(args)
@@ -206,6 +299,19 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     except ValueError as e:
         raise ValueError(f"--type-rates: {e}") from e
     host_addresses = tuple(a.strip() for a in args.ice_host_addresses.split(",") if a.strip()) or None
+    try:
+        access = AccessConfig(
+            secret=_read_secret(args.auth_secret_file, "AUTH_SECRET"),
+            no_auth=args.no_auth,
+            allowed_origins=_split(args.allowed_origins),
+            max_sessions_per_client=args.max_sessions_per_client or None,
+            turn_secret=_read_secret(args.turn_secret_file, "TURN_SECRET"),
+            turn_urls=_split(args.turn_urls),
+            turn_ttl_s=args.turn_ttl,
+        )
+    except OSError as e:
+        raise ValueError(f"secret file: {e}") from e
+    check_access_config(access, args.host)
     return ServerConfig(
         host=args.host,
         port=args.port,
@@ -235,6 +341,8 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             ice_servers=tuple(server_ice_servers) if server_ice_servers is not None else None,
             connect_timeout_s=args.rtc_connect_timeout,
         ),
+        access=access,
+        http_idle_timeout_s=args.http_idle_timeout,
     )
 
 
@@ -251,6 +359,10 @@ def parse_rates(text: str) -> dict[str, float]:
             raise ValueError(f"{item!r} is not TYPE=RATE")
         rates[kind.strip()] = float(rate)
     return rates
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _json_list(text: str) -> list:

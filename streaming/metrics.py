@@ -22,6 +22,12 @@ class Metrics:
         self.cost_probes = Counter(
             "causalcast_cost_probes", "Stale step-cost estimates re-measured before a refusal", ["model"], registry=r
         )
+        self.refusals = Counter(
+            "causalcast_refusals",
+            "Requests refused before a session or viewer existed (token, scope, origin)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
         self.chunks_produced = Counter("causalcast_chunks_produced", "Output chunks produced", ["model"], registry=r)
         self.late_chunks = Counter("causalcast_late_chunks", "Output chunks past their deadline", ["model"], registry=r)
         self.step_seconds = Histogram(

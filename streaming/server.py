@@ -21,10 +21,13 @@ from typing import Any
 
 from aiohttp import web
 
+from models.errors import AuthError
 from models.registry import DEFAULT_MODELS, catalogue, load_model, parse_model_spec
 from streaming import __version__
+from streaming.auth import AccessConfig, check_access_config, turn_credentials
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine, EngineConfig
+from streaming.guard import ACCESS_KEY, detail_allowed, make_guard
 from streaming.metrics import Metrics
 from streaming.protocol import PROTOCOL_VERSION
 from streaming.transports.control import ControlLimits
@@ -64,6 +67,7 @@ class ServerConfig:
     # response), or it is closed: half-sent requests (slowloris) and idle keep-alives do not hold sockets.
     http_idle_timeout_s: float = 10.0
     max_path_chars: int = 1024  # longer request paths are refused with 400 before any route sees them
+    access: AccessConfig = field(default_factory=AccessConfig)  # tokens, origins, per-client caps, TURN
 
 
 def runner_options(config: ServerConfig) -> dict[str, Any]:
@@ -92,10 +96,12 @@ def load_models(config: ServerConfig) -> dict[str, Any]:
 
 def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -> web.Application:
     """The aiohttp application; models load and warm up when it starts."""
-    app = web.Application(client_max_size=config.ws.max_message_bytes, middlewares=[_guard_requests])
+    check_access_config(config.access, config.host)
+    metrics = Metrics()
+    guard = make_guard(config.access, metrics, config.max_path_chars)
+    app = web.Application(client_max_size=config.ws.max_message_bytes, middlewares=[guard])
     app[CONFIG_KEY] = config
     app[CONNECTIONS_KEY] = set()
-    metrics = Metrics()
     engine = Engine(generators if generators is not None else load_models(config), config.engine, metrics)
     app[ENGINE_KEY] = engine
     app[CODEC_POOL_KEY] = ThreadPoolExecutor(max_workers=config.codec_threads, thread_name_prefix="codec")
@@ -117,19 +123,6 @@ def create_app(config: ServerConfig, generators: dict[str, Any] | None = None) -
     app.on_shutdown.append(_close_connections)
     app.on_cleanup.append(_stop_engine)
     return app
-
-
-@web.middleware
-async def _guard_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Refuse absurd paths early, and answer a path the file system cannot even look up with 404, not 500."""
-    if len(request.raw_path) > request.app[CONFIG_KEY].max_path_chars:
-        raise web.HTTPBadRequest(text="request path too long\n")
-    try:
-        return await handler(request)
-    except OSError as e:  # e.g. ENAMETOOLONG from a static file lookup
-        if request.path.startswith("/web/"):
-            raise web.HTTPNotFound() from e
-        raise
 
 
 async def _start_engine(app: web.Application) -> None:
@@ -157,13 +150,15 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 async def _healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
+    public = {"status": "ok", "protocol": PROTOCOL_VERSION}
+    if not detail_allowed(request, request.app[CONFIG_KEY].access):
+        return web.json_response(public)  # no versions, pid or load to strangers
     return web.json_response(
         {
-            "status": "ok",
+            **public,
             "version": __version__,
             "worker": request.app.get(WORKER_KEY, 0),
             "pid": os.getpid(),
-            "protocol": PROTOCOL_VERSION,
             "device": engine.config.device,
             "engine": engine.status(),
             "models": catalogue(engine.generators),
@@ -177,11 +172,23 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _client_config(request: web.Request) -> web.Response:
+    """ICE servers for the page: the configured ones, plus TURN credentials minted for this client."""
     config = request.app[CONFIG_KEY]
-    return web.json_response({"ice_servers": list(config.ice_servers), "protocol": PROTOCOL_VERSION})
+    ice_servers = list(config.ice_servers)
+    access = config.access
+    if access.turn_secret is not None and access.turn_urls:
+        subject = request[ACCESS_KEY].grant.subject or "causalcast"
+        username, credential = turn_credentials(access.turn_secret, subject, access.turn_ttl_s)
+        ice_servers.append({"urls": list(access.turn_urls), "username": username, "credential": credential})
+    return web.json_response({"ice_servers": ice_servers, "protocol": PROTOCOL_VERSION})
 
 
 async def _streams(request: web.Request) -> web.Response:
+    try:
+        request[ACCESS_KEY].grant.check_watch()  # shared streams are listed only to those who may watch
+    except AuthError as e:
+        request.app[ENGINE_KEY].metrics.refusals.labels("/streams", e.reason).inc()
+        return web.json_response(e.to_message(), status=e.status)
     return web.json_response({"streams": request.app[BROADCASTS_KEY].describe()})
 
 
@@ -193,7 +200,13 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     if sock is not None and config.ws.socket_send_buffer_bytes:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.ws.socket_send_buffer_bytes)
     connection = WsConnection(
-        ws, request.app[ENGINE_KEY], config.ws, request.app[CODEC_POOL_KEY], request.app[BROADCASTS_KEY], config.control
+        ws,
+        request.app[ENGINE_KEY],
+        config.ws,
+        request.app[CODEC_POOL_KEY],
+        request.app[BROADCASTS_KEY],
+        config.control,
+        access=request[ACCESS_KEY],
     )
     request.app[CONNECTIONS_KEY].add(connection)
     try:

@@ -137,6 +137,7 @@ class Session:
         self.close_reason: str | None = None
         self.shared = False  # viewers may watch this session's output (the producer opted in at start)
         self.taps: list[SessionTap] = []  # observers of every output chunk (broadcast to viewers)
+        self.access: Any = None  # who started it (streaming.auth.Access): per-client limits, scopes
         self._wake = wake
         self._events: deque[ControlEvent] = deque()
         self._chunk_s = spec.chunk_s

@@ -18,6 +18,7 @@ import { StreamsList, Timeline } from "./shared.js";
 import { textMessages, whyNotSpoken } from "./speak.js";
 import { readUrl, watchLink, writeUrl } from "./url.js";
 import { recordReference, referenceFromFile, setReferenceMessages } from "./voice.js";
+import { hasToken, setToken, withToken } from "./token.js";
 import { WsConnection } from "./ws.js";
 
 const MODES = {
@@ -67,7 +68,9 @@ async function init() {
   await health.start();
   try {
     state.iceServers = (await getJson("/config")).ice_servers || [];
-  } catch { /* the health poll already says the server is unreachable */ }
+  } catch (e) {
+    if (e.auth) showMessage(e.message, true); // a server with tokens: say how to give one
+  }
   setupTabs();
   $("transport").addEventListener("change", () => writeUrl({ transport: $("transport").value }));
   $("start").addEventListener("click", () => start());
@@ -102,7 +105,12 @@ async function init() {
 }
 
 async function getJson(url) {
-  const r = await fetch(url);
+  const r = await fetch(withToken(url));
+  if (r.status === 401 || r.status === 403) {
+    const body = await r.json().catch(() => ({}));
+    const hint = hasToken() ? "" : "; open the page with ?token=...";
+    throw Object.assign(new Error(`${body.message || `HTTP ${r.status}`}${hint}`), { auth: true });
+  }
   if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
   return r.json();
 }
@@ -126,8 +134,9 @@ function onHealth(h, error) {
   }
   const before = Object.values(state.models).filter((m) => m.status === "loaded").map((m) => m.name).join();
   state.models = {};
-  for (const m of h.models) state.models[m.name] = m;
-  const loaded = h.models.filter((m) => m.status === "loaded");
+  const models = h.models || []; // a server with tokens shows its models only to token holders
+  for (const m of models) state.models[m.name] = m;
+  const loaded = models.filter((m) => m.status === "loaded");
   status.textContent = `server ${h.status} · ${h.device} · ${loaded.length} model${loaded.length === 1 ? "" : "s"} ready`;
   status.title = loaded.map((m) => modelName(m.name)).join(", ");
   if (state.serverDown) {
@@ -730,6 +739,14 @@ window.causalcast = {
   /** Pick a model of the current tab (e.g. `pitch` rather than `vc` on the Voice tab). */
   selectModel: (name) => { $("model").value = name; renderModel(); },
   setTransport: (t) => { $("transport").value = t; writeUrl({ transport: t }); },
+  /** Use this access token from now on (an embedding application's hook; see token.js). */
+  setToken: async (t) => {
+    setToken(t);
+    await health.poll();
+    state.iceServers = (await getJson("/config")).ice_servers || [];
+    showMessage("");
+    selectMode(state.mode);
+  },
   start: () => start(),
   stop: () => stop(),
   watch: (sessionId, model) => watch(sessionId, model),

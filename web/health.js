@@ -1,5 +1,6 @@
 // The header's server status: polls /healthz, every few seconds while the server answers and backing off
 // (1, 2, 4 … 30 s) while it does not, so a server that went away is said plainly and not hammered.
+import { withToken } from "./token.js";
 
 const OK_PERIOD_MS = 5000;
 const MIN_BACKOFF_MS = 1000;
@@ -27,7 +28,7 @@ export class HealthPoller {
     this.polls++;
     let health = null, error = null;
     try {
-      const r = await fetch(this.url, { cache: "no-store" });
+      const r = await fetch(withToken(this.url), { cache: "no-store" });
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       health = await r.json();
     } catch (e) {

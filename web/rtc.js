@@ -6,6 +6,7 @@
 // instead of after its connect timeout.
 
 import { Connection } from "./connection.js";
+import { withToken } from "./token.js";
 
 export class RtcConnection extends Connection {
   constructor({ model, params, share, watch, mic, wantsAudio, wantsVideo, iceServers, graph, videoEl, audioEl }) {
@@ -41,7 +42,7 @@ export class RtcConnection extends Connection {
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
     if (this._closed) throw cancelled();
-    const response = await fetch("/offer", {
+    const response = await fetch(withToken("/offer"), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(this.watch
@@ -113,7 +114,7 @@ export class RtcConnection extends Connection {
     this._closed = true;
     if (!wasClosed && !this._opened) {
       // The session may be pending on the server (answered or not yet): tell it to drop the offer now.
-      fetch(`/offer/${this.offerId}`, { method: "DELETE", keepalive: true }).catch(() => {});
+      fetch(withToken(`/offer/${this.offerId}`), { method: "DELETE", keepalive: true }).catch(() => {});
     }
     if (this.channel) { this.channel.onclose = null; this.channel.onopen = null; }
     if (this.pc) { this.pc.onconnectionstatechange = null; this.pc.close(); }

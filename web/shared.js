@@ -3,6 +3,7 @@
 
 import { el } from "./dom.js";
 import { modelName } from "./labels.js";
+import { withToken } from "./token.js";
 
 export class StreamsList {
   /** `onWatch(stream)` is called when a Watch button is pressed. */
@@ -26,7 +27,7 @@ export class StreamsList {
 
   async refresh() {
     try {
-      const r = await fetch("/streams");
+      const r = await fetch(withToken("/streams"));
       if (!r.ok) throw new Error(`HTTP ${r.status}`);
       this.streams = (await r.json()).streams || [];
     } catch (e) {

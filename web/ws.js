@@ -3,6 +3,7 @@
 // With `watch` (a shared session's id) it watches that stream instead of starting a session.
 
 import { Connection } from "./connection.js";
+import { withToken } from "./token.js";
 
 const HEADER_BYTES = 16;
 const KIND_AUDIO = 1, KIND_VIDEO = 2;
@@ -24,7 +25,7 @@ export class WsConnection extends Connection {
   }
 
   async start() {
-    const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+    const url = withToken(`${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`);
     const ws = (this.ws = new WebSocket(url));
     ws.binaryType = "arraybuffer";
     await new Promise((resolve, reject) => {

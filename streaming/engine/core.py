@@ -27,6 +27,7 @@ from typing import Any
 
 from models.base import Generator
 from models.errors import CapacityError, CausalcastError, ModelError, ParamError, ProtocolError
+from streaming.auth import Access, ClientSessions
 from streaming.engine.loop_load import LoopLoad
 from streaming.engine.prepare import EventPreparer
 from streaming.engine.runner import Runner
@@ -78,6 +79,7 @@ class Engine:
         self.metrics.loop_busy.set_function(lambda: self.loop_load.busy)
         self.metrics.loop_lag.set_function(lambda: self.loop_load.lag_s)
         self._stopping = False
+        self.clients = ClientSessions()  # sessions held per client, against per-client caps
         self._probed_at: dict[tuple[str, int], float] = {}  # (model, batch size) -> when last probed
         self._draining = False
 
@@ -131,8 +133,22 @@ class Engine:
         self._wake.set()
 
     # -- sessions ------------------------------------------------------------------------------------
-    def new_session(self, model: str, params: dict[str, Any], input_rate_hz: int | None) -> Session:
-        """Validate a start request (cheap checks, on the loop) and build its (not yet opened) session."""
+    def new_session(
+        self,
+        model: str,
+        params: dict[str, Any],
+        input_rate_hz: int | None,
+        *,
+        access: Access | None = None,
+        share: bool = False,
+    ) -> Session:
+        """Validate a start request (cheap checks, on the loop) and build its (not yet opened) session.
+
+        ``access``: who asks (None: a caller inside the server); its grant is checked first, before any
+        parameter is looked at, and its per-client session cap when the session opens.
+        """
+        if access is not None:
+            access.grant.check_start(model, share)
         generator = self.generators.get(model)
         if generator is None:
             raise ProtocolError(
@@ -141,7 +157,7 @@ class Engine:
         validated = generator.validate_params(params)
         if input_rate_hz is not None and generator.spec.input_audio is None:
             raise ParamError(f"model '{model}' takes no audio input; omit 'input'")
-        return Session(
+        session = Session(
             uuid.uuid4().hex[:12],
             model,
             generator.spec,
@@ -150,6 +166,8 @@ class Engine:
             config=self.config.session,
             wake=self.wake,
         )
+        session.access = access
+        return session
 
     async def check_admission(self, model: str, *, probe: bool = True) -> None:
         """Raise :class:`CapacityError` (with the limit in its message) if a ``model`` session would be refused now.
@@ -187,6 +205,8 @@ class Engine:
         """
         try:
             self._refuse_if_closed()
+            if session.access is not None:
+                self.clients.hold(session.id, session.access)
             try:
                 self.scheduler.reserve(session.model)
             except CapacityError:
@@ -194,8 +214,10 @@ class Engine:
                 if not await self._probe_stale_costs(session.model):
                     raise
                 self.scheduler.reserve(session.model)
-        except CapacityError as e:
-            self.metrics.sessions_refused.labels(session.model, e.reason).inc()
+        except BaseException as e:
+            self.clients.release(session.id)
+            if isinstance(e, CapacityError):
+                self.metrics.sessions_refused.labels(session.model, e.reason).inc()
             raise
         generator = self.generators[session.model]
         try:
@@ -205,6 +227,7 @@ class Engine:
                 self._worker, self.runner.open, session.id, session.model, prepared
             )
         except BaseException as e:
+            self.clients.release(session.id)
             self.scheduler.unreserve(session.model)
             if isinstance(e, CausalcastError):
                 raise
@@ -249,6 +272,7 @@ class Engine:
     async def close_session(self, session: Session, reason: str) -> None:
         """Stop scheduling a session and free its model state. Safe to call twice."""
         session.close(reason)
+        self.clients.release(session.id)
         if self.scheduler.remove(session.id) is None:
             return
         self.metrics.sessions_active.labels(session.model).dec()
@@ -261,6 +285,7 @@ class Engine:
         session.outbox.put_control(error.to_message())
         if error.fatal:
             session.close(str(error))
+            self.clients.release(session.id)
             self.scheduler.remove(session.id)
             self.metrics.sessions_active.labels(session.model).dec()
             self.preparer.forget(session.id)

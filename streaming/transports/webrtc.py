@@ -34,9 +34,10 @@ from typing import Any
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
-from models.errors import CapacityError, CausalcastError, ProtocolError, ShutdownError
+from models.errors import AuthError, CapacityError, CausalcastError, ProtocolError, ShutdownError
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
+from streaming.guard import ACCESS_KEY
 from streaming.protocol import load_json
 from streaming.transports import rtc_support
 from streaming.transports.control import ControlLimits
@@ -124,12 +125,16 @@ class RtcHub:
 
     async def handle_offer(self, request: web.Request) -> web.Response:
         """``POST /offer``: answer an SDP offer with a session (or a viewer), or explain why not."""
+        access = request.get(ACCESS_KEY)  # set by the server's gate (streaming/guard.py)
         try:
             body = await self._read_offer(request)
             if "watch" in body:
-                answer, peer = await answer_watch(self, body)
+                answer, peer = await answer_watch(self, body, access)
             else:
-                answer, peer = await answer_session(self, body)
+                answer, peer = await answer_session(self, body, access)
+        except AuthError as e:
+            self.engine.metrics.refusals.labels("/offer", e.reason).inc()
+            return _refused(request, e, e.status)
         except (CapacityError, ShutdownError) as e:
             return _refused(request, e, 503)
         except CausalcastError as e:

@@ -26,6 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from models.base import Pacing
 from models.errors import CausalcastError, ProtocolError, ShutdownError
+from streaming.auth import Access
 from streaming.media.audio import float_to_pcm16
 from streaming.media.codecs import AudioEncoder
 from streaming.media.pacing import AudioPacer, VideoPacer
@@ -253,8 +254,13 @@ class RtcPeer(RtcPeerBase):
                 track.stop()
 
 
-async def answer_session(hub: RtcHost, body: dict[str, Any]) -> tuple[dict[str, Any], RtcPeer]:
-    """Validate an offer with a model, admit its session, and build the answer (with gathered candidates)."""
+async def answer_session(
+    hub: RtcHost, body: dict[str, Any], access: Access | None = None
+) -> tuple[dict[str, Any], RtcPeer]:
+    """Validate an offer with a model, admit its session, and build the answer (with gathered candidates).
+
+    ``access``: who sent the offer (its grant and per-client cap are checked by the engine).
+    """
     if hub.shutting_down:
         raise ShutdownError("server shutting down")
     model, params = body["model"], body.get("params", {})
@@ -264,7 +270,7 @@ async def answer_session(hub: RtcHost, body: dict[str, Any]) -> tuple[dict[str, 
     generator = hub.engine.generators.get(model)
     input_rate = generator.spec.input_audio.sample_rate_hz if generator and generator.spec.input_audio else None
     # Raises for unknown models and bad params. The transport resamples to the model rate itself.
-    session = hub.engine.new_session(model, params, input_rate)
+    session = hub.engine.new_session(model, params, input_rate, access=access, share=share)
     inspect_offer(body["sdp"], session.spec, model)
     pc, sdp, host_addresses = hub.new_connection(body["sdp"])
     peer = RtcPeer(hub, pc, session)

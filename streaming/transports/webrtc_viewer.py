@@ -29,6 +29,7 @@ import av
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from models.errors import ProtocolError, ShutdownError
+from streaming.auth import Access
 from streaming.broadcast import Broadcast, Viewer
 from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
@@ -174,10 +175,14 @@ class RtcViewer(RtcPeerBase):
                 track.stop()
 
 
-async def answer_watch(hub: RtcHost, body: dict[str, Any]) -> tuple[dict[str, Any], RtcViewer]:
+async def answer_watch(
+    hub: RtcHost, body: dict[str, Any], access: Access | None = None
+) -> tuple[dict[str, Any], RtcViewer]:
     """Answer an offer with ``watch``: a receive-only peer of a shared session, or a clear refusal."""
     if hub.shutting_down:
         raise ShutdownError("server shutting down")
+    if access is not None:
+        access.grant.check_watch()
     if hub.broadcasts is None:
         raise ProtocolError("this server does not share streams", "unknown_session")
     broadcasts = hub.broadcasts

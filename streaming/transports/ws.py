@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from models.errors import ProtocolError, ShutdownError
+from streaming.auth import Access
 from streaming.broadcast import Broadcast, BroadcastHub, Viewer
 from streaming.engine.core import Engine
 from streaming.media.audio import pcm16_to_float
@@ -95,8 +96,10 @@ class WsConnection:
         codec_pool: Executor,
         broadcasts: BroadcastHub,
         limits: ControlLimits | None = None,
+        access: Access | None = None,
     ) -> None:
         self.ws = ws
+        self.access = access  # who connected (token grant, client address): checked at start and watch
         self.engine = engine
         self.broadcasts = broadcasts
         self._watching: tuple[Broadcast, Viewer] | None = None
@@ -147,7 +150,9 @@ class WsConnection:
         if self.session is not None:  # ended by the server (fatal error): its sender has drained
             await self.end_session(self.session.close_reason or "ended", notify=False)
         request = parse_start(message)
-        session = self.engine.new_session(request.model, request.params, request.input_sample_rate_hz)
+        session = self.engine.new_session(
+            request.model, request.params, request.input_sample_rate_hz, access=self.access, share=request.share
+        )
         sender = SessionSender(self.ws, session, request.audio_codec, request.video_codec, self.codec_pool)
         await self.engine.open_session(session)
         # From here the session is this connection's: whatever happens next (the client leaving before
@@ -164,6 +169,8 @@ class WsConnection:
     async def on_watch(self, message: dict[str, Any]) -> None:
         """``watch``: attach to a shared session's broadcast, reply ``watching``, forward its frames."""
         self._require_idle()
+        if self.access is not None:
+            self.access.grant.check_watch()
         session_id = message.get("session")
         if not isinstance(session_id, str):
             raise ProtocolError("'watch' needs the string 'session' id of a shared session")

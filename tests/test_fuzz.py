@@ -1,0 +1,222 @@
+"""Seeded fuzzing of everything a client can send: WebSocket frames, control JSON, SDP offers, data-channel
+messages. The real server on 127.0.0.1 must answer each with a clear error or a quiet close, never an
+unhandled exception, and a monitor session beside it must not suffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import struct
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection
+from conftest import make_server_config, serve_app
+from hardening_helpers import Monitor
+
+from streaming.client import Client
+from streaming.client.webrtc import RtcClient
+from streaming.protocol import HEADER, PROTOCOL_VERSION
+from streaming.transports import rtc_support
+from streaming.transports.webrtc import RtcConfig
+
+SEED = 18
+pytestmark = pytest.mark.slow
+
+TEMPLATES: list[dict[str, Any]] = [
+    {"type": "start", "protocol": PROTOCOL_VERSION, "model": "pitch", "params": {"semitones": 3},
+     "input": {"sample_rate_hz": 16000, "codec": "pcm16"}, "output": {"audio": "pcm16", "video": "jpeg"}},
+    {"type": "start", "model": "testcard", "share": True, "output": {"video": "jpeg"}},
+    {"type": "watch", "session": "abc", "output": {"audio": "opus"}},
+    {"type": "stop"},
+    {"type": "ping", "t": 1.5},
+    {"type": "request_keyframe"},
+    {"type": "set_pitch", "semitones": 2},
+    {"type": "prompt", "text": "a red square"},
+]
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**31, -(2**63), 10**30, rng.randint(-1000, 1000)])
+    if kind == 3:
+        return rng.choice([0.0, -0.5, 1e308, float(rng.random()), 1e-300])
+    if kind == 4:
+        return "".join(chr(rng.randrange(1, 0x3000)) for _ in range(rng.randrange(0, 40)))
+    if kind == 5:
+        return rng.choice(["", "pitch", "testcard", "start", "opus", "vp8", "h264", "jpeg", "pcm16", "../../etc"])
+    if kind == 6:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(0, 5))]
+    if kind == 7:
+        return {random_value(rng, 5) if rng.random() < 0.3 else rng.choice(["type", "model", "params", "output"]):
+                random_value(rng, depth + 1) for _ in range(rng.randrange(0, 5))}
+    return "[" * rng.randrange(1, 3000)  # nested-looking text
+
+
+def mutate_message(rng: random.Random) -> str:
+    message = json.loads(json.dumps(rng.choice(TEMPLATES)))
+    for _ in range(rng.randrange(1, 4)):
+        op = rng.randrange(4)
+        keys = list(message)
+        if op == 0 and keys:
+            message[rng.choice(keys)] = random_value(rng)
+        elif op == 1 and keys:
+            del message[rng.choice(keys)]
+        elif op == 2:
+            message[rng.choice(["params", "output", "input", "extra", "session"])] = random_value(rng)
+        else:
+            sub = message.get("params")
+            if isinstance(sub, dict):
+                sub[rng.choice(["semitones", "seed", "voice", "x"])] = random_value(rng)
+    text = json.dumps(message)
+    if rng.random() < 0.15:  # broken JSON
+        cut = rng.randrange(len(text))
+        text = text[:cut] + rng.choice(["", "}", "\x00", "\ud800".encode("utf-8", "surrogatepass").decode("latin-1")])
+    if rng.random() < 0.05:
+        text = "[" * 2000 + text + "]" * 2000
+    return text
+
+
+def random_frame(rng: random.Random) -> bytes:
+    kind = rng.randrange(4)
+    if kind == 0:
+        return rng.randbytes(rng.randrange(0, 40))
+    payload = rng.randbytes(rng.choice([0, 1, 3, 640, 641, 4096]))
+    header = HEADER.pack(rng.choice([1, 2, 0, 255]), rng.choice([1, 2, 3, 0, 9]), rng.randrange(256),
+                         rng.randrange(256), rng.randrange(2**32), rng.choice([0, 2**63, rng.randrange(2**40)]))
+    if kind == 1:
+        return header + payload
+    return HEADER.pack(1, 1, 0, 0, rng.randrange(2**32), rng.randrange(2**34)) + payload  # audio, odd pts
+
+
+def mutate_sdp(rng: random.Random, sdp: str) -> str:
+    lines = sdp.split("\r\n")
+    for _ in range(rng.randrange(1, 6)):
+        op = rng.randrange(6)
+        i = rng.randrange(len(lines))
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(i, lines[rng.randrange(len(lines))])
+        elif op == 2:
+            line = lines[i]
+            if line:
+                j = rng.randrange(len(line))
+                lines[i] = line[:j] + chr(rng.randrange(32, 127)) + line[j + 1 :]
+        elif op == 3:
+            lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
+        elif op == 4:
+            lines.insert(i, rng.choice(["m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=fingerprint:sha-256 00:11",
+                                        "a=setup:actpass", "a=candidate:1 1 udp 1 127.0.0.1 1 typ host",
+                                        "a=rtpmap:111 opus/0/2", "a=ice-ufrag:", "m=video 0 RTP/AVP 0"]))
+        else:
+            lines[i] = lines[i] * rng.randrange(2, 50)
+    return "\r\n".join(lines)
+
+
+async def loopback_offer_sdp() -> str:
+    pc = RTCPeerConnection()
+    pc.createDataChannel("control")
+    pc.addTransceiver("audio", direction="sendrecv")
+    with rtc_support.gathering_from(("127.0.0.1",)):
+        await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+class ErrorLog(logging.Handler):
+    """Every ERROR record with a traceback, from any logger: an exception nobody handled."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or "Traceback" in record.getMessage() or "never retrieved" in record.getMessage():
+            self.records.append(record)
+
+
+async def test_fuzzed_client_input_gets_errors_or_quiet_closes_never_crashes():
+    rng = random.Random(SEED)
+    config = make_server_config(models=("pitch", "testcard"), webrtc=RtcConfig(loopback_only=True,
+                                                                               connect_timeout_s=2.0))
+    errors = ErrorLog()
+    logging.getLogger().addHandler(errors)
+    server, runner = await serve_app(config)
+    statuses: dict[int, int] = {}
+    replies = closes = 0
+    try:
+        async with Monitor(server.ws_url) as monitor:
+            # WebSocket: control JSON and binary frames, paced under the 50 errors/s disconnect limit
+            client = Client(server.ws_url)
+            await client.connect()
+            for i in range(240):
+                try:
+                    if rng.random() < 0.6:
+                        await client.ws.send_str(mutate_message(rng))
+                    else:
+                        await client.ws.send_bytes(random_frame(rng))
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        while True:  # drain what came back so far
+                            await client.receive(0.005)
+                            replies += 1
+                except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                    closes += 1  # a quiet close (1008 for error floods, 1009 for size): reconnect
+                    await client.close()
+                    client = Client(server.ws_url)
+                    await client.connect()
+                if i % 8 == 7:
+                    await asyncio.sleep(0.03)
+            await client.send({"type": "ping", "t": 7})
+            assert (await client.expect("pong"))["t"] == 7
+            await client.close()
+            # SDP offers: mutated real offers; 200, 400 or 503, never 500
+            sdp = await loopback_offer_sdp()
+            async with aiohttp.ClientSession() as http:
+                for _ in range(40):
+                    body = {"type": "offer", "sdp": mutate_sdp(rng, sdp), "model": rng.choice(["pitch", "testcard"])}
+                    if rng.random() < 0.2:
+                        body[rng.choice(["params", "share", "watch", "model"])] = random_value(rng)
+                    async with http.post(f"{server.http_url}/offer", json=body) as r:
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        assert r.status in (200, 400, 503), (r.status, await r.text())
+            # data channel: a connected peer gets random text and bytes, then still answers a ping
+            peer = RtcClient(server.http_url)
+            await peer.connect("pitch", receive_audio=True)
+            await peer.wait_connected()
+            await peer.expect("ready")
+            for i in range(120):
+                roll = rng.random()
+                if roll < 0.6:
+                    peer.channel.send(mutate_message(rng))
+                elif roll < 0.8:
+                    peer.channel.send(rng.randbytes(rng.randrange(1, 200)))
+                else:
+                    peer.channel.send(struct.pack("!I", i) * rng.randrange(1, 64))
+                if i % 8 == 7:
+                    await asyncio.sleep(0.03)
+            peer.send({"type": "ping", "t": 9})
+            while (await peer.expect("pong", timeout=10))["t"] != 9:
+                pass
+            await peer.close()
+            report = await monitor.finish()
+        async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/healthz") as r:
+            assert r.status == 200
+    finally:
+        logging.getLogger().removeHandler(errors)
+        await runner.cleanup()
+    print(f"fuzz: {replies} WS replies, {closes} closes, offer statuses {statuses}")
+    assert replies > 100
+    assert not errors.records, [f"{r.name}: {r.getMessage()}" for r in errors.records[:5]]
+    report.assert_unaffected()
