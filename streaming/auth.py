@@ -68,6 +68,7 @@ class Access:
     grant: Grant = OPEN_GRANT
     authenticated: bool = False  # a valid token was presented
     max_sessions: int | None = None  # the effective per-client session cap (grant's, else the server's)
+    max_pending_offers: int | None = None  # WebRTC offers answered but not yet connected, at once
 
 
 # -- tokens -------------------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ class AccessConfig:
     # Sessions one client may hold at once: per token (unless the token sets its own) or per address
     # (loopback addresses without a token are exempt: tests, benches and a local page).
     max_sessions_per_client: int | None = 8
+    max_pending_offers_per_client: int | None = 4  # answered WebRTC offers not yet connected (same exemption)
     turn_secret: bytes | None = None  # coturn's static-auth-secret: /config mints TURN credentials with it
     turn_urls: tuple[str, ...] = ()  # turn:/turns: URLs the minted credentials are for
     turn_ttl_s: float = 3600.0  # how long minted TURN credentials stay valid
@@ -266,9 +268,11 @@ def resolve_access(config: AccessConfig, token: str | None, remote: str | None) 
     if config.secret is not None and token:
         grant = verify_token(config.secret, token)
         cap = grant.max_sessions if grant.max_sessions is not None else config.max_sessions_per_client
-        return Access(f"token:{grant.token_id}", grant, authenticated=True, max_sessions=cap)
+        return Access(f"token:{grant.token_id}", grant, True, cap, config.max_pending_offers_per_client)
     if config.secret is not None:
         # No token: nothing may be started or watched (the middleware refuses protected routes earlier).
         return Access(f"ip:{remote}", Grant(models=frozenset(), share=False, watch=False), max_sessions=0)
-    cap = None if is_loopback(remote) else config.max_sessions_per_client
-    return Access(f"ip:{remote}", OPEN_GRANT, max_sessions=cap)
+    if is_loopback(remote):
+        return Access(f"ip:{remote}", OPEN_GRANT)
+    return Access(f"ip:{remote}", OPEN_GRANT, False, config.max_sessions_per_client,
+                  config.max_pending_offers_per_client)

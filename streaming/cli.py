@@ -152,6 +152,12 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
         "(0: no limit)",
     )
     access.add_argument(
+        "--max-pending-offers-per-client",
+        type=int,
+        default=int(_env("MAX_PENDING_OFFERS_PER_CLIENT", "4")),
+        help="WebRTC offers one client may have answered but not yet connected (0: no limit)",
+    )
+    access.add_argument(
         "--turn-secret-file",
         default=_env("TURN_SECRET_FILE", ""),
         help="coturn's static-auth-secret (or CAUSALCAST_TURN_SECRET): /config mints time-limited TURN "
@@ -305,6 +311,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             no_auth=args.no_auth,
             allowed_origins=_split(args.allowed_origins),
             max_sessions_per_client=args.max_sessions_per_client or None,
+            max_pending_offers_per_client=args.max_pending_offers_per_client or None,
             turn_secret=_read_secret(args.turn_secret_file, "TURN_SECRET"),
             turn_urls=_split(args.turn_urls),
             turn_ttl_s=args.turn_ttl,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -259,3 +260,36 @@ async def test_healthz_public_part_and_turn_credentials_per_client(secured):
     digest = hmac.new(TURN_SECRET, turn["username"].encode(), hashlib.sha1).digest()
     assert turn["credential"] == base64.b64encode(digest).decode()
     assert turn["urls"] == ["turn:turn.example.org:3478?transport=udp"]
+
+
+async def test_a_client_cannot_hold_slots_with_offers_it_never_connects():
+    from test_fuzz import loopback_offer_sdp
+
+    from streaming.transports.webrtc import RtcConfig
+
+    access = AccessConfig(secret=SECRET, max_pending_offers_per_client=3)
+    config = make_server_config(models=("pitch",), access=access,
+                                webrtc=RtcConfig(loopback_only=True, connect_timeout_s=1.5))
+    server, runner = await serve_app(config)
+    hoarder, other = token(models=["pitch"]), token(models=["pitch"])
+    try:
+        async with Monitor(f"{server.ws_url}?token={other}") as monitor, aiohttp.ClientSession() as http:
+            sdp = await loopback_offer_sdp()  # an offer whose peer never answers ICE
+
+            async def offer(who: str) -> tuple[int, dict]:
+                body = {"type": "offer", "sdp": sdp, "model": "pitch"}
+                return await _status(http, "POST", f"{server.http_url}/offer?token={who}", json=body)
+
+            for _ in range(3):
+                assert (await offer(hoarder))[0] == 200
+            status, body = await offer(hoarder)
+            assert status == 503 and "have not connected" in body["message"]
+            assert (await offer(other))[0] == 200  # another client is not affected
+            await asyncio.sleep(2.0)  # the connect timeout ends the unconnected peers and frees the client
+            assert (await offer(hoarder))[0] == 200
+            report = await monitor.finish()
+    finally:
+        await runner.cleanup()
+    metrics = server.engine.metrics.render().decode()
+    assert 'causalcast_refusals_total{endpoint="/offer",reason="client_pending_offers"} 1.0' in metrics
+    report.assert_unaffected()

@@ -56,7 +56,9 @@ def test_without_a_token_the_page_says_so_and_the_hook_sets_one(secured, tmp_pat
         message = driver.execute_script("return causalcast.state().message")
         assert "needs a token" in message and "?token=" in message
         token = mint_token(SECRET, ttl_s=300, models=["testcard"])
-        driver.execute_script("causalcast.setToken(arguments[0])", token)
+        driver.execute_async_script(
+            "const done = arguments[arguments.length - 1]; causalcast.setToken(arguments[0]).then(() => done())", token
+        )
         driver.execute_script("causalcast.selectMode('video'); causalcast.setTransport('ws'); causalcast.start()")
         wait_until(driver, "return causalcast.state().last.ready")
         driver.execute_script("causalcast.stop()")

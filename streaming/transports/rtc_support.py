@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -44,6 +45,8 @@ from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
+
+log = logging.getLogger(__name__)
 
 _HOST_ADDRESSES: ContextVar[tuple[str, ...] | None] = ContextVar("causalcast_host_addresses", default=None)
 _ORIGINAL_GET_HOST_ADDRESSES = aioice.ice.get_host_addresses
@@ -332,3 +335,25 @@ def stereo_s16_frame(pcm: np.ndarray, sample_rate_hz: int) -> av.AudioFrame:
     frame = av.AudioFrame.from_ndarray(np.repeat(pcm, 2)[None, :], format="s16", layout="stereo")
     frame.sample_rate = sample_rate_hz
     return frame
+
+
+async def close_failed(pc: RTCPeerConnection) -> None:
+    """Close a peer connection whose offer failed; a malformed offer can leave aiortc unable to close cleanly.
+
+    (aiortc's ``close`` stops every transceiver's transport, and a section it never gave one raises.) The
+    failure being reported is the offer's; the half-built connection is dropped either way.
+    """
+    try:
+        await pc.close()
+    except Exception as e:
+        log.debug("closing a failed peer connection raised %s: %s", type(e).__name__, e)
+
+
+def has_transports(pc: RTCPeerConnection) -> bool:
+    """Whether every media section of the applied offer got a transport.
+
+    A malformed offer (a BUNDLE group that does not match its sections) can leave one without; aiortc's
+    connect task, scheduled by ``setRemoteDescription``, would then fail in the background. Checked right
+    after applying the offer (before anything awaits), a refusal closes the connection before that task runs.
+    """
+    return all(t.receiver.transport is not None for t in pc.getTransceivers())

@@ -35,6 +35,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from models.errors import AuthError, CapacityError, CausalcastError, ProtocolError, ShutdownError
+from streaming.auth import Access
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
 from streaming.guard import ACCESS_KEY
@@ -75,6 +76,7 @@ class RtcHub:
         self._offers: dict[str, RtcPeerBase] = {}  # offer_id -> its peer, while the peer lives
         self._offer_ids: dict[RtcPeerBase, str] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # cancelled before their answer was ready
+        self._pending: dict[RtcPeerBase, str] = {}  # answered, not yet connected peers -> their client
 
     @property
     def shutting_down(self) -> bool:
@@ -122,20 +124,44 @@ class RtcHub:
         offer_id = self._offer_ids.pop(peer, None)
         if offer_id is not None:
             self._offers.pop(offer_id, None)
+        self._pending.pop(peer, None)
+
+    def _check_pending(self, access: Access | None) -> None:
+        """Refuse a client's offer while it has too many answered offers that have not connected.
+
+        An answered offer holds a session slot until ICE/DTLS connects or the connect timeout ends it; a
+        client posting offers it never completes would otherwise hold every slot.
+        """
+        for peer in [p for p in self._pending if p.pc.connectionState == "connected" or p not in self.peers]:
+            del self._pending[peer]
+        if access is None or access.max_pending_offers is None:
+            return
+        pending = sum(1 for client in self._pending.values() if client == access.client)
+        if pending >= access.max_pending_offers:
+            raise CapacityError(
+                f"this client has {pending} answered offers that have not connected yet (its limit is "
+                f"{access.max_pending_offers}); connect or close them first",
+                "client_pending_offers",
+            )
 
     async def handle_offer(self, request: web.Request) -> web.Response:
         """``POST /offer``: answer an SDP offer with a session (or a viewer), or explain why not."""
         access = request.get(ACCESS_KEY)  # set by the server's gate (streaming/guard.py)
         try:
+            self._check_pending(access)
             body = await self._read_offer(request)
             if "watch" in body:
                 answer, peer = await answer_watch(self, body, access)
             else:
                 answer, peer = await answer_session(self, body, access)
+            if access is not None:
+                self._pending[peer] = access.client
         except AuthError as e:
             self.engine.metrics.refusals.labels("/offer", e.reason).inc()
             return _refused(request, e, e.status)
         except (CapacityError, ShutdownError) as e:
+            if isinstance(e, CapacityError) and e.reason == "client_pending_offers":
+                self.engine.metrics.refusals.labels("/offer", e.reason).inc()
             return _refused(request, e, 503)
         except CausalcastError as e:
             self.engine.metrics.errors.labels(e.code).inc()

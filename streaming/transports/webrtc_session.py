@@ -280,6 +280,9 @@ async def answer_session(
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:
             raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
+        if not rtc_support.has_transports(pc):
+            raise ProtocolError("offer rejected: a media section has no transport (check its BUNDLE group)",
+                                "bad_offer")
         rtc_support.tune_audio_receivers(pc, hub.config.audio_prefetch)
         for track in (peer.audio_track, peer.video_track):
             if track is not None and any(t.kind == track.kind for t in pc.getTransceivers()):
@@ -292,9 +295,10 @@ async def answer_session(
         try:
             with rtc_support.gathering_from(host_addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
-        except Exception:
+        except Exception as e:
             await hub.engine.close_session(session, "answer failed")
-            raise
+            # aiortc accepts some malformed offers and fails only here (e.g. a media section without a direction)
+            raise ProtocolError(f"cannot answer this offer: {type(e).__name__}: {e}", "bad_offer") from e
         for transceiver in pc.getTransceivers():
             chosen = rtc_support.negotiated_codec(transceiver)
             if transceiver.sender.track is peer.audio_track and chosen == "opus":
@@ -302,7 +306,7 @@ async def answer_session(
     except BaseException:
         session.close("offer failed")
         peer.stop_tracks()
-        await pc.close()
+        await rtc_support.close_failed(pc)
         raise
     if share:
         hub.broadcasts.share(session)

@@ -199,6 +199,9 @@ async def answer_watch(
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except Exception as e:
             raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
+        if not rtc_support.has_transports(pc):
+            raise ProtocolError("offer rejected: a media section has no transport (check its BUNDLE group)",
+                                "bad_offer")
         kinds = {t.kind for t in pc.getTransceivers()}
         if peer.audio_track is not None and "audio" not in kinds:  # the viewer takes no audio: none is queued
             peer.audio_track.stop()
@@ -213,8 +216,11 @@ async def answer_watch(
                     rtc_support.route_keyframe_requests(sender, peer.request_keyframe)
         for transceiver in pc.getTransceivers():  # a viewer only receives: the answer only sends
             transceiver.direction = DIRECTIONS[(transceiver.sender.track is not None, False)]
-        with rtc_support.gathering_from(host_addresses):
-            await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            with rtc_support.gathering_from(host_addresses):
+                await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:  # a malformed offer aiortc accepted but cannot answer
+            raise ProtocolError(f"cannot answer this offer: {type(e).__name__}: {e}", "bad_offer") from e
         # The video codec the answer chose (VP8 also when the viewer takes no video: shared with most viewers).
         for transceiver in pc.getTransceivers():
             chosen = rtc_support.negotiated_codec(transceiver)
@@ -222,7 +228,7 @@ async def answer_watch(
                 peer.video_codec = _NEGOTIATED_VIDEO[chosen]
     except BaseException:
         peer.stop_tracks()
-        await pc.close()
+        await rtc_support.close_failed(pc)
         raise
     hub.peers.add(peer)
     peer.start()
