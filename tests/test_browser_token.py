@@ -38,7 +38,7 @@ def test_the_page_uses_the_token_in_its_url(secured, transport: str, tmp_path) -
         driver.get(f"{secured.http_url}/?token={token}")
         _wait_ready(driver)
         status = driver.execute_script("return document.getElementById('server-status').textContent")
-        assert "testcard" in status  # /healthz detail and /config reached with the token
+        assert "2 models ready" in status  # /healthz detail reached with the token
         driver.execute_script(
             "causalcast.selectMode('video'); causalcast.setTransport(arguments[0]); causalcast.start()", transport
         )
