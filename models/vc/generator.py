@@ -40,22 +40,21 @@ import torch
 
 from models.audio.pitch_track import StreamingPitch, median_pitch
 from models.audio.slot_vocoder import SlotVocoder
-from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.base import AudioFormat, ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
 from models.flow import mean_flow_jumps
 from models.graphs import BucketGraphs
-from models.params import WavUpload, seed_param, unknown_params, wav_upload
+from models.params import WavUpload, wav_upload
 from models.vc.checkpoint import Checkpoint, load_checkpoint
 from models.vc.model import VCConfig, VCModel
 from models.vc.pitch_map import PRIOR_F0_HZ, map_pitch
 from models.vc.serving import (
+    EVENTS,
     MAX_REFERENCE_UPLOAD_S,
-    check_reference,
+    ReferenceVoiceGenerator,
     clean_audio,
     group_bucket,
-    reference_part,
     reference_speech,
-    steps_param,
 )
 from models.vc.slots import VCSlots
 from models.vc.stream import Rows, StreamingContent, StreamingDiT
@@ -63,8 +62,6 @@ from models.vc.stream import Rows, StreamingContent, StreamingDiT
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "vc_default.safetensors")
 SAMPLE_RATE_HZ = 16_000
 MIN_REFERENCE_S = 3.0  # of speech, after trimming silence (uploads: models/vc/serving.py; the first max_ref_s used)
-PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
-EVENTS = frozenset({"set_reference", "set_steps"})
 
 
 @dataclass
@@ -81,11 +78,10 @@ class VCState:
     context_index: torch.Tensor | None = None
 
 
-class VCGenerator(Generator):
+class VCGenerator(ReferenceVoiceGenerator):
     """Model `vc`: mic audio in, the same speech in a reference voice out, 16 kHz, chunk by chunk."""
 
-    name = "vc"
-    prepared_events = frozenset({"set_reference"})  # an uploaded reference is embedded off the step thread
+    voices_label = "shipped voices"
 
     def __init__(
         self,
@@ -216,44 +212,14 @@ class VCGenerator(Generator):
         mel = self.model.mel.reference(torch.from_numpy(speech.astype(np.float32))[None].to(self.device))[0]
         return self._embed_reference(mel, median_pitch(speech, PRIOR_F0_HZ))
 
-    def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
-        """The voice a start or `set_reference` asks for: (shipped id, None) or ("reference", its checked upload)."""
-        return check_reference(payload, self._voices, self.default_voice, "shipped voices")
-
     def voice_embedding(self, voice: str) -> tuple[torch.Tensor, ...]:
         """A shipped voice's embedding: speaker (dim,), timbre K/V, token mask (S,), median log f0 ()."""
         return self._voices[voice]
 
-    @property
-    def default_voice(self) -> str:
-        """The first shipped voice."""
-        return sorted(self._voices)[0]
-
     # -- sessions -----------------------------------------------------------------------------------------
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (shipped id) or ``reference_audio`` (base64 WAV, 3-10 s of speech), ``steps``, ``seed``.
-
-        Cheap: an upload's header is checked here, its samples are read and embedded in prepare_session.
-        """
-        unknown_params("vc", params, PARAMS)
-        voice, upload = self._check_reference(params)
-        out = {"voice": voice, "steps": steps_param(params.get("steps", 1)), "seed": seed_param(params)}
-        if upload is not None:
-            out["reference_audio"] = upload
-        return out
-
-    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Embed an uploaded reference (decode, resample, speaker encoder): the work that takes ~0.1-2 s."""
-        out = dict(params)
-        if (upload := out.pop("reference_audio", None)) is not None:
-            out["reference"] = self._embed_upload(upload)
-        return out
-
     def open_session(self, params: Mapping[str, Any]) -> VCState:
         """Take a slot and reset its state; params come from :meth:`prepare_session`."""
-        reference = params.get("reference") or self._voices[params["voice"]]
-        slot = self._slots.allocate()
-        self.cache.clear([slot], keep_sink=False)
+        slot, reference = self._take_slot(params)
         self.slots.reset_stream(slot)
         self._vocoder.reset(slot)
         self._set_reference(slot, reference)
@@ -264,14 +230,6 @@ class VCGenerator(Generator):
         rng.manual_seed(params["seed"])
         return VCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"])
 
-    def describe_session(self, state: VCState, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a shipped id or "reference"), ``steps``, ``seed``."""
-        return {"voice": state.voice, "steps": state.steps, "seed": params["seed"]}
-
-    def close_session(self, state: VCState) -> None:
-        """Free the slot."""
-        self._slots.free(state.slot)
-
     def _set_reference(self, slot: int, reference: tuple[torch.Tensor, ...]) -> None:
         speaker, kv, tmask, log_f0 = reference
         self.slots.speaker[slot], self.slots.timbre[slot], self.slots.timbre_mask[slot] = speaker, kv, tmask
@@ -280,45 +238,14 @@ class VCGenerator(Generator):
         for (r, t), i in self._pair_index.items():  # the adaLN modulations of every flow-time pair
             self.slots.mods[slot, i] = self._dit.modulations(speaker[None], r, t)[0]
 
-    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
-        """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
-        payload = event.payload
-        if "reference_audio_part" in payload:
-            payload = reference_part(scratch, payload)
-            if payload is None:
-                return None  # more pieces to come
-        voice, upload = self._check_reference(payload)
-        if upload is None:
-            return ControlEvent(event.type, {"voice": voice})
-        return ControlEvent(event.type, {"voice": voice}, prepared=self._embed_upload(upload))
-
-    def handle_event(self, state: VCState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
-
-        Both take effect from the next chunk on. ``reference_audio_part`` carries one piece of a base64 WAV
-        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it. Uploads are
-        embedded by :meth:`prepare_event` first; this only installs the result.
-        """
-        if event.type == "set_steps":
-            state.steps = steps_param(event.payload.get("steps"))
-            return [{"type": "steps_set", "steps": state.steps}]
-        if event.type != "set_reference":
-            return super().handle_event(state, event)
-        if event.prepared is None and {"reference_audio", "reference_audio_part"} & set(event.payload):
-            raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
-        if event.prepared is not None:  # an upload, embedded by prepare_event
-            voice, reference = "reference", event.prepared
-        else:
-            voice = self._check_reference(event.payload)[0]
-            reference = self._voices[voice]
+    def _switch_reference(self, state: VCState, voice: str, reference: tuple[torch.Tensor, ...]) -> None:
+        """The new voice from the next chunk: the context reset (``voice_switch="reset"``) or recomputed."""
         self._set_reference(state.slot, reference)
         if self.voice_switch == "reset":
             self.cache.clear([state.slot], keep_sink=False)  # the vocoder's context stays: no click
             state.context_index = None  # the last chunk's context is dropped with the rest
         else:
             self._recache(state)
-        state.voice = voice
-        return [{"type": "reference_set", "voice": voice}]
 
     @torch.inference_mode()
     def _recache(self, state: VCState) -> None:

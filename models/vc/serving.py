@@ -2,7 +2,9 @@
 
 The shipped model (models/vc/generator.py) and MeanVC's release (models/vc/meanvc/generator.py) take the
 same parameters and events: their checks, a reference upload's decode and checks, the pieces of a live
-upload, mic-chunk cleaning and the grouping of a batch into buckets live here.
+upload, mic-chunk cleaning, the grouping of a batch into buckets, and the session side of the generator
+(:class:`ReferenceVoiceGenerator`: parameters, references through the preparation stage, slots, events)
+live here; each generator keeps its model, its per-slot state and its step.
 
 Each piece follows the generator contract's stages (models/base.py): the checks named ``*_param`` and
 :func:`check_reference` are cheap (the event loop); :func:`reference_speech` and :func:`reference_part` run
@@ -11,15 +13,21 @@ in the preparation stage.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from models.audio.dsp import resample, trim_silence
+from models.base import ControlEvent, Generator
+from models.cache import RingKVCache, SlotAllocator
 from models.errors import ParamError
-from models.params import WavUpload, decode_wav, wav_upload
+from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
 
+PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
+EVENTS = frozenset({"set_reference", "set_steps"})
 MAX_REFERENCE_UPLOAD_S = 30.0  # longer uploads are refused from their header
 # A reference sent live in pieces (a WebRTC data-channel message holds 64 KiB): base64 characters at most,
 # enough for the longest accepted upload as 16-bit WAV at 48 kHz.
@@ -94,3 +102,105 @@ def clean_audio(audio: np.ndarray | None) -> np.ndarray:
     if not np.isfinite(x).all():  # rare: nan_to_num costs ~30 us a chunk, the check ~3 us
         x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
     return np.clip(x, -1.0, 1.0)
+
+
+class ReferenceVoiceGenerator(Generator):
+    """The session side both `vc` generators share: parameters, references through the preparation stage, events.
+
+    A subclass holds ``_voices`` (voice id -> its embedding, a tuple of tensors), ``_slots`` (a
+    :class:`~models.cache.SlotAllocator`) and ``cache`` (a :class:`~models.cache.RingKVCache`), and implements
+    :meth:`_embed_upload` (the heavy part, run in the preparation stage), ``open_session`` (starting from
+    :meth:`_take_slot`) and :meth:`_switch_reference` (installing a new voice in a running session).
+    """
+
+    name = "vc"
+    prepared_events = frozenset({"set_reference"})  # an uploaded reference is embedded off the step thread
+    voices_label = "voices"  # how the unknown-voice message names the voices on offer
+    _voices: dict[str, tuple[torch.Tensor, ...]]
+    _slots: SlotAllocator
+    cache: RingKVCache
+
+    @property
+    def default_voice(self) -> str:
+        """The first voice by id."""
+        return min(self._voices)
+
+    def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
+        return check_reference(payload, self._voices, self.default_voice, self.voices_label)
+
+    @abstractmethod
+    def _embed_upload(self, upload: WavUpload) -> tuple[torch.Tensor, ...]:
+        """Decode, resample, check and embed a reference whose header was checked (the preparation stage)."""
+
+    @abstractmethod
+    def _switch_reference(self, state: Any, voice: str, reference: tuple[torch.Tensor, ...]) -> None:
+        """Install a new voice in a running session from its next chunk on (on the worker)."""
+
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a voice id) or ``reference_audio`` (base64 WAV), ``steps`` (1 or 2), ``seed``.
+
+        Cheap: an upload's header is checked here, its samples are read and embedded in prepare_session.
+        """
+        unknown_params("vc", params, PARAMS)
+        voice, upload = self._check_reference(params)
+        out = {"voice": voice, "steps": steps_param(params.get("steps", 1)), "seed": seed_param(params)}
+        if upload is not None:
+            out["reference_audio"] = upload
+        return out
+
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Embed an uploaded reference (decode, resample, speaker encoder): the work that takes 0.1-6 s."""
+        out = dict(params)
+        if (upload := out.pop("reference_audio", None)) is not None:
+            out["reference"] = self._embed_upload(upload)
+        return out
+
+    def _take_slot(self, params: Mapping[str, Any]) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """A free slot with its ring cache cleared, and the session's reference (prepared or a voice's)."""
+        reference = params.get("reference") or self._voices[params["voice"]]
+        slot = self._slots.allocate()
+        self.cache.clear([slot], keep_sink=False)
+        return slot, reference
+
+    def describe_session(self, state: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a voice id or "reference"), ``steps``, ``seed``."""
+        return {"voice": state.voice, "steps": state.steps, "seed": params["seed"]}
+
+    def close_session(self, state: Any) -> None:
+        """Free the slot."""
+        self._slots.free(state.slot)
+
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
+        """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
+        payload = event.payload
+        if "reference_audio_part" in payload:
+            payload = reference_part(scratch, payload)
+            if payload is None:
+                return None  # more pieces to come
+        voice, upload = self._check_reference(payload)
+        if upload is None:
+            return ControlEvent(event.type, {"voice": voice})
+        return ControlEvent(event.type, {"voice": voice}, prepared=self._embed_upload(upload))
+
+    def handle_event(self, state: Any, event: ControlEvent) -> list[dict[str, Any]]:
+        """``set_reference {voice | reference_audio | reference_audio_part, final}`` and ``set_steps {steps}``.
+
+        Both take effect from the next chunk on. ``reference_audio_part`` carries one piece of a base64 WAV
+        (the pieces of its base64 text, in order); the piece with ``final: true`` completes it. Uploads are
+        embedded by :meth:`prepare_event` first; this only installs the result.
+        """
+        if event.type == "set_steps":
+            state.steps = steps_param(event.payload.get("steps"))
+            return [{"type": "steps_set", "steps": state.steps}]
+        if event.type != "set_reference":
+            return super().handle_event(state, event)
+        if event.prepared is None and {"reference_audio", "reference_audio_part"} & set(event.payload):
+            raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
+        if event.prepared is not None:  # an upload, embedded by prepare_event
+            voice, reference = "reference", event.prepared
+        else:
+            voice = self._check_reference(event.payload)[0]
+            reference = self._voices[voice]
+        self._switch_reference(state, voice, reference)
+        state.voice = voice
+        return [{"type": "reference_set", "voice": voice}]

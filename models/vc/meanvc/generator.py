@@ -36,19 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.base import AudioFormat, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache, SlotAllocator
 from models.graphs import BucketGraphs
-from models.params import WavUpload, seed_param, unknown_params
+from models.params import WavUpload
 from models.vc.meanvc.dit import MeanVCDiT
 from models.vc.meanvc.features import MEL_HOP, SAMPLE_RATE_HZ, MeanVCMel
 from models.vc.meanvc.speaker import SpeakerModel
 from models.vc.meanvc.stream import LOOKAHEAD_SAMPLES, SCHEDULES, ContentState, ContentStream, denoise_chunk
 from models.vc.meanvc.vocos import FADE_FRAMES, StreamingVocoder, Vocos
-from models.vc.serving import check_reference, clean_audio, group_bucket, reference_part, reference_speech, steps_param
+from models.vc.serving import EVENTS, ReferenceVoiceGenerator, clean_audio, group_bucket, reference_speech
 
-PARAMS = frozenset({"voice", "reference_audio", "steps", "seed"})
-EVENTS = frozenset({"set_reference", "set_steps"})
 MIN_REFERENCE_S = 1.0  # of speech after trimming silence
 
 
@@ -65,11 +63,8 @@ class MeanVCState:
     has_previous: bool = False  # a clean chunk to run as the cache chunk (False at the start, after a switch)
 
 
-class MeanVCGenerator(Generator):
+class MeanVCGenerator(ReferenceVoiceGenerator):
     """Model `vc` served from MeanVC's published weights (``vc:weights=DIR``)."""
-
-    name = "vc"
-    prepared_events = frozenset({"set_reference"})  # an uploaded reference is embedded off the step thread
 
     def __init__(
         self,
@@ -158,39 +153,10 @@ class MeanVCGenerator(Generator):
         speech, _ = reference_speech(upload, SAMPLE_RATE_HZ, MIN_REFERENCE_S, self.max_reference_s)
         return self._embed(speech)  # at its own level, as MeanVC reads a reference (its mel is not level-free)
 
-    def _check_reference(self, payload: Mapping[str, Any]) -> tuple[str, WavUpload | None]:
-        return check_reference(payload, self._voices, self.default_voice)
-
-    @property
-    def default_voice(self) -> str:
-        """The first voice of the weights folder."""
-        return next(iter(self._voices))
-
     # -- sessions -----------------------------------------------------------------------------------------
-    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a clip of the weights folder) or ``reference_audio`` (base64 WAV), ``steps``, ``seed``.
-
-        Cheap: an upload's header is checked here; its samples are read and embedded in prepare_session.
-        """
-        unknown_params("vc", params, PARAMS)
-        voice, upload = self._check_reference(params)
-        out = {"voice": voice, "steps": steps_param(params.get("steps", 1)), "seed": seed_param(params)}
-        if upload is not None:
-            out["reference_audio"] = upload
-        return out
-
-    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Embed an uploaded reference (decode, resample, WavLM + ECAPA, MRTE memory): 0.1-6 s of a CPU core."""
-        out = dict(params)
-        if (upload := out.pop("reference_audio", None)) is not None:
-            out["reference"] = self._embed_upload(upload)
-        return out
-
     def open_session(self, params: Mapping[str, Any]) -> MeanVCState:
         """Take a slot, reset its state and install its reference; params come from :meth:`prepare_session`."""
-        reference = params.get("reference") or self._voices[params["voice"]]
-        slot = self._slots.allocate()
-        self.cache.clear([slot], keep_sink=False)
+        slot, reference = self._take_slot(params)
         self._vocoder.reset([slot])
         self._set_reference(slot, reference)
         rng = torch.Generator()  # on the host: the same noise on any device, whatever the batch
@@ -198,50 +164,15 @@ class MeanVCGenerator(Generator):
         return MeanVCState(slot=slot, rng=rng, steps=params["steps"], voice=params["voice"],
                            content=self._content.initial_state())
 
-    def describe_session(self, state: MeanVCState, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a clip's id or "reference"), ``steps``, ``seed``."""
-        return {"voice": state.voice, "steps": state.steps, "seed": params["seed"]}
-
-    def close_session(self, state: MeanVCState) -> None:
-        """Free the slot."""
-        self._slots.free(state.slot)
-
-    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent | None:
-        """`set_reference`: collect an upload's pieces, check it and embed it (off the loop and the steps)."""
-        payload = event.payload
-        if "reference_audio_part" in payload:
-            payload = reference_part(scratch, payload)
-            if payload is None:
-                return None  # more pieces to come
-        voice, upload = self._check_reference(payload)
-        if upload is None:
-            return ControlEvent(event.type, {"voice": voice})
-        return ControlEvent(event.type, {"voice": voice}, prepared=self._embed_upload(upload))
-
     @torch.inference_mode()
-    def handle_event(self, state: MeanVCState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``set_reference {voice | reference_audio | reference_audio_part, final}``, ``set_steps {steps}``.
+    def _switch_reference(self, state: MeanVCState, voice: str, reference: tuple[torch.Tensor, ...]) -> None:
+        """A new reference from the next chunk: speaker vector and reference memory replaced.
 
-        A new reference takes effect at the next chunk: speaker vector and reference memory replaced, the
-        DiT's context dropped (the chunk is generated as at a stream's start), the vocoder's context kept
-        (no click). Uploads are embedded by :meth:`prepare_event` first; this only installs the result.
+        The DiT's context is dropped (the chunk is generated as at a stream's start), the vocoder's kept (no click).
         """
-        if event.type == "set_steps":
-            state.steps = steps_param(event.payload.get("steps"))
-            return [{"type": "steps_set", "steps": state.steps}]
-        if event.type != "set_reference":
-            return super().handle_event(state, event)
-        if event.prepared is None and {"reference_audio", "reference_audio_part"} & set(event.payload):
-            raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
-        if event.prepared is not None:  # an upload, embedded by prepare_event
-            voice, reference = "reference", event.prepared
-        else:
-            voice = self._check_reference(event.payload)[0]
-            reference = self._voices[voice]
         self._set_reference(state.slot, reference)
         self.cache.clear([state.slot], keep_sink=False)
-        state.has_previous, state.voice = False, voice
-        return [{"type": "reference_set", "voice": voice}]
+        state.has_previous = False
 
     # -- stepping -----------------------------------------------------------------------------------------
     @torch.inference_mode()
