@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
+import base64
+import functools
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models.base import ControlEvent
+from models.audio.dsp import resample, wav_bytes
+from models.base import ControlEvent, apply_event, open_direct
 from models.tts.pocket.checkpoint import PocketTTS
 from models.tts.pocket.config import PocketConfig
 from models.tts.pocket.generator import PocketGenerator
@@ -257,29 +261,39 @@ def test_padded_bucket_path_equals_eager(tokenizer_path):
     _close(runs[1], runs[0])
 
 
-def test_voices_and_bad_input(tokenizer_path):
-    import base64
+def _clip_b64(seconds: float, seed: int, rate_hz: int = 16_000) -> str:
+    clip = resample(_clip(seconds=seconds, seed=seed).numpy(), 24_000, rate_hz)
+    return base64.b64encode(wav_bytes(clip, rate_hz)).decode()
 
-    from models.audio.dsp import wav_bytes
+
+def test_voices_and_bad_input(tokenizer_path):
     from models.errors import ParamError
 
     _, ours, tok = _pair(tokenizer_path)
     gen = PocketGenerator(ours, tok, {"alba": ours.voice_from_audio(_clip())}, max_sessions=2)
-    state = gen.open_session(gen.validate_params({"seed": 0}))
+    state = open_direct(gen, {"seed": 0})
     assert state.voice is gen.voices["alba"]
-    clip = base64.b64encode(wav_bytes(_clip(seconds=2.0, seed=6).numpy(), 16_000)).decode()
-    assert gen.handle_event(state, ControlEvent("set_voice", {"reference_audio": clip})) == [{"type": "voice_set"}]
+    clip = _clip_b64(2.0, seed=6)
+    assert apply_event(gen, state, ControlEvent("set_voice", {"reference_audio": clip})) == [{"type": "voice_set"}]
     assert state.voice is not gen.voices["alba"] and state.voice.num_frames > 1
-    cloned = gen.validate_params({"reference_audio": clip, "seed": 1})
-    assert cloned["reference_id"] and json.dumps(cloned)  # echoed to the client: JSON, no clip inside
-    other = gen.open_session(cloned)
+    # on the loop only the header is read: the validated params still carry the clip, undecoded
+    checked = gen.validate_params({"reference_audio": clip, "seed": 1})
+    assert checked["reference_audio"].seconds == pytest.approx(2.0, abs=1e-3)
+    params = gen.prepare_session(checked)
+    other = gen.open_session(params)
+    assert gen.describe_session(other, params) == {"voice": "reference", "seed": 1, "text": ""}  # what `ready` echoes
     assert torch.allclose(other.voice.k, state.voice.k)
     gen.close_session(other)
     for bad in ({"voice": "nobody"}, {"seed": "x"}, {"speed": 2}):
         with pytest.raises(ParamError):
             gen.validate_params(bad)
+    with pytest.raises(ParamError, match="is 12.0 s; send at most 10 s"):  # from the header, nothing decoded
+        gen.validate_params({"reference_audio": _clip_b64(12.0, seed=1)})
+    silent = base64.b64encode(wav_bytes(np.zeros(16_000, np.float32), 16_000)).decode()
+    with pytest.raises(ParamError, match="silent"):
+        open_direct(gen, {"reference_audio": silent})
     with pytest.raises(ParamError, match="not a usable WAV"):
-        gen.handle_event(state, ControlEvent("set_voice", {"reference_audio": base64.b64encode(b"junk").decode()}))
+        apply_event(gen, state, ControlEvent("set_voice", {"reference_audio": base64.b64encode(b"junk").decode()}))
     with pytest.raises(ParamError, match="over the limit"):
         gen.handle_event(state, ControlEvent("text", {"text": "x" * 300_000}))
     gen.handle_event(state, ControlEvent("text", {"text": "Still speaking.", "final": True}))
@@ -301,3 +315,41 @@ def test_shipped_voice_file_equals_cloned_voice(tokenizer_path, tmp_path):
     assert shipped.k.shape == cloned.k.shape
     _close(shipped.k, cloned.k)
     _close(shipped.v, cloned.v)
+
+
+async def test_reference_upload_does_not_make_another_session_late(release, start_server, one_torch_thread):
+    """A Pocket session's reference clip (header checked on the loop; decoded, resampled and encoded by Mimi
+    on the engine's preparation thread) leaves the event loop and another live session's chunks on time."""
+    from models.diagnostic.pitch import PitchShifter
+    from models.registry import load_model
+    from tests.streaming_helpers import LoopLag, send_paced, tone
+
+    gen = load_model("tts", "cpu", {"weights": str(release), "max_sessions": 2})
+    upload, switch = _clip_b64(10.0, seed=21, rate_hz=48_000), _clip_b64(10.0, seed=22, rate_hz=48_000)
+    started = time.perf_counter()
+    gen.prepare_session(gen.validate_params({"reference_audio": upload}))
+    prepare_ms = 1000 * (time.perf_counter() - started)
+    assert prepare_ms > 150, f"the upload is too light to prove anything here ({prepare_ms:.0f} ms)"
+
+    from streaming.client import Client
+
+    pitch = functools.partial(PitchShifter, chunk_ms=40.0)()
+    server = await start_server(("pitch", "tts"), generators={"pitch": pitch, "tts": gen})
+    audio = tone(220, 4.0)
+    async with Client(server.ws_url) as monitor, Client(server.ws_url) as uploader:
+        await monitor.start("pitch", {"semitones": 3}, input_sample_rate_hz=16_000, audio="pcm16")
+        sender = asyncio.create_task(send_paced(monitor, audio, 320, 16_000))
+        await asyncio.sleep(0.5)  # the monitor streams steadily
+        with LoopLag() as lag:
+            ready = await uploader.start("tts", {"reference_audio": upload, "seed": 4}, audio="pcm16")
+            await uploader.send({"type": "set_voice", "reference_audio": switch})
+            await uploader.expect("voice_set", timeout=20)
+        await sender
+        await asyncio.sleep(0.3)  # the last chunks come back
+        stopped = await monitor.stop()
+        await uploader.stop()
+    assert ready["params"] == {"voice": "reference", "seed": 4, "text": ""}  # JSON only: no clip, no tensor
+    message = f"event loop lag {lag.max_ms:.0f} ms during a {prepare_ms:.0f} ms preparation"
+    assert lag.max_ms < min(200, prepare_ms / 2), message  # the bound of tests/test_engine_prepare.py
+    stats = stopped["stats"]
+    assert stats["chunks_out"] == len(audio) // 640 and stats["late_chunks"] <= 5, stats

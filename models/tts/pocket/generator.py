@@ -24,8 +24,7 @@ its text was split into messages.
 from __future__ import annotations
 
 import math
-import os
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.audio.dsp import read_wav, resample
+from models.audio.dsp import resample
 from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.errors import ParamError
 from models.graphs import BucketGraphs
-from models.params import base64_param
+from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
 from models.speech_text import MAX_TEXT_CHARS
 from models.tts.pocket.checkpoint import PocketTTS, Voice
 from models.tts.pocket.mimi import SlotDecoder
@@ -54,7 +53,6 @@ TOKENS_PER_SECOND = 3.0  # the package's length budget: tokens / 3 + 2 s of fram
 BUDGET_PADDING_S = 2.0
 MAX_REFERENCE_S = 10.0  # a cloned voice's prompt (the window holds it with a chunk)
 FADE_IN_S = 0.005
-MAX_PENDING_REFERENCES = 64
 
 
 @dataclass
@@ -88,6 +86,7 @@ class PocketGenerator(Generator):
     """Model `tts` serving a Pocket TTS release (see module docstring)."""
 
     name = "tts"
+    prepared_events = frozenset({"set_voice"})  # a reference clip is encoded off the step thread
 
     def __init__(
         self,
@@ -141,8 +140,6 @@ class PocketGenerator(Generator):
         self.decoder = SlotDecoder(model.mimi, max_sessions + 1, self.device, graphs=self.use_graphs)  # rows = slots
         self.fade = torch.linspace(0, 1, int(FADE_IN_S * self.cfg.sample_rate_hz), device=self.device)
         self._ar = BucketGraphs(self._ar_core, enabled=self.use_graphs)
-        self._pending: OrderedDict[int, bytes] = OrderedDict()  # reference clips of sessions being opened
-        self._num_pending = 0
 
     # -- sessions ---------------------------------------------------------------------------------------
     @property
@@ -151,28 +148,28 @@ class PocketGenerator(Generator):
         return sorted(self.voices)[0] if self.voices else None
 
     def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """``voice`` (a shipped voice), ``reference_audio`` (base64 WAV, cloning variant), ``seed``, ``text``."""
-        unknown = set(params) - {"voice", "reference_audio", "seed", "text", "language"}
-        if unknown:
-            raise ParamError(f"model 'tts' does not know parameters {sorted(unknown)}")
+        """``voice`` (a shipped voice), ``reference_audio`` (base64 WAV, cloning variant), ``seed``, ``text``.
+
+        Cheap: an upload's header is checked here; its samples are read and encoded in prepare_session.
+        """
+        unknown_params("tts", params, {"voice", "reference_audio", "seed", "text", "language"})
         out: dict[str, Any] = {}
         if "reference_audio" in params:
-            # validated params are echoed to the client (JSON): the clip waits here, under an id
-            self._num_pending += 1
-            self._pending[self._num_pending] = self._reference_bytes(params["reference_audio"])
-            while len(self._pending) > MAX_PENDING_REFERENCES:
-                self._pending.popitem(last=False)
-            out["reference_id"] = self._num_pending
+            out["reference_audio"] = self._check_reference(params["reference_audio"])
         else:
             out["voice"] = self._voice_name(params.get("voice", self.default_voice))
-        seed = params.get("seed", int.from_bytes(os.urandom(4), "little"))
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ParamError(f"'seed' must be an integer, got {seed!r}")
-        out["seed"] = seed
+        out["seed"] = seed_param(params)
         text = params.get("text", "")
         if not isinstance(text, str):
             raise ParamError("'text' must be a string")
         out["text"] = text
+        return out
+
+    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Encode an uploaded reference into its voice (Mimi's encoder and the voice prefix: the heavy part)."""
+        out = dict(params)
+        if (upload := out.pop("reference_audio", None)) is not None:
+            out["reference_voice"] = self._reference_voice(upload)
         return out
 
     def _voice_name(self, voice: Any) -> str:
@@ -180,33 +177,24 @@ class PocketGenerator(Generator):
             raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voices)}")
         return voice
 
-    def _reference_bytes(self, data: Any) -> bytes:
+    def _check_reference(self, data: Any) -> WavUpload:
         if not self.model.has_voice_cloning:
             raise ParamError("these weights have no voice cloning (the gated variant adds it); pick a 'voice'")
-        return base64_param(data, "reference_audio", "a WAV file")
+        return wav_upload(data, "reference_audio", min_s=0.5, max_s=MAX_REFERENCE_S)
 
     @torch.inference_mode()
-    def _reference_voice(self, raw: bytes) -> Voice:
-        """Voice of a WAV clip (0.5-10 s, any rate); :class:`ParamError` if unusable. Runs on the worker."""
-        try:
-            audio, rate = read_wav(raw)
-        except ValueError as e:
-            raise ParamError(f"'reference_audio' is not a usable WAV: {e}") from e
-        if not np.isfinite(audio).all() or not 0.5 <= len(audio) / rate <= MAX_REFERENCE_S:
-            raise ParamError(f"'reference_audio' must be 0.5-{MAX_REFERENCE_S:g} s of finite samples")
+    def _reference_voice(self, upload: WavUpload) -> Voice:
+        """Decode, resample and encode a clip whose header was checked (off the loop and the steps)."""
+        audio, rate = decode_wav(upload)
         if float(np.abs(audio).max()) < 1e-3:
             raise ParamError("'reference_audio' is silent")
         audio = resample(audio, rate, self.cfg.sample_rate_hz)
         return self.model.voice_from_audio(torch.from_numpy(audio).to(self.device))
 
     def open_session(self, params: Mapping[str, Any]) -> PocketState:
-        """Take a cache slot; params come from :meth:`validate_params`."""
-        if "reference_id" in params:
-            raw = self._pending.pop(params["reference_id"], None)
-            if raw is None:
-                raise ParamError("the reference clip expired before the session opened; send it again")
-            voice = self._reference_voice(raw)
-        else:
+        """Take a cache slot; params come from :meth:`prepare_session`."""
+        voice = params.get("reference_voice")  # an uploaded reference's, encoded by prepare_session
+        if voice is None:
             voice = self.voices[params["voice"]]
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
@@ -216,9 +204,22 @@ class PocketGenerator(Generator):
             self._add_text(state, params["text"], final=True)
         return state
 
+    def describe_session(self, state: PocketState, params: Mapping[str, Any]) -> dict[str, Any]:
+        """``voice`` (a shipped voice, or "reference" for an uploaded one), ``seed``, ``text``."""
+        voice = "reference" if "reference_voice" in params else params["voice"]
+        return {"voice": voice, "seed": params["seed"], "text": params["text"]}
+
     def close_session(self, state: PocketState) -> None:
         """Free the cache slot (the decoder's rows are the same slot)."""
         self.cache.free(state.slot)
+
+    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent:
+        """`set_voice` with ``reference_audio``: check, decode and encode it (off the loop and the steps)."""
+        p = event.payload
+        if "reference_audio" not in p:
+            return event
+        voice = self._reference_voice(self._check_reference(p["reference_audio"]))
+        return ControlEvent(event.type, {k: v for k, v in p.items() if k != "reference_audio"}, prepared=voice)
 
     def handle_event(self, state: PocketState, event: ControlEvent) -> list[dict[str, Any]]:
         """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio}``."""
@@ -236,8 +237,10 @@ class PocketGenerator(Generator):
             state.running = False
             return [{"type": "interrupted"}]
         if event.type == "set_voice":
-            if "reference_audio" in p:
-                state.voice = self._reference_voice(self._reference_bytes(p["reference_audio"]))
+            if event.prepared is not None:
+                state.voice = event.prepared
+            elif "reference_audio" in p:
+                raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
             else:
                 state.voice = self.voices[self._voice_name(p.get("voice"))]
             return [{"type": "voice_set"}]  # applies from the next chunk
