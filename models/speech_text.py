@@ -193,8 +193,8 @@ class TextSegmenter:
         self.max_words = max_words
         self.pending = ""
 
-    def push(self, text: str) -> list[str]:
-        """Add text; returns the segments it completes.
+    def push(self, text: str, final: bool = False) -> list[str]:
+        """Add text; returns the segments it completes (all of them when ``final``: :meth:`flush` too).
 
         One pass over the words of the pending text (linear in its length: a 150k-character message is cut
         in milliseconds, not re-scanned per segment).
@@ -212,7 +212,8 @@ class TextSegmenter:
                 out.append(self.pending[start : word.end() + 1])
                 start, num_words = word.end() + 1, 0
         self.pending = self.pending[start:]
-        return [n for n in map(normalize_text, out) if n]
+        segments = [n for n in map(normalize_text, out) if n]
+        return segments + self.flush() if final else segments
 
     def flush(self) -> list[str]:
         """Everything pending as a final segment (split at ``max_words`` if long)."""

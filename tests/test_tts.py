@@ -166,13 +166,13 @@ def _wav_b64(samples: np.ndarray, rate: int) -> str:
 def test_reference_audio_gives_a_voice(gen):
     ref = 0.3 * np.sin(2 * np.pi * 180 * np.arange(24_000) / 24_000).astype(np.float32)
     params = gen.prepare_session(gen.validate_params({"reference_audio": _wav_b64(ref, 24_000), "seed": 1}))
-    assert params["speaker"].shape == (16,) and torch.isfinite(params["speaker"]).all()
+    assert params["reference"].shape == (16,) and torch.isfinite(params["reference"]).all()
     state = gen.open_session(params)
     told = gen.describe_session(state, params)
     assert told["voice"] == "reference" and json.loads(json.dumps(told)) == told  # `ready` carries no tensor
     # a live voice change: encoded in the preparation stage, installed by handle_event
     notices = apply_event(gen, state, ControlEvent("set_voice", {"reference_audio": _wav_b64(ref[::-1], 24_000)}))
-    assert notices == [{"type": "voice_set"}] and not torch.equal(state.speaker, params["speaker"])
+    assert notices == [{"type": "voice_set"}] and not torch.equal(state.speaker, params["reference"])
     gen.close_session(state)
 
 

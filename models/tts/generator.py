@@ -19,9 +19,8 @@ its seed and text only — not on the batch it shares, nor on how its text was s
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,12 +28,12 @@ import torch
 
 from models.audio.dsp import resample
 from models.audio.slot_vocoder import SlotVocoder
-from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.base import AudioFormat, ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
 from models.errors import ParamError
 from models.graphs import BucketGraphs
-from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
+from models.params import WavUpload, decode_wav, unknown_params, wav_upload
 from models.speech_text import (
     LANGUAGES,
     MAX_TEXT_CHARS,
@@ -47,29 +46,28 @@ from models.speech_text import (
 from models.tts.backends import make_backend
 from models.tts.checkpoint import Checkpoint, load_checkpoint
 from models.tts.model import TTSConfig, TTSModel, speaker_stats
+from models.tts.sessions import EVENTS, SpeechGenerator, SpeechState, session_text_params
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "..", "checkpoints", "tts_default.safetensors")
 SAMPLE_RATE_HZ = 16_000
 MAX_REFERENCE_S = 30.0
 MAX_PENDING_TEXT_CHARS = MAX_TEXT_CHARS  # text waiting to be spoken, per session
 MAX_SEGMENT_CHARS = 400  # longer segments (only giant "words") are cut before phonemizing (bounded per step)
-EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
 GRAPH_CACHE_STEP = 64  # with CUDA graphs, the attended cache length is rounded up to this
 
 
-@dataclass
-class TTSState:
-    """One session."""
+@dataclass(kw_only=True)
+class TTSState(SpeechState):
+    """One session.
 
-    slot: int
+    Its ``text`` is a :class:`TextSegmenter`; its ``queue`` holds (text, language) until phonemized when the
+    segment starts, then phoneme ids.
+    """
+
+    text: TextSegmenter
     language: str
     speaker: torch.Tensor  # (2 * latent_dim,) reference-encoder input
-    rng: torch.Generator
-    segmenter: TextSegmenter
-    # segments not started yet: (text, language) until phonemized when the next one starts, then phoneme ids
-    queue: deque[tuple[str, str] | list[int]] = field(default_factory=deque)
-    num_queued_chars: int = 0  # characters of text in the queue and the segmenter (bounded)
-    running: bool = False  # a segment is being generated
+    num_queued_chars: int = 0  # characters of text in the queue (bounded, with the segmenter's)
     position: int = 0  # next cache position in the running segment
     num_latents: int = 0  # latents produced in the running segment
     max_latents: int = 0
@@ -77,11 +75,10 @@ class TTSState:
     num_samples: int = 0  # audio samples produced so far
 
 
-class TTSGenerator(Generator):
+class TTSGenerator(SpeechGenerator):
     """Model `tts`: text in (incrementally), 16 kHz speech out, paced by the output clock."""
 
     name = "tts"
-    prepared_events = frozenset({"set_voice"})  # a reference clip is encoded off the step thread
 
     def __init__(
         self,
@@ -165,21 +162,9 @@ class TTSGenerator(Generator):
         out: dict[str, Any] = {"voice": self._voice(params.get("voice", self.default_voice))}
         out["language"] = check_language(params.get("language", self.voice_info[out["voice"]]["language"]))
         if "reference_audio" in params:
-            out["reference_audio"] = self._check_reference(params["reference_audio"])
+            out["reference_audio"] = self.check_reference(params["reference_audio"])
             out["language"] = check_language(params.get("language", LANGUAGES[0]))
-        out["seed"] = seed_param(params)
-        text = params.get("text", "")
-        if not isinstance(text, str):
-            raise ParamError("'text' must be a string")
-        out["text"] = text
-        return out
-
-    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Encode an uploaded reference into its speaker vector (the VAE encoder: the heavy part)."""
-        out = dict(params)
-        if (upload := out.pop("reference_audio", None)) is not None:
-            out["speaker"] = self._encode_reference(upload)
-        return out
+        return {**out, **session_text_params(params)}
 
     @property
     def default_voice(self) -> str:
@@ -191,17 +176,17 @@ class TTSGenerator(Generator):
             raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voice_stats)}")
         return voice
 
-    @staticmethod
-    def _check_reference(data: Any) -> WavUpload:
+    def check_reference(self, data: Any) -> WavUpload:
+        """A base64 WAV's header: PCM, 8-48 kHz, 0.5-30 s (on the loop)."""
         return wav_upload(data, "reference_audio", min_s=0.5, max_s=MAX_REFERENCE_S)
 
     def reference_speaker(self, data: Any) -> torch.Tensor:
         """Speaker vector of a base64 WAV (any rate, 0.5-30 s) in the calling thread; ParamError if unusable."""
-        return self._encode_reference(self._check_reference(data))
+        return self.encode_reference(self.check_reference(data))
 
     @torch.inference_mode()
-    def _encode_reference(self, upload: WavUpload) -> torch.Tensor:
-        """Decode, resample and encode a reference whose header was checked (off the loop and the steps)."""
+    def encode_reference(self, upload: WavUpload) -> torch.Tensor:
+        """Decode, resample and encode a reference into its speaker vector (the VAE encoder: the heavy part)."""
         audio, rate = decode_wav(upload)
         audio = resample(audio, rate, SAMPLE_RATE_HZ)
         if float(np.abs(audio).max()) < 1e-3:
@@ -216,17 +201,17 @@ class TTSGenerator(Generator):
         """Allocate a cache slot; params come from :meth:`prepare_session`."""
         rng = torch.Generator(device=self.device)
         rng.manual_seed(params["seed"])
-        speaker = params.get("speaker")  # an uploaded reference's, encoded by prepare_session
+        speaker = params.get("reference")  # an uploaded reference's, encoded by prepare_session
         state = TTSState(
             slot=self.cache.allocate(),
             language=params["language"],
             speaker=self.voice_stats[params["voice"]] if speaker is None else speaker,
             rng=rng,
-            segmenter=TextSegmenter(self.max_words),
+            text=TextSegmenter(self.max_words),
         )
         self.vocoder.reset(state.slot)
         if params.get("text"):
-            self._add_text(state, params["text"], final=True)
+            self.add_text(state, params["text"], final=True)
         return state
 
     def describe(self) -> dict[str, Any]:
@@ -236,64 +221,38 @@ class TTSGenerator(Generator):
 
     def describe_session(self, state: TTSState, params: Mapping[str, Any]) -> dict[str, Any]:
         """``voice`` (a trained id, or "reference" for an uploaded one), ``language``, ``seed``, ``text``."""
-        voice = "reference" if "speaker" in params else params["voice"]
+        voice = "reference" if "reference" in params else params["voice"]
         return {"voice": voice, "language": params["language"], "seed": params["seed"], "text": params["text"]}
 
     def close_session(self, state: TTSState) -> None:
         """Free the cache slot."""
         self.cache.free(state.slot)
 
-    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent:
-        """`set_voice` with ``reference_audio``: check, decode and encode it (off the loop and the steps)."""
+    def set_voice(self, state: TTSState, event: ControlEvent) -> None:
+        """``set_voice {voice | reference_audio, language?}``: the speaker vector from the next segment."""
         p = event.payload
-        if "reference_audio" not in p:
-            return event
-        speaker = self._encode_reference(self._check_reference(p["reference_audio"]))
-        return ControlEvent(event.type, {k: v for k, v in p.items() if k != "reference_audio"}, prepared=speaker)
+        if event.prepared is not None:
+            state.speaker = event.prepared
+        else:
+            voice = self._voice(p.get("voice"))
+            state.speaker = self.voice_stats[voice]
+            state.language = self.voice_info[voice]["language"]
+        state.language = check_language(p.get("language", state.language))
 
-    def handle_event(self, state: TTSState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio, language?}``."""
-        p = event.payload
-        if event.type == "text":
-            text = p.get("text")
-            if not isinstance(text, str):
-                raise ParamError("'text' event needs a string 'text'")
-            queued = self._add_text(state, text, final=bool(p.get("final", False)))
-            return [{"type": "text_queued", "segments": queued}]
-        if event.type == "flush":
-            return [{"type": "text_queued", "segments": self._queue(state, state.segmenter.flush())}]
-        if event.type == "interrupt":
-            state.segmenter.reset()
-            state.queue.clear()
-            state.num_queued_chars = 0
-            self._end_segment(state)
-            return [{"type": "interrupted"}]
-        if event.type == "set_voice":
-            if event.prepared is not None:
-                state.speaker = event.prepared
-            elif "reference_audio" in p:
-                raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
-            else:
-                voice = self._voice(p.get("voice"))
-                state.speaker = self.voice_stats[voice]
-                state.language = self.voice_info[voice]["language"]
-            state.language = check_language(p.get("language", state.language))
-            return [{"type": "voice_set"}]  # applies from the next segment
-        return super().handle_event(state, event)
-
-    def _add_text(self, state: TTSState, text: str, final: bool) -> int:
-        if len(text) > MAX_TEXT_CHARS:
-            raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
-        waiting = state.num_queued_chars + len(state.segmenter.pending)
+    def check_text(self, state: TTSState, text: str) -> None:
+        """The per-message limit, and at most ``MAX_PENDING_TEXT_CHARS`` waiting to be spoken."""
+        super().check_text(state, text)
+        waiting = state.num_queued_chars + len(state.text.pending)
         if waiting + len(text) > MAX_PENDING_TEXT_CHARS:
             raise ParamError(f"{waiting} characters of text are waiting to be spoken; {len(text)} more would pass "
                              f"the limit of {MAX_PENDING_TEXT_CHARS} (send more as it is spoken)")
-        segments = state.segmenter.push(text)
-        if final:
-            segments += state.segmenter.flush()
-        return self._queue(state, segments)
 
-    def _queue(self, state: TTSState, segments: list[str]) -> int:
+    def drop_text(self, state: TTSState) -> None:
+        """Barge-in: the waiting text goes, with its count."""
+        super().drop_text(state)
+        state.num_queued_chars = 0
+
+    def queue_segments(self, state: TTSState, segments: list[str]) -> int:
         """Queue segments to be phonemized when they start (a giant word is cut to bounded pieces first)."""
         count = 0
         for segment in segments:
@@ -318,15 +277,11 @@ class TTSGenerator(Generator):
                 return pieces[0]
         return None
 
-    def warmup_events(self) -> list[ControlEvent]:
-        """A sentence to speak."""
-        return [ControlEvent("text", {"text": "Warming up the speech model.", "final": True})]
-
     # -- stepping ---------------------------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, states: Sequence[TTSState], inputs: Sequence[StepInput], padded_batch_size: int) -> list[StepOutput]:
         """Produce one chunk of audio for every session (see module docstring)."""
-        idle = [not (s.running or s.queue) for s in states]
+        idle = [not s.busy for s in states]
         latents = self.silence.expand(len(states), self.chunk_latents, -1).clone()  # (B, K, D) normalised
         for j in range(self.chunk_latents):
             for s in states:
@@ -345,7 +300,7 @@ class TTSGenerator(Generator):
             for r, i in enumerate(running):
                 s = states[i]
                 if stops[r] or s.num_latents >= s.max_latents:
-                    self._end_segment(s)
+                    self.end_segment(s)
                 else:
                     latents[i, j] = sampled[r]
                     cont.append((r, i))
@@ -391,7 +346,8 @@ class TTSGenerator(Generator):
             self.cache.write(layer, slots, index, new_k[layer], new_v[layer])
         return h.clone() if graphed else h  # a graph's output is overwritten by its next replay
 
-    def _end_segment(self, s: TTSState) -> None:
+    def end_segment(self, s: TTSState) -> None:
+        """Stop the running segment and empty its cache slot."""
         s.running, s.hidden = False, None
         self.cache.clear([s.slot], keep_sink=False)
 

@@ -24,9 +24,8 @@ its text was split into messages.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +33,17 @@ import numpy as np
 import torch
 
 from models.audio.dsp import resample
-from models.base import AudioFormat, ControlEvent, Generator, Pacing, StepInput, StepOutput, StreamSpec
+from models.base import AudioFormat, ControlEvent, Pacing, StepInput, StepOutput, StreamSpec
 from models.cache import RingKVCache
 from models.errors import ParamError
 from models.graphs import BucketGraphs
-from models.params import WavUpload, decode_wav, seed_param, unknown_params, wav_upload
-from models.speech_text import MAX_TEXT_CHARS
+from models.params import WavUpload, decode_wav, unknown_params, wav_upload
 from models.tts.pocket.checkpoint import PocketTTS, Voice
 from models.tts.pocket.mimi import SlotDecoder
 from models.tts.pocket.model import advance_written, attention_layers, claim
 from models.tts.pocket.text import ChunkStream, TextRules, Tokenizer
+from models.tts.sessions import EVENTS, SpeechGenerator, SpeechState, session_text_params
 
-EVENTS = frozenset({"text", "flush", "interrupt", "set_voice"})
 MAX_TOKENS_PER_CHUNK = 50  # the package's chunk size
 MAX_TOKENS_PER_SEGMENT = 2 * MAX_TOKENS_PER_CHUNK  # hard cut of an oversized chunk
 MIN_FRAMES_BEFORE_EOS = 6  # EOS is ignored on the first frames (some voices cross the threshold early)
@@ -63,16 +61,12 @@ class Chunk:
     frames_after_eos: int
 
 
-@dataclass
-class PocketState:
-    """One session."""
+@dataclass(kw_only=True)
+class PocketState(SpeechState):
+    """One session: its ``text`` is a :class:`ChunkStream`, its ``queue`` holds :class:`Chunk` items."""
 
-    slot: int
-    voice: Voice
-    rng: torch.Generator
     text: ChunkStream
-    queue: deque[Chunk] = field(default_factory=deque)
-    running: bool = False
+    voice: Voice
     position: int = 0  # next position in the slot's sequence
     frame: int = 0  # latents generated in the running chunk (the package's generation_step)
     max_frames: int = 0
@@ -82,11 +76,10 @@ class PocketState:
     fade_in: bool = False
 
 
-class PocketGenerator(Generator):
+class PocketGenerator(SpeechGenerator):
     """Model `tts` serving a Pocket TTS release (see module docstring)."""
 
     name = "tts"
-    prepared_events = frozenset({"set_voice"})  # a reference clip is encoded off the step thread
 
     def __init__(
         self,
@@ -155,36 +148,25 @@ class PocketGenerator(Generator):
         unknown_params("tts", params, {"voice", "reference_audio", "seed", "text", "language"})
         out: dict[str, Any] = {}
         if "reference_audio" in params:
-            out["reference_audio"] = self._check_reference(params["reference_audio"])
+            out["reference_audio"] = self.check_reference(params["reference_audio"])
         else:
             out["voice"] = self._voice_name(params.get("voice", self.default_voice))
-        out["seed"] = seed_param(params)
-        text = params.get("text", "")
-        if not isinstance(text, str):
-            raise ParamError("'text' must be a string")
-        out["text"] = text
-        return out
-
-    def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Encode an uploaded reference into its voice (Mimi's encoder and the voice prefix: the heavy part)."""
-        out = dict(params)
-        if (upload := out.pop("reference_audio", None)) is not None:
-            out["reference_voice"] = self._reference_voice(upload)
-        return out
+        return {**out, **session_text_params(params)}
 
     def _voice_name(self, voice: Any) -> str:
         if voice not in self.voices:
             raise ParamError(f"unknown voice {voice!r}; known voices: {sorted(self.voices)}")
         return voice
 
-    def _check_reference(self, data: Any) -> WavUpload:
+    def check_reference(self, data: Any) -> WavUpload:
+        """A base64 WAV's header: PCM, 8-48 kHz, 0.5-10 s (on the loop); only the cloning variant takes one."""
         if not self.model.has_voice_cloning:
             raise ParamError("these weights have no voice cloning (the gated variant adds it); pick a 'voice'")
         return wav_upload(data, "reference_audio", min_s=0.5, max_s=MAX_REFERENCE_S)
 
     @torch.inference_mode()
-    def _reference_voice(self, upload: WavUpload) -> Voice:
-        """Decode, resample and encode a clip whose header was checked (off the loop and the steps)."""
+    def encode_reference(self, upload: WavUpload) -> Voice:
+        """Decode, resample and encode a clip into its voice (Mimi's encoder and the voice prefix: the heavy part)."""
         audio, rate = decode_wav(upload)
         if float(np.abs(audio).max()) < 1e-3:
             raise ParamError("'reference_audio' is silent")
@@ -193,7 +175,7 @@ class PocketGenerator(Generator):
 
     def open_session(self, params: Mapping[str, Any]) -> PocketState:
         """Take a cache slot; params come from :meth:`prepare_session`."""
-        voice = params.get("reference_voice")  # an uploaded reference's, encoded by prepare_session
+        voice = params.get("reference")  # an uploaded reference's, encoded by prepare_session
         if voice is None:
             voice = self.voices[params["voice"]]
         rng = torch.Generator(device=self.device)
@@ -201,57 +183,31 @@ class PocketGenerator(Generator):
         state = PocketState(slot=self.cache.allocate(), voice=voice, rng=rng,
                             text=ChunkStream(self.tokenizer, self.rules, MAX_TOKENS_PER_CHUNK, self.eager_chunks))
         if params.get("text"):
-            self._add_text(state, params["text"], final=True)
+            self.add_text(state, params["text"], final=True)
         return state
 
     def describe_session(self, state: PocketState, params: Mapping[str, Any]) -> dict[str, Any]:
         """``voice`` (a shipped voice, or "reference" for an uploaded one), ``seed``, ``text``."""
-        voice = "reference" if "reference_voice" in params else params["voice"]
+        voice = "reference" if "reference" in params else params["voice"]
         return {"voice": voice, "seed": params["seed"], "text": params["text"]}
 
     def close_session(self, state: PocketState) -> None:
         """Free the cache slot (the decoder's rows are the same slot)."""
         self.cache.free(state.slot)
 
-    def prepare_event(self, event: ControlEvent, scratch: dict[str, Any]) -> ControlEvent:
-        """`set_voice` with ``reference_audio``: check, decode and encode it (off the loop and the steps)."""
-        p = event.payload
-        if "reference_audio" not in p:
-            return event
-        voice = self._reference_voice(self._check_reference(p["reference_audio"]))
-        return ControlEvent(event.type, {k: v for k, v in p.items() if k != "reference_audio"}, prepared=voice)
+    def set_voice(self, state: PocketState, event: ControlEvent) -> None:
+        """``set_voice {voice | reference_audio}``: the voice from the next chunk."""
+        if event.prepared is not None:
+            state.voice = event.prepared
+        else:
+            state.voice = self.voices[self._voice_name(event.payload.get("voice"))]
 
-    def handle_event(self, state: PocketState, event: ControlEvent) -> list[dict[str, Any]]:
-        """``text {text, final?}``, ``flush``, ``interrupt``, ``set_voice {voice | reference_audio}``."""
-        p = event.payload
-        if event.type == "text":
-            text = p.get("text")
-            if not isinstance(text, str):
-                raise ParamError("'text' event needs a string 'text'")
-            return [{"type": "text_queued", "segments": self._add_text(state, text, bool(p.get("final", False)))}]
-        if event.type == "flush":
-            return [{"type": "text_queued", "segments": self._queue(state, state.text.flush())}]
-        if event.type == "interrupt":
-            state.text.reset()
-            state.queue.clear()
-            state.running = False
-            return [{"type": "interrupted"}]
-        if event.type == "set_voice":
-            if event.prepared is not None:
-                state.voice = event.prepared
-            elif "reference_audio" in p:
-                raise ValueError("an uploaded reference must go through prepare_event (models.base.apply_event)")
-            else:
-                state.voice = self.voices[self._voice_name(p.get("voice"))]
-            return [{"type": "voice_set"}]  # applies from the next chunk
-        return super().handle_event(state, event)
+    def end_segment(self, state: PocketState) -> None:
+        """Stop the running chunk (the next one refills the slot)."""
+        state.running = False
 
-    def _add_text(self, state: PocketState, text: str, final: bool) -> int:
-        if len(text) > MAX_TEXT_CHARS:
-            raise ParamError(f"text of {len(text)} characters is over the limit of {MAX_TEXT_CHARS} per message")
-        return self._queue(state, state.text.push(text, final))
-
-    def _queue(self, state: PocketState, chunks: list[str]) -> int:
+    def queue_segments(self, state: PocketState, chunks: list[str]) -> int:
+        """Queue chunks as token ids with their frames after EOS (an oversized one cut to the window)."""
         count = 0
         for chunk in chunks:
             prompt, guess = self.rules.prepare(chunk)
@@ -263,10 +219,6 @@ class PocketGenerator(Generator):
                 state.queue.append(Chunk(ids[start: start + MAX_TOKENS_PER_SEGMENT], after))
                 count += 1
         return count
-
-    def warmup_events(self) -> list[ControlEvent]:
-        """A sentence to speak."""
-        return [ControlEvent("text", {"text": "Warming up the speech model.", "final": True})]
 
     def describe(self) -> dict[str, Any]:
         """/healthz: the contract's summary plus voices and whether reference clips are taken."""
@@ -305,7 +257,7 @@ class PocketGenerator(Generator):
         for s in states:
             if id(s) in audio:
                 outputs.append(StepOutput(audio=audio[id(s)]))
-            elif s.running or s.queue:  # between chunks: a frame of silence keeps the clock going
+            elif s.busy:  # between chunks: a frame of silence keeps the clock going
                 outputs.append(StepOutput(audio=np.zeros(self.samples_per_latent, np.float32)))
             else:
                 outputs.append(StepOutput(idle=True))
