@@ -9,19 +9,17 @@ chunks stay on time, because the work runs on the engine's preparation thread.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import time
 
-import numpy as np
 import pytest
 
 from models.diagnostic.pitch import PitchShifter
 from models.vc.generator import VCGenerator
 from streaming.client import Client, ServerError
-from tests.streaming_helpers import LoopLag, send_paced, tone
-from tests.vc_helpers import make_tiny_checkpoint, speechlike, wav_b64
+from tests.streaming_helpers import LoopLag, tone
+from tests.vc_helpers import long_reference, make_tiny_checkpoint, uploads_beside_a_stream
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,11 +33,6 @@ def tiny_vc(tmp_path_factory):
     return VCGenerator(checkpoint=make_tiny_checkpoint(str(tmp_path_factory.mktemp("vc") / "t.safetensors")))
 
 
-def long_reference(seconds: float, seed: int) -> str:
-    """A 48 kHz upload of ``seconds`` (resampling and embedding it takes a few hundred ms on one core)."""
-    return wav_b64(np.repeat(speechlike(seconds, seed), 3), rate=48_000)
-
-
 async def test_slow_reference_does_not_stall_the_loop_or_other_sessions(start_server, tiny_vc):
     upload, switch = long_reference(15.0, 5), long_reference(15.0, 6)  # ~2 MB of base64, the message limit
     started = time.perf_counter()
@@ -49,18 +42,8 @@ async def test_slow_reference_does_not_stall_the_loop_or_other_sessions(start_se
 
     server = await start_server(("pitch", "vc"), generators={"pitch": PITCH(), "vc": tiny_vc})
     audio = tone(220, 4.0)
-    async with Client(server.ws_url) as monitor, Client(server.ws_url) as uploader:
-        await monitor.start("pitch", {"semitones": 3}, input_sample_rate_hz=RATE, audio="pcm16")
-        sender = asyncio.create_task(send_paced(monitor, audio, 320, RATE))
-        await asyncio.sleep(0.5)  # the monitor streams steadily
-        with LoopLag() as lag:
-            ready = await uploader.start("vc", {"reference_audio": upload, "seed": 4}, audio="pcm16")
-            await uploader.send({"type": "set_reference", "reference_audio": switch})
-            reply = await uploader.expect("reference_set", timeout=20)
-        await sender
-        await asyncio.sleep(0.3)  # the last chunks come back
-        stopped = await monitor.stop()
-        await uploader.stop()
+    ready, reply, lag, stats = await uploads_beside_a_stream(server, {"reference_audio": upload, "seed": 4}, switch,
+                                                             audio)
     # the upload was decoded and embedded before `ready` (the session runs in its voice; `ready` carries no upload)
     assert ready["params"] == {"voice": "reference", "steps": 1, "seed": 4}
     assert reply["voice"] == "reference"
@@ -73,7 +56,6 @@ async def test_slow_reference_does_not_stall_the_loop_or_other_sessions(start_se
     # embedding on the loop: 2.0 s of loop lag, 33 of 53 chunks late and 47 of 100 lost); a few late ones are
     # this shared machine's noise
     # (the same tolerance as tests/test_server_ws.py's five-second pitch stream)
-    stats = stopped["stats"]
     assert stats["chunks_out"] == len(audio) // 640 and stats["late_chunks"] <= 5, stats
 
 

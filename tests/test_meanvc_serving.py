@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models import weights
-from models.base import ControlEvent, StepInput, apply_event, open_direct
+from models.base import ControlEvent, StepInput, open_direct
 from models.errors import ParamError, WeightsError
 from models.registry import load_model
 from models.vc.meanvc.random_release import speechlike, write_random_release
@@ -27,7 +27,7 @@ from models.vc.meanvc.vocos import vocode_chunked
 from streaming.cli import main as cli_main
 from streaming.client import Client, MediaCollector
 from tests.streaming_helpers import Received, collect_until, send_paced
-from tests.vc_helpers import wav_b64
+from tests.vc_helpers import long_reference, run_session, run_together, uploads_beside_a_stream, wav_b64
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,18 +46,6 @@ def _copy(release, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(release, folder)
     return folder
-
-
-def run(gen, audio, params, events=None):
-    state = open_direct(gen, params)
-    n = gen.spec.input_chunk_samples
-    out = []
-    for k in range(len(audio) // n):
-        if events and k in events:
-            apply_event(gen, state, ControlEvent(*events[k]))
-        out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
-    gen.close_session(state)
-    return np.concatenate(out)
 
 
 def test_header_check_names_file_and_key(release, tmp_path):
@@ -109,7 +97,7 @@ def test_streaming_equals_one_offline_pass(gen):
     gen._vocoder = Spy()
     try:
         audio = speechlike(2.0, 5)
-        out = run(gen, audio, {"voice": "example", "seed": 3, "steps": 1})
+        out = run_session(gen, audio, {"voice": "example", "seed": 3, "steps": 1})
     finally:
         gen._vocoder = vocoder
     clean = torch.cat(captured, dim=1)
@@ -135,26 +123,21 @@ def test_batch_equals_single(gen):
     up = wav_b64(speechlike(3.0, 9, 230.0))
     params = [{"voice": "example", "seed": 1}, {"reference_audio": up, "seed": 2, "steps": 2},
               {"voice": "example", "seed": 3, "steps": 2}]
-    alone = [run(gen, a, p) for a, p in zip(inputs, params, strict=True)]
+    alone = [run_session(gen, a, p) for a, p in zip(inputs, params, strict=True)]
     filler = open_direct(gen, {"seed": 0})  # the batch's slots are not 0..2
     states = [open_direct(gen, p) for p in params]
-    n = gen.spec.input_chunk_samples
-    together = [[] for _ in inputs]
-    for k in range(len(inputs[0]) // n):
-        outs = gen.step(states, [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in inputs], 4)
-        for i, o in enumerate(outs):
-            together[i].append(o.audio)
+    together = run_together(gen, states, inputs, 4)
     for s in states + [filler]:
         gen.close_session(s)
     for a, t in zip(alone, together, strict=True):
-        np.testing.assert_allclose(np.concatenate(t), a, atol=1e-5)
+        np.testing.assert_allclose(t, a, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk_ms", [160, 80])
 def test_160_and_80_ms_chunks(release, chunk_ms):
     g = load_model("vc", "cpu", {"weights": str(release), "chunk_ms": chunk_ms, "max_sessions": 2})
     assert g.spec.input_chunk_samples == 16 * chunk_ms and g.lookback == 100 // (chunk_ms // 10)
-    out = run(g, speechlike(1.0, 2), {"seed": 0, "steps": 2})
+    out = run_session(g, speechlike(1.0, 2), {"seed": 0, "steps": 2})
     assert out.shape == (16_000 // (16 * chunk_ms) * 16 * chunk_ms,) and np.isfinite(out).all()
     with pytest.raises(ValueError, match="chunk_ms"):
         load_model("vc", "cpu", {"weights": str(release), "chunk_ms": 100})
@@ -167,8 +150,8 @@ def test_params_events_and_bad_input(gen):
         with pytest.raises(ParamError, match=match):  # the header on the loop, the samples in the preparation
             gen.prepare_session(gen.validate_params(params))
     audio = speechlike(2.0, 4)
-    before = run(gen, audio, {"voice": "example", "seed": 5})
-    switched = run(gen, audio, {"voice": "example", "seed": 5},
+    before = run_session(gen, audio, {"voice": "example", "seed": 5})
+    switched = run_session(gen, audio, {"voice": "example", "seed": 5},
                    {3: ("set_reference", {"reference_audio": wav_b64(speechlike(3.0, 8, 250.0))}),
                     4: ("set_steps", {"steps": 2})})
     n = gen.spec.input_chunk_samples
@@ -290,40 +273,25 @@ async def test_an_upload_does_not_make_another_sessions_chunks_late(start_server
     switches to another live. Their decode, resample and WavLM + ECAPA embedding run on the engine's preparation
     thread: the event loop's lag stays small and the streaming session's chunks stay on time
     (tests/test_engine_prepare.py does the same for the shipped VC)."""
-    import functools
     import time
 
     from models.diagnostic.pitch import PitchShifter
-    from tests.streaming_helpers import LoopLag
 
     gen = load_model("vc", "cpu", {"weights": str(release)})  # its own slots for the engine's warm-up
-    upload = wav_b64(np.repeat(speechlike(15.0, 5, 180.0), 3), rate=48_000)
-    switch = wav_b64(np.repeat(speechlike(15.0, 6, 240.0), 3), rate=48_000)
+    upload, switch = long_reference(15.0, 5, 180.0), long_reference(15.0, 6, 240.0)
     started = time.perf_counter()
     gen.prepare_session(gen.validate_params({"reference_audio": upload}))
     prepare_ms = 1000 * (time.perf_counter() - started)
     assert prepare_ms > 150, f"the upload is too light to prove anything here ({prepare_ms:.0f} ms)"
 
-    pitch = functools.partial(PitchShifter, chunk_ms=40.0)()
-    server = await start_server(("pitch", "vc"), generators={"pitch": pitch, "vc": gen})
+    server = await start_server(("pitch", "vc"), generators={"pitch": PitchShifter(chunk_ms=40.0), "vc": gen})
     audio = speechlike(4.0, 3)
-    async with Client(server.ws_url) as monitor, Client(server.ws_url) as uploader:
-        await monitor.start("pitch", {"semitones": 3}, input_sample_rate_hz=16_000, audio="pcm16")
-        sender = asyncio.create_task(send_paced(monitor, audio, 320, 16_000))
-        await asyncio.sleep(0.5)  # the monitor streams steadily
-        with LoopLag() as lag:
-            ready = await uploader.start("vc", {"reference_audio": upload, "seed": 4}, audio="pcm16")
-            await uploader.send({"type": "set_reference", "reference_audio": switch})
-            reply = await uploader.expect("reference_set", timeout=30)
-        await sender
-        await asyncio.sleep(0.3)  # the last chunks come back
-        stopped = await monitor.stop()
-        await uploader.stop()
+    ready, reply, lag, stats = await uploads_beside_a_stream(server, {"reference_audio": upload, "seed": 4}, switch,
+                                                             audio)
     assert ready["params"] == {"voice": "reference", "steps": 1, "seed": 4}  # embedded before `ready`
     assert reply["voice"] == "reference"
     message = f"event loop lag {lag.max_ms:.0f} ms during a {prepare_ms:.0f} ms preparation"
     assert lag.max_ms < min(200, prepare_ms / 2), message
     # on the loop or the worker, each preparation would have made ~prepare_ms / 40 of the 40 ms chunks late;
     # a few late ones are this shared machine's noise (tests/test_engine_prepare.py's tolerance)
-    stats = stopped["stats"]
     assert stats["chunks_out"] == len(audio) // 640 and stats["late_chunks"] <= 5, stats

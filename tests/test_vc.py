@@ -17,6 +17,7 @@ from tests.vc_helpers import (
     offline_reference,
     reference_stream,
     run_session,
+    run_together,
     speechlike,
     wav_b64,
 )
@@ -83,16 +84,11 @@ def test_batch_equals_single(gen):
     params = [{"voice": "low", "seed": 1}, {"voice": "high", "seed": 2, "steps": 2}, {"voice": "low", "seed": 3}]
     alone = [run_session(gen, a, p) for a, p in zip(inputs, params, strict=True)]
     states = [gen.open_session(gen.validate_params(p)) for p in params]
-    n = gen.spec.input_chunk_samples
-    together = [[] for _ in inputs]
-    for k in range(len(inputs[0]) // n):
-        outs = gen.step(states, [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in inputs], 4)
-        for i, o in enumerate(outs):
-            together[i].append(o.audio)
+    together = run_together(gen, states, inputs, 4)
     for s in states:
         gen.close_session(s)
     for a, t in zip(alone, together, strict=True):
-        np.testing.assert_allclose(np.concatenate(t), a, atol=1e-5)
+        np.testing.assert_allclose(t, a, atol=1e-5)
 
 
 def test_memory_is_bounded_over_a_ten_minute_stream(tmp_path):

@@ -1,4 +1,5 @@
-"""Tiny seeded VC checkpoints, a session driver and a cache-free offline reference for the VC tests."""
+"""Tiny seeded VC checkpoints, session drivers, a cache-free offline reference and a loop-lag scenario for the
+VC tests (the shipped model's and MeanVC's)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from models.audio.dsp import wav_bytes
 from models.audio.pitch_track import track_signal
 from models.audio.vae import VAEConfig
-from models.base import ControlEvent, StepInput, apply_event, open_direct
+from models.base import ControlEvent, Generator, StepInput, apply_event, open_direct
 from models.cache import RingKVCache
 from models.flow import mean_flow_sample
 from models.vc.checkpoint import save_checkpoint
@@ -65,7 +66,7 @@ def make_tiny_checkpoint(path: str, seed: int = 0, harmonic: bool = False, **ove
     return path
 
 
-def run_session(gen: VCGenerator, audio: np.ndarray, params: dict, events: dict[int, tuple] | None = None):
+def run_session(gen: Generator, audio: np.ndarray, params: dict, events: dict[int, tuple] | None = None):
     """Stream audio chunk by chunk through one session; ``events`` {chunk index: (type, payload)}."""
     state = open_direct(gen, params)
     n = gen.spec.input_chunk_samples
@@ -76,6 +77,46 @@ def run_session(gen: VCGenerator, audio: np.ndarray, params: dict, events: dict[
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
     gen.close_session(state)
     return np.concatenate(out)
+
+
+def run_together(gen: Generator, states: list, inputs: list[np.ndarray], padded_batch_size: int) -> list[np.ndarray]:
+    """Step open sessions as one batch, chunk by chunk, until the inputs end; each session's whole output."""
+    n = gen.spec.input_chunk_samples
+    together: list[list[np.ndarray]] = [[] for _ in inputs]
+    for k in range(len(inputs[0]) // n):
+        chunks = [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in inputs]
+        for i, o in enumerate(gen.step(states, chunks, padded_batch_size)):
+            together[i].append(o.audio)
+    return [np.concatenate(t) for t in together]
+
+
+def long_reference(seconds: float, seed: int, f0: float = 140.0) -> str:
+    """A 48 kHz upload of ``seconds`` (decoding, resampling and embedding it takes hundreds of ms on one core)."""
+    return wav_b64(np.repeat(speechlike(seconds, seed, f0), 3), rate=48_000)
+
+
+async def uploads_beside_a_stream(server, params: dict, switch: str, audio: np.ndarray):
+    """A `pitch` session streams ``audio`` (16 kHz, paced) while a `vc` session starts with ``params`` and
+    switches live to the upload ``switch``: (its `ready`, its `reference_set`, the server loop's LoopLag, the
+    pitch session's final stats). The server must serve `pitch` (40 ms chunks) and `vc`."""
+    import asyncio
+
+    from streaming.client import Client
+    from tests.streaming_helpers import LoopLag, send_paced
+
+    async with Client(server.ws_url) as monitor, Client(server.ws_url) as uploader:
+        await monitor.start("pitch", {"semitones": 3}, input_sample_rate_hz=16_000, audio="pcm16")
+        sender = asyncio.create_task(send_paced(monitor, audio, 320, 16_000))
+        await asyncio.sleep(0.5)  # the monitor streams steadily
+        with LoopLag() as lag:
+            ready = await uploader.start("vc", params, audio="pcm16")
+            await uploader.send({"type": "set_reference", "reference_audio": switch})
+            reply = await uploader.expect("reference_set", timeout=30)
+        await sender
+        await asyncio.sleep(0.3)  # the last chunks come back
+        stopped = await monitor.stop()
+        await uploader.stop()
+    return ready, reply, lag, stopped["stats"]
 
 
 @torch.no_grad()
