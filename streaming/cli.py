@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse WebRTC offers without a 127.0.0.1 candidate (nothing leaves the machine)",
     )
     serve.add_argument(
-        "--rtc-connect-timeout", type=float, default=float(_env("RTC_CONNECT_TIMEOUT", "15")), help="seconds"
+        "--rtc-connect-timeout",
+        type=float,
+        default=float(_env("RTC_CONNECT_TIMEOUT", "5")),
+        help="seconds an answered WebRTC offer may take to connect (ICE + DTLS) before it is dropped; until it "
+        "connects it holds no session slot (its session is admitted and opened at connect)",
     )
     serve.add_argument(
         "--workers",

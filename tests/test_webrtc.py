@@ -242,16 +242,25 @@ async def test_bad_offers_get_400_with_reason(server: RunningServer) -> None:
 async def test_capacity_refusal_is_503() -> None:
     config = make_server_config(engine=EngineConfig(limits=AdmissionLimits(max_sessions=1)))
     running, runner = await serve_app(config)
-    first, second = RtcClient(running.http_url), RtcClient(running.http_url)
+    first, second, third = (RtcClient(running.http_url) for _ in range(3))
     try:
         await first.connect("pitch", audio=ArrayAudioTrack(tone(300, 2.0)))
-        with pytest.raises(Exception) as info:
-            await second.connect("pitch", audio=ArrayAudioTrack(tone(300, 2.0)))
+        # Answered but not connected: first holds no slot yet, so second is answered too ...
+        await second.connect("pitch", audio=ArrayAudioTrack(tone(300, 2.0)))
+        await first.wait_connected(10)
+        await first.expect("ready")
+        # ... and refused when it connects, the server having filled meanwhile
+        with pytest.raises(Exception) as refused_at_connect:
+            await second.expect("ready")
+        assert refused_at_connect.value.code == "capacity"
+        assert "1 sessions is the configured maximum" in refused_at_connect.value.message["message"]
+        with pytest.raises(Exception) as info:  # full at offer time: refused with HTTP 503
+            await third.connect("pitch", audio=ArrayAudioTrack(tone(300, 2.0)))
         assert info.value.status == 503 and info.value.code == "capacity"
-        assert len(running.app[RTC_KEY].peers) == 1
+        await wait_for(lambda: len(running.app[RTC_KEY].peers) == 1)
     finally:
-        await first.close()
-        await second.close()
+        for client in (first, second, third):
+            await client.close()
         await runner.cleanup()
 
 
@@ -269,7 +278,7 @@ async def test_ice_timeout_cleans_up() -> None:
 
 
 async def test_cancelled_offer_drops_its_session_at_once(server: RunningServer) -> None:
-    """``DELETE /offer/{offer_id}`` ends the offer's pending session now, not at the connect timeout (15 s),
+    """``DELETE /offer/{offer_id}`` ends the offer's pending session now, not at the connect timeout,
     also when it arrives before the answer was built."""
     import aiohttp
 

@@ -129,8 +129,8 @@ class RtcHub:
     def _check_pending(self, access: Access | None) -> None:
         """Refuse a client's offer while it has too many answered offers that have not connected.
 
-        An answered offer holds a session slot until ICE/DTLS connects or the connect timeout ends it; a
-        client posting offers it never completes would otherwise hold every slot.
+        An answered offer holds no session slot (its session is admitted when ICE/DTLS connects), but it
+        holds a peer connection and its ports until then or until the connect timeout ends it.
         """
         for peer in [p for p in self._pending if p.pc.connectionState == "connected" or p not in self.peers]:
             del self._pending[peer]

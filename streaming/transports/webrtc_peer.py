@@ -61,7 +61,9 @@ class RtcConfig:
     loopback_only: bool = False  # refuse offers without a loopback candidate (hermetic test machines)
     # ICE servers the server itself uses; None: the ones given to clients (ServerConfig.ice_servers).
     ice_servers: tuple[dict[str, Any], ...] | None = None
-    connect_timeout_s: float = 15.0  # ICE + DTLS must be up this long after the answer
+    # ICE + DTLS must be up this long after the answer. Until then the offer holds no session slot (its
+    # session opens at connect), only a per-client pending-offer slot, so this is short.
+    connect_timeout_s: float = 5.0
     audio_prefetch: int = 0  # packets aiortc's audio receiver holds before decoding (aiortc's default: 4)
     pacing: PacingConfig = field(default_factory=PacingConfig)
     # Viewers of shared streams: pre-encoded packets released on their pts (streaming.media.packet_pacing.MediaClock).

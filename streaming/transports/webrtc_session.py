@@ -16,6 +16,8 @@ Data flows one way per direction:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fractions
 import time
 from typing import Any
@@ -38,6 +40,8 @@ from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, i
 
 RTC_AUDIO_RATE_HZ = 48_000  # what aiortc's Opus encoder takes without resampling (no added packet delay)
 RTC_AUDIO_FRAME_S = 0.020
+CHANNEL_WAIT_S = 2.0  # how long a refusal at connect waits for the data channel to carry it
+_DETACHED: set[asyncio.Task[None]] = set()  # closes of sessions whose open outlived their peer
 
 
 class PacedAudioTrack(rtc_support.PacedTrack):
@@ -116,6 +120,11 @@ class RtcPeer(RtcPeerBase):
     def __init__(self, hub: RtcHost, pc: RTCPeerConnection, session: Session) -> None:
         super().__init__(hub, pc, session.id)
         self.session = session
+        # The session opens (admission, model state) only once ICE/DTLS connects: an answered offer that
+        # never connects holds no slot. `ready` waits for both the open and the data channel.
+        self._opening = False
+        self._opened = asyncio.Event()
+        self._channel_open = asyncio.Event()
         self._last_input = 0.0
         spec = session.spec
         active = self._output_expected
@@ -147,6 +156,43 @@ class RtcPeer(RtcPeerBase):
         self._spawn(self._watch_connect(), "watch")
         session = self.session
         self.control.start_stats(lambda: {**session.report(), **self.pacing_stats()} if session.running else None)
+
+    def _on_connection_state(self) -> None:
+        super()._on_connection_state()
+        if self.pc.connectionState == "connected" and not self._opening and not self._closing:
+            self._opening = True
+            self._spawn(self._open_session(), "open")
+
+    async def _open_session(self) -> None:
+        """Connected: admit and open the session now; a server that filled meanwhile refuses it here."""
+        opening = asyncio.ensure_future(self.hub.engine.open_session(self.session))
+        try:
+            await asyncio.shield(opening)
+        except asyncio.CancelledError:  # the peer closed while the open was in flight: free what it takes
+            opening.add_done_callback(self._close_late_open)
+            raise
+        except CausalcastError as e:
+            with contextlib.suppress(asyncio.TimeoutError):  # let the refusal reach the client
+                await asyncio.wait_for(self._channel_open.wait(), CHANNEL_WAIT_S)
+            self._close_soon(f"refused at connect: {e}", e)
+            return
+        self._opened.set()
+        if self._channel_open.is_set():
+            super()._on_channel_open()
+
+    def _close_late_open(self, opening: asyncio.Future[None]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            self._spawn_detached(self.hub.engine.close_session(self.session, self.close_reason or "closed"))
+
+    def _spawn_detached(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        _DETACHED.add(task)
+        task.add_done_callback(_DETACHED.discard)
+
+    def _on_channel_open(self) -> None:
+        self._channel_open.set()
+        if self._opened.is_set():
+            super()._on_channel_open()
 
     def _output_expected(self) -> bool:
         session = self.session
@@ -291,12 +337,12 @@ async def answer_session(
             receives = transceiver.kind == "audio" and session.input is not None
             sends = transceiver.sender.track is not None
             transceiver.direction = DIRECTIONS[(sends, receives)]
-        await hub.engine.open_session(session)
+        # Admitted for real when it connects (RtcPeer._open_session); refused now if it would be then.
+        await hub.engine.check_admission(model)
         try:
             with rtc_support.gathering_from(host_addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
-            await hub.engine.close_session(session, "answer failed")
             # aiortc accepts some malformed offers and fails only here (e.g. a media section without a direction)
             raise ProtocolError(f"cannot answer this offer: {type(e).__name__}: {e}", "bad_offer") from e
         for transceiver in pc.getTransceivers():
