@@ -121,3 +121,50 @@ async def test_half_sent_requests_are_closed_after_the_header_timeout():
         await runner.cleanup()
     report.assert_unaffected()
 
+
+
+async def test_offers_that_never_connect_hold_no_session_slots_and_are_reaped_at_the_connect_timeout():
+    """40 answered offers whose peer never answers ICE: no slot held, another client's start admitted.
+
+    Each offer is answered (the server would admit its session now), but its session is admitted and
+    opened only when ICE/DTLS connects, so the server's 4 slots stay free for the monitor and a second
+    client. The default connect timeout (5 s) then drops every unconnected peer.
+    """
+    from test_fuzz import loopback_offer_sdp
+
+    from streaming.engine.core import EngineConfig
+    from streaming.server import ENGINE_KEY, RTC_KEY
+
+    config = make_server_config(models=("pitch",), engine=EngineConfig(limits=AdmissionLimits(max_sessions=4)))
+    server, runner = await serve_app(config)
+    rtc, scheduler = server.app[RTC_KEY], server.app[ENGINE_KEY].scheduler
+    try:
+        async with Monitor(server.ws_url) as monitor, aiohttp.ClientSession() as http:
+            sdp = await loopback_offer_sdp()  # the answer is never applied: ICE cannot complete
+
+            async def offer() -> int:
+                async with http.post(f"{server.http_url}/offer",
+                                     json={"type": "offer", "sdp": sdp, "model": "pitch"}) as response:
+                    return response.status
+
+            first_answer = time.monotonic()
+            statuses = [await offer() for _ in range(40)]
+            last_answer = time.monotonic()
+            assert statuses == [200] * 40
+            assert len(rtc.peers) == 40 and len(scheduler.sessions) == 1  # only the monitor holds a slot
+            async with Client(server.ws_url) as second:
+                ready = await second.start("pitch", input_sample_rate_hz=16_000)
+                assert ready["type"] == "ready"
+            assert time.monotonic() - first_answer < 4.5 and rtc.peers  # not reaped before the timeout
+            while rtc.peers and time.monotonic() - last_answer < 8.0:  # noqa: ASYNC110 (polls the server's set)
+                await asyncio.sleep(0.05)
+            reaped_after_s = time.monotonic() - first_answer
+            assert not rtc.peers, f"{len(rtc.peers)} unconnected peers left 8 s after the last answer"
+            assert reaped_after_s < last_answer - first_answer + 5.0 + 1.5
+            report = await monitor.finish()
+    finally:
+        await runner.cleanup()
+    metrics = server.engine.metrics.render().decode()
+    assert "causalcast_sessions_refused_total{" not in metrics
+    report.assert_unaffected()
+    print(f"40 offers answered in {last_answer - first_answer:.2f} s, reaped {reaped_after_s:.2f} s after the first")
