@@ -50,12 +50,42 @@ def test_per_session_cost_is_the_slope_not_the_base_load() -> None:
     load = LoopLoad()
     assert load.per_session() == 0.0  # nothing known: admission relies on the other checks
     for n in (1, 2, 4, 8, 16):
-        load._fit.append((n, 0.05 + 0.01 * n))  # 5 % base load (timers, scrapes) + 1 % per session
+        load.observe(n, 0.05 + 0.01 * n)  # 5 % base load (timers, scrapes) + 1 % per session
     assert load.per_session() == pytest.approx(0.01)
     assert load.projected_busy(40) == pytest.approx(0.45)
     single = LoopLoad()
-    single._fit.extend([(4, 0.2), (4, 0.2)])
+    single.observe(4, 0.2)
+    single.observe(4, 0.2)
     assert single.per_session() == pytest.approx(0.05)  # one count only: everything charged (conservative)
+
+
+
+def test_a_flood_during_a_session_inflates_the_loop_line_only_for_a_while() -> None:
+    """A ping flood while one session ran read as 90 % busy per session; it must not refuse the next for good."""
+    now = [0.0]
+    load = LoopLoad(fresh_s=5.0, half_life_s=10.0, clock=lambda: now[0])
+    for _ in range(20):  # one pitch session, calm: 2 % of the loop
+        load.observe(1, 0.02)
+        now[0] += 0.25
+    for _ in range(40):  # the flood beside it, then the session (and the flood) ends: no more samples
+        load.observe(1, 0.9)
+        now[0] += 0.25
+    inflated = load.per_session()
+    assert inflated > 0.5 and load.projected_busy(2) > 0.75  # just measured: it stands, a second is refused
+    now[0] += 20.0
+    assert 0.02 < load.per_session() < 0.5 * inflated  # relaxing towards the calm share
+    now[0] += 60.0
+    assert load.per_session() < 0.03  # recovered: a second session is priced at what one calm one cost
+    assert load.projected_busy(2) < 0.75
+
+
+def test_fresh_samples_are_not_aged_and_calm_ones_stay() -> None:
+    now = [0.0]
+    load = LoopLoad(clock=lambda: now[0])
+    for n in (1, 2, 3, 4):
+        load.observe(n, 0.01 + 0.05 * n)
+    now[0] += 1000.0  # old, but already the calmest seen at each count: nothing to relax
+    assert load.per_session() == pytest.approx(0.05)
 
 
 async def test_a_session_the_event_loop_cannot_serve_is_refused_with_the_reason(start_server) -> None:

@@ -90,7 +90,8 @@ def test_the_first_session_is_admitted_even_when_its_estimate_is_over_budget():
 
 def test_loop_load_projection_refuses_with_its_reason():
     load = LoopLoad()
-    load._fit.extend([(n, 0.05 + 0.1 * n) for n in (1, 2, 3)])  # 10 % of the loop per session, 5 % base
+    for n in (1, 2, 3):
+        load.observe(n, 0.05 + 0.1 * n)  # 10 % of the loop per session, 5 % base
     sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits(max_loop_busy=0.5), loop_load=load)
     for _ in range(4):  # 0.05 + 4 x 0.1 = 45 %
         sched.reserve("m")

@@ -61,7 +61,7 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self.runner = Runner(generators)
-        self.loop_load = LoopLoad()
+        self.loop_load = LoopLoad(fresh_s=config.limits.cost_fresh_s, half_life_s=config.limits.cost_half_life_s)
         self.scheduler = Scheduler(
             {name: ModelInfo(g.spec, g.max_batch_size, g.pads_to_bucket) for name, g in generators.items()},
             config.limits,

@@ -11,9 +11,13 @@ cost of sessions is learnt as a least-squares line through (sessions, busy) samp
 (no session started or ended during the interval: connection set-up and teardown are bursts, not the
 per-session streaming cost), so a fixed base load (timers, scrapes) is the intercept and not charged to
 each session. The line is kept after sessions leave, so a burst of new sessions is priced by what the last
-ones cost. Admission projects ``base + sessions x slope`` like the step-cost projections, not the momentary
-busy share (a connection storm passes; the lateness safety net covers what the line misses). The same
-sampler measures loop lag (how late its own wake-ups are), which shows CPU starvation busy time cannot see.
+ones cost. The line's samples age as the step-cost estimates do: a sample older than ``fresh_s`` relaxes
+towards the calmest busy share seen at its session count, with a half-life of ``half_life_s``, so a flood
+on the loop while a session ran (a client's ``ping`` storm) inflates the line only for a while, not until
+the same number of sessions runs again. Admission projects ``base + sessions x slope`` like the step-cost
+projections, not the momentary busy share (a connection storm passes; the lateness safety net covers what
+the line misses). The same sampler measures loop lag (how late its own wake-ups are), which shows CPU
+starvation busy time cannot see.
 """
 
 from __future__ import annotations
@@ -37,11 +41,37 @@ class LoopSample:
 class LoopLoad:
     """Samples the running loop's busy share and lag; projects the busy share for more sessions."""
 
-    def __init__(self, interval_s: float = 0.25, window_s: float = 2.0, fit_samples: int = 240) -> None:
+    def __init__(
+        self,
+        interval_s: float = 0.25,
+        window_s: float = 2.0,
+        fit_samples: int = 240,
+        *,
+        fresh_s: float = 5.0,
+        half_life_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.interval_s = interval_s
         self.window: deque[LoopSample] = deque(maxlen=max(1, round(window_s / interval_s)))
-        # Samples for the cost line; kept across idle periods (a property of the models and transports).
-        self._fit: deque[tuple[int, float]] = deque(maxlen=fit_samples)
+        self.fresh_s = fresh_s
+        self.half_life_s = half_life_s
+        self.clock = clock
+        # Samples for the cost line, (sessions, busy, clock time); kept across idle periods (a property of
+        # the models and transports), aged towards the calmest share seen at each session count.
+        self._fit: deque[tuple[int, float, float]] = deque(maxlen=fit_samples)
+        self._calmest: dict[int, float] = {}
+
+    def observe(self, sessions: int, busy: float) -> None:
+        """Add one steady interval's busy share with ``sessions`` sessions to the cost line."""
+        self._fit.append((sessions, busy, self.clock()))
+        self._calmest[sessions] = min(self._calmest.get(sessions, busy), busy)
+
+    def _aged(self, sessions: int, busy: float, at: float, now: float) -> float:
+        stale_for_s = now - at - self.fresh_s
+        if stale_for_s <= 0:
+            return busy
+        calmest = self._calmest[sessions]
+        return calmest + (busy - calmest) * 0.5 ** (stale_for_s / self.half_life_s)
 
     async def run(self, membership: Callable[[], tuple[int, int]]) -> None:
         """Sample forever (cancel to stop).
@@ -59,7 +89,7 @@ class LoopLoad:
             sample = LoopSample(sessions, (now_cpu - cpu) / elapsed, max(0.0, elapsed - self.interval_s))
             self.window.append(sample)
             if sessions and now_changes == changes:
-                self._fit.append((sessions, sample.busy))
+                self.observe(sessions, sample.busy)
             cpu, wall, changes = now_cpu, now_wall, now_changes
 
     @property
@@ -76,8 +106,9 @@ class LoopLoad:
         """(base busy share, busy share per session) from the steady samples; (0, 0) until there are any."""
         if not self._fit:
             return 0.0, 0.0
-        n = [float(s) for s, _ in self._fit]
-        b = [busy for _, busy in self._fit]
+        now = self.clock()
+        n = [float(s) for s, _, _ in self._fit]
+        b = [self._aged(s, busy, at, now) for s, busy, at in self._fit]
         mean_n, mean_b = sum(n) / len(n), sum(b) / len(b)
         var = sum((x - mean_n) ** 2 for x in n)
         if var < 1e-9:  # one session count only: charge everything to the sessions (conservative)

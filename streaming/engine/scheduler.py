@@ -97,8 +97,9 @@ class AdmissionLimits:
     # (the projections price model steps; a saturated event loop or CPU shows up only here).
     max_recent_late_rate: float = 0.01
     recent_window_s: float = 2.0
-    # Step-cost estimates age (cost.py): unmeasured this long, an estimate relaxes towards its baseline with
-    # this half-life, and a start refused on it first probes the size (at most once per probe interval).
+    # Step-cost estimates (cost.py) and the event loop's per-session line (loop_load.py) age: unmeasured this
+    # long, an estimate relaxes towards its baseline (calmest reading) with this half-life, and a start
+    # refused on a stale step cost first probes that batch size (at most once per probe interval).
     cost_fresh_s: float = 5.0
     cost_half_life_s: float = 10.0
     probe_interval_s: float = 10.0
