@@ -148,14 +148,17 @@ async def test_offers_that_never_connect_hold_no_session_slots_and_are_reaped_at
                     return response.status
 
             first_answer = time.monotonic()
-            statuses = [await offer() for _ in range(40)]
+            statuses = []
+            for _ in range(40):  # 40 a second: answering is loop work (SDP, ICE gathering) that a burst
+                statuses.append(await offer())  # would charge to the monitor's chunks; slots are the point here
+                await asyncio.sleep(0.025)
             last_answer = time.monotonic()
             assert statuses == [200] * 40
             assert len(rtc.peers) == 40 and len(scheduler.sessions) == 1  # only the monitor holds a slot
             async with Client(server.ws_url) as second:
                 ready = await second.start("pitch", input_sample_rate_hz=16_000)
                 assert ready["type"] == "ready"
-            assert time.monotonic() - first_answer < 4.5 and rtc.peers  # not reaped before the timeout
+            assert time.monotonic() - last_answer < 4.5 and rtc.peers  # not reaped before the timeout
             while rtc.peers and time.monotonic() - last_answer < 8.0:  # noqa: ASYNC110 (polls the server's set)
                 await asyncio.sleep(0.05)
             reaped_after_s = time.monotonic() - first_answer
