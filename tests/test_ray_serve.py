@@ -188,7 +188,10 @@ async def test_sessions_spread_over_both_replicas(cluster: Cluster) -> None:
     clients = [await _pitch_session(cluster) for _ in range(4)]
     try:
         placed = [c.ready["replica"] for c in clients]
-        assert sorted(placed) == sorted(replica_ids * 2), placed  # two each: least loaded first
+        # Least loaded first gives two each on a quiet machine; a replica whose own admission refuses under
+        # load (the router then moves on) or a routing report racing a placement may give 3 + 1. Both serve.
+        assert set(placed) == set(replica_ids), placed
+        assert max(placed.count(r) for r in replica_ids) <= 3, placed
         for client in clients:
             assert await _audio_round_trip(client) >= 0.4 * RATE_HZ - 2 * FRAME
         health = await _health(cluster)
