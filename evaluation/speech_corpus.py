@@ -1,4 +1,4 @@
-"""The speech corpus (``scripts/make_speech_data.py``): rendering an utterance in a corpus voice, and loading.
+"""The speech corpora (``scripts/make_speech_data.py``, ``make_human_speech.py``): rendering, writing, loading.
 
 In this package (not in ``scripts/``) so that ``scripts/`` and ``bench/`` both import it by its name,
 with no ``sys.path`` edits reaching into each other's folders.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.audio.dsp import read_wav, resample, trim_silence
+from models.audio.dsp import read_wav, resample, trim_silence, write_wav
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -69,3 +69,23 @@ def render(voice: dict, text: str) -> np.ndarray:
         x, rate = read_wav(tmp.name)
     x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
     return 0.7 * x / max(1e-4, float(np.abs(x).max()))
+
+
+def write_utterance(out_dir: str | Path, utt: dict, audio: np.ndarray) -> dict:
+    """Write one utterance's 16 kHz WAV under ``wav/<voice_id>/<id>.wav``; its manifest row."""
+    path = Path(out_dir) / "wav" / utt["voice_id"] / f"{utt['id']}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(str(path), audio, SAMPLE_RATE_HZ)
+    return {**utt, "wav": str(path.relative_to(out_dir)), "num_samples": len(audio), "sample_rate_hz": SAMPLE_RATE_HZ}
+
+
+def write_corpus(out: Path, rows: list[dict], voices: dict[str, dict]) -> dict:
+    """Write manifest.jsonl, voices.json and phonemes.json; a summary (utterances, hours, phonemes)."""
+    with open(out / "manifest.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    (out / "voices.json").write_text(json.dumps(voices, indent=1))
+    inventory = sorted({t for row in rows for t in row["phonemes"].split()})
+    (out / "phonemes.json").write_text(json.dumps(inventory))
+    hours = sum(row["num_samples"] for row in rows) / SAMPLE_RATE_HZ / 3600
+    return {"utterances": len(rows), "hours": round(hours, 2), "phonemes": len(inventory), "out": str(out)}

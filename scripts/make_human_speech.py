@@ -33,6 +33,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -45,8 +46,9 @@ from make_speech_data import TRAIN_VARIANTS  # noqa: E402
 from speech_sentences import sentences  # noqa: E402
 
 from evaluation.speech_corpus import render as render_espeak  # noqa: E402
+from evaluation.speech_corpus import write_corpus, write_utterance  # noqa: E402
 from models.audio.augment import augment  # noqa: E402
-from models.audio.dsp import read_wav, resample, trim_silence, write_wav  # noqa: E402
+from models.audio.dsp import read_wav, resample, trim_silence  # noqa: E402
 from models.speech_text import normalize_text, phonemize  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
@@ -103,15 +105,11 @@ def synthesize(job: tuple[dict, dict, str, int]) -> list[dict]:
     utt, voice, out_dir, copies = job
     clean = render(voice, utt["text"])
     rows = []
-    rng = np.random.default_rng(abs(hash(utt["id"])) % (2**32))
+    rng = np.random.default_rng(zlib.crc32(utt["id"].encode()))  # reproducible (str hashes are salted)
     for k in range(1 + copies):
         x, applied = (clean, []) if k == 0 else augment(clean, rng)
         uid = utt["id"] if k == 0 else f"{utt['id']}-a{k}"
-        path = Path(out_dir) / "wav" / utt["voice_id"] / f"{uid}.wav"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_wav(str(path), x, SAMPLE_RATE_HZ)
-        rows.append({**utt, "id": uid, "augment": applied, "wav": str(path.relative_to(out_dir)),
-                     "num_samples": len(x), "sample_rate_hz": SAMPLE_RATE_HZ})
+        rows.append(write_utterance(out_dir, {**utt, "id": uid, "augment": applied}, x))
     return rows
 
 
@@ -158,15 +156,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         done = [row for rows in pool.map(synthesize, jobs, chunksize=16) for row in rows]
     assert not any(u["split"] == "train" and voices[u["voice_id"]]["held_out"] for u in done)
-    with open(out / "manifest.jsonl", "w") as f:
-        for u in done:
-            f.write(json.dumps(u) + "\n")
-    (out / "voices.json").write_text(json.dumps(voices, indent=1))
-    inventory = sorted({t for u in done for t in u["phonemes"].split()})
-    (out / "phonemes.json").write_text(json.dumps(inventory))
-    hours = sum(u["num_samples"] for u in done) / SAMPLE_RATE_HZ / 3600
-    print(json.dumps({"utterances": len(done), "hours": round(hours, 2), "voices": len(voices),
-                      "held_out": list(unseen_ids), "out": str(out)}))
+    print(json.dumps({**write_corpus(out, done, voices), "voices": len(voices), "held_out": list(unseen_ids)}))
 
 
 if __name__ == "__main__":

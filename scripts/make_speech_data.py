@@ -46,8 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from speech_sentences import sentences  # noqa: E402
 
-from evaluation.speech_corpus import SAMPLE_RATE_HZ, render  # noqa: E402
-from models.audio.dsp import write_wav  # noqa: E402
+from evaluation.speech_corpus import render, write_corpus, write_utterance  # noqa: E402
 from models.speech_text import LANGUAGES, normalize_text, phonemize  # noqa: E402
 
 TRAIN_VARIANTS = (
@@ -89,11 +88,7 @@ def make_voices(
 def synthesize(job: tuple[dict, dict, str]) -> dict:
     """Render one utterance with the espeak-ng command and write its 16 kHz WAV."""
     utt, voice, out_dir = job
-    x = render(voice, utt["text"])
-    path = Path(out_dir) / "wav" / utt["voice_id"] / f"{utt['id']}.wav"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(str(path), x, SAMPLE_RATE_HZ)
-    return {**utt, "wav": str(path.relative_to(out_dir)), "num_samples": len(x), "sample_rate_hz": SAMPLE_RATE_HZ}
+    return write_utterance(out_dir, utt, render(voice, utt["text"]))
 
 
 def main() -> None:
@@ -149,14 +144,7 @@ def main() -> None:
     jobs = [(u, voices[u["voice_id"]], str(out)) for u in utts]
     with ProcessPoolExecutor(args.workers) as pool:
         done = list(pool.map(synthesize, jobs, chunksize=32))
-    with open(out / "manifest.jsonl", "w") as f:
-        for u in done:
-            f.write(json.dumps(u) + "\n")
-    (out / "voices.json").write_text(json.dumps(voices, indent=1))
-    inventory = sorted({t for u in done for t in u["phonemes"].split()})
-    (out / "phonemes.json").write_text(json.dumps(inventory))
-    hours = sum(u["num_samples"] for u in done) / SAMPLE_RATE_HZ / 3600
-    print(json.dumps({"utterances": len(done), "hours": round(hours, 2), "phonemes": len(inventory), "out": str(out)}))
+    print(json.dumps(write_corpus(out, done, voices)))
 
 
 if __name__ == "__main__":
