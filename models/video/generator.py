@@ -184,31 +184,52 @@ class VideoGenerator(Generator):
         self._set_condition(state, text)
         num_recached = 0
         # the window's blocks that are not in the sink (the sink keeps its K/V: LongLive's global sink)
-        num_window = min(len(state.history), state.num_blocks - self.cfg.sink_blocks)
+        num_window = min(len(state.history), state.num_blocks - self.sink_blocks)
         if strategy == "recache" and not state.fresh and num_window > 0:
-            latents = torch.cat(state.history[-num_window:])[None].to(self.device, self.dtype)  # (1, n*F, C, h, w)
-            first = torch.tensor([state.num_blocks - num_window])
-            self.model.recache(self.cache, [state.slot], latents, first, self._condition([state.slot]))
+            self._recache(state, num_window)
             num_recached = num_window
         elif strategy == "clear":
             self.cache.clear([state.slot], keep_sink=False)
             state.history.clear()
             state.fresh = True
         state.num_switches += 1
+        if self.device.type == "cuda":  # the notice's switch_ms is the switch's, not the queue's
+            torch.cuda.synchronize(self.device)
         return {"type": "prompt_applied", "text": text, "switch": strategy, "block": state.num_blocks,
-                "frame": state.num_blocks * self.cfg.video_frames_per_block, "recached_blocks": num_recached,
+                "frame": state.num_blocks * self.frames_per_block, "recached_blocks": num_recached,
                 "coalesced": state.num_coalesced, "switch_ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    @property
+    def sink_blocks(self) -> int:
+        """Blocks kept in the cache's sink (never recomputed by a switch)."""
+        return self.cfg.sink_blocks
+
+    @property
+    def frames_per_block(self) -> int:
+        """Video frames one block decodes to."""
+        return self.cfg.video_frames_per_block
+
+    def _recache(self, state: VideoState, num_window: int) -> None:
+        """Recompute the last ``num_window`` blocks' K/V under the session's new condition."""
+        latents = torch.cat(state.history[-num_window:])[None].to(self.device, self.dtype)  # (1, n*F, C, h, w)
+        first = torch.tensor([state.num_blocks - num_window])
+        self.model.recache(self.cache, [state.slot], latents, first, self._condition([state.slot]))
+
+    def apply_pending_switches(self, states: Sequence[VideoState]) -> list[list[dict[str, Any]]]:
+        """Each session's switch that waited for this step, applied; the notices, one list per session."""
+        notices: list[list[dict[str, Any]]] = [[] for _ in states]
+        for i, state in enumerate(states):
+            if state.pending_prompt is not None:
+                notices[i].append(self.apply_switch(state, state.pending_prompt, state.pending_strategy or "recache"))
+                state.pending_prompt, state.pending_strategy, state.num_coalesced = None, None, 0
+        return notices
 
     # -- stepping --------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, states: Sequence[VideoState], inputs: Sequence[StepInput], padded_batch_size: int
              ) -> list[StepOutput]:
         """Apply pending switches, generate one block per session (grouped by step count), decode, emit."""
-        notices: list[list[dict[str, Any]]] = [[] for _ in states]
-        for i, state in enumerate(states):
-            if state.pending_prompt is not None:
-                notices[i].append(self.apply_switch(state, state.pending_prompt, state.pending_strategy or "recache"))
-                state.pending_prompt, state.pending_strategy, state.num_coalesced = None, None, 0
+        notices = self.apply_pending_switches(states)
         latents: list[torch.Tensor | None] = [None] * len(states)
         groups: dict[int, list[int]] = {}
         for i, state in enumerate(states):

@@ -19,7 +19,6 @@ random models on the CPU).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,42 +105,29 @@ class WanVideoGenerator(VideoGenerator):
             rows = torch.as_tensor(s, device=self.device)
         return TextCondition([(self.cross_k[i, rows], self.cross_v[i, rows]) for i in range(self.wan_cfg.num_layers)])
 
-    # -- switching -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def apply_switch(self, state: VideoState, text: str, strategy: str) -> dict[str, Any]:
-        """Switch a session's prompt now; returns a notice with timings (see the module docstring)."""
-        t0 = time.perf_counter()
-        cfg = self.wan_cfg
-        self._set_condition(state, text)
-        num_recached = 0
-        num_window = min(len(state.history), state.num_blocks - cfg.sink_blocks)
-        if strategy == "recache" and not state.fresh and num_window > 0:
-            patches = torch.cat(state.history[-num_window:], dim=0)[None].to(self.device, self.dtype)
-            first = torch.tensor([state.num_blocks - num_window])
-            self.dit.recache(self.cache, [state.slot], patches, first, self._text([state.slot]))
-            num_recached = num_window
-        elif strategy == "clear":
-            self.cache.clear([state.slot], keep_sink=False)
-            state.history.clear()
-            state.fresh = True
-        state.num_switches += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        frames = cfg.block_frames * TIME_FACTOR
-        return {"type": "prompt_applied", "text": text, "switch": strategy, "block": state.num_blocks,
-                "frame": state.num_blocks * frames, "recached_blocks": num_recached,
-                "coalesced": state.num_coalesced, "switch_ms": round(1000 * (time.perf_counter() - t0), 2)}
+    # -- switching (the base class's apply_switch, with Wan's recache) ---------------------------------
+    @property
+    def sink_blocks(self) -> int:
+        """Blocks kept in the cache's sink (never recomputed by a switch)."""
+        return self.wan_cfg.sink_blocks
+
+    @property
+    def frames_per_block(self) -> int:
+        """Video frames one block decodes to."""
+        return self.wan_cfg.block_frames * TIME_FACTOR
+
+    def _recache(self, state: VideoState, num_window: int) -> None:
+        """Recompute the window's K/V from the kept clean patches under the new prompt."""
+        patches = torch.cat(state.history[-num_window:], dim=0)[None].to(self.device, self.dtype)
+        first = torch.tensor([state.num_blocks - num_window])
+        self.dit.recache(self.cache, [state.slot], patches, first, self._text([state.slot]))
 
     # -- stepping --------------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, states: Sequence[VideoState], inputs: Sequence[StepInput], padded_batch_size: int
              ) -> list[StepOutput]:
         """Apply pending switches, generate one block per session, decode it, emit 12 frames each."""
-        notices: list[list[dict[str, Any]]] = [[] for _ in states]
-        for i, state in enumerate(states):
-            if state.pending_prompt is not None:
-                notices[i].append(self.apply_switch(state, state.pending_prompt, state.pending_strategy or "recache"))
-                state.pending_prompt, state.pending_strategy, state.num_coalesced = None, None, 0
+        notices = self.apply_pending_switches(states)
         patches = self.generate(states)
         frames = self.decode(states, patches)
         return [StepOutput(video=frames[i], notices=notices[i]) for i in range(len(states))]
