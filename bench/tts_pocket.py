@@ -59,7 +59,7 @@ def random_release(tiny: bool, release: str | None = None) -> tuple[dict, Pocket
 
     ``release``: another of the package's configs by name (e.g. ``english_2m_2026-10``); default: English.
     """
-    from tests.pocket_helpers import tiny_config, train_tokenizer
+    from models.tts.pocket.random_release import tiny_config, train_tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="pocket-bench-"))
     tok = train_tokenizer(folder)
