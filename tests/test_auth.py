@@ -293,3 +293,30 @@ async def test_a_client_cannot_hold_slots_with_offers_it_never_connects():
     metrics = server.engine.metrics.render().decode()
     assert 'causalcast_refusals_total{endpoint="/offer",reason="client_pending_offers"} 1.0' in metrics
     report.assert_unaffected()
+
+
+async def test_a_client_at_its_session_cap_is_refused_at_offer_time_over_webrtc():
+    """A WebRTC session is counted against its client when it connects; an offer over the cap is refused first."""
+    import numpy as np
+
+    from streaming.client.webrtc import ArrayAudioTrack, RtcClient
+    from streaming.transports.webrtc import RtcConfig
+
+    config = make_server_config(models=("pitch",), access=AccessConfig(secret=SECRET),
+                                webrtc=RtcConfig(loopback_only=True))
+    server, runner = await serve_app(config)
+    path = f"/offer?token={token(models=['pitch'], max_sessions=1)}"
+    first, second = RtcClient(server.http_url, offer_path=path), RtcClient(server.http_url, offer_path=path)
+    silence = np.zeros(48_000 * 3, np.float32)
+    try:
+        await first.connect("pitch", audio=ArrayAudioTrack(silence))
+        await first.wait_connected(10)
+        await first.expect("ready")
+        with pytest.raises(Exception) as refused:
+            await second.connect("pitch", audio=ArrayAudioTrack(silence))
+        assert refused.value.status == 503 and refused.value.code == "capacity"
+        assert "already holds 1 sessions" in refused.value.message["message"]
+    finally:
+        await first.close()
+        await second.close()
+        await runner.cleanup()

@@ -338,6 +338,9 @@ async def answer_session(
             sends = transceiver.sender.track is not None
             transceiver.direction = DIRECTIONS[(sends, receives)]
         # Admitted for real when it connects (RtcPeer._open_session); refused now if it would be then.
+        if access is not None:  # this client's session cap, likewise checked now and counted at connect
+            hub.engine.clients.hold(session.id, access)
+            hub.engine.clients.release(session.id)
         await hub.engine.check_admission(model)
         try:
             with rtc_support.gathering_from(host_addresses):
