@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiortc import RTCDataChannel, RTCPeerConnection
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
 from models.base import Pacing, StreamSpec
@@ -34,6 +34,7 @@ from models.errors import CausalcastError, ProtocolError
 from streaming.broadcast import BroadcastHub
 from streaming.engine.core import Engine
 from streaming.media.pacing import PacingConfig
+from streaming.transports import rtc_support
 from streaming.transports.control import ControlEndpoint, ControlLimits
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,16 @@ def inspect_offer(sdp: str, spec: StreamSpec, model: str, *, viewer: bool = Fals
             f"the offer receives none of model '{model}''s outputs ({' and '.join(outputs)})", "bad_offer"
         )
     return OfferInfo(sends_audio, receives_audio, receives_video, has_data)
+
+
+async def set_offer(pc: RTCPeerConnection, sdp: str) -> None:
+    """Apply a client's offer to ``pc``; :class:`ProtocolError` ``bad_offer`` for one aiortc cannot use."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+    except Exception as e:  # aiortc raises many types for malformed SDP
+        raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
+    if not rtc_support.has_transports(pc):
+        raise ProtocolError("offer rejected: a media section has no transport (check its BUNDLE group)", "bad_offer")
 
 
 class RtcHost(Protocol):

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
 from models.base import Pacing
@@ -36,7 +36,7 @@ from streaming.media.resample import CausalResampler
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, session_reply
 from streaming.session import Session
 from streaming.transports import rtc_support
-from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, inspect_offer
+from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, inspect_offer, set_offer
 
 RTC_AUDIO_RATE_HZ = 48_000  # what aiortc's Opus encoder takes without resampling (no added packet delay)
 RTC_AUDIO_FRAME_S = 0.020
@@ -322,13 +322,7 @@ async def answer_session(
     peer = RtcPeer(hub, pc, session)
     peer.attach()
     try:
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as e:
-            raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
-        if not rtc_support.has_transports(pc):
-            raise ProtocolError("offer rejected: a media section has no transport (check its BUNDLE group)",
-                                "bad_offer")
+        await set_offer(pc, sdp)
         rtc_support.tune_audio_receivers(pc, hub.config.audio_prefetch)
         for track in (peer.audio_track, peer.video_track):
             if track is not None and any(t.kind == track.kind for t in pc.getTransceivers()):

@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 import av
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 
 from models.errors import ProtocolError, ShutdownError
 from streaming.auth import Access
@@ -35,7 +35,7 @@ from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.protocol import VIDEO_CLOCK_HZ, AudioCodec, MediaKind, VideoCodec, session_reply, unpack_media
 from streaming.session import Session
 from streaming.transports import rtc_support
-from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, inspect_offer
+from streaming.transports.webrtc_peer import DIRECTIONS, RtcHost, RtcPeerBase, inspect_offer, set_offer
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +195,7 @@ async def answer_watch(
     peer = RtcViewer(hub, pc, session)
     peer.attach()
     try:
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as e:
-            raise ProtocolError(f"offer rejected: {e}", "bad_offer") from e
-        if not rtc_support.has_transports(pc):
-            raise ProtocolError("offer rejected: a media section has no transport (check its BUNDLE group)",
-                                "bad_offer")
+        await set_offer(pc, sdp)
         kinds = {t.kind for t in pc.getTransceivers()}
         if peer.audio_track is not None and "audio" not in kinds:  # the viewer takes no audio: none is queued
             peer.audio_track.stop()
