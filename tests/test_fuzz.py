@@ -235,8 +235,8 @@ async def test_fuzzed_client_input_gets_errors_or_quiet_closes_never_crashes():
     print(f"fuzz: {replies} WS replies, {closes} closes, offer statuses {statuses}")
     assert replies > 100
     assert not errors.records, [f"{r.name}: {r.getMessage()}" for r in errors.records[:5]]
-    # The fuzzed SDP offers are answered on the event loop (aiortc parses, gathers and makes DTLS state there)
-    # and stall it now and then: on an otherwise idle machine 3 of 411 and 7 of 417 of the monitor's chunks came
-    # late (p99 chunk latency 30 ms). Up to 5 % late is allowed here so CI is not a coin toss; the round-trip
-    # bound is unchanged. Finding and moving that loop work off the loop is an open item of issue 18.
-    report.assert_unaffected(max_late=max(2, report.stats["chunks_out"] // 20))
+    # Up to 1 % late. This was 5 % while full garbage collections walked every start-up object (torch, aiortc:
+    # ~200k) and held the GIL for 50-140 ms each, a few times per run of allocation-heavy fuzz traffic (3 of
+    # 411 and 7 of 417 chunks late); the server now freezes those objects after start-up (streaming/server.py,
+    # tests/test_hardening_offers.py), and no loop callback of the server's took over ~6 ms of CPU here since.
+    report.assert_unaffected(max_late=max(2, report.stats["chunks_out"] // 100))

@@ -42,7 +42,7 @@ from streaming.guard import ACCESS_KEY
 from streaming.protocol import load_json
 from streaming.transports import rtc_support
 from streaming.transports.control import ControlLimits
-from streaming.transports.webrtc_peer import RtcConfig, RtcPeerBase, inspect_offer
+from streaming.transports.webrtc_peer import RtcConfig, RtcPeerBase, check_sdp_size, inspect_offer
 from streaming.transports.webrtc_session import answer_session
 from streaming.transports.webrtc_viewer import answer_watch
 
@@ -201,6 +201,7 @@ class RtcHub:
             raise ProtocolError("offer body must be a JSON object", "bad_offer")
         if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise ProtocolError("offer body needs 'type': 'offer' and a string 'sdp'", "bad_offer")
+        check_sdp_size(body["sdp"], self.config)
         offer_id = body.get("offer_id")
         if offer_id is not None and not (isinstance(offer_id, str) and OFFER_ID.fullmatch(offer_id)):
             raise ProtocolError("'offer_id' must be 8-64 letters, digits, '-' or '_'", "bad_offer")

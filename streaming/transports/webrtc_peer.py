@@ -74,6 +74,16 @@ class RtcConfig:
     )
     max_message_bytes: int = 64 * 1024  # data channel messages
     max_offer_bytes: int = 1024 * 1024  # a start parameter may hold a voice clip (10 s of 16 kHz WAV as base64)
+    # The offer's SDP, checked by counting before anything parses it: browsers' offers are 2-8 kB, up to
+    # ~250 lines with ~50 codecs (rtpmap lines), 3 media sections and a few dozen candidates. Answering
+    # costs loop time per line, most per codec (550 codec lines: one 16 ms callback; a 390 kB SDP of
+    # them took 128 ms just to parse), each media section gets ICE and DTLS transports, and each remote
+    # candidate gets connectivity checks sent to it: an offer far past these sizes is a `bad_offer`.
+    max_sdp_chars: int = 32 * 1024
+    max_sdp_lines: int = 400
+    max_offer_codecs: int = 128
+    max_media_sections: int = 8
+    max_offer_candidates: int = 100
     stats_interval_s: float = 1.0
     max_pending_control: int = 256  # control messages held until the data channel opens
     # Client messages waiting for the control endpoint (its rate budget); more are dropped: a data channel
@@ -143,6 +153,23 @@ def inspect_offer(sdp: str, spec: StreamSpec, model: str, *, viewer: bool = Fals
             f"the offer receives none of model '{model}''s outputs ({' and '.join(outputs)})", "bad_offer"
         )
     return OfferInfo(sends_audio, receives_audio, receives_video, has_data)
+
+
+def check_sdp_size(sdp: str, config: RtcConfig) -> None:
+    """Refuse an SDP too large to be a browser's offer, by counting (cheap) before anything parses it."""
+    if len(sdp) > config.max_sdp_chars:
+        limit = config.max_sdp_chars
+        raise ProtocolError(f"offer SDP of {len(sdp)} characters is too long (limit {limit})", "bad_offer")
+    lines = sdp.splitlines()  # as aiortc's parser splits them
+    counts = (
+        ("lines", len(lines), config.max_sdp_lines),
+        ("codecs", sum(1 for line in lines if line.startswith("a=rtpmap:")), config.max_offer_codecs),
+        ("media sections", sum(1 for line in lines if line.startswith("m=")), config.max_media_sections),
+        ("candidates", sum(1 for line in lines if line.startswith("a=candidate:")), config.max_offer_candidates),
+    )
+    for what, num, limit in counts:
+        if num > limit:
+            raise ProtocolError(f"offer SDP has {num} {what} (limit {limit})", "bad_offer")
 
 
 async def set_offer(pc: RTCPeerConnection, sdp: str) -> None:
