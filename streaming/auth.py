@@ -69,6 +69,7 @@ class Access:
     authenticated: bool = False  # a valid token was presented
     max_sessions: int | None = None  # the effective per-client session cap (grant's, else the server's)
     max_pending_offers: int | None = None  # WebRTC offers answered but not yet connected, at once
+    max_offers_per_min: float | None = None  # WebRTC offers it may post a minute (answered or not)
 
 
 # -- tokens -------------------------------------------------------------------------------------------
@@ -225,6 +226,9 @@ class AccessConfig:
     # (loopback addresses without a token are exempt: tests, benches and a local page).
     max_sessions_per_client: int | None = 8
     max_pending_offers_per_client: int | None = 4  # answered WebRTC offers not yet connected (same exemption)
+    # WebRTC offers one client may post a minute, in bursts of up to 10 (same exemption): answering
+    # one is ~4 ms of event-loop work (SDP, transports, ICE), so a client posting them in a loop is refused.
+    max_offers_per_client_per_min: float | None = 30.0
     turn_secret: bytes | None = None  # coturn's static-auth-secret: /config mints TURN credentials with it
     turn_urls: tuple[str, ...] = ()  # turn:/turns: URLs the minted credentials are for
     turn_ttl_s: float = 3600.0  # how long minted TURN credentials stay valid
@@ -268,11 +272,12 @@ def resolve_access(config: AccessConfig, token: str | None, remote: str | None) 
     if config.secret is not None and token:
         grant = verify_token(config.secret, token)
         cap = grant.max_sessions if grant.max_sessions is not None else config.max_sessions_per_client
-        return Access(f"token:{grant.token_id}", grant, True, cap, config.max_pending_offers_per_client)
+        return Access(f"token:{grant.token_id}", grant, True, cap, config.max_pending_offers_per_client,
+                      config.max_offers_per_client_per_min)
     if config.secret is not None:
         # No token: nothing may be started or watched (the middleware refuses protected routes earlier).
         return Access(f"ip:{remote}", Grant(models=frozenset(), share=False, watch=False), max_sessions=0)
     if is_loopback(remote):
         return Access(f"ip:{remote}", OPEN_GRANT)
     return Access(f"ip:{remote}", OPEN_GRANT, False, config.max_sessions_per_client,
-                  config.max_pending_offers_per_client)
+                  config.max_pending_offers_per_client, config.max_offers_per_client_per_min)

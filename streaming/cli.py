@@ -162,6 +162,12 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
         help="WebRTC offers one client may have answered but not yet connected (0: no limit)",
     )
     access.add_argument(
+        "--max-offers-per-client-per-min",
+        type=float,
+        default=float(_env("MAX_OFFERS_PER_CLIENT_PER_MIN", "30")),
+        help="WebRTC offers one client may post a minute, in bursts of up to 10; more get HTTP 429 (0: no limit)",
+    )
+    access.add_argument(
         "--turn-secret-file",
         default=_env("TURN_SECRET_FILE", ""),
         help="coturn's static-auth-secret (or CAUSALCAST_TURN_SECRET): /config mints time-limited TURN "
@@ -316,6 +322,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             allowed_origins=_split(args.allowed_origins),
             max_sessions_per_client=args.max_sessions_per_client or None,
             max_pending_offers_per_client=args.max_pending_offers_per_client or None,
+            max_offers_per_client_per_min=args.max_offers_per_client_per_min or None,
             turn_secret=_read_secret(args.turn_secret_file, "TURN_SECRET"),
             turn_urls=_split(args.turn_urls),
             turn_ttl_s=args.turn_ttl,

@@ -6,8 +6,10 @@ a client sends must not make that work large, and the work must not stall the lo
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
+from typing import Any
 
 import aiohttp
 from conftest import make_server_config, serve_app
@@ -112,4 +114,45 @@ async def test_full_collections_during_offers_stay_short():
     full_ms = [round(s * 1000, 1) for s in collections.seconds[2]]
     print(f"full collections during 30 offers: {full_ms} ms CPU; {len(collections.seconds[0])} young ones")
     assert full_ms and max(full_ms) < 25.0, full_ms  # unfrozen: 47-135 ms each on the 2-core VM
+    report.assert_unaffected()
+
+
+async def test_a_client_posting_offers_in_a_loop_gets_429_and_others_do_not():
+    """Offers per client (token or address) are rate-limited before the body is read; others are unaffected.
+
+    60 a minute, bursts of 10: the 11th offer at once is refused (HTTP 429, ``rate_limited``, Retry-After),
+    another token's offer is answered, and a second later the first client may post again.
+    """
+    from streaming.auth import AccessConfig, mint_token
+
+    secret = b"0123456789abcdef-offer-rates"
+    access = AccessConfig(secret=secret, max_offers_per_client_per_min=60.0, max_pending_offers_per_client=None)
+    config = make_server_config(models=("pitch",), access=access,
+                                webrtc=RtcConfig(loopback_only=True, connect_timeout_s=1.0))
+    server, runner = await serve_app(config)
+    flooder, other, watcher = (mint_token(secret, ttl_s=60, models=["pitch"]) for _ in range(3))
+    try:
+        async with Monitor(f"{server.ws_url}?token={watcher}") as monitor, aiohttp.ClientSession() as http:
+            sdp = await loopback_offer_sdp()
+
+            async def offer(token: str, body: dict) -> tuple[int, dict, Any]:
+                async with http.post(f"{server.http_url}/offer?token={token}", json=body) as r:
+                    return r.status, await r.json(), r.headers
+
+            junk = {"type": "offer", "sdp": "v=0\r\nnot an offer", "model": "pitch"}
+            valid = {"type": "offer", "sdp": sdp, "model": "pitch"}
+            statuses = [(await offer(flooder, junk))[0] for _ in range(10)]  # refused offers count too
+            assert statuses == [400] * 10
+            status, reply, headers = await offer(flooder, valid)
+            assert status == 429 and reply["code"] == "rate_limited", reply
+            assert "60 a minute" in reply["message"] and 1 <= int(headers["Retry-After"]) <= 2
+            assert (await offer(other, valid))[0] == 200  # another client is not affected
+            await asyncio.sleep(1.1)  # one offer's worth of budget back
+            assert (await offer(flooder, valid))[0] == 200
+            assert (await offer(flooder, valid))[0] == 429
+            report = await monitor.finish()
+    finally:
+        await runner.cleanup()
+    metrics = server.engine.metrics.render().decode()
+    assert 'causalcast_refusals_total{endpoint="/offer",reason="client_offer_rate"} 2.0' in metrics
     report.assert_unaffected()

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -41,7 +44,7 @@ from streaming.engine.core import Engine
 from streaming.guard import ACCESS_KEY
 from streaming.protocol import load_json
 from streaming.transports import rtc_support
-from streaming.transports.control import ControlLimits
+from streaming.transports.control import ControlLimits, TokenBucket
 from streaming.transports.webrtc_peer import RtcConfig, RtcPeerBase, check_sdp_size, inspect_offer
 from streaming.transports.webrtc_session import answer_session
 from streaming.transports.webrtc_viewer import answer_watch
@@ -52,6 +55,36 @@ log = logging.getLogger(__name__)
 
 OFFER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_CANCELLED_OFFERS = 1024  # cancellations remembered for offers whose answer is still being built
+OFFER_BURST = 10  # offers a client may post at once (a page opening a few sessions), within its rate
+MAX_RATE_CLIENTS = 10_000  # clients whose offer budgets are remembered; full budgets are forgotten first
+
+
+class OfferRates:
+    """Each client's budget of offers (``Access.max_offers_per_min``), refilled continuously."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, access: Access | None) -> float:
+        """Count one offer of this client; returns 0, or the seconds until it may post one (refused)."""
+        if access is None or access.max_offers_per_min is None:
+            return 0.0
+        bucket = self._buckets.get(access.client)
+        if bucket is None:
+            if len(self._buckets) >= MAX_RATE_CLIENTS:
+                self._forget_full()
+            rate_per_s = access.max_offers_per_min / 60.0
+            capacity = max(1.0, min(float(OFFER_BURST), access.max_offers_per_min))
+            bucket = self._buckets[access.client] = TokenBucket(rate_per_s, capacity, self._clock)
+        wait_s = bucket.delay(1.0)
+        if wait_s == 0.0:
+            bucket.take(1.0)
+        return wait_s
+
+    def _forget_full(self) -> None:
+        for client in [c for c, b in self._buckets.items() if b.delay(b.capacity) == 0.0]:
+            del self._buckets[client]
 
 
 class RtcHub:
@@ -77,6 +110,7 @@ class RtcHub:
         self._offer_ids: dict[RtcPeerBase, str] = {}
         self._cancelled: OrderedDict[str, None] = OrderedDict()  # cancelled before their answer was ready
         self._pending: dict[RtcPeerBase, str] = {}  # answered, not yet connected peers -> their client
+        self._rates = OfferRates()
 
     @property
     def shutting_down(self) -> bool:
@@ -147,6 +181,17 @@ class RtcHub:
     async def handle_offer(self, request: web.Request) -> web.Response:
         """``POST /offer``: answer an SDP offer with a session (or a viewer), or explain why not."""
         access = request.get(ACCESS_KEY)  # set by the server's gate (streaming/guard.py)
+        wait_s = self._rates.take(access)
+        if wait_s > 0.0:  # refused before the body is read or anything is parsed
+            error = ProtocolError(
+                f"this client posts offers faster than its limit ({access.max_offers_per_min:g} a minute); "
+                f"retry in {wait_s:.1f} s",
+                "rate_limited",
+            )
+            self.engine.metrics.refusals.labels("/offer", "client_offer_rate").inc()
+            response = _refused(request, error, 429)
+            response.headers["Retry-After"] = str(math.ceil(wait_s))
+            return response
         try:
             self._check_pending(access)
             body = await self._read_offer(request)
