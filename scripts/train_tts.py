@@ -131,6 +131,10 @@ def train_vae(args) -> None:
             extra = {"silence": torch.load(out / "vae.pt")["silence"]}
         params = [p for name, p in vae.named_parameters()
                   if not name.startswith("enc") and (not args.pitch_only or name.startswith("pitch_head"))]
+    elif args.init:  # fine-tune a shipped VAE whole, encoder too (a new latent space: retrain what reads it)
+        overrides = {"synth_window": args.synth_window} if args.synth_window else {}
+        vae = load_checkpoint_vae(args.init, **overrides).to(args.device).train()
+        params = list(vae.parameters())
     else:
         vae = WaveformVAE(VAEConfig()).to(args.device)
         params = list(vae.parameters())
@@ -400,7 +404,8 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="ar: continue from runs/.../ar.pt")
     ap.add_argument("--decoder-only", action="store_true", help="vae: fine-tune the decoder, encoder frozen")
     ap.add_argument("--init", default=None,
-                    help="vae --decoder-only: start from this safetensors checkpoint's VAE instead of the run's")
+                    help="vae: start from this safetensors checkpoint's VAE (the whole of it, or with --decoder-only "
+                         "its decoder) instead of the run's or a fresh one")
     ap.add_argument("--synth-window", type=int, default=0,
                     help="vae --decoder-only --init: the decoder's synthesis window (0: n_fft; 320: 10 ms delay)")
     ap.add_argument("--harmonics", type=int, default=None,

@@ -51,6 +51,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training_log import log, lr_at  # noqa: E402
 
 from evaluation.speech_corpus import (  # noqa: E402
+    load_manifest,
     load_utterances,
     phoneme_inventory,
     render,  # noqa: E402
@@ -71,9 +73,10 @@ from evaluation.speech_corpus import (  # noqa: E402
 from models.audio.pitch_track import median_pitch  # noqa: E402
 from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
 from models.audio.vae_training import load_checkpoint_vae  # noqa: E402
+from models.checkpoint_io import load_tensors, read_metadata, save_tensors  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
-from models.vc.checkpoint import save_checkpoint  # noqa: E402
+from models.vc.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.vc.model import VCConfig, VCModel  # noqa: E402
 from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
@@ -106,12 +109,18 @@ def train_content(args) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     resume = args.resume and (out / "content.pt").exists()
-    symbols = torch.load(out / "content.pt")["symbols"] if resume else ctc_symbols(phoneme_inventory(args.data))
     utts = load_utterances(args.data, ("train",), args.limit)
-    cfg = VCConfig(num_phonemes=len(symbols))
-    model = VCModel(cfg)
-    if resume:  # continue (e.g. on a corpus with more voices), keeping the classes and feature statistics
-        load_content(out, model)
+    if args.init and not resume:  # start from a shipped checkpoint's recognizer: its classes and statistics
+        shipped = load_checkpoint(args.init)
+        symbols, model = shipped.symbols, shipped.model.train()
+        cfg = model.cfg
+    else:
+        symbols = torch.load(out / "content.pt")["symbols"] if resume else ctc_symbols(phoneme_inventory(args.data))
+        cfg = VCConfig(num_phonemes=len(symbols))
+        model = VCModel(cfg)
+    if args.init or resume:  # continue (e.g. on a corpus with more voices), keeping classes and statistics
+        if resume:
+            load_content(out, model)
     else:  # fixed feature statistics from a sample of the data (never per utterance: streaming sees the same)
         sample = [torch.from_numpy(u.audio) for u in utts[:300]]
         mels = torch.cat([model.mel.offline(a[None])[0] for a in sample])
@@ -123,7 +132,7 @@ def train_content(args) -> None:
     start = time.time()
     for step in range(args.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.steps, args.lr, warmup=20 if resume else 200)
+            group["lr"] = lr_at(step, args.steps, args.lr, warmup=20 if resume or args.init else 200)
         batch = rng.sample(utts, args.batch)
         audio = [augment(u.audio, rng) for u in batch]
         length = max(len(a) for a in audio) // hop2 * hop2 + hop2
@@ -160,6 +169,11 @@ def evaluate_content(model: VCModel, symbols: list[str], utts) -> float:
         errors += phoneme_errors(ref, hyp)
         total += len(ref)
     return errors / max(1, total)
+
+
+def run_config(out: Path, vae_cfg: VAEConfig) -> VCConfig:
+    """The run's model sizes (those the content stage saved, e.g. a shipped checkpoint's) with this VAE."""
+    return replace(VCConfig.from_dict(torch.load(out / "content.pt")["cfg"]), vae=vae_cfg)
 
 
 def load_content(out: Path, model: VCModel) -> list[str]:
@@ -206,6 +220,7 @@ def make_features(args) -> None:
     start = time.time()
     if args.part == "latents":
         model = VCModel(VCConfig(vae=vae.cfg))
+        feats["vae_cfg"] = dict(vae.cfg.__dict__)  # the DiT's latent size, whatever VAE made them
         for i, u in enumerate(utts):
             x = torch.from_numpy(pad(u.audio, hop))[None]
             feats["latents"].append(vae.normalize(vae.encode(x)[0])[0].T.half())  # (N, D)
@@ -217,7 +232,7 @@ def make_features(args) -> None:
                 print(json.dumps({"latents": i, "of": len(utts), "min": minutes}), flush=True)
         torch.save(dict(feats), out / "features_latents.pt")
         return
-    model = VCModel(VCConfig(vae=vae.cfg, num_phonemes=len(torch.load(out / "content.pt")["symbols"])))
+    model = VCModel(run_config(out, vae.cfg))
     load_content(out, model)
     grain = int(0.03 * 16_000)
     for i in range(args.shard, len(utts), args.num_shards):
@@ -372,10 +387,9 @@ def train_dit(args) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    saved = torch.load(out / "content.pt")
     feats = load_features(out)
-    vae_cfg = VAEConfig()
-    cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae_cfg)
+    vae_fields = feats.get("vae_cfg", {})  # (features of older runs: the default VAE)
+    cfg = run_config(out, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_fields.items()}))
     model = VCModel(cfg)
     params = list(model.speaker.parameters()) + list(model.dit.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -395,6 +409,10 @@ def train_dit(args) -> None:
         torch.manual_seed(args.seed + first)
         rng = random.Random(args.seed + first)
         gen = torch.Generator().manual_seed(args.seed + first)
+    elif args.init:  # fine-tune a shipped checkpoint's speaker encoder and DiT on new features
+        shipped = load_checkpoint(args.init).model
+        model.speaker.load_state_dict(shipped.speaker.state_dict())
+        model.dit.load_state_dict(shipped.dit.state_dict())
     print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
                       "speaker_params": sum(p.numel() for p in model.speaker.parameters()),
                       "first_step": first}), flush=True)
@@ -457,22 +475,45 @@ def export(args) -> None:
     out = Path(args.out)
     vae = load_vae(Path(args.vae))
     saved = torch.load(out / "content.pt")
-    cfg = VCConfig(num_phonemes=len(saved["symbols"]), vae=vae.cfg)
-    model = VCModel(cfg)
+    model = VCModel(run_config(out, vae.cfg))
     load_content(out, model)
     state = torch.load(out / "dit.pt")
     model.speaker.load_state_dict(state["speaker"])
     model.dit.load_state_dict(state["dit"])
     model.vae.load_state_dict(vae.state_dict())
     model.eval()
-    chosen = shipped_voices(args.data, args.num_voices)
+    table = voices(args.data)
+    if args.add_voices:  # named voices of the corpus (e.g. the human-derived ones), described by its table
+        chosen = {v: table[v] for v in args.add_voices.split(",")}
+        if any(info.get("held_out") for info in chosen.values()):
+            raise SystemExit("a held-out voice cannot be shipped")
+    else:
+        chosen = shipped_voices(args.data, args.num_voices)
     utts = load_utterances(args.data, ("train",))
+    augmented = {row["id"]: row.get("augment") for row in load_manifest(args.data, ("train",))}
     refs = {}
-    for voice_id, info in chosen.items():
-        audio = np.concatenate([u.audio for u in utts if u.voice_id == voice_id][:3])[: int(8 * 16_000)]
-        refs[voice_id] = {"audio": audio, "info": {k: info[k] for k in ("espeak_voice", "pitch", "variant")}}
+    for voice_id, info in chosen.items():  # clean clips only: a reference should not teach reverb or noise
+        clips = [u.audio for u in utts if u.voice_id == voice_id and not augmented.get(u.id)]
+        audio = np.concatenate(clips[:3])[: int(8 * 16_000)]
+        refs[voice_id] = {"audio": audio, "info": {k: v for k, v in info.items() if k != "held_out"}}
     size = save_checkpoint(args.checkpoint, model, saved["symbols"], refs)
-    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "voices": sorted(refs)}))
+    if args.voices_from:  # keep an older checkpoint's shipped voices (reference log-mels need no retraining)
+        size = merge_voices(args.checkpoint, args.voices_from)
+    shipped = sorted(read_metadata(args.checkpoint)["voices"])
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "voices": shipped}))
+
+
+def merge_voices(path: str, source: str) -> int:
+    """Add ``source``'s shipped voices (tensors ``voices.*`` and their descriptions) to the checkpoint at ``path``."""
+    from models.vc.checkpoint import FLOAT32_KEYS
+
+    tensors, meta = load_tensors(path)
+    old_tensors, old_meta = load_tensors(source)
+    for voice_id, info in old_meta["voices"].items():
+        if voice_id not in meta["voices"]:
+            tensors[f"voices.{voice_id}"] = old_tensors[f"voices.{voice_id}"]
+            meta["voices"][voice_id] = info
+    return save_tensors(path, tensors, meta, float32_suffixes=FLOAT32_KEYS)
 
 
 @torch.no_grad()
@@ -483,7 +524,6 @@ def swap_vocoder(args) -> None:
     synthesis window, the harmonic head). A harmonic decoder also needs each shipped voice's median pitch
     (``f0_hz``), which ``export`` measures; for an older checkpoint it is measured on espeak-ng renderings.
     """
-    from models.checkpoint_io import load_tensors, save_tensors
     from models.vc.checkpoint import FLOAT32_KEYS
 
     saved = torch.load(Path(args.vae) / "vae_decoder.pt", map_location="cpu")
@@ -516,6 +556,13 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--num-voices", type=int, default=8)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init", default=None,
+                    help="content, dit: start from this VC checkpoint's recognizer (content) or speaker encoder and "
+                         "DiT (dit) instead of fresh weights")
+    ap.add_argument("--add-voices", default=None,
+                    help="export: ship these corpus voice ids (comma list) instead of the espeak-ng selection")
+    ap.add_argument("--voices-from", default=None,
+                    help="export: also keep this older VC checkpoint's shipped voices")
     ap.add_argument("--new-schedule", action="store_true",
                     help="dit --resume: a new lr schedule (warm-up, cosine) from the resumed step to --steps")
     ap.add_argument("--split-above", type=float, default=2.0,
