@@ -57,6 +57,11 @@ TRAIN_FLITE = ("kal", "kal16", "slt")
 TRAIN_FESTIVAL = ("kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts")
 # flite settings per derived voice: (duration_stretch, f0 mean shift as a ratio)
 FLITE_SETTINGS = ((1.0, 1.0), (0.9, 1.15), (1.1, 0.87), (0.95, 1.3), (1.05, 0.78))
+# the speakers the flite and festival voices were recorded from (described in each voice's table entry, so a
+# shipped voice built from them is labelled for people: "Female, medium (170 Hz), American")
+GENDER = {"kal": "male", "kal16": "male", "slt": "female", "awb": "male", "rms": "male", "kal_diphone": "male",
+          "ked_diphone": "male", "cmu_us_slt_arctic_hts": "female"}
+LANGUAGE = {"awb": "en-gb-scotland"}  # the rest are American English
 
 
 def make_voices(num_espeak: int, rng: random.Random) -> dict[str, dict]:
@@ -65,16 +70,22 @@ def make_voices(num_espeak: int, rng: random.Random) -> dict[str, dict]:
     for name in TRAIN_FLITE:
         for k, (stretch, f0_ratio) in enumerate(FLITE_SETTINGS):
             voices[f"fl-{name}-{k}"] = {"engine": "flite", "voice": name, "stretch": stretch, "f0_ratio": f0_ratio,
-                                        "held_out": False}
+                                        "held_out": False, **describe(name)}
     for name in TRAIN_FESTIVAL:
-        voices[f"fe-{name}"] = {"engine": "festival", "voice": name, "held_out": False}
+        voices[f"fe-{name}"] = {"engine": "festival", "voice": name, "held_out": False, **describe(name)}
     for i in range(num_espeak):
         variant = TRAIN_VARIANTS[i % len(TRAIN_VARIANTS)]
         voices[f"es-{i:02d}"] = {"engine": "espeak", "espeak_voice": f"en-us+{variant}", "held_out": False,
                                  "pitch": rng.randint(25, 75), "speed_wpm": rng.randint(140, 185)}
     for name in HELD_OUT_FLITE:
-        voices[f"fl-{name}"] = {"engine": "flite", "voice": name, "stretch": 1.0, "f0_ratio": 1.0, "held_out": True}
+        voices[f"fl-{name}"] = {"engine": "flite", "voice": name, "stretch": 1.0, "f0_ratio": 1.0, "held_out": True,
+                                **describe(name)}
     return voices
+
+
+def describe(name: str) -> dict:
+    """Who a flite or festival voice was recorded from: gender and accent (a language code)."""
+    return {"gender": GENDER[name], "language": LANGUAGE.get(name, "en-us")}
 
 
 _FLITE_F0 = {"kal": 105.0, "kal16": 105.0, "slt": 160.0, "awb": 110.0, "rms": 95.0}

@@ -27,8 +27,9 @@ const ACCENTS = [ // longest first: "en-gb-scotland" before "en-gb"
   ["en-029", "Caribbean"], ["en-gb", "British"], ["en-us", "American"],
 ];
 
-/** Female / male from the espeak-ng variant (null when it is not known). */
+/** Female / male: as the voice says (voices from human recordings), else from its espeak-ng variant; or null. */
 export function voiceGender(v) {
+  if (v.gender === "female" || v.gender === "male") return v.gender;
   const variant = String(v.variant || (v.espeak_voice || "").split("+")[1] || "").toLowerCase();
   if (FEMALE.has(variant)) return "female";
   if (MALE.has(variant)) return "male";
@@ -52,7 +53,7 @@ function accent(v) {
   return hit ? hit[1] : null;
 }
 
-/** A label for a shipped voice from /healthz (`{id, espeak_voice, pitch, variant?, f0_hz?, language?}`). */
+/** A label for a shipped voice from /healthz (`{id, espeak_voice?, pitch?, variant?, gender?, f0_hz?, language?}`). */
 export function voiceLabel(v) {
   if (typeof v !== "object" || v === null) return String(v);
   const gender = voiceGender(v);
