@@ -181,6 +181,18 @@ def _add_access_options(serve: argparse.ArgumentParser) -> None:
         default=float(_env("HTTP_IDLE_TIMEOUT", "10")),
         help="seconds a connection may take to send a request's headers, or sit idle between requests",
     )
+    access.add_argument(
+        "--ws-idle-timeout",
+        type=float,
+        default=float(_env("WS_IDLE_TIMEOUT", "30")),
+        help="seconds a WebSocket may stay open with no session started or watched (0: no limit)",
+    )
+    access.add_argument(
+        "--offer-body-timeout",
+        type=float,
+        default=float(_env("OFFER_BODY_TIMEOUT", "10")),
+        help="seconds a WebRTC offer's body may take to arrive after its headers (then HTTP 408)",
+    )
 
 
 def _add_token_parser(sub: argparse._SubParsersAction) -> None:
@@ -343,7 +355,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             ),
             session=SessionConfig(clock_lead_ms=args.clock_lead_ms, late_after_ms=args.late_after_ms),
         ),
-        ws=WsConfig(max_message_bytes=args.max_message_bytes),
+        ws=WsConfig(max_message_bytes=args.max_message_bytes, idle_timeout_s=args.ws_idle_timeout or None),
         control=ControlLimits(
             max_messages_per_s=args.max_messages_per_s,
             max_bytes_per_s=args.max_bytes_per_s,
@@ -358,6 +370,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
             loopback_only=args.ice_loopback_only,
             ice_servers=tuple(server_ice_servers) if server_ice_servers is not None else None,
             connect_timeout_s=args.rtc_connect_timeout,
+            offer_body_timeout_s=args.offer_body_timeout,
         ),
         access=access,
         http_idle_timeout_s=args.http_idle_timeout,

@@ -75,9 +75,12 @@ def runner_options(config: ServerConfig) -> dict[str, Any]:
     """Keyword arguments for aiohttp's ``run_app`` / ``AppRunner`` that carry the server's HTTP limits.
 
     aiohttp arms its keep-alive timer when a connection is made and closes the connection when it fires
-    while no complete request has arrived, so the keep-alive timeout is also the header timeout.
+    while no complete request has arrived, so the keep-alive timeout is also the header timeout. After a
+    response to a request whose body was not read (an offer refused before its body, or cut off for
+    arriving too slowly), aiohttp reads and discards the rest for the lingering time (so the client is not
+    reset before it reads the response), then closes: 2 s, not aiohttp's 10, so a trickling client is let go.
     """
-    return {"keepalive_timeout": config.http_idle_timeout_s}
+    return {"keepalive_timeout": config.http_idle_timeout_s, "lingering_time": 2.0}
 
 
 def load_models(config: ServerConfig) -> dict[str, Any]:

@@ -171,3 +171,53 @@ async def test_offers_that_never_connect_hold_no_session_slots_and_are_reaped_at
     assert "causalcast_sessions_refused_total{" not in metrics
     report.assert_unaffected()
     print(f"40 offers answered in {last_answer - first_answer:.2f} s, reaped {reaped_after_s:.2f} s after the first")
+
+
+async def _closed_for_idling(client: Client, within_s: float) -> dict:
+    """The `idle_timeout` error a client got, after which its socket closed (both within ``within_s``)."""
+    error = None
+    deadline = time.monotonic() + within_s
+    try:
+        while True:
+            item = await client.receive(max(0.01, deadline - time.monotonic()))
+            if isinstance(item, dict) and item.get("type") == "error":
+                error = item
+    except ConnectionError as e:
+        assert "CLOSE" in str(e) and str(e).endswith(": idle"), e  # the server's close frame, reason "idle"
+    assert time.monotonic() < deadline
+    assert error is not None and error["code"] == "idle_timeout", error
+    return error
+
+
+async def test_a_websocket_without_a_session_is_closed_after_the_idle_timeout():
+    """Connecting and never starting (or only pinging, or stopping and staying) closes with a clear error."""
+    from streaming.transports.ws import WsConfig
+
+    config = make_server_config(models=("pitch",), ws=WsConfig(idle_timeout_s=1.0))
+    server, runner = await serve_app(config)
+    try:
+        async with Monitor(server.ws_url) as monitor:
+            silent, pinger, user = Client(server.ws_url), Client(server.ws_url), Client(server.ws_url)
+            for client in (silent, pinger, user):
+                await client.connect()
+            await user.start("pitch", input_sample_rate_hz=16_000)
+            started = time.monotonic()
+            for i in range(5):  # pings are not use
+                await pinger.send({"type": "ping", "t": i})
+                await asyncio.sleep(0.2)
+            error = await _closed_for_idling(silent, within_s=2.0)
+            assert "for 1 s" in error["message"] and "'start'" in error["message"]
+            await _closed_for_idling(pinger, within_s=1.0)
+            await asyncio.sleep(max(0.0, started + 1.5 - time.monotonic()))
+            await user.send({"type": "ping", "t": 1})  # a running session is use: kept past the timeout
+            assert (await user.expect("pong"))["t"] == 1
+            await user.stop()
+            stopped = time.monotonic()
+            await _closed_for_idling(user, within_s=2.5)  # idle again after `stop`
+            assert time.monotonic() - stopped > 0.9
+            report = await monitor.finish()
+    finally:
+        await runner.cleanup()
+    metrics = server.engine.metrics.render().decode()
+    assert 'causalcast_errors_total{code="idle_timeout"} 3.0' in metrics
+    report.assert_unaffected()

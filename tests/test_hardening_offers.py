@@ -156,3 +156,40 @@ async def test_a_client_posting_offers_in_a_loop_gets_429_and_others_do_not():
     metrics = server.engine.metrics.render().decode()
     assert 'causalcast_refusals_total{endpoint="/offer",reason="client_offer_rate"} 2.0' in metrics
     report.assert_unaffected()
+
+
+async def test_an_offer_body_that_trickles_in_is_cut_off():
+    """Headers sent at once, the body a byte at a time: HTTP 408 after the body timeout, connection closed."""
+    config = make_server_config(models=("pitch",), webrtc=RtcConfig(loopback_only=True, offer_body_timeout_s=1.0))
+    server, runner = await serve_app(config)
+    writer = None
+    try:
+        async with Monitor(server.ws_url) as monitor:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /offer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 5000\r\n\r\n" + b'{"type": "offer", "sdp": "v=0')
+            started = time.monotonic()
+
+            async def trickle() -> None:
+                while True:
+                    await asyncio.sleep(0.1)
+                    writer.write(b" ")  # more body, too slowly
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+                elapsed_s = time.monotonic() - started
+                rest = await asyncio.wait_for(reader.read(), 5.0)  # then the server closes the connection
+            finally:
+                trickling.cancel()
+            assert head.startswith(b"HTTP/1.1 408"), head
+            assert b"body_timeout" in rest and b"within 1 s" in rest, rest
+            assert 0.9 < elapsed_s < 3.0, elapsed_s
+            report = await monitor.finish()
+    finally:
+        if writer is not None:
+            writer.close()
+        await runner.cleanup()
+    metrics = server.engine.metrics.render().decode()
+    assert 'causalcast_refusals_total{endpoint="/offer",reason="body_timeout"} 1.0' in metrics
+    report.assert_unaffected()

@@ -210,6 +210,11 @@ class RtcHub:
             return _refused(request, e, 503)
         except CausalcastError as e:
             self.engine.metrics.errors.labels(e.code).inc()
+            if e.code == "body_timeout":  # no keep-alive: aiohttp lingers briefly (runner_options), then closes
+                self.engine.metrics.refusals.labels("/offer", e.code).inc()
+                response = _refused(request, e, 408)
+                response.force_close()
+                return response
             return _refused(request, e, 503 if e.code == "capacity" else 400)  # e.g. a stream's viewer limit
         offer_id = body.get("offer_id")
         if offer_id is not None:
@@ -238,7 +243,12 @@ class RtcHub:
     async def _read_offer(self, request: web.Request) -> dict[str, Any]:
         if request.content_length is not None and request.content_length > self.config.max_offer_bytes:
             raise ProtocolError(f"offer of {request.content_length} bytes is too large", "too_large")
-        raw = await request.read()
+        try:
+            raw = await asyncio.wait_for(request.read(), self.config.offer_body_timeout_s)
+        except TimeoutError as e:
+            raise ProtocolError(
+                f"the offer body did not arrive within {self.config.offer_body_timeout_s:g} s", "body_timeout"
+            ) from e
         if len(raw) > self.config.max_offer_bytes:
             raise ProtocolError(f"offer of {len(raw)} bytes is too large", "too_large")
         body = load_json(raw, "offer body", "bad_offer")

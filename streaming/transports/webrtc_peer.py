@@ -74,6 +74,9 @@ class RtcConfig:
     )
     max_message_bytes: int = 64 * 1024  # data channel messages
     max_offer_bytes: int = 1024 * 1024  # a start parameter may hold a voice clip (10 s of 16 kHz WAV as base64)
+    # The whole offer body must arrive this long after its headers (a client trickling it would hold the
+    # socket and a task indefinitely); 1 MiB at 1 Mbit/s takes 8.4 s.
+    offer_body_timeout_s: float = 10.0
     # The offer's SDP, checked by counting before anything parses it: browsers' offers are 2-8 kB, up to
     # ~250 lines with ~50 codecs (rtpmap lines), 3 media sections and a few dozen candidates. Answering
     # costs loop time per line, most per codec (550 codec lines: one 16 ms callback; a 390 kB SDP of

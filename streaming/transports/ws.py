@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +54,10 @@ class WsConfig:
     # Kernel send buffer per socket. Real-time media should be dropped, not queued for seconds in the
     # kernel: a small buffer makes a slow client's backlog reach our bounded queues, which drop oldest.
     socket_send_buffer_bytes: int | None = 256 * 1024
+    # A connection with no session and not watching (never started, or stopped and not restarted) is closed
+    # after this long, with an `idle_timeout` error first: an unused socket holds a file descriptor and a
+    # task, and nothing else bounds how many a client keeps open. Pings do not count as use. None: never.
+    idle_timeout_s: float | None = 30.0
 
 
 class SessionSender:
@@ -109,6 +115,9 @@ class WsConnection:
         self.session: Session | None = None
         self._sender: SessionSender | None = None
         self._send_task: asyncio.Task[None] | None = None
+        self._idle_since: float | None = time.monotonic()  # None while a session runs or a stream is watched
+        self._num_starting = 0  # `start`/`watch` messages being handled (a start may wait on model preparation)
+        self._closing_idle = False
         self.control = ControlEndpoint(
             self,
             self._send_json,
@@ -121,6 +130,9 @@ class WsConnection:
 
     async def run(self) -> None:
         """Serve the connection until the client or the server closes it."""
+        idle_watch = None
+        if self.config.idle_timeout_s is not None:
+            idle_watch = asyncio.create_task(self._close_when_idle(self.config.idle_timeout_s), name="ws-idle")
         try:
             async for msg in self.ws:
                 if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -133,8 +145,40 @@ class WsConnection:
         except ConnectionError as e:  # the client left while we answered it (e.g. before `ready`)
             log.debug("websocket client gone: %s", e)
         finally:
+            if idle_watch is not None:
+                if not self._closing_idle:
+                    idle_watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle_watch  # a close it started completes its handshake
             await self.end_watching("client disconnected", notify=False)
             await self.end_session("client disconnected", notify=False)
+
+    @property
+    def idle(self) -> bool:
+        """True while no session runs on this connection and it watches nothing."""
+        return not self._num_starting and self._watching is None and (self.session is None or not self.session.running)
+
+    async def _close_when_idle(self, timeout_s: float) -> None:
+        """Close the connection once it has been idle for ``timeout_s`` (checked at each deadline)."""
+        while True:  # cancelled by run() when the connection ends
+            now = time.monotonic()
+            if not self.idle:
+                self._idle_since = None
+            elif self._idle_since is None:
+                self._idle_since = now
+            elif now - self._idle_since >= timeout_s:
+                break
+            await asyncio.sleep(timeout_s if self._idle_since is None else self._idle_since + timeout_s - now)
+        log.info("closing a websocket idle for %g s", timeout_s)
+        self._closing_idle = True
+        error = ProtocolError(
+            f"no session was started or watched on this connection for {timeout_s:g} s; closing it "
+            "(send 'start' or 'watch' soon after connecting)",
+            "idle_timeout",
+        )
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.control.send_error(error)
+            await self.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"idle")
 
     async def shutdown(self) -> None:
         """Server shutdown: tell the client, close its session and the socket."""
@@ -146,6 +190,25 @@ class WsConnection:
     # -- the control handler -------------------------------------------------------------------------
     async def on_start(self, message: dict[str, Any]) -> None:
         """``start``: admit and open a session, reply ``ready``, start sending its output."""
+        with self._starting():
+            await self._start(message)
+
+    async def on_watch(self, message: dict[str, Any]) -> None:
+        """``watch``: attach to a shared session's broadcast, reply ``watching``, forward its frames."""
+        with self._starting():
+            await self._watch(message)
+
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        """A `start` or `watch` is being handled: the connection is in use (not idle) meanwhile."""
+        self._num_starting += 1
+        try:
+            yield
+        finally:
+            self._num_starting -= 1
+            self._idle_since = time.monotonic() if self.idle else None
+
+    async def _start(self, message: dict[str, Any]) -> None:
         self._require_idle()
         if self.session is not None:  # ended by the server (fatal error): its sender has drained
             await self.end_session(self.session.close_reason or "ended", notify=False)
@@ -166,8 +229,7 @@ class WsConnection:
         self._send_task = asyncio.create_task(self._send(sender), name=f"send-{session.id}")
         self.control.start_stats(lambda: session.report() if session.running else None)
 
-    async def on_watch(self, message: dict[str, Any]) -> None:
-        """``watch``: attach to a shared session's broadcast, reply ``watching``, forward its frames."""
+    async def _watch(self, message: dict[str, Any]) -> None:
         self._require_idle()
         if self.access is not None:
             self.access.grant.check_watch()
@@ -240,6 +302,7 @@ class WsConnection:
         send_task, self._send_task = self._send_task, None
         if session is None:
             return
+        self._idle_since = time.monotonic()
         await self.engine.close_session(session, reason)
         self.broadcasts.unshare(session)
         self.control.stop_stats()
@@ -271,6 +334,7 @@ class WsConnection:
         watching, self._watching = self._watching, None
         if watching is None:
             return
+        self._idle_since = time.monotonic()
         broadcast, viewer = watching
         broadcast.remove_viewer(viewer)
         task, self._watch_task = self._watch_task, None
