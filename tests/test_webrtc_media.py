@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from virtual_time import VirtualClockLoop, run_virtual
 
-from streaming.media.markers import find_onsets, marker_train
+from streaming.media.markers import find_onsets, marker_times, marker_train, match_markers, match_onsets
 from streaming.media.pacing import AudioPacer, PacingConfig, VideoPacer
 from streaming.media.packet_pacing import MediaClock, PacketPacer, TimedPacket
 from streaming.media.resample import CausalResampler
@@ -102,6 +102,61 @@ def test_audio_pacer_trims_a_backlog() -> None:
 
     pacer = run_virtual(main)
     assert pacer.stats.trimmed_frames >= 7
+
+
+def test_audio_pacer_recovers_its_latency_within_half_a_second_of_a_loop_stall() -> None:
+    """The sender stalls 200 ms (the loop blocked): the grid moves, the backlog is dropped within ~0.4 s.
+
+    Before short windows after a stall the excess was judged over whole 1 s windows, and the first of them
+    still held the backlog's own small leads: 200 ms of extra latency for 1-2 s.
+    """
+
+    async def main(loop: VirtualClockLoop) -> tuple[list[tuple[float, float]], AudioPacer, float]:
+        pacer = AudioPacer(16_000, 320, PacingConfig(margin_ms=2.0), clock=loop.time)
+        pushed_at: list[float] = []
+
+        async def produce() -> None:  # on time, every 20 ms: frame i is all (i + 1) / 1000
+            start = loop.time()
+            for i in range(150):
+                await asyncio.sleep(max(0.0, start + i * 0.02 - loop.time()))
+                pushed_at.append(loop.time())
+                pacer.push(np.full(320, (i + 1) / 1000, np.float32))
+            await asyncio.sleep(0.1)
+            pacer.close()
+
+        task = asyncio.create_task(produce())
+        latencies, stalled_at = [], 0.0
+        while (frame := await pacer.next_frame()) is not None:
+            if (i := round(float(frame[0]) * 1000) - 1) >= 0:  # not an underrun's silence
+                latencies.append((loop.time(), loop.time() - pushed_at[i]))
+            if len(latencies) == 60 and not stalled_at:
+                await asyncio.sleep(0.2)  # the loop stands still; the producer's frames pile up
+                stalled_at = loop.time()
+        await task
+        return latencies, pacer, stalled_at
+
+    latencies, pacer, stalled_at = run_virtual(main)
+    before = [lat for t, lat in latencies if t < stalled_at - 0.3]
+    just_after = [lat for t, lat in latencies if stalled_at < t < stalled_at + 0.1]
+    recovered = [lat for t, lat in latencies if t > stalled_at + 0.5]
+    assert max(before) < 0.005 and min(just_after) > 0.15  # the stall added its 200 ms
+    assert recovered and max(recovered) < 0.01, recovered[:5]  # and 0.5 s later it is gone
+    assert pacer.stats.stalls == 1 and pacer.stats.trimmed_frames > 8.5  # ~9 whole frames and a fraction
+
+
+def test_markers_carry_ids_and_a_dropped_marker_does_not_shift_the_rest() -> None:
+    rate = 16_000
+    signal, onsets = marker_train(rate, 9, 0.2)
+    sent = marker_times([(0.0, signal)], rate)
+    assert [i for _, i in sent] == [0, 1, 2] * 3
+    delay = 0.03
+    # The path drops 200 ms of audio holding marker 4, and everything after comes 30 ms late as before.
+    cut = slice(onsets[4] - 800, onsets[4] + 2400)
+    back = np.concatenate([signal[: cut.start], signal[cut.stop :]])
+    received = marker_times([(delay, back[: cut.start]), (delay + cut.stop / rate, back[cut.start :])], rate)
+    assert len(received) == 8
+    assert match_markers(sent, received) == pytest.approx([delay] * 8, abs=0.001)
+    assert match_onsets([t for t, _ in sent], [t for t, _ in received])[4:] == pytest.approx([0.23] * 4, abs=0.001)
 
 
 def test_video_pacer_repeats_the_last_frame_on_underrun() -> None:

@@ -74,7 +74,9 @@ export async function openMic(graph, synthetic, { echoCancellation = false } = {
   return { stream, node, settings, stop: () => stream.getTracks().forEach((t) => t.stop()) };
 }
 
-/** Markers for the latency bench: a 4 ms 2 kHz burst every `periodS` after 0.5 s (as streaming/media/markers.py). */
+/** Markers for the latency bench: a 4 ms burst every `periodS` after 0.5 s, burst k at 1, 2 or 3 kHz (its id, k % 3;
+ * as streaming/media/markers.py, which matches markers by id). */
+const MARKER_HZ = [1000, 2000, 3000];
 export function markerTrain(rate, count, periodS) {
   const n = Math.round(rate * 0.004);
   const out = new Float32Array(Math.round(rate * (0.5 + count * periodS + 0.5)));
@@ -82,7 +84,7 @@ export function markerTrain(rate, count, periodS) {
     const start = Math.round(rate * (0.5 + k * periodS));
     for (let i = 0; i < n; i++) {
       const hann = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / (n - 1));
-      out[start + i] += 0.5 * hann * Math.sin((2 * Math.PI * 2000 * i) / rate);
+      out[start + i] += 0.5 * hann * Math.sin((2 * Math.PI * MARKER_HZ[k % 3] * i) / rate);
     }
   }
   return out;

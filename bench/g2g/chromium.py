@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from streaming.media.markers import match_onsets, onset_times
+from streaming.media.markers import marker_times, match_markers
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
@@ -65,5 +65,5 @@ def chromium_round_trip(base_url: str, transport: str, num_markers: int, period_
     rate = result["rate"]
     decode = lambda b: np.frombuffer(base64.b64decode(b), "<i2").astype(np.float32) / 32768  # noqa: E731
     sent, back = decode(result["input"]), decode(result["output"])
-    sent_times = onset_times([(0.0, sent)], rate)
-    return match_onsets(sent_times, onset_times([(0.0, back)], rate)), len(sent_times)
+    sent_times = marker_times([(0.0, sent)], rate)
+    return match_markers(sent_times, marker_times([(0.0, back)], rate)), len(sent_times)

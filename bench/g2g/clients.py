@@ -19,7 +19,7 @@ from bench.g2g.common import MODEL_RATE, RATE
 from bench.g2g.mulaw import ulaw_decode, ulaw_encode
 from streaming.client import Client
 from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
-from streaming.media.markers import marker_train, match_onsets, onset_times
+from streaming.media.markers import marker_times, marker_train, match_markers
 from streaming.protocol import MediaKind
 from streaming.transports.rtc_support import mono_samples
 
@@ -45,8 +45,8 @@ async def webrtc_python(
     finally:
         await client.close()
     sent = [(t, signal[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i, t in enumerate(track.sent_at)]
-    sent_times = onset_times(sent, RATE)
-    return match_onsets(sent_times, onset_times(received, RATE)), len(sent_times)
+    sent_times = marker_times(sent, RATE)
+    return match_markers(sent_times, marker_times(received, RATE)), len(sent_times)
 
 
 async def ws_python(base_url: str, num_markers: int, period_s: float) -> tuple[list[float], int]:
@@ -77,8 +77,8 @@ async def ws_python(base_url: str, num_markers: int, period_s: float) -> tuple[l
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionError):
             await task
-    sent_times = onset_times(sent, MODEL_RATE)
-    return match_onsets(sent_times, onset_times(received, MODEL_RATE)), len(sent_times)
+    sent_times = marker_times(sent, MODEL_RATE)
+    return match_markers(sent_times, marker_times(received, MODEL_RATE)), len(sent_times)
 
 
 async def fastrtc_ws_python(base_url: str, num_markers: int, period_s: float) -> tuple[list[float], int]:
@@ -114,5 +114,5 @@ async def fastrtc_ws_python(base_url: str, num_markers: int, period_s: float) ->
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    sent_times = onset_times(sent, MODEL_RATE)
-    return match_onsets(sent_times, onset_times(received, MODEL_RATE), max_delay_s=5.0), len(sent_times)
+    sent_times = marker_times(sent, MODEL_RATE)
+    return match_markers(sent_times, marker_times(received, MODEL_RATE), max_delay_s=5.0), len(sent_times)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from streaming.media.markers import marker_train, match_onsets, onset_times
+from streaming.media.markers import marker_times, marker_train, match_markers
 
 RATE = 48_000
 MODEL_RATE = 16_000
@@ -44,9 +44,9 @@ def pitch_model_delay_ms() -> float:
     signal, _ = marker_train(MODEL_RATE, 5, 0.25)
     chunks = [signal[i : i + 320] for i in range(0, len(signal) - 320, 320)]
     out = [model.step([state], [StepInput(audio=c, num_valid_samples=320)], 1)[0].audio for c in chunks]
-    sent = onset_times([(i * 0.02, c) for i, c in enumerate(chunks)], MODEL_RATE)
-    back = onset_times([(i * 0.02, c) for i, c in enumerate(out)], MODEL_RATE)
-    return float(np.median(match_onsets(sent, back))) * 1000
+    sent = marker_times([(i * 0.02, c) for i, c in enumerate(chunks)], MODEL_RATE)
+    back = marker_times([(i * 0.02, c) for i, c in enumerate(out)], MODEL_RATE)
+    return float(np.median(match_markers(sent, back))) * 1000
 
 
 def growth_ms(delays_s: list[float]) -> float:

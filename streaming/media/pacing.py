@@ -90,6 +90,7 @@ class _Pacer:
         self._window_min_lead = math.inf
         self._window_count = 0
         self._num_windows = 0
+        self._short_windows = 0  # windows still judged short (after a stall)
         self._data = asyncio.Event()
         self._closed = False
 
@@ -153,6 +154,10 @@ class _Pacer:
             self.stats.stalls += 1
             self._t0 += now - slot
             slot = now
+            # Moving the grid added the stall to the latency, and what was produced meanwhile is a backlog:
+            # judge the next leads over short windows (the first still sees the backlog's own small leads,
+            # the second its excess) so the latency comes back within ~0.4 s, not after whole windows.
+            self._window_min_lead, self._window_count, self._short_windows = math.inf, 0, 2
         ready = self._ready()
         if not ready:
             deadline = slot + self._grace
@@ -178,9 +183,11 @@ class _Pacer:
         self._window_min_lead = min(self._window_min_lead, lead)
         self._window_count += 1
         # The first window is short: a stream often starts with a burst (packets queued while connecting).
-        if self._window_count < (self._window_slots if self._num_windows else min(self._window_slots, 10)):
+        short = not self._num_windows or self._short_windows > 0
+        if self._window_count < (min(self._window_slots, 10) if short else self._window_slots):
             return
         self._num_windows += 1
+        self._short_windows = max(0, self._short_windows - 1)
         excess = self._window_min_lead - self._margin
         self._window_min_lead, self._window_count = math.inf, 0
         if excess <= self._trim_above or self._t0 is None:
