@@ -312,6 +312,8 @@ async def test_audio_and_video_arrive_in_sync_for_producer_and_viewer(card_serve
         answer = await producer.connect("testcard", receive_audio=True, receive_video=True, extra={"share": True})
         assert answer["shared"]
         await producer.wait_connected(10)
+        # The session runs (and can be watched) once the server has opened it at connect: `ready` says so.
+        await producer.expect("ready")
         await viewer.watch(answer["session"])
         await viewer.wait_connected(10)
         await asyncio.sleep(1.0)  # the producer's first beep rides the start-up burst: skip it
