@@ -142,7 +142,8 @@ def freeze_startup_objects() -> int:
     traffic (answering WebRTC offers, fuzzed messages) triggers such collections every few seconds, and each
     one stalled the event loop and the engine's step thread alike: the late chunks the fuzz test saw. Frozen
     objects are never scanned again (nor freed if they became cyclic garbage later, a small price for
-    objects that live as long as the server); what clients make afterwards is collected as usual.
+    objects that live as long as the server); what clients make afterwards is collected as usual. Undone
+    when the app is cleaned up.
     """
     gc.collect()
     gc.freeze()
@@ -159,6 +160,9 @@ async def _close_connections(app: web.Application) -> None:
 async def _stop_engine(app: web.Application) -> None:
     await app[ENGINE_KEY].stop()
     app[CODEC_POOL_KEY].shutdown(wait=True)
+    # What start-up froze may be garbage now (this app's models, its engine): let the collector have it, or a
+    # process that serves app after app (the tests) would keep every one. A live server refreezes at start.
+    gc.unfreeze()
 
 
 async def _index(request: web.Request) -> web.StreamResponse:

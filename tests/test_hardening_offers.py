@@ -117,6 +117,24 @@ async def test_full_collections_during_offers_stay_short():
     report.assert_unaffected()
 
 
+async def test_a_server_cleaned_up_after_the_freeze_is_collected():
+    """The freeze is undone at clean-up: a process that serves app after app (the tests) keeps none of them."""
+    import weakref
+
+    from streaming.server import ENGINE_KEY
+
+    engines = []
+    for _ in range(3):
+        server, runner = await serve_app(make_server_config(models=("pitch",)))
+        assert gc.get_freeze_count() > 0
+        engines.append(weakref.ref(server.app[ENGINE_KEY]))
+        await runner.cleanup()
+        del server, runner
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    assert sum(engine() is not None for engine in engines) <= 1, "engines of cleaned-up servers were kept"
+
+
 async def test_a_client_posting_offers_in_a_loop_gets_429_and_others_do_not():
     """Offers per client (token or address) are rate-limited before the body is read; others are unaffected.
 
