@@ -197,17 +197,19 @@ async def test_a_websocket_without_a_session_is_closed_after_the_idle_timeout():
     server, runner = await serve_app(config)
     try:
         async with Monitor(server.ws_url) as monitor:
-            silent, pinger, user = Client(server.ws_url), Client(server.ws_url), Client(server.ws_url)
-            for client in (silent, pinger, user):
+            silent, pinger, refused, user = (Client(server.ws_url) for _ in range(4))
+            for client in (silent, pinger, refused, user):
                 await client.connect()
             await user.start("pitch", input_sample_rate_hz=16_000)
             started = time.monotonic()
-            for i in range(5):  # pings are not use
+            for i in range(5):  # pings are not use, and neither are starts that fail
                 await pinger.send({"type": "ping", "t": i})
+                await refused.send({"type": "start", "model": "no-such-model"})
                 await asyncio.sleep(0.2)
             error = await _closed_for_idling(silent, within_s=2.0)
             assert "for 1 s" in error["message"] and "'start'" in error["message"]
             await _closed_for_idling(pinger, within_s=1.0)
+            await _closed_for_idling(refused, within_s=1.0)
             await asyncio.sleep(max(0.0, started + 1.5 - time.monotonic()))
             await user.send({"type": "ping", "t": 1})  # a running session is use: kept past the timeout
             assert (await user.expect("pong"))["t"] == 1
@@ -219,5 +221,5 @@ async def test_a_websocket_without_a_session_is_closed_after_the_idle_timeout():
     finally:
         await runner.cleanup()
     metrics = server.engine.metrics.render().decode()
-    assert 'causalcast_errors_total{code="idle_timeout"} 3.0' in metrics
+    assert 'causalcast_errors_total{code="idle_timeout"} 4.0' in metrics
     report.assert_unaffected()

@@ -200,13 +200,17 @@ class WsConnection:
 
     @contextlib.contextmanager
     def _starting(self) -> Iterator[None]:
-        """A `start` or `watch` is being handled: the connection is in use (not idle) meanwhile."""
+        """A `start` or `watch` is being handled: the connection is in use (not idle) meanwhile.
+
+        A refused one leaves the connection idle since when it was before: failing starts do not keep it open.
+        """
+        idle_since = self._idle_since
         self._num_starting += 1
         try:
             yield
         finally:
             self._num_starting -= 1
-            self._idle_since = time.monotonic() if self.idle else None
+            self._idle_since = (idle_since or time.monotonic()) if self.idle else None
 
     async def _start(self, message: dict[str, Any]) -> None:
         self._require_idle()
