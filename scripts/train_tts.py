@@ -128,7 +128,8 @@ def train_vae(args) -> None:
             vae = load_checkpoint_vae(args.init, synth_window=args.synth_window, **keep).to(args.device).train()
         else:
             vae = load_vae(out, args.device).train()
-            extra = {"silence": torch.load(out / "vae.pt")["silence"]}
+            saved = torch.load(out / "vae.pt")  # (a VC vocoder's run has no silence latent: no AR reads it)
+            extra = {"silence": saved["silence"]} if "silence" in saved else {}
         params = [p for name, p in vae.named_parameters()
                   if not name.startswith("enc") and (not args.pitch_only or name.startswith("pitch_head"))]
     elif args.init:  # fine-tune a shipped VAE whole, encoder too (a new latent space: retrain what reads it)

@@ -65,6 +65,10 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     # the whole VAE (encoder too) from the checkpoint's, on the new corpus
     _run(train_tts, monkeypatch, "vae", "--init", init, "--out", vae_run, "--steps", 2, "--batch", 2, "--crop", 4,
          *common)
+    # then its decoder alone (the latents of the run stay valid): vae_decoder.pt, which the VC stages prefer
+    _run(train_tts, monkeypatch, "vae", "--decoder-only", "--out", vae_run, "--steps", 1, "--batch", 2, "--crop", 4,
+         *common)
+    assert (vae_run / "vae_decoder.pt").exists()
     _run(train_vc, monkeypatch, "content", "--init", init, "--out", run, "--steps", 3, "--batch", 2, *common)
     for part in ("latents", "content"):
         _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", run, *common)
