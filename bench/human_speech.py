@@ -11,7 +11,7 @@ Lines:
   English model (open vocabulary; ``wer``) and our CTC phoneme recognizer (``per``). A judge that cannot
   read clean speech cannot judge a model: check these first.
 - ``human.vae``: the waveform VAE round trip (encode, causal decode) of the TTS checkpoint and the VC
-  checkpoint's vocoder, WER next to the source's (target: within 1.2x).
+  checkpoint's vocoder, WER and PER next to the source's (target: WER within 1.2x).
 - ``human.vc``: converting held-out speech to shipped voices: WER/PER of the converted speech next to the
   source's, pitch error vs the voice's median (semitones), and with resemblyzer (``pip install -e
   .[vc-bench]``) the speaker margin cos(out, target) - cos(out, source), the target's embedding from its
@@ -105,11 +105,16 @@ def main() -> None:
 
     if "vae" not in skip:
         for v in held_out:
-            pairs = [(u.text, u.audio) for u in by_voice[v]]
-            wer_tts = words.wer((t, tts_vocode(tts, a)) for t, a in pairs)
-            wer_vc = words.wer((t, vc_vocode(vc, a)[: len(a)]) for t, a in pairs)
+            texts = [u.text for u in by_voice[v]]
+            tts_trip = [tts_vocode(tts, u.audio) for u in by_voice[v]]
+            vc_trip = [vc_vocode(vc, u.audio)[: len(u.audio)] for u in by_voice[v]]
+            wer_tts = words.wer(zip(texts, tts_trip, strict=True))
+            wer_vc = words.wer(zip(texts, vc_trip, strict=True))
+            per_tts = phonemes.per((t, "en-us", a) for t, a in zip(texts, tts_trip, strict=True))
+            per_vc = phonemes.per((t, "en-us", a) for t, a in zip(texts, vc_trip, strict=True))
             emit(bench="human.vae", voice=v, wer_source=source_wer[v], wer_tts_vae=wer_tts, wer_vc_vocoder=wer_vc,
-                 ratio_tts_vae=wer_tts / max(1e-6, source_wer[v]), ratio_vc_vocoder=wer_vc / max(1e-6, source_wer[v]))
+                 ratio_tts_vae=wer_tts / max(1e-6, source_wer[v]), ratio_vc_vocoder=wer_vc / max(1e-6, source_wer[v]),
+                 per_source=source_per[v], per_tts_vae=per_tts, per_vc_vocoder=per_vc)
 
     if "vc" not in skip:
         judge = _speaker_judge()

@@ -496,19 +496,21 @@ def export(args) -> None:
         clips = [u.audio for u in utts if u.voice_id == voice_id and not augmented.get(u.id)]
         audio = np.concatenate(clips[:3])[: int(8 * 16_000)]
         refs[voice_id] = {"audio": audio, "info": {k: v for k, v in info.items() if k != "held_out"}}
+    # an older checkpoint's shipped voices are kept (reference log-mels need no retraining); read before writing,
+    # as the older checkpoint may be the one being replaced
+    kept = load_tensors(args.voices_from) if args.voices_from else None
     size = save_checkpoint(args.checkpoint, model, saved["symbols"], refs)
-    if args.voices_from:  # keep an older checkpoint's shipped voices (reference log-mels need no retraining)
-        size = merge_voices(args.checkpoint, args.voices_from)
+    if kept:
+        size = merge_voices(args.checkpoint, *kept)
     shipped = sorted(read_metadata(args.checkpoint)["voices"])
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "voices": shipped}))
 
 
-def merge_voices(path: str, source: str) -> int:
-    """Add ``source``'s shipped voices (tensors ``voices.*`` and their descriptions) to the checkpoint at ``path``."""
+def merge_voices(path: str, old_tensors: dict, old_meta: dict) -> int:
+    """Add another checkpoint's shipped voices (tensors ``voices.*``, their descriptions) to the one at ``path``."""
     from models.vc.checkpoint import FLOAT32_KEYS
 
     tensors, meta = load_tensors(path)
-    old_tensors, old_meta = load_tensors(source)
     for voice_id, info in old_meta["voices"].items():
         if voice_id not in meta["voices"]:
             tensors[f"voices.{voice_id}"] = old_tensors[f"voices.{voice_id}"]
