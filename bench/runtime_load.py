@@ -9,6 +9,7 @@ Starts a real server process on 127.0.0.1 and, for each N in the sweep, connects
     late_chunk_rate   server-side share of chunks finished after their allowance
     rss_mb_per_session  server resident memory growth divided by N
     loop_busy         share of wall time the server's event loop thread was on CPU, mid-stream
+    loop_wait/demand  ... and runnable but waiting on a run queue; demand = busy + wait (what admission prices)
 
 The clients run in this process and share the machine's cores with the server: on a 2-core machine the
 client side is a large part of the load, so the numbers are a floor for a dedicated server.
@@ -67,6 +68,18 @@ async def wait_healthy(url: str, timeout: float = 60.0) -> None:
     raise TimeoutError(url)
 
 
+async def refusals(metrics_url: str) -> dict[str, int]:
+    """Sessions refused so far, by the reason label of the server's /metrics."""
+    async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
+        text = await r.text()
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("causalcast_sessions_refused_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = counts.get(reason, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return counts
+
+
 async def one_client(url: str, seconds: float, start_at: float, results: list[dict]) -> None:
     client = Client(url)
     await client.connect()
@@ -123,6 +136,7 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
         async with http.get(url.replace("ws://", "http://").replace("/ws", "/healthz")) as r:
             loop_status = (await r.json())["engine"]["event_loop"]
     await asyncio.gather(*tasks)
+    refused_by_reason = await refusals(url.replace("ws://", "http://").replace("/ws", "/metrics"))
     admitted = [r for r in results if r["admitted"]]
     lat = np.concatenate([r["latencies"] for r in admitted]) * 1000 if admitted else np.zeros(0)
     chunks = sum(r["stats"]["chunks_out"] for r in admitted)
@@ -143,8 +157,12 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
         "rss_mb_per_session": round((rss_loaded - rss_idle) / max(1, len(admitted)), 3),
         "server_rss_mb": round(rss_loaded, 1),
         "loop_busy": loop_status["busy"],
+        "loop_wait": loop_status.get("wait"),
+        "loop_demand": loop_status.get("demand"),
         "loop_lag_ms": loop_status["lag_ms"],
-        "loop_cost_line": [loop_status["busy_base"], loop_status["busy_per_session"]],
+        "loop_cost_line": [loop_status.get("demand_base", loop_status.get("busy_base")),
+                           loop_status.get("demand_per_session", loop_status.get("busy_per_session"))],
+        "refused_by_reason": refused_by_reason,  # /metrics causalcast_sessions_refused, this server so far
     }
 
 

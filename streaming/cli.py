@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-loop-busy",
         type=float,
-        default=float(_env("MAX_LOOP_BUSY", "0.75")),
-        help="refuse sessions whose media would keep the event loop busier than this share of real time",
+        default=float(_env("MAX_LOOP_BUSY", "0.7")),
+        help="refuse sessions whose media would need more of a core for the event loop (on CPU or waiting for "
+        "one) than this share",
     )
     serve.add_argument("--max-sessions", type=int, default=int(_env("MAX_SESSIONS", "256")))
     serve.add_argument("--clock-lead-ms", type=float, default=_optional_float(_env("CLOCK_LEAD_MS", "")),

@@ -61,6 +61,11 @@ class Metrics:
         self.loop_busy = Gauge(
             "causalcast_event_loop_busy", "Share of wall time the event loop thread spent on CPU", registry=r
         )
+        self.loop_demand = Gauge(
+            "causalcast_event_loop_demand",
+            "Share of wall time the event loop thread was on CPU or waiting on a run queue for one",
+            registry=r,
+        )
         self.loop_lag = Gauge("causalcast_event_loop_lag_seconds", "Worst recent lateness of loop wake-ups", registry=r)
 
     def render(self) -> bytes:

@@ -95,7 +95,7 @@ def test_loop_load_projection_refuses_with_its_reason():
     sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits(max_loop_busy=0.5), loop_load=load)
     for _ in range(4):  # 0.05 + 4 x 0.1 = 45 %
         sched.reserve("m")
-    with pytest.raises(CapacityError, match="event loop 55% busy"):
+    with pytest.raises(CapacityError, match="event loop 55% of a core"):
         sched.reserve("m")
 
 
@@ -206,3 +206,15 @@ def test_a_transient_does_not_refuse_a_second_session_or_another_model_for_good(
     clock.now += 60.0
     sched.reserve("m")
     sched.reserve("o")
+
+
+def test_a_cold_loop_line_prices_a_burst_at_the_prior():
+    """No steady sample yet: each session is priced at the prior, so a burst of starts is capped."""
+    load = LoopLoad(prior_per_session=0.01)
+    sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=8)}, AdmissionLimits(max_loop_busy=0.705), loop_load=load)
+    sched.costs["m"].observe(8, 8, 1e-6)  # the device is no limit here
+    for _ in range(70):  # 70 x 1 % = 70 %
+        sched.reserve("m")
+    with pytest.raises(CapacityError, match="beyond what it has measured") as refused:
+        sched.reserve("m")
+    assert refused.value.reason == "event_loop"

@@ -61,7 +61,11 @@ class Engine:
         self.config = config
         self.metrics = metrics or Metrics()
         self.runner = Runner(generators)
-        self.loop_load = LoopLoad(fresh_s=config.limits.cost_fresh_s, half_life_s=config.limits.cost_half_life_s)
+        self.loop_load = LoopLoad(
+            fresh_s=config.limits.cost_fresh_s,
+            half_life_s=config.limits.cost_half_life_s,
+            prior_per_session=config.limits.loop_prior_per_session,
+        )
         self.scheduler = Scheduler(
             {name: ModelInfo(g.spec, g.max_batch_size, g.pads_to_bucket) for name, g in generators.items()},
             config.limits,
@@ -77,6 +81,7 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self._loop_load_task: asyncio.Task[None] | None = None
         self.metrics.loop_busy.set_function(lambda: self.loop_load.busy)
+        self.metrics.loop_demand.set_function(lambda: self.loop_load.demand)
         self.metrics.loop_lag.set_function(lambda: self.loop_load.lag_s)
         self._stopping = False
         self.clients = ClientSessions()  # sessions held per client, against per-client caps

@@ -1,23 +1,34 @@
-"""How busy the event loop is, and what one more session would cost it.
+"""How much of a core the event loop needs, and what one more session would add.
 
 The step-cost projections (:mod:`streaming.engine.cost`) price the model's work on the worker thread. A
 session also costs the event loop: its transport reads input frames, writes output packets, resamples and
 paces, 50–100 messages a second for audio. With a cheap model on a CPU server the loop saturates first,
 and the step projections would admit sessions into a loop that can no longer deliver their chunks on time.
 
-A sampler task on the loop reads the loop thread's own CPU time (``time.thread_time`` called from the loop
-is the loop thread's) every ``interval_s``: busy = CPU seconds / wall seconds over a sliding window. The
-cost of sessions is learnt as a least-squares line through (sessions, busy) samples taken in steady state
-(no session started or ended during the interval: connection set-up and teardown are bursts, not the
-per-session streaming cost), so a fixed base load (timers, scrapes) is the intercept and not charged to
-each session. The line is kept after sessions leave, so a burst of new sessions is priced by what the last
-ones cost. The line's samples age as the step-cost estimates do: a sample older than ``fresh_s`` relaxes
-towards the calmest busy share seen at its session count, with a half-life of ``half_life_s``, so a flood
-on the loop while a session ran (a client's ``ping`` storm) inflates the line only for a while, not until
-the same number of sessions runs again. Admission projects ``base + sessions x slope`` like the step-cost
-projections, not the momentary busy share (a connection storm passes; the lateness safety net covers what
-the line misses). The same sampler measures loop lag (how late its own wake-ups are), which shows CPU
-starvation busy time cannot see.
+A sampler task on the loop reads the loop thread's own scheduler accounting every ``interval_s``. Its
+**demand** is the share of wall time the thread was on a CPU *or runnable and waiting for one*: on Linux
+``/proc/thread-self/schedstat`` (read from the loop, so it is the loop thread's) gives both, elsewhere only
+the CPU time (``time.thread_time``) is known and demand is the busy share. CPU time alone misses what
+makes chunks late on a shared or oversubscribed machine: at 64 WebSocket pitch sessions on a loaded 2-core
+VM the loop thread was on CPU 41 % of the time but waited on a run queue another 35 %, so the CPU line
+projected room for ~120 sessions while chunks were already late. A thread that is runnable most of the
+time is saturated whatever its CPU share, so demand is what admission compares with its limit.
+
+The cost of sessions is learnt as a least-squares line through (sessions, demand) samples taken in steady
+state (no session started or ended during the interval: connection set-up and teardown are bursts, not
+the per-session streaming cost), so a fixed base load (timers, scrapes) is the intercept and not charged
+to each session. The line is kept after sessions leave, so a burst of new sessions is priced by what the
+last ones cost. The line's samples age as the step-cost estimates do: a sample older than ``fresh_s``
+relaxes towards the calmest demand seen at its session count, with a half-life of ``half_life_s``, so a
+flood on the loop while a session ran (a client's ``ping`` storm) inflates the line only for a while, not
+until the same number of sessions runs again.
+
+A line is trusted up to twice the largest session count it was fitted on; sessions past that are priced
+at the larger of its slope and ``prior_per_session`` (a cold server, with no line yet, prices every
+session at the prior). Without that, a burst of starts on a cold server (or far past anything measured)
+was never refused for the loop. The prior is deliberately generous (1 % of a core per session: a cold
+burst is capped at ~70 sessions under a 0.7 limit), so it only stops bursts far above a first measurement.
+The same sampler measures loop lag (how late its own wake-ups are).
 """
 
 from __future__ import annotations
@@ -27,6 +38,27 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+SCHEDSTAT = Path("/proc/thread-self/schedstat")
+
+
+def read_schedstat(path: Path = SCHEDSTAT) -> tuple[float, float] | None:
+    """(seconds on CPU, seconds runnable but waiting on a run queue) of the calling thread; None if unknown.
+
+    The file's first two fields are nanoseconds; a kernel without scheduler statistics has no such file.
+    """
+    try:
+        fields = path.read_text().split()
+        return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def thread_times() -> tuple[float, float]:
+    """The calling thread's (CPU seconds, run-queue wait seconds); wait is 0 where the OS does not say."""
+    times = read_schedstat()
+    return times if times is not None else (time.thread_time(), 0.0)
 
 
 @dataclass
@@ -35,11 +67,17 @@ class LoopSample:
 
     sessions: int
     busy: float  # loop-thread CPU seconds per wall second
+    wait: float  # seconds runnable but not running (on a run queue) per wall second
     lag_s: float  # how late the sampler woke
+
+    @property
+    def demand(self) -> float:
+        """Share of a core the loop wanted: on CPU or waiting for one."""
+        return self.busy + self.wait
 
 
 class LoopLoad:
-    """Samples the running loop's busy share and lag; projects the busy share for more sessions."""
+    """Samples the running loop's CPU, run-queue wait and lag; projects its demand for more sessions."""
 
     def __init__(
         self,
@@ -49,29 +87,38 @@ class LoopLoad:
         *,
         fresh_s: float = 5.0,
         half_life_s: float = 10.0,
+        prior_per_session: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
+        times: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
         self.interval_s = interval_s
         self.window: deque[LoopSample] = deque(maxlen=max(1, round(window_s / interval_s)))
         self.fresh_s = fresh_s
         self.half_life_s = half_life_s
+        self.prior_per_session = prior_per_session
         self.clock = clock
-        # Samples for the cost line, (sessions, busy, clock time); kept across idle periods (a property of
-        # the models and transports), aged towards the calmest share seen at each session count.
+        # The loop thread's cumulative (CPU s, wait s); called on the loop. Tests pass synthetic readings.
+        self.times = times or thread_times
+        if times is not None:
+            self.source = "given"
+        else:
+            self.source = "schedstat" if read_schedstat() is not None else "thread_time"
+        # Samples for the cost line, (sessions, demand, clock time); kept across idle periods (a property of
+        # the models and transports), aged towards the calmest demand seen at each session count.
         self._fit: deque[tuple[int, float, float]] = deque(maxlen=fit_samples)
         self._calmest: dict[int, float] = {}
 
-    def observe(self, sessions: int, busy: float) -> None:
-        """Add one steady interval's busy share with ``sessions`` sessions to the cost line."""
-        self._fit.append((sessions, busy, self.clock()))
-        self._calmest[sessions] = min(self._calmest.get(sessions, busy), busy)
+    def observe(self, sessions: int, demand: float) -> None:
+        """Add one steady interval's demand with ``sessions`` sessions to the cost line."""
+        self._fit.append((sessions, demand, self.clock()))
+        self._calmest[sessions] = min(self._calmest.get(sessions, demand), demand)
 
-    def _aged(self, sessions: int, busy: float, at: float, now: float) -> float:
+    def _aged(self, sessions: int, demand: float, at: float, now: float) -> float:
         stale_for_s = now - at - self.fresh_s
         if stale_for_s <= 0:
-            return busy
+            return demand
         calmest = self._calmest[sessions]
-        return calmest + (busy - calmest) * 0.5 ** (stale_for_s / self.half_life_s)
+        return calmest + (demand - calmest) * 0.5 ** (stale_for_s / self.half_life_s)
 
     async def run(self, membership: Callable[[], tuple[int, int]]) -> None:
         """Sample forever (cancel to stop).
@@ -79,23 +126,41 @@ class LoopLoad:
         ``membership`` returns (sessions served, joins + leaves so far): an interval with a join or leave
         is not steady and stays out of the cost line.
         """
-        cpu, wall = time.thread_time(), time.monotonic()
+        (cpu, waited), wall = self.times(), time.monotonic()
         _, changes = membership()
         while True:
             await asyncio.sleep(self.interval_s)
-            now_cpu, now_wall = time.thread_time(), time.monotonic()
+            (now_cpu, now_waited), now_wall = self.times(), time.monotonic()
             elapsed = now_wall - wall
             sessions, now_changes = membership()
-            sample = LoopSample(sessions, (now_cpu - cpu) / elapsed, max(0.0, elapsed - self.interval_s))
+            sample = LoopSample(
+                sessions,
+                max(0.0, now_cpu - cpu) / elapsed,
+                max(0.0, now_waited - waited) / elapsed,
+                max(0.0, elapsed - self.interval_s),
+            )
             self.window.append(sample)
             if sessions and now_changes == changes:
-                self.observe(sessions, sample.busy)
-            cpu, wall, changes = now_cpu, now_wall, now_changes
+                self.observe(sessions, sample.demand)
+            cpu, waited, wall, changes = now_cpu, now_waited, now_wall, now_changes
+
+    def _mean(self, field: str) -> float:
+        return sum(getattr(s, field) for s in self.window) / len(self.window) if self.window else 0.0
 
     @property
     def busy(self) -> float:
-        """Mean busy share over the window (0 before the first sample)."""
-        return sum(s.busy for s in self.window) / len(self.window) if self.window else 0.0
+        """Mean CPU share over the window (0 before the first sample)."""
+        return self._mean("busy")
+
+    @property
+    def wait(self) -> float:
+        """Mean run-queue wait share over the window (0 where the OS does not report it)."""
+        return self._mean("wait")
+
+    @property
+    def demand(self) -> float:
+        """Mean demand (CPU + run-queue wait) over the window."""
+        return self._mean("demand")
 
     @property
     def lag_s(self) -> float:
@@ -103,34 +168,45 @@ class LoopLoad:
         return max((s.lag_s for s in self.window), default=0.0)
 
     def cost_line(self) -> tuple[float, float]:
-        """(base busy share, busy share per session) from the steady samples; (0, 0) until there are any."""
+        """(base demand, demand per session) from the steady samples; (0, 0) until there are any."""
         if not self._fit:
             return 0.0, 0.0
         now = self.clock()
         n = [float(s) for s, _, _ in self._fit]
-        b = [self._aged(s, busy, at, now) for s, busy, at in self._fit]
-        mean_n, mean_b = sum(n) / len(n), sum(b) / len(b)
+        d = [self._aged(s, demand, at, now) for s, demand, at in self._fit]
+        mean_n, mean_d = sum(n) / len(n), sum(d) / len(d)
         var = sum((x - mean_n) ** 2 for x in n)
         if var < 1e-9:  # one session count only: charge everything to the sessions (conservative)
-            return 0.0, mean_b / mean_n
-        slope = max(0.0, sum((x - mean_n) * (y - mean_b) for x, y in zip(n, b, strict=True)) / var)
-        return max(0.0, mean_b - slope * mean_n), slope
+            return 0.0, mean_d / mean_n
+        slope = max(0.0, sum((x - mean_n) * (y - mean_d) for x, y in zip(n, d, strict=True)) / var)
+        return max(0.0, mean_d - slope * mean_n), slope
 
     def per_session(self) -> float:
-        """Busy share one session adds."""
+        """Demand one session adds, by the line."""
         return self.cost_line()[1]
 
-    def projected_busy(self, sessions: int) -> float:
-        """Busy share the line predicts for ``sessions`` sessions."""
-        base, slope = self.cost_line()
-        return base + sessions * slope
+    def trusted_sessions(self) -> int:
+        """Session counts the line may be extrapolated to: twice the largest it was fitted on (0 when cold)."""
+        return 2 * max((s for s, _, _ in self._fit), default=0)
 
-    def status(self) -> dict[str, float]:
+    def projected_demand(self, sessions: int) -> float:
+        """Demand predicted for ``sessions`` sessions: the line, then at least the prior past its trusted range."""
+        base, slope = self.cost_line()
+        trusted = self.trusted_sessions()
+        if sessions <= trusted:
+            return base + sessions * slope
+        return base + trusted * slope + (sessions - trusted) * max(slope, self.prior_per_session)
+
+    def status(self) -> dict[str, float | str]:
         """For /healthz."""
         base, slope = self.cost_line()
         return {
             "busy": round(self.busy, 4),
+            "wait": round(self.wait, 4),
+            "demand": round(self.demand, 4),
             "lag_ms": round(self.lag_s * 1000, 2),
-            "busy_base": round(base, 4),
-            "busy_per_session": round(slope, 5),
+            "demand_base": round(base, 4),
+            "demand_per_session": round(slope, 5),
+            "trusted_sessions": self.trusted_sessions(),
+            "source": self.source,
         }

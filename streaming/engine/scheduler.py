@@ -91,8 +91,11 @@ class AdmissionLimits:
 
     max_utilization: float = 0.8  # share of each chunk period the device may be busy stepping
     max_sessions: int = 256
-    # Share of the event loop's time the transports may keep it busy (see loop_load.py).
-    max_loop_busy: float = 0.75
+    # Share of one core the event loop may need for the transports: on CPU or waiting on a run queue for one
+    # (see loop_load.py; at ~0.76 pitch sessions went late on a loaded 2-core VM).
+    max_loop_busy: float = 0.7
+    # What a session is assumed to cost the loop before (or far past) anything measured: caps a cold burst.
+    loop_prior_per_session: float = 0.01
     # Safety net behind the projections: refuse while more than this share of recent chunks was late
     # (the projections price model steps; a saturated event loop or CPU shows up only here).
     max_recent_late_rate: float = 0.01
@@ -169,10 +172,10 @@ class Scheduler:
         """Admit one more session of ``model`` or raise :class:`CapacityError` saying why.
 
         The first session is always admitted (nothing runs that it could make late). After that: the
-        event loop's projected busy share (its transports' work, :mod:`loop_load`) must stay under its
-        limit, recent chunks must be on time (the safety net), and two projections of model steps must
-        hold with the new session: throughput (the device busy at most ``max_utilization`` of real time)
-        and latency (a chunk that falls due while a full turn is in flight waits for it and then for its
+        event loop's projected demand (its transports' work on CPU plus its run-queue wait, :mod:`loop_load`)
+        must stay under its limit, recent chunks must be on time (the safety net), and two projections of
+        model steps must hold with the new session: throughput (the device busy at most ``max_utilization``
+        of real time) and latency (a chunk that falls due while a full turn is in flight waits for it and then for its
         own turn: twice the turn must fit every served model's allowance, so no existing session
         becomes late).
         """
@@ -186,11 +189,15 @@ class Scheduler:
             self._num_opening[model] += 1
             return
         if self.loop_load is not None:
-            busy = self.loop_load.projected_busy(num_total + 1)
-            if busy > self.limits.max_loop_busy:
+            demand = self.loop_load.projected_demand(num_total + 1)
+            if demand > self.limits.max_loop_busy:
+                load = self.loop_load
+                measured = "" if num_total + 1 <= load.trusted_sessions() else ", beyond what it has measured"
                 raise CapacityError(
-                    f"server at capacity: moving media for {num_total + 1} sessions would keep its event loop "
-                    f"{busy:.0%} busy (limit {self.limits.max_loop_busy:.0%}; now {self.loop_load.busy:.0%})",
+                    f"server at capacity: moving media for {num_total + 1} sessions would need its event loop "
+                    f"{demand:.0%} of a core (on CPU or waiting for one{measured}; limit "
+                    f"{self.limits.max_loop_busy:.0%}; now {load.demand:.0%}: {load.busy:.0%} on CPU, "
+                    f"{load.wait:.0%} waiting)",
                     "event_loop",
                 )
         chunks, late = self.recent_lateness()
