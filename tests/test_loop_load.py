@@ -174,6 +174,30 @@ def test_a_line_is_trusted_to_twice_its_largest_count_then_priced_at_least_at_th
     assert load.projected_demand(108) == pytest.approx(0.108)
 
 
+def test_demand_that_grows_faster_than_linearly_is_priced_at_the_largest_counts_rate() -> None:
+    """Pitch sessions on the loaded VM cost 0.64 of a core at 32 (streaming), 0.77 at 40: chunks went late at 40."""
+    load = LoopLoad()
+    for n, demand in ((1, 0.077), (2, 0.125), (4, 0.148), (8, 0.197), (16, 0.362)):
+        for _ in range(16):
+            load.observe(n, demand)
+    for demand in [0.05] * 3 + [0.635] * 16 + [0.3] * 2:  # 32 joined idle, streamed, then drained
+        load.observe(32, demand)
+    base, slope = load.cost_line()
+    assert base + 40 * slope < 0.7  # the line alone would admit the 40th
+    assert load.top_rate() == pytest.approx((0.635 - base) / 32)
+    assert load.projected_demand(40) > 0.75  # refused under a 0.7 limit
+    assert load.projected_demand(34) < 0.7
+    few = LoopLoad()
+    for n, demand in ((1, 0.1), (2, 0.11), (4, 0.13)):
+        few.observe(n, demand)
+    assert few.top_rate() == 0.0  # a few sessions: the base load dominates their ratio; the line prices them
+    assert few.projected_demand(8) == pytest.approx(few.cost_line()[0] + 8 * few.cost_line()[1])
+    linear = LoopLoad()
+    for n in (1, 2, 4, 8, 16):
+        linear.observe(n, 0.05 + 0.01 * n)
+    assert linear.top_rate() == pytest.approx(0.01)  # a straight line: its top point is on it
+
+
 @pytest.mark.skipif(read_schedstat() is None, reason="no /proc/thread-self/schedstat (not Linux)")
 async def test_the_loop_threads_run_queue_wait_is_measured() -> None:
     """A process spinning on the loop thread's only CPU makes the loop wait: demand sees it, CPU time cannot."""

@@ -23,6 +23,10 @@ relaxes towards the calmest demand seen at its session count, with a half-life o
 flood on the loop while a session ran (a client's ``ping`` storm) inflates the line only for a while, not
 until the same number of sessions runs again.
 
+Demand grows faster than linearly near the limit (run-queue wait rises with the thread's busy share), so
+once eight or more sessions have been measured, each session is priced at the steeper of the line's slope
+and the rate from its base to the largest measured count's upper-quartile demand (:meth:`LoopLoad.top_rate`).
+
 A line is trusted up to twice the largest session count it was fitted on; sessions past that are priced
 at the larger of its slope and ``prior_per_session`` (a cold server, with no line yet, prices every
 session at the prior). Without that, a burst of starts on a cold server (or far past anything measured)
@@ -41,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SCHEDSTAT = Path("/proc/thread-self/schedstat")
+TOP_MIN_SESSIONS = 8  # the largest measured count prices sessions by its own rate from here on (see top_rate)
 
 
 def read_schedstat(path: Path = SCHEDSTAT) -> tuple[float, float] | None:
@@ -189,13 +194,33 @@ class LoopLoad:
         """Session counts the line may be extrapolated to: twice the largest it was fitted on (0 when cold)."""
         return 2 * max((s for s, _, _ in self._fit), default=0)
 
+    def top_rate(self) -> float:
+        """Demand per session above the line's base at the largest count measured (0 below ``TOP_MIN_SESSIONS``).
+
+        The upper quartile of that count's (aged) samples: what the sessions cost while they stream, not while
+        they sit idle after joining. Near the loop's limit demand grows faster than linearly (run-queue wait
+        rises with the busy share), so the line through all counts under-prices the next sessions there
+        (it admitted 40 pitch sessions at 0.77 demand on the loaded VM, where 32 had cost 0.64); the line
+        from the base through this point does not. With a few sessions the line is used alone.
+        """
+        top = max((s for s, _, _ in self._fit), default=0)
+        if top < TOP_MIN_SESSIONS:
+            return 0.0
+        now = self.clock()
+        demands = sorted(self._aged(s, demand, at, now) for s, demand, at in self._fit if s == top)
+        return max(0.0, demands[(3 * (len(demands) - 1)) // 4] - self.cost_line()[0]) / top
+
     def projected_demand(self, sessions: int) -> float:
-        """Demand predicted for ``sessions`` sessions: the line, then at least the prior past its trusted range."""
+        """Demand predicted for ``sessions`` sessions.
+
+        The base plus each session at the steeper of the line's slope and :meth:`top_rate`; past the trusted
+        range, each further session costs at least the prior.
+        """
         base, slope = self.cost_line()
+        rate = max(slope, self.top_rate())
         trusted = self.trusted_sessions()
-        if sessions <= trusted:
-            return base + sessions * slope
-        return base + trusted * slope + (sessions - trusted) * max(slope, self.prior_per_session)
+        within = min(sessions, trusted)
+        return base + within * rate + max(0, sessions - trusted) * max(rate, self.prior_per_session)
 
     def status(self) -> dict[str, float | str]:
         """For /healthz."""
@@ -207,6 +232,7 @@ class LoopLoad:
             "lag_ms": round(self.lag_s * 1000, 2),
             "demand_base": round(base, 4),
             "demand_per_session": round(slope, 5),
+            "demand_per_session_at_top": round(self.top_rate(), 5),
             "trusted_sessions": self.trusted_sessions(),
             "source": self.source,
         }

@@ -175,9 +175,9 @@ class Scheduler:
         event loop's projected demand (its transports' work on CPU plus its run-queue wait, :mod:`loop_load`)
         must stay under its limit, recent chunks must be on time (the safety net), and two projections of
         model steps must hold with the new session: throughput (the device busy at most ``max_utilization``
-        of real time) and latency (a chunk that falls due while a full turn is in flight waits for it and then for its
-        own turn: twice the turn must fit every served model's allowance, so no existing session
-        becomes late).
+        of real time) and latency (a chunk that falls due while a full turn is in flight waits for it and
+        then for its own turn: twice the turn must fit every served model's allowance, so no existing
+        session becomes late).
         """
         num_total = sum(self.count(m) for m in self.models)
         if num_total >= self.limits.max_sessions:
