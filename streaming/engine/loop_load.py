@@ -103,11 +103,12 @@ class LoopLoad:
         self.prior_per_session = prior_per_session
         self.clock = clock
         # The loop thread's cumulative (CPU s, wait s); called on the loop. Tests pass synthetic readings.
-        self.times = times or thread_times
         if times is not None:
-            self.source = "given"
+            self.times, self.source = times, "given"
+        elif read_schedstat() is not None:
+            self.times, self.source = thread_times, "schedstat"
         else:
-            self.source = "schedstat" if read_schedstat() is not None else "thread_time"
+            self.times, self.source = (lambda: (time.thread_time(), 0.0)), "thread_time"
         # Samples for the cost line, (sessions, demand, clock time); kept across idle periods (a property of
         # the models and transports), aged towards the calmest demand seen at each session count.
         self._fit: deque[tuple[int, float, float]] = deque(maxlen=fit_samples)
