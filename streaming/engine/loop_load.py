@@ -25,7 +25,7 @@ until the same number of sessions runs again.
 
 Demand grows faster than linearly near the limit (run-queue wait rises with the thread's busy share), so
 once eight or more sessions have been measured, each session is priced at the steeper of the line's slope
-and the rate from its base to the largest measured count's upper-quartile demand (:meth:`LoopLoad.top_rate`).
+and the rate from its base to the largest measured count's median demand (:meth:`LoopLoad.top_rate`).
 
 A line is trusted up to twice the largest session count it was fitted on; sessions past that are priced
 at the larger of its slope and ``prior_per_session`` (a cold server, with no line yet, prices every
@@ -198,8 +198,8 @@ class LoopLoad:
     def top_rate(self) -> float:
         """Demand per session above the line's base at the largest count measured (0 below ``TOP_MIN_SESSIONS``).
 
-        The upper quartile of that count's (aged) samples: what the sessions cost while they stream, not while
-        they sit idle after joining. Near the loop's limit demand grows faster than linearly (run-queue wait
+        The median of that count's (aged) samples: what the sessions cost while they stream (most of the
+        samples), not in the few intervals they sat idle after joining. Near the loop's limit demand grows faster than linearly (run-queue wait
         rises with the busy share), so the line through all counts under-prices the next sessions there
         (it admitted 40 pitch sessions at 0.77 demand on the loaded VM, where 32 had cost 0.64); the line
         from the base through this point does not. With a few sessions the line is used alone.
@@ -209,7 +209,7 @@ class LoopLoad:
             return 0.0
         now = self.clock()
         demands = sorted(self._aged(s, demand, at, now) for s, demand, at in self._fit if s == top)
-        return max(0.0, demands[(3 * (len(demands) - 1)) // 4] - self.cost_line()[0]) / top
+        return max(0.0, demands[len(demands) // 2] - self.cost_line()[0]) / top
 
     def projected_demand(self, sessions: int) -> float:
         """Demand predicted for ``sessions`` sessions.
