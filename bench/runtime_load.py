@@ -160,8 +160,8 @@ async def run_level(url: str, num_sessions: int, seconds: float, pid: int, rss_i
         "loop_wait": loop_status.get("wait"),
         "loop_demand": loop_status.get("demand"),
         "loop_lag_ms": loop_status["lag_ms"],
-        "loop_cost_line": [loop_status.get("demand_base", loop_status.get("busy_base")),
-                           loop_status.get("demand_per_session", loop_status.get("busy_per_session"))],
+        "loop_cost_line": [loop_status["busy_base"], loop_status["busy_per_session"]],
+        "loop_demand_per_session_at_top": loop_status.get("demand_per_session_at_top"),
         "refused_by_reason": refused_by_reason,  # /metrics causalcast_sessions_refused, this server so far
     }
 

@@ -109,10 +109,10 @@ async def test_a_session_the_event_loop_cannot_serve_is_refused_with_the_reason(
         async with aiohttp.ClientSession() as http, http.get(f"{server.http_url}/healthz") as r:
             loop_status = (await r.json())["engine"]["event_loop"]
         print("event loop with one session and its client:", loop_status)
-        assert loop_status["busy"] > 0 and loop_status["demand_per_session"] > 0
+        assert loop_status["busy"] > 0 and loop_status["busy_per_session"] > 0
         assert loop_status["demand"] >= loop_status["busy"]
         # An operator's limit below what two sessions cost (server and client share this loop here).
-        limit = 1.5 * loop_status["demand_per_session"]
+        limit = 1.5 * loop_status["busy_per_session"]
         engine.scheduler.limits = dataclasses.replace(engine.scheduler.limits, max_loop_busy=limit)
         with pytest.raises(ServerError) as refused:
             await second.start("pitch", input_sample_rate_hz=16_000, audio="pcm16")
@@ -140,9 +140,10 @@ async def test_demand_adds_run_queue_wait_and_refuses_what_cpu_alone_would_admit
     finally:
         sampler.cancel()
     assert load.busy == pytest.approx(0.25, abs=0.02) and load.wait == pytest.approx(0.13, abs=0.02)
-    assert load.per_session() == pytest.approx(0.38 / 32, rel=0.1)  # one count: everything per session
+    assert load.per_session() == pytest.approx(0.25 / 32, rel=0.1)  # the CPU line: one count, all per session
+    assert load.top_rate() == pytest.approx(0.38 / 32, rel=0.1)  # what the 32 demanded, per session
     assert load.projected_demand(64) == pytest.approx(0.76, rel=0.1)
-    assert 0.25 / 32 * 64 < 0.7  # the CPU-only line would have admitted the 64th
+    assert load.per_session() * 64 < 0.7  # the CPU-only line would have admitted the 64th
     sched = Scheduler({"m": ModelInfo(SPEC, max_batch_size=64)}, AdmissionLimits(max_loop_busy=0.7), loop_load=load)
     sched.costs["m"].observe(64, 64, 1e-6)  # the device is no limit here
     for _ in range(58):  # 58 x 1.19 % = 69 %
@@ -150,6 +151,15 @@ async def test_demand_adds_run_queue_wait_and_refuses_what_cpu_alone_would_admit
     with pytest.raises(CapacityError, match=r"on CPU or waiting for one; limit 70%") as refused:
         sched.reserve("m")
     assert refused.value.reason == "event_loop"
+
+
+def test_a_few_sessions_are_priced_by_cpu_so_a_flood_beside_one_does_not_refuse_the_next() -> None:
+    """A flood of offers beside one session on the loaded VM: 0.23 on CPU, 0.37 with the run-queue wait."""
+    load = LoopLoad()
+    for _ in range(8):
+        load.observe(1, 0.23, 0.37)
+    assert load.top_rate() == 0.0  # one session cannot say what a session costs the loop
+    assert load.projected_demand(2) == pytest.approx(0.46)  # admitted under 0.7 (2 x 0.37 would not be)
 
 
 def test_schedstat_is_read_from_its_first_two_fields(tmp_path: Path) -> None:
