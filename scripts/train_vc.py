@@ -70,6 +70,7 @@ from evaluation.speech_corpus import (  # noqa: E402
     render,  # noqa: E402
     voices,
 )
+from models.audio.augment import change_speed  # noqa: E402
 from models.audio.pitch_track import median_pitch  # noqa: E402
 from models.audio.vae import VAEConfig, WaveformVAE  # noqa: E402
 from models.audio.vae_training import load_checkpoint_vae  # noqa: E402
@@ -93,8 +94,13 @@ def pad(audio: np.ndarray, hop: int, pad_s: float = PAD_S, rate: int = 16_000) -
 
 
 # -- stage 1: content recognizer --------------------------------------------------------------------------
-def augment(x: np.ndarray, rng: random.Random) -> np.ndarray:
-    """Random level (-20..0 dB), silence around, and sometimes white noise (25-50 dB SNR)."""
+def augment(x: np.ndarray, rng: random.Random, speed: float = 0.0) -> np.ndarray:
+    """Random level (-20..0 dB), silence around, sometimes white noise (25-50 dB SNR).
+
+    With probability ``speed``, first a speed change (0.85-1.18x: formants move, as another speaker's would).
+    """
+    if speed and rng.random() < speed:
+        x = change_speed(x, np.random.default_rng(rng.randint(0, 2**31)))
     x = x * 10 ** (rng.uniform(-20, 0) / 20)
     x = np.pad(x, (rng.randint(0, 4000), rng.randint(0, 4000)))
     if rng.random() < 0.5:
@@ -134,7 +140,7 @@ def train_content(args) -> None:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup=20 if resume or args.init else 200)
         batch = rng.sample(utts, args.batch)
-        audio = [augment(u.audio, rng) for u in batch]
+        audio = [augment(u.audio, rng, args.speed_perturb) for u in batch]
         length = max(len(a) for a in audio) // hop2 * hop2 + hop2
         x = torch.from_numpy(np.stack([np.pad(a, (0, length - len(a)))[:length] for a in audio]))
         content, _ = enc(model.mel.offline(x))
@@ -561,6 +567,8 @@ def main() -> None:
     ap.add_argument("--init", default=None,
                     help="content, dit: start from this VC checkpoint's recognizer (content) or speaker encoder and "
                          "DiT (dit) instead of fresh weights")
+    ap.add_argument("--speed-perturb", type=float, default=0.0,
+                    help="content: share of training clips played 0.85-1.18x faster or slower (speaker variety)")
     ap.add_argument("--add-voices", default=None,
                     help="export: ship these corpus voice ids (comma list) instead of the espeak-ng selection")
     ap.add_argument("--voices-from", default=None,

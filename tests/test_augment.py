@@ -83,6 +83,19 @@ def test_tempo_changes_duration_and_pitch_keeps_it():
     assert abs(len(z) - len(x)) < RATE // 100
 
 
+def test_speed_moves_duration_pitch_and_formants_together():
+    from models.audio.pitch_track import median_pitch
+
+    x = _voiced(2.0)
+    for seed in range(3):
+        y = aug.change_speed(x, np.random.default_rng(seed), low=1.1, high=1.18)
+        factor = len(x) / len(y)  # 1.1-1.18x faster: shorter by that factor
+        assert 1.09 < factor < 1.19
+        assert median_pitch(y) == pytest.approx(factor * median_pitch(x), rel=0.03)
+        # the 700 Hz resonance moved up with it: energy near 700 * factor, little left at 700
+        assert _band_energy(y, 700 * factor - 30, 700 * factor + 30) > 5 * _band_energy(y, 670, 730)
+
+
 @pytest.mark.skipif(shutil.which("flite") is None or shutil.which("text2wave") is None or
                     shutil.which("sox") is None, reason="flite/festival/sox not installed (make test installs them)")
 def test_corpus_keeps_held_out_voices_out_of_training(tmp_path):

@@ -42,6 +42,16 @@ def shift_pitch(x: np.ndarray, rng: np.random.Generator, max_semitones: float = 
     return _sox(x, ["pitch", f"{cents:.0f}"])
 
 
+def change_speed(x: np.ndarray, rng: np.random.Generator, low: float = 0.85, high: float = 1.18) -> np.ndarray:
+    """Played faster or slower by a factor in [low, high]: tempo, pitch and formants move together.
+
+    Speed perturbation (Ko et al., 2015): to a recognizer the formants moving is another vocal tract, so a few
+    training speakers stand for many. Resampled in-process (no sox): cheap enough to apply on the fly.
+    """
+    factor = rng.uniform(low, high)
+    return resample(x, int(round(SAMPLE_RATE_HZ * factor)), SAMPLE_RATE_HZ)
+
+
 def room_impulse(rng: np.random.Generator, rt60_s: float) -> np.ndarray:
     """A synthetic room: a direct path, a few early reflections, exponentially decaying diffuse noise."""
     length = int(SAMPLE_RATE_HZ * min(1.2, rt60_s * 1.2))
