@@ -10,7 +10,7 @@ STAMP   = $(VENV)/.installed
 HUMAN_VOICES = flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts sox
 LINTED  = $(wildcard streaming models evaluation tests bench scripts)
 
-.PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc speech-data-human train-tts train-vc install clean browser
+.PHONY: serve test lint bench bench-tts bench-vc speech-data speech-data-vc speech-data-human train-tts train-vc train-vc-human install clean browser
 
 # Browser tests drive Debian's chromium + chromium-driver. Installed here when missing and when we can
 # (root, or passwordless sudo); otherwise those tests skip with the reason.
@@ -97,6 +97,34 @@ train-tts: $(STAMP)
 # The human-derived corpus (flite/festival/espeak voices, augmented; flite awb and rms held out of all training).
 speech-data-human: $(STAMP)
 	$(PY) scripts/make_human_speech.py --out data/speech_human
+
+# Issue 15 (a candidate, not shipped: docs/models/vc.md, "Real voices"): the VC model re-trained from the shipped
+# espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
+# (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
+# content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
+# The export keeps the base's voices and adds four human-derived ones. ~2 h on the 2 cores.
+VC_BASE ?= runs/vc_espeak_base.safetensors
+HUMAN_VOICES ?= fl-slt-0,fl-slt-3,fl-kal16-0,fe-ked_diphone
+train-vc-human: $(STAMP)
+	mkdir -p runs; test -f $(VC_BASE) || git show fd2deec:checkpoints/vc_default.safetensors > $(VC_BASE)
+	$(PY) scripts/train_tts.py vae --init $(VC_BASE) --data data/speech_human --out runs/vcvae --steps 6000 \
+	  --minutes 38 --batch 8 --crop 24 --lr 5e-4 --threads 1 & \
+	$(PY) scripts/train_vc.py content --init $(VC_BASE) --data data/speech_human --out runs/vch --minutes 25 \
+	  --steps 3000 --batch 12 --lr 1e-3; wait
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_human --out runs/vch --vae runs/vcvae
+	$(PY) scripts/train_vc.py features --part content --data data/speech_human --out runs/vch --vae runs/vcvae
+	$(PY) scripts/train_vc.py dit --init $(VC_BASE) --out runs/vch --minutes 58 --steps 4000 --batch 8 --lr 3e-4 \
+	  --split-above 0.6 & \
+	{ mkdir -p runs/vch2 && cp runs/vch/content.pt runs/vch2/ && \
+	  $(PY) scripts/train_vc.py content --resume --speed-perturb 0.7 --data data/speech_human --out runs/vch2 \
+	    --minutes 22 --steps 2500 --batch 12 --lr 1e-3 && \
+	  $(PY) scripts/train_vc.py features --part content --data data/speech_human --out runs/vch2 --vae runs/vcvae; }; \
+	wait
+	ln -sf $$PWD/runs/vch/features_latents.pt runs/vch2/features_latents.pt; cp runs/vch/dit.pt runs/vch2/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vch2 --minutes 14 --steps 5200 --batch 8 \
+	  --lr 2e-4 --split-above 0.6
+	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vch2 --vae runs/vcvae \
+	  --checkpoint runs/vc_human.safetensors --add-voices $(HUMAN_VOICES) --voices-from $(VC_BASE)
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
 # The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).

@@ -75,7 +75,7 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
         _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", run, *common)
     _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--steps", 3, "--batch", 2, "--frames", 8,
          *common)
-    out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its voices (as `make train-vc-human` does)
+    out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices", "a",
          "--voices-from", out, *common)
