@@ -30,10 +30,9 @@ from typing import Any
 import aiohttp
 import torch
 from aiohttp import web
-from aiortc import RTCPeerConnection
 
+from streaming.client.webrtc import loopback_offer_sdp
 from streaming.server import ServerConfig, create_app, runner_options
-from streaming.transports import rtc_support
 from streaming.transports.webrtc import RtcConfig
 
 _callback_cpu_s: list[float] = []
@@ -61,17 +60,6 @@ class Collections:
             self.full_s.append(time.thread_time() - self._started)
 
 
-async def offer_sdp() -> str:
-    pc = RTCPeerConnection()
-    pc.createDataChannel("control")
-    pc.addTransceiver("audio", direction="sendrecv")
-    with rtc_support.gathering_from(("127.0.0.1",)):
-        await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 async def run(num_offers: int, frozen: bool) -> dict[str, Any]:
     config = ServerConfig(host="127.0.0.1", port=0, models=("pitch",),
                           webrtc=RtcConfig(loopback_only=True, connect_timeout_s=30.0))
@@ -82,7 +70,7 @@ async def run(num_offers: int, frozen: bool) -> dict[str, Any]:
     url = f"http://127.0.0.1:{runner.addresses[0][1]}/offer"
     if not frozen:
         gc.unfreeze()  # as before the server froze its start-up objects
-    sdp = await offer_sdp()
+    sdp = await loopback_offer_sdp()
     collections = Collections()
     try:
         async with aiohttp.ClientSession() as http:

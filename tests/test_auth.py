@@ -263,8 +263,7 @@ async def test_healthz_public_part_and_turn_credentials_per_client(secured):
 
 
 async def test_a_client_cannot_hold_slots_with_offers_it_never_connects():
-    from test_fuzz import loopback_offer_sdp
-
+    from streaming.client.webrtc import loopback_offer_sdp
     from streaming.transports.webrtc import RtcConfig
 
     access = AccessConfig(secret=SECRET, max_pending_offers_per_client=3)

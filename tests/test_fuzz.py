@@ -15,14 +15,12 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-from aiortc import RTCPeerConnection
 from conftest import make_server_config, serve_app
 from hardening_helpers import Monitor
 
 from streaming.client import Client
-from streaming.client.webrtc import ArrayAudioTrack, RtcClient
+from streaming.client.webrtc import ArrayAudioTrack, RtcClient, loopback_offer_sdp
 from streaming.protocol import HEADER, PROTOCOL_VERSION
-from streaming.transports import rtc_support
 from streaming.transports.webrtc import RtcConfig
 
 SEED = 18
@@ -121,17 +119,6 @@ def mutate_sdp(rng: random.Random, sdp: str) -> str:
         else:
             lines[i] = lines[i] * rng.randrange(2, 50)
     return "\r\n".join(lines)
-
-
-async def loopback_offer_sdp() -> str:
-    pc = RTCPeerConnection()
-    pc.createDataChannel("control")
-    pc.addTransceiver("audio", direction="sendrecv")
-    with rtc_support.gathering_from(("127.0.0.1",)):
-        await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 class ErrorLog(logging.Handler):

@@ -130,8 +130,7 @@ async def test_offers_that_never_connect_hold_no_session_slots_and_are_reaped_at
     opened only when ICE/DTLS connects, so the server's 4 slots stay free for the monitor and a second
     client. The default connect timeout (5 s) then drops every unconnected peer.
     """
-    from test_fuzz import loopback_offer_sdp
-
+    from streaming.client.webrtc import loopback_offer_sdp
     from streaming.engine.core import EngineConfig
     from streaming.server import ENGINE_KEY, RTC_KEY
 

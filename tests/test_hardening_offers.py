@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 from conftest import make_server_config, serve_app
 from hardening_helpers import Monitor
-from test_fuzz import loopback_offer_sdp
 
+from streaming.client.webrtc import loopback_offer_sdp
 from streaming.transports.webrtc import RtcConfig
 
 

@@ -281,3 +281,18 @@ async def _collect(track: MediaStreamTrack, queue: asyncio.Queue[Any]) -> None:
         except MediaStreamError:
             return
         queue.put_nowait((time.monotonic(), frame))
+
+
+async def loopback_offer_sdp() -> str:
+    """An audio + data-channel offer gathered on 127.0.0.1 only, from a peer that is closed at once.
+
+    For probes and benches that post offers whose answers are never applied (ICE cannot complete).
+    """
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.createDataChannel("control")
+    pc.addTransceiver("audio", direction="sendrecv")
+    with rtc_support.gathering_from(("127.0.0.1",)):
+        await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
