@@ -16,7 +16,7 @@ import pytest
 from conftest import RunningServer, make_server_config, serve_app
 
 from models.diagnostic.testcard import has_beep_marker, read_frame_number
-from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
+from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient, take_for
 from streaming.engine.core import EngineConfig
 from streaming.engine.scheduler import AdmissionLimits
 from streaming.media.markers import marker_times, marker_train, match_markers
@@ -34,15 +34,7 @@ def tone(freq_hz: float, seconds: float, amplitude: float = 0.3) -> np.ndarray:
 
 
 async def collect_audio(client: RtcClient, seconds: float) -> list[tuple[float, np.ndarray]]:
-    out = []
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        try:
-            arrival, frame = await asyncio.wait_for(client.audio_frames.get(), left)
-        except TimeoutError:
-            break
-        out.append((arrival, mono_samples(frame)))
-    return out
+    return [(arrival, mono_samples(frame)) for arrival, frame in await take_for(client.audio_frames, seconds)]
 
 
 def peak_hz(samples: np.ndarray) -> float:

@@ -24,7 +24,7 @@ from models.diagnostic.testcard import has_beep_marker, read_frame_number
 from streaming.broadcast import Broadcast
 from streaming.client import Client, MediaCollector
 from streaming.client.onsets import av_offsets_ms, beep_onsets, marker_onsets
-from streaming.client.webrtc import RtcClient, RtcServerError
+from streaming.client.webrtc import RtcClient, RtcServerError, take_for
 from streaming.server import BROADCASTS_KEY, RTC_KEY
 from streaming.transports import rtc_support
 from streaming.transports.rtc_support import mono_samples
@@ -56,17 +56,6 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # noqa: ANN001
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
-
-
-async def take(queue: asyncio.Queue, seconds: float) -> list:
-    """Everything a client queue receives for ``seconds``."""
-    out, end = [], time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        try:
-            out.append(await asyncio.wait_for(queue.get(), left))
-        except TimeoutError:
-            break
-    return out
 
 
 async def video_numbers(client: RtcClient, count: int, timeout: float = 10.0) -> list[int]:
@@ -144,7 +133,7 @@ async def test_webrtc_and_ws_viewers_share_one_encode_per_codec(card_server: Run
         print(f"4 viewers, 2 codec choices: {encodes_per_chunk:.2f} encodes per chunk")
         assert len(broadcast.codec_choices) == 2  # (opus, vp8) shared by 3 viewers, (opus, h264) by one
         assert 1.5 <= encodes_per_chunk <= 2.1  # one per codec choice, not per viewer (chunks in flight blur it)
-        beeps = await take(viewers[1].audio_frames, 1.2)
+        beeps = await take_for(viewers[1].audio_frames, 1.2)
         assert max(float(np.abs(mono_samples(f)).max()) for _, f in beeps) > 0.1, "no beep in a viewer's audio"
 
         async with aiohttp.ClientSession() as http:
@@ -322,7 +311,7 @@ async def test_audio_and_video_arrive_in_sync_for_producer_and_viewer(card_serve
                 client.audio_frames.get_nowait()
             while not client.video_frames.empty():
                 client.video_frames.get_nowait()
-        media = await asyncio.gather(*(take(q, 6.0) for c in (producer, viewer) for q in (c.audio_frames,
+        media = await asyncio.gather(*(take_for(q, 6.0) for c in (producer, viewer) for q in (c.audio_frames,
                                                                                           c.video_frames)))
         report = {}
         for name, audio, video in (("producer", media[0], media[1]), ("viewer", media[2], media[3])):

@@ -18,7 +18,7 @@ import numpy as np
 from bench.g2g.common import MODEL_RATE, RATE
 from bench.g2g.mulaw import ulaw_decode, ulaw_encode
 from streaming.client import Client
-from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient
+from streaming.client.webrtc import FRAME_SAMPLES, ArrayAudioTrack, RtcClient, take_for
 from streaming.media.markers import marker_times, marker_train, match_markers
 from streaming.protocol import MediaKind
 from streaming.transports.rtc_support import mono_samples
@@ -35,13 +35,8 @@ async def webrtc_python(
         extra = {"webrtc_id": uuid.uuid4().hex} if fastrtc else None
         await client.connect("pitch", {"semitones": 0}, audio=track, extra=extra)
         await client.wait_connected(20)
-        end = time.monotonic() + len(signal) / RATE + 1.0
-        while (left := end - time.monotonic()) > 0:
-            try:
-                arrival, frame = await asyncio.wait_for(client.audio_frames.get(), left)
-            except TimeoutError:
-                break
-            received.append((arrival, mono_samples(frame)))
+        frames = await take_for(client.audio_frames, len(signal) / RATE + 1.0)
+        received = [(arrival, mono_samples(frame)) for arrival, frame in frames]
     finally:
         await client.close()
     sent = [(t, signal[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i, t in enumerate(track.sent_at)]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.g2g.common import emit
-from streaming.client.webrtc import RtcClient
+from streaming.client.webrtc import RtcClient, take_for
 
 
 class _ChunkTimes:
@@ -33,16 +33,6 @@ class _ChunkTimes:
 
     def on_close(self, reason: str) -> None:
         pass
-
-
-async def _collect(queue: asyncio.Queue, seconds: float) -> list[Any]:
-    out, end = [], time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        try:
-            out.append(await asyncio.wait_for(queue.get(), left))
-        except TimeoutError:
-            break
-    return out
 
 
 async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
@@ -84,7 +74,7 @@ async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
                 while not queue.empty():
                     queue.get_nowait()
         encoded0, chunks0 = broadcast.num_encoded_chunks, session.stats.chunks_out
-        media = await asyncio.gather(*(_collect(q, seconds) for c in clients for q in (c.audio_frames, c.video_frames)))
+        media = await asyncio.gather(*(take_for(q, seconds) for c in clients for q in (c.audio_frames, c.video_frames)))
         encodes_per_chunk = (broadcast.num_encoded_chunks - encoded0) / max(1, session.stats.chunks_out - chunks0)
         latency: dict[str, list[float]] = {"producer": [], "viewer": []}
         offsets: dict[str, list[float]] = {"producer": [], "viewer": []}

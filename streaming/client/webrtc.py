@@ -296,3 +296,14 @@ async def loopback_offer_sdp() -> str:
     sdp = pc.localDescription.sdp
     await pc.close()
     return sdp
+
+
+async def take_for(queue: asyncio.Queue[Any], seconds: float) -> list[Any]:
+    """Everything ``queue`` (e.g. a client's ``audio_frames``) receives within the next ``seconds``."""
+    out, end = [], time.monotonic() + seconds
+    while (left := end - time.monotonic()) > 0:
+        try:
+            out.append(await asyncio.wait_for(queue.get(), left))
+        except TimeoutError:
+            break
+    return out
