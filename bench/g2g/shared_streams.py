@@ -60,6 +60,7 @@ async def shared_stream_run(num_viewers: int, seconds: float) -> dict[str, Any]:
     try:
         answer = await producer.connect("testcard", receive_audio=True, receive_video=True, extra={"share": True})
         await producer.wait_connected(10)
+        await producer.expect("ready")  # the session opens when ICE connects, after the client sees 'connected'
         session = next(s for s in runner.app[ENGINE_KEY].scheduler.sessions.values() if s.id == answer["session"])
         times = _ChunkTimes()
         session.taps.append(times)
