@@ -255,8 +255,25 @@ def make_features(args) -> None:
     torch.save(dict(feats), out / f"features_content_{args.shard}.pt")
 
 
-def load_features(out: Path) -> dict:
-    """The latents part and every content shard, merged per utterance."""
+def load_features(out: Path, extra: tuple[Path, ...] = ()) -> dict:
+    """The latents part and every content shard, merged per utterance; ``extra`` run folders' appended.
+
+    An extra folder holds another corpus's features made with the same VAE and recognizer (e.g. the
+    240-voice espeak-ng corpus beside the human-derived one, so the DiT keeps its speaker variety).
+    """
+    feats = load_run_features(out)
+    for folder in extra:
+        more = load_run_features(folder)
+        if more.get("vae_cfg") != feats.get("vae_cfg"):
+            raise ValueError(f"{folder}: its latents come from another VAE than {out}'s")
+        for key, values in more.items():
+            if isinstance(values, list):
+                feats[key] = feats[key] + values
+    return feats
+
+
+def load_run_features(out: Path) -> dict:
+    """One run folder's latents part and every content shard, merged per utterance."""
     feats = torch.load(out / "features_latents.pt")
     content = [None] * len(feats["id"])
     shifted = [None] * len(feats["id"])
@@ -393,7 +410,7 @@ def train_dit(args) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    feats = load_features(out)
+    feats = load_features(out, tuple(Path(p) for p in args.extra_features))
     vae_fields = feats.get("vae_cfg", {})  # (features of older runs: the default VAE)
     cfg = run_config(out, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_fields.items()}))
     model = VCModel(cfg)
@@ -577,6 +594,8 @@ def main() -> None:
                     help="dit --resume: a new lr schedule (warm-up, cosine) from the resumed step to --steps")
     ap.add_argument("--split-above", type=float, default=2.0,
                     help="dit: intervals t - r above this learn the split-in-two target (default: never)")
+    ap.add_argument("--extra-features", action="append", default=[],
+                    help="dit: also train on this run folder's features (same VAE and recognizer; repeatable)")
     ap.add_argument("--part", choices=["latents", "content"], default="content", help="features: which part")
     ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
     ap.add_argument("--num-shards", type=int, default=1)
