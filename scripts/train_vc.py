@@ -116,18 +116,19 @@ def train_content(args) -> None:
     rng = random.Random(args.seed)
     resume = args.resume and (out / "content.pt").exists()
     utts = load_utterances(args.data, ("train",), args.limit)
-    if args.init and not resume:  # start from a shipped checkpoint's recognizer: its classes and statistics
+    if resume:  # continue this run: its sizes, classes and feature statistics as saved
+        saved = torch.load(out / "content.pt")
+        symbols, cfg = saved["symbols"], VCConfig.from_dict(saved["cfg"])
+        model = VCModel(cfg)
+        load_content(out, model)
+    elif args.init:  # start from a shipped checkpoint's recognizer (e.g. on a corpus with more voices)
         shipped = load_checkpoint(args.init)
         symbols, model = shipped.symbols, shipped.model.train()
         cfg = model.cfg
-    else:
-        symbols = torch.load(out / "content.pt")["symbols"] if resume else ctc_symbols(phoneme_inventory(args.data))
+    else:  # fresh, with fixed feature statistics from a sample (never per utterance: streaming sees the same)
+        symbols = ctc_symbols(phoneme_inventory(args.data))
         cfg = VCConfig(num_phonemes=len(symbols))
         model = VCModel(cfg)
-    if args.init or resume:  # continue (e.g. on a corpus with more voices), keeping classes and statistics
-        if resume:
-            load_content(out, model)
-    else:  # fixed feature statistics from a sample of the data (never per utterance: streaming sees the same)
         sample = [torch.from_numpy(u.audio) for u in utts[:300]]
         mels = torch.cat([model.mel.offline(a[None])[0] for a in sample])
         model.mel.mean.copy_(mels.mean(0))

@@ -71,10 +71,21 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
          *common)
     assert (vae_run / "vae_decoder.pt").exists()
     _run(train_vc, monkeypatch, "content", "--init", init, "--out", run, "--steps", 3, "--batch", 2, *common)
-    for part in ("latents", "content"):
-        _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", run, *common)
-    _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--steps", 3, "--batch", 2, "--frames", 8,
-         *common)
+    # continued with speed perturbation: the run's own (tiny, not default) sizes come back from content.pt
+    _run(train_vc, monkeypatch, "content", "--resume", "--speed-perturb", 0.5, "--out", run, "--steps", 1,
+         "--batch", 2, *common)
+    assert torch.load(run / "content.pt")["cfg"] == load_checkpoint(init).model.cfg.to_dict()
+    # a second corpus's features (here the same clips again) made with the same VAE and recognizer
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(run / "content.pt", extra / "content.pt")
+    for folder in (run, extra):
+        for part in ("latents", "content"):
+            _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", folder, *common)
+    merged = train_vc.load_features(run, (extra,))
+    assert len(merged["id"]) == 2 * len(train_vc.load_features(run)["id"]) == len(merged["content"])
+    _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--extra-features", extra, "--steps", 3,
+         "--batch", 2, "--frames", 8, *common)
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices", "a",
