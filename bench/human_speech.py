@@ -15,7 +15,8 @@ Lines:
 - ``human.vc``: converting held-out speech to shipped voices: WER/PER of the converted speech next to the
   source's, pitch error vs the voice's median (semitones), and with resemblyzer (``pip install -e
   .[vc-bench]``) the speaker margin cos(out, target) - cos(out, source), the target's embedding from its
-  espeak-ng rendering. ``human.vc_zero_shot``: one held-out voice's clips uploaded as the reference,
+  own rendering (espeak-ng, flite or festival; ``wer_target_voice``: that rendering's WER, how well the judge
+  reads the target voice itself). ``human.vc_zero_shot``: one held-out voice's clips uploaded as the reference,
   the other converted to it: margin cos(out, reference voice) - cos(out, source voice) (target: > 0).
 - ``human.tts``: each shipped TTS voice speaking the held-out sentences, WER and voiced-frame ratio next
   to the espeak-ng voice it imitates saying the same text (target: voiced ratio 0.8-1.2x).
@@ -42,8 +43,7 @@ from bench.tts import vocode as tts_vocode  # noqa: E402
 from bench.vc import Judge, convert, wav_base64  # noqa: E402
 from bench.vc import vocode as vc_vocode  # noqa: E402
 from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
-from evaluation.speech_corpus import load_utterances  # noqa: E402
-from evaluation.speech_corpus import render as render_espeak  # noqa: E402
+from evaluation.speech_corpus import load_utterances, render  # noqa: E402
 from evaluation.words import open_recognizer  # noqa: E402
 from models.audio.pitch_track import median_pitch, track_signal  # noqa: E402
 
@@ -131,9 +131,14 @@ def main() -> None:
                 if f0:
                     fields["pitch_error_semitones"] = float(np.nanmean([semitones(median_pitch(o, 0.0), f0)
                                                                         for o in outs]))
-                if judge is not None and info.get("espeak_voice"):
-                    rendering = {"speed_wpm": 165, **info}  # shipped VC voices record no rate
-                    target_emb = judge.embed([render_espeak(rendering, u.text) for u in by_voice[v][:3]])
+                if info.get("espeak_voice") or info.get("engine"):
+                    # the target voice itself saying the same sentences: how well the judge reads that voice
+                    rendering = {"speed_wpm": 165, **info}  # shipped espeak-ng VC voices record no rate
+                    spoken = [render(rendering, u.text) for u in by_voice[v]]
+                    fields["wer_target_voice"] = words.wer(
+                        (u.text, a) for u, a in zip(by_voice[v], spoken, strict=True))
+                if judge is not None and (info.get("espeak_voice") or info.get("engine")):
+                    target_emb = judge.embed(spoken[:3])
                     source_emb = judge.embed([u.audio for u in refs[v][:4]] or [u.audio for u in by_voice[v][:3]])
                     fields["speaker_margin"] = statistics.mean(
                         float(judge.embed([o]) @ target_emb - judge.embed([o]) @ source_emb) for o in outs)
@@ -155,7 +160,7 @@ def main() -> None:
         for voice in sorted(tts.voice_stats)[: args.tts_voices]:
             spec = tts.voice_info[voice]
             ours = [speak(tts, t, {"voice": voice, "seed": i})[0] for i, t in enumerate(texts)]
-            refs_espeak = [render_espeak(spec, t) for t in texts]
+            refs_espeak = [render(spec, t) for t in texts]
             wer_ours = words.wer(zip(texts, ours, strict=True))
             wer_ref = words.wer(zip(texts, refs_espeak, strict=True))
             voiced_ours = statistics.mean(voiced_ratio(a) for a in ours)

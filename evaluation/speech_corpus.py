@@ -61,12 +61,34 @@ def phoneme_inventory(root: str | Path) -> list[str]:
     return json.loads((Path(root) / "phonemes.json").read_text())
 
 
+# flite voices' own mean pitch (Hz): a derived voice's ``f0_ratio`` scales it
+FLITE_F0_HZ = {"kal": 105.0, "kal16": 105.0, "slt": 160.0, "awb": 110.0, "rms": 95.0}
+
+
 def render(voice: dict, text: str) -> np.ndarray:
-    """One utterance in a corpus voice ({espeak_voice, pitch, speed_wpm}): 16 kHz, silence trimmed, peak 0.7."""
-    with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
-        cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]), "-s", str(voice["speed_wpm"])]
-        subprocess.run([*cmd, "-w", tmp.name, text], check=True, capture_output=True)
-        x, rate = read_wav(tmp.name)
+    """One utterance in a corpus voice: 16 kHz, silence trimmed, peak 0.7.
+
+    ``voice["engine"]`` picks the synthesiser: ``flite`` ({voice, stretch, f0_ratio}), ``festival`` ({voice}),
+    else espeak-ng ({espeak_voice, pitch, speed_wpm}; the espeak-ng corpus's voices carry no engine).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "u.wav")
+        engine = voice.get("engine", "espeak")
+        if engine == "flite":
+            cmd = ["flite", "-voice", voice["voice"], "-o", path, "-t", text]
+            if voice.get("stretch", 1.0) != 1.0 or voice.get("f0_ratio", 1.0) != 1.0:
+                f0 = FLITE_F0_HZ.get(voice["voice"], 110.0) * voice.get("f0_ratio", 1.0)
+                cmd += ["--setf", f"duration_stretch={voice.get('stretch', 1.0)}",
+                        "--setf", f"int_f0_target_mean={f0:.0f}"]
+            subprocess.run(cmd, check=True, capture_output=True)
+        elif engine == "festival":
+            subprocess.run(["text2wave", "-eval", f"(voice_{voice['voice']})", "-o", path], input=text.encode(),
+                           check=True, capture_output=True)
+        else:
+            cmd = ["espeak-ng", "-v", voice["espeak_voice"], "-p", str(voice["pitch"]),
+                   "-s", str(voice["speed_wpm"])]
+            subprocess.run([*cmd, "-w", path, text], check=True, capture_output=True)
+        x, rate = read_wav(path)
     x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
     return 0.7 * x / max(1e-4, float(np.abs(x).max()))
 

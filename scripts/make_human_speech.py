@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,10 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from make_speech_data import TRAIN_VARIANTS  # noqa: E402
 from speech_sentences import sentences  # noqa: E402
 
-from evaluation.speech_corpus import render as render_espeak  # noqa: E402
-from evaluation.speech_corpus import write_corpus, write_utterance  # noqa: E402
+from evaluation.speech_corpus import render, write_corpus, write_utterance  # noqa: E402
 from models.audio.augment import augment  # noqa: E402
-from models.audio.dsp import read_wav, resample, trim_silence  # noqa: E402
 from models.speech_text import normalize_text, phonemize  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
@@ -86,29 +82,6 @@ def make_voices(num_espeak: int, rng: random.Random) -> dict[str, dict]:
 def describe(name: str) -> dict:
     """Who a flite or festival voice was recorded from: gender and accent (a language code)."""
     return {"gender": GENDER[name], "language": LANGUAGE.get(name, "en-us")}
-
-
-_FLITE_F0 = {"kal": 105.0, "kal16": 105.0, "slt": 160.0, "awb": 110.0, "rms": 95.0}
-
-
-def render(voice: dict, text: str) -> np.ndarray:
-    """One utterance in a corpus voice: 16 kHz, silence trimmed, peak 0.7."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "u.wav")
-        if voice["engine"] == "flite":
-            cmd = ["flite", "-voice", voice["voice"], "-o", path, "-t", text]
-            if voice["stretch"] != 1.0 or voice["f0_ratio"] != 1.0:
-                f0 = _FLITE_F0.get(voice["voice"], 110.0) * voice["f0_ratio"]
-                cmd += ["--setf", f"duration_stretch={voice['stretch']}", "--setf", f"int_f0_target_mean={f0:.0f}"]
-            subprocess.run(cmd, check=True, capture_output=True)
-        elif voice["engine"] == "festival":
-            subprocess.run(["text2wave", "-eval", f"(voice_{voice['voice']})", "-o", path], input=text.encode(),
-                           check=True, capture_output=True)
-        else:
-            return render_espeak(voice, text)
-        x, rate = read_wav(path)
-    x = trim_silence(resample(x, rate, SAMPLE_RATE_HZ), SAMPLE_RATE_HZ)
-    return 0.7 * x / max(1e-4, float(np.abs(x).max()))
 
 
 def synthesize(job: tuple[dict, dict, str, int]) -> list[dict]:
