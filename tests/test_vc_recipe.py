@@ -85,7 +85,7 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     merged = train_vc.load_features(run, (extra,))
     assert len(merged["id"]) == 2 * len(train_vc.load_features(run)["id"]) == len(merged["content"])
     _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--extra-features", extra, "--steps", 3,
-         "--batch", 2, "--frames", 8, *common)
+         "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, *common)
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices", "a",
