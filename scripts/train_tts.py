@@ -141,6 +141,13 @@ def train_vae(args) -> None:
         params = list(vae.parameters())
     cfg = vae.cfg
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.8, 0.99), weight_decay=0.0)
+    content = None
+    if args.content_loss:  # a frozen phoneme recognizer hears the decoded and the real crop (models/vc/content_loss.py)
+        from models.vc.content_loss import ContentLoss
+
+        if not args.content_loss_from:
+            raise SystemExit("--content-loss needs --content-loss-from (a VC checkpoint with the recognizer)")
+        content = ContentLoss.from_checkpoint(args.content_loss_from).to(args.device)
     name = "vae_decoder.pt" if args.decoder_only else "vae.pt"
     rng = random.Random(args.seed)
     start = time.time()
@@ -177,6 +184,9 @@ def train_vae(args) -> None:
             losses |= reconstruction_loss(pred, y[:, : pred.shape[1]])
             losses["mag"] = pred.new_zeros(()) if cfg.harmonics else magnitude_loss(vae, z, y)
             loss = losses["stft"] + losses["mel"] + 2.0 * losses["mag"] + args.kl_weight * kl
+            if content is not None:
+                losses["content"] = content(pred, y[:, : pred.shape[1]])
+                loss = loss + args.content_loss * losses["content"]
             if cfg.pitch_head:
                 loss = loss + args.pitch_weight * (losses["f0"] + losses["voicing"])
         opt.zero_grad(set_to_none=True)
@@ -418,6 +428,12 @@ def main() -> None:
     ap.add_argument("--drive", choices=["teacher", "predicted"], default="teacher",
                     help="vae: the pitch a harmonic decoder with a pitch head is driven by while training")
     ap.add_argument("--pitch-weight", type=float, default=0.5, help="vae: weight of the pitch head's losses")
+    ap.add_argument("--content-loss", type=float, default=0.0,
+                    help="vae: weight of the content-preservation loss (KL of a frozen phoneme recognizer's "
+                         "posteriors on the decoded vs the real crop; 0: off)")
+    ap.add_argument("--content-loss-from", default=None,
+                    help="vae --content-loss: the VC checkpoint whose recognizer (mel front end + content encoder) "
+                         "judges the crops")
     ap.add_argument("--resume-decoder", action="store_true", help="vae --decoder-only: continue vae_decoder.pt")
     ap.add_argument("--vae-decoder", default=None,
                     help="export-vae: the vae_decoder.pt to put into --init's checkpoint (default: the run's)")

@@ -195,3 +195,38 @@ def test_pitch_head_learns_a_tracked_pitch() -> None:
         (losses["f0"] + losses["voicing"]).backward()
         opt.step()
     assert losses["f0"].item() < 0.3 * first["f0"] and losses["voicing"].item() < 0.5 * first["voicing"]
+
+
+# -- the content-preservation loss (a frozen phoneme recognizer hears decoded vs real audio) --------------------
+def test_content_loss_trains_the_decoder_not_the_recognizer(tmp_path) -> None:
+    """A few decoder steps on the recognizer's loss alone lower it; the recognizer stays as loaded, gradient-free."""
+    import numpy as np
+
+    from models.vc.content_loss import ContentLoss
+    from tests.vc_helpers import make_tiny_checkpoint, speechlike
+
+    judge = ContentLoss.from_checkpoint(make_tiny_checkpoint(str(tmp_path / "vc.safetensors")))
+    with torch.no_grad():  # a random recognizer is nearly uniform: make it decide, as a trained one does
+        judge.content.head.weight.mul_(30.0)
+    loaded = {k: v.clone() for k, v in judge.state_dict().items()}
+    vae = tiny_vae(320).train()
+    audio = torch.from_numpy(np.stack([speechlike(0.96, 0, 120.0), speechlike(0.96, 1, 220.0)]))
+    with torch.no_grad():
+        z = vae.encode(audio)[0]
+    real = torch.nn.functional.pad(audio, (vae.delay_samples, 0))  # the decoder's output lags by its delay
+    decoder = [p for name, p in vae.named_parameters() if not name.startswith("enc")]
+    opt = torch.optim.Adam(decoder, lr=3e-3)
+    losses = []
+    for _ in range(25):
+        pred = vae.decode(z)
+        loss = judge(pred, real[:, : pred.shape[1]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.01  # not vacuous: the random decoder is heard differently
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert all(p.grad is None for p in judge.parameters())
+    for k, v in judge.state_dict().items():
+        torch.testing.assert_close(v, loaded[k])
+    assert judge(real, real).item() < 1e-6  # the same audio: nothing to correct

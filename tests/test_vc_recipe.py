@@ -8,6 +8,7 @@ change to a stage that breaks the recipe fails a test, not a multi-hour run.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -66,10 +67,12 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     # the whole VAE (encoder too) from the checkpoint's, on the new corpus
     _run(train_tts, monkeypatch, "vae", "--init", init, "--out", vae_run, "--steps", 2, "--batch", 2, "--crop", 4,
          *common)
-    # then its decoder alone (the latents of the run stay valid): vae_decoder.pt, which the VC stages prefer
+    # then its decoder alone (the latents of the run stay valid): vae_decoder.pt, which the VC stages prefer;
+    # with the content-preservation loss, the checkpoint's recognizer judging the crops
     _run(train_tts, monkeypatch, "vae", "--decoder-only", "--out", vae_run, "--steps", 1, "--batch", 2, "--crop", 4,
-         *common)
+         "--content-loss", 1.0, "--content-loss-from", init, *common)
     assert (vae_run / "vae_decoder.pt").exists()
+    assert "content" in json.loads((vae_run / "vae_decoder_log.jsonl").read_text().splitlines()[-1])
     _run(train_vc, monkeypatch, "content", "--init", init, "--out", run, "--steps", 3, "--batch", 2, *common)
     # continued with speed perturbation: the run's own (tiny, not default) sizes come back from content.pt
     _run(train_vc, monkeypatch, "content", "--resume", "--speed-perturb", 0.5, "--out", run, "--steps", 1,
