@@ -38,28 +38,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.tts import speak  # noqa: E402
+from bench.tts import speak, voiced_ratio  # noqa: E402
 from bench.tts import vocode as tts_vocode  # noqa: E402
 from bench.vc import Judge, convert, wav_base64  # noqa: E402
 from bench.vc import vocode as vc_vocode  # noqa: E402
 from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
 from evaluation.speech_corpus import load_utterances, render  # noqa: E402
 from evaluation.words import open_recognizer  # noqa: E402
-from models.audio.pitch_track import median_pitch, track_signal  # noqa: E402
+from models.audio.pitch_track import median_pitch  # noqa: E402
 
 
 def emit(**fields) -> None:
     """One JSON line."""
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
-
-
-def voiced_ratio(audio: np.ndarray) -> float:
-    """Share of 10 ms frames the YIN tracker calls voiced, over frames louder than -40 dB of the peak."""
-    x = torch.from_numpy(np.asarray(audio, np.float32))[None]
-    _, voicing = track_signal(x)
-    frames = x[0, : voicing.shape[1] * 160].reshape(-1, 160)
-    loud = frames.pow(2).mean(1).sqrt() > 0.01 * float(x.abs().max())
-    return float((voicing[0] > 0.5)[loud].float().mean()) if loud.any() else 0.0
 
 
 def semitones(a_hz: float, b_hz: float) -> float:

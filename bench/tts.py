@@ -14,6 +14,9 @@ CPU (default model, shipped checkpoint):
   training run), the main intelligibility measure; WER by pocketsphinx with a uniform unigram LM over the
   evaluation vocabulary (weak on espeak-ng's accents: ~0.7 on the references themselves); mel-cepstral
   distortion (DTW) to the reference.
+- ``round_trip``: the VAE alone (no TTS): ``--num-round-trip`` seen-voice test sentences of ``--data`` encoded
+  and decoded, PER (same recognizer) and the share of loud 10 ms frames the YIN tracker calls voiced, of the
+  reference and of its round trip: a decoder change shows here in seconds, without the AR model's spread.
 
 Pocket TTS on published weights (``--weights DIR`` or ``--weights random``): ours beside the pocket-tts
 package in the same run, and GPU streams with CUDA graphs; see bench/tts_pocket.py.
@@ -150,6 +153,36 @@ def bench_quality(gen: TTSGenerator, args) -> None:
              duration_ratio=sum(len(a) for _, a in our_pairs) / sum(len(a) for _, a in ref_pairs))
 
 
+def bench_round_trip(gen: TTSGenerator, args) -> None:
+    from evaluation.phonemes import load_recognizer
+    from evaluation.speech_corpus import load_manifest
+
+    recognizer = load_recognizer(args.per_checkpoint)
+    root = Path(args.data)
+    test = [r for r in load_manifest(root) if r["split"] == "test_seen_voice"][: args.num_round_trip]
+    refs = [read_wav(str(root / r["wav"]))[0] for r in test]
+    trips = [vocode(gen, a) for a in refs]
+    per = {}
+    if recognizer is not None:
+        per_ref, per_trip = (recognizer.per((r["text"], r["language"], a) for r, a in zip(test, p, strict=True))
+                             for p in (refs, trips))
+        per = {"per_reference": per_ref, "per_round_trip": per_trip}
+    emit(bench="tts.vae_round_trip", utterances=len(test), **per,
+         voiced_reference=statistics.mean(voiced_ratio(a) for a in refs),
+         voiced_round_trip=statistics.mean(voiced_ratio(a) for a in trips))
+
+
+def voiced_ratio(audio: np.ndarray) -> float:
+    """Share of 10 ms frames the YIN tracker calls voiced, over frames louder than -40 dB of the peak."""
+    from models.audio.pitch_track import track_signal
+
+    x = torch.from_numpy(np.asarray(audio, np.float32))[None]
+    _, voicing = track_signal(x)
+    frames = x[0, : voicing.shape[1] * 160].reshape(-1, 160)
+    loud = frames.pow(2).mean(1).sqrt() > 0.01 * float(x.abs().max())
+    return float((voicing[0] > 0.5)[loud].float().mean()) if loud.any() else 0.0
+
+
 @torch.inference_mode()
 def vocode(gen: TTSGenerator, audio: np.ndarray) -> np.ndarray:
     """The reference through our VAE (encode, then the causal decoder), delay removed."""
@@ -249,11 +282,12 @@ def main() -> None:
     ap.add_argument("--concurrency-steps", type=int, default=20)
     ap.add_argument("--num-latency", type=int, default=10)
     ap.add_argument("--num-eval", type=int, default=40)
+    ap.add_argument("--num-round-trip", type=int, default=20, help="sentences of the VAE round trip")
     ap.add_argument("--data", default="data/speech")
     ap.add_argument("--per-checkpoint", default=None,
                     help="phoneme recognizer for PER: a VC checkpoint or a VC run's content.pt "
                     "(default: checkpoints/vc_default.safetensors when it exists)")
-    ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality")
+    ap.add_argument("--skip", default="", help="comma-separated: latency,concurrency,quality,round_trip")
     pocket = ap.add_argument_group("Pocket TTS (--weights): ours beside the pocket-tts package (bench/tts_pocket.py)")
     pocket.add_argument("--weights", default=None, help="a pocket-tts weights folder, or 'random' (real shapes)")
     pocket.add_argument("--tiny", action="store_true", help="toy sizes (the GPU suite's dry run)")
@@ -289,6 +323,8 @@ def main() -> None:
         bench_concurrency(gen, texts, args)
     if "quality" not in skip:
         bench_quality(gen, args)
+    if "round_trip" not in skip:
+        bench_round_trip(gen, args)
 
 
 if __name__ == "__main__":
