@@ -16,19 +16,23 @@ checkpoint (checkpoints/tts_default.safetensors) came from exactly these runs on
         --head-repeats 2 --lr 5e-4 --threads 1 --self-context 0.5 --self-context-ramp 200 --keep-snapshots
     python scripts/train_tts.py ar --resume --out runs/tts --steps 1100 --minutes 40 --batch 12 \
         --head-repeats 2 --lr 4e-4 --threads 1 --self-context 0.5 --self-context-ramp 1 --keep-snapshots
-    python scripts/train_tts.py export --out runs/tts --checkpoint checkpoints/tts_default.safetensors
-    # the harmonic vocoder with a pitch head (issue 15; docs/models/tts.md): pitch head alone, then the decoder
-    python scripts/train_tts.py vae --decoder-only --init checkpoints/tts_default.safetensors --harmonics 80 \
-        --synth-window 320 --pitch-head 64 --pitch-only --out runs/tts_harm --steps 500 --minutes 5 --batch 8 \
+    python scripts/train_tts.py export --out runs/tts --checkpoint runs/tts/tts_fixed_phase.safetensors
+    # the shipped vocoder (issue 15; docs/models/tts.md): a pitch head alone, then the harmonic decoder with the
+    # content-preservation loss (VC_BASE: the espeak-only VC checkpoint, commit fd2deec's vc_default.safetensors)
+    python scripts/train_tts.py vae --decoder-only --init runs/tts/tts_fixed_phase.safetensors --harmonics 80 \
+        --synth-window 320 --pitch-head 64 --pitch-only --out runs/tts_harm_cl --steps 500 --minutes 5 --batch 8 \
         --crop 24 --lr 2e-3 --threads 1
-    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
-        --steps 800 --minutes 17 --batch 8 --crop 24 --lr 5e-4 --threads 1
-    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
-        --steps 500 --minutes 13 --batch 8 --crop 24 --lr 3e-4 --threads 1 --seed 1
-    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm \
-        --steps 700 --minutes 10 --batch 8 --crop 24 --lr 2e-4 --threads 1 --seed 2
-    python scripts/train_tts.py export-vae --init checkpoints/tts_default.safetensors --out runs/tts_harm \
-        --checkpoint runs/tts_harm/tts_harmonic.safetensors
+    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+        --steps 800 --minutes 17 --batch 8 --crop 24 --lr 5e-4 --threads 1 --content-loss 0.5 \
+        --content-loss-from VC_BASE
+    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+        --steps 500 --minutes 13 --batch 8 --crop 24 --lr 3e-4 --threads 1 --seed 1 --content-loss 0.5 \
+        --content-loss-from VC_BASE
+    python scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+        --steps 700 --minutes 10 --batch 8 --crop 24 --lr 2e-4 --threads 1 --seed 2 --content-loss 0.5 \
+        --content-loss-from VC_BASE
+    python scripts/train_tts.py export-vae --init runs/tts/tts_fixed_phase.safetensors --out runs/tts_harm_cl \
+        --checkpoint checkpoints/tts_default.safetensors
 
 The fixed-phase decoder spoke nearly unvoiced (YIN voiced frames ~0.06 of the espeak voices' ~0.65, already in
 its round trip of the reference): the last five stages give it the VC vocoder's harmonic-plus-noise head,
@@ -37,9 +41,13 @@ YIN tracker) because a TTS has no speaker to track. ``--drive teacher`` trains t
 tracker's pitch of the crop while the head learns it; serving drives them with the head's pitch. (``--drive
 predicted``, training on the head's own pitch as served, was tried beside it for the same 17 minutes and
 learnt to mute the harmonics: round-trip voiced ratio 0.06 vs 0.66 with teacher driving, reference 0.71.)
-``export-vae`` writes the shipped checkpoint with the fine-tuned decoder in place of its VAE (the encoder is
-frozen throughout, so the AR model needs no retraining) — beside it, not over it: that decoder costs ~5 % phoneme
-error (docs/models/tts.md), so it is not the default yet.
+``--content-loss`` adds a content-preservation term: a frozen phoneme recognizer (a VC checkpoint's mel front end
+and content encoder, ``--content-loss-from``) hears the decoded crop and the real one, and the KL between its
+phoneme posteriors is penalised (models/vc/content_loss.py). Without it the harmonic decoder's round trip of
+espeak speech lost phonemes (PER 0.405 -> 0.455 by the re-trained VC recognizer); with it at weight 0.5 it
+keeps them (0.407) and the decoder shipped (docs/models/tts.md, session 8). ``export-vae`` writes --init's
+checkpoint with the fine-tuned decoder in place of its VAE (the encoder is frozen throughout, so the AR model
+needs no retraining).
 
 The last two ``ar`` stages add scheduled sampling (``--self-context``): half the context latents are the
 model's own samples. Without it the ~975-step model spoke clearly under teacher forcing (phoneme error 0.44)
