@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--tts-voices", type=int, default=4, help="shipped TTS voices to speak with")
     ap.add_argument("--vc-checkpoint", default=None)
     ap.add_argument("--tts-checkpoint", default=None)
+    ap.add_argument("--judge-checkpoint", default=None,
+                    help="the VC checkpoint whose phoneme recognizer judges PER (default: --vc-checkpoint's); fix it "
+                         "to compare checkpoints under one judge")
     ap.add_argument("--skip", default="", help="comma list of judge,vae,vc,tts")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -80,7 +83,7 @@ def main() -> None:
         refs[u.voice_id].append(u)
     held_out = sorted(by_voice)
     words = open_recognizer()
-    phonemes = PhonemeRecognizer(args.vc_checkpoint)
+    phonemes = PhonemeRecognizer(args.judge_checkpoint or args.vc_checkpoint)
     source_wer = {v: words.wer((u.text, u.audio) for u in by_voice[v]) for v in held_out}
     source_per = {v: phonemes.per((u.text, "en-us", u.audio) for u in by_voice[v]) for v in held_out}
 
