@@ -106,9 +106,9 @@ speech-data-human: $(STAMP)
 # espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
 # (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
 # content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
-# The export keeps the base's voices and adds four human-derived ones. ~2 h on the 2 cores.
+# The export keeps the base's voices and adds four human-derived ones. ~3 h on the 2 cores.
 VC_BASE ?= runs/vc_espeak_base.safetensors
-HUMAN_VOICES ?= fl-slt-0,fl-slt-3,fl-kal16-0,fe-ked_diphone
+VC_HUMAN_VOICES ?= fl-slt-0,fl-slt-3,fl-kal16-0,fe-ked_diphone
 train-vc-human: $(STAMP)
 	mkdir -p runs; test -f $(VC_BASE) || git show fd2deec:checkpoints/vc_default.safetensors > $(VC_BASE)
 	$(PY) scripts/train_tts.py vae --init $(VC_BASE) --data data/speech_human --out runs/vcvae --steps 6000 \
@@ -127,8 +127,21 @@ train-vc-human: $(STAMP)
 	ln -sf $$PWD/runs/vch/features_latents.pt runs/vch2/features_latents.pt; cp runs/vch/dit.pt runs/vch2/
 	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vch2 --minutes 14 --steps 5200 --batch 8 \
 	  --lr 2e-4 --split-above 0.6
-	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vch2 --vae runs/vcvae \
-	  --checkpoint runs/vc_human.safetensors --add-voices $(HUMAN_VOICES) --voices-from $(VC_BASE)
+	@# session 8: the DiT on the human-derived and the 240-voice espeak-ng corpus together (make speech-data-vc;
+	@# speaker variety back), then with its own samples as past context (exposure bias): candidates C and D
+	mkdir -p runs/vce runs/vchm runs/vchd; cp runs/vch2/content.pt runs/vce/
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vce --vae runs/vcvae & \
+	$(PY) scripts/train_vc.py features --part content --data data/speech_vc --out runs/vce --vae runs/vcvae; wait
+	for d in runs/vchm runs/vchd; do ln -sf $$PWD/runs/vch/features_latents.pt $$d/features_latents.pt; \
+	  ln -sf $$PWD/runs/vch2/features_content_0.pt $$d/features_content_0.pt; done
+	cp runs/vch2/content.pt runs/vch2/dit.pt runs/vchm/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchm --extra-features runs/vce --minutes 42 \
+	  --steps 8200 --batch 8 --lr 2e-4 --split-above 0.6
+	cp runs/vchm/content.pt runs/vchm/dit.pt runs/vchd/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchd --extra-features runs/vce --minutes 32 \
+	  --steps 10700 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2
+	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchd --vae runs/vcvae \
+	  --checkpoint runs/vc_human.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
 # The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).
