@@ -111,3 +111,33 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="held-out"):  # a held-out voice never ships
         _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", tmp_path / "x",
              "--add-voices", "h", *common)
+
+
+def test_merged_corpora_read_as_one(tmp_path):
+    """scripts/merge_corpora.py: every row and voice of both corpora, audio through links; clashing voices refused."""
+    import json
+
+    import merge_corpora
+
+    from evaluation.speech_corpus import load_utterances
+
+    first = _corpus(tmp_path / "first")
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    rows = [json.loads(line) for line in (second / "manifest.jsonl").read_text().splitlines()]
+    for row in rows:  # the same clips under other voice ids
+        row["voice_id"] = "x" + row["voice_id"]
+        row["wav"] = row["wav"].replace("wav/", "wav/x", 1)
+    for folder in list((second / "wav").iterdir()):
+        folder.rename(folder.with_name("x" + folder.name))
+    table = {"x" + k: v for k, v in json.loads((second / "voices.json").read_text()).items()}
+    write_corpus(second, rows, table)
+
+    summary = merge_corpora.merge(tmp_path / "both", [first, second])
+    assert summary["utterances"] == 2 * len(rows)
+    both = load_utterances(tmp_path / "both", ("train",))
+    alone = load_utterances(first, ("train",))
+    assert len(both) == 2 * len(alone)
+    np.testing.assert_array_equal(both[0].audio, alone[0].audio)  # read through the link
+    with pytest.raises(SystemExit, match="voice ids"):
+        merge_corpora.merge(tmp_path / "twice", [first, first])
