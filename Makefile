@@ -102,7 +102,7 @@ train-tts: $(STAMP)
 speech-data-human: $(STAMP)
 	$(PY) scripts/make_human_speech.py --out data/speech_human
 
-# Issue 15 (a candidate, not shipped: docs/models/vc.md, "Real voices"): the VC model re-trained from the shipped
+# Issue 15 (the shipped VC checkpoint since session 8, candidate E: docs/models/vc.md): the VC model re-trained from the shipped
 # espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
 # (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
 # content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
@@ -141,6 +141,20 @@ train-vc-human: $(STAMP)
 	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchd --extra-features runs/vce --minutes 32 \
 	  --steps 10700 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2
 	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchd --vae runs/vcvae \
+	  --checkpoint runs/vc_human_d.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
+	@# the VAE again on both corpora (the human-derived one alone had cost the high espeak-ng voices their
+	@# level), then new latents and the DiT on them: candidate E
+	$(PY) scripts/merge_corpora.py --out data/speech_both data/speech_human data/speech_vc
+	$(PY) scripts/train_tts.py vae --init runs/vc_human_d.safetensors --data data/speech_both --out runs/vcvae3 \
+	  --steps 2500 --minutes 25 --batch 8 --crop 24 --lr 3e-4 --threads 1
+	mkdir -p runs/vchE runs/vceE; cp runs/vch2/content.pt runs/vchd/dit.pt runs/vchE/; cp runs/vch2/content.pt runs/vceE/
+	ln -sf $$PWD/runs/vch2/features_content_0.pt runs/vchE/; ln -sf $$PWD/runs/vce/features_content_0.pt runs/vceE/
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_human --out runs/vchE --vae runs/vcvae3 & \
+	$(PY) scripts/train_vc.py features --part latents --data data/speech_vc --out runs/vceE --vae runs/vcvae3; wait
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchE --extra-features runs/vceE --minutes 22 \
+	  --steps 13200 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
+	  --threads 2
+	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchE --vae runs/vcvae3 \
 	  --checkpoint runs/vc_human.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
