@@ -85,17 +85,17 @@ train-tts: $(STAMP)
 	@# without it the harmonic decoder's round trip lost phonemes, docs/models/tts.md "session 8"). ~15 min.
 	mkdir -p runs; test -f $(VC_BASE) || git show fd2deec:checkpoints/vc_default.safetensors > $(VC_BASE)
 	$(PY) scripts/train_tts.py vae --decoder-only --init runs/tts/tts_fixed_phase.safetensors --harmonics 80 \
-		--synth-window 320 --pitch-head 64 --pitch-only --out runs/tts_harm_cl --steps 500 --minutes 5 --batch 8 \
+		--synth-window 320 --pitch-head 64 --pitch-only --out runs/tts_harm_cl05 --steps 500 --minutes 5 --batch 8 \
 		--crop 24 --lr 2e-3 --threads 1
-	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl05 \
 		--steps 800 --minutes 17 --batch 8 --crop 24 --lr 5e-4 --threads 1 --content-loss 0.5 --content-loss-from $(VC_BASE)
-	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl05 \
 		--steps 500 --minutes 13 --batch 8 --crop 24 --lr 3e-4 --threads 1 --seed 1 --content-loss 0.5 \
 		--content-loss-from $(VC_BASE)
-	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl \
+	$(PY) scripts/train_tts.py vae --decoder-only --resume-decoder --drive teacher --out runs/tts_harm_cl05 \
 		--steps 700 --minutes 10 --batch 8 --crop 24 --lr 2e-4 --threads 1 --seed 2 --content-loss 0.5 \
 		--content-loss-from $(VC_BASE)
-	$(PY) scripts/train_tts.py export-vae --init runs/tts/tts_fixed_phase.safetensors --out runs/tts_harm_cl \
+	$(PY) scripts/train_tts.py export-vae --init runs/tts/tts_fixed_phase.safetensors --out runs/tts_harm_cl05 \
 		--checkpoint checkpoints/tts_default.safetensors
 
 # The human-derived corpus (flite/festival/espeak voices, augmented; flite awb and rms held out of all training).
