@@ -125,17 +125,18 @@ def main() -> None:
                 if f0:
                     fields["pitch_error_semitones"] = float(np.nanmean([semitones(median_pitch(o, 0.0), f0)
                                                                         for o in outs]))
-                if info.get("espeak_voice") or info.get("engine"):
+                if info.get("espeak_voice") or info.get("engine"):  # a voice a synthesiser can render
                     # the target voice itself saying the same sentences: how well the judge reads that voice
                     rendering = {"speed_wpm": 165, **info}  # shipped espeak-ng VC voices record no rate
                     spoken = [render(rendering, u.text) for u in by_voice[v]]
                     fields["wer_target_voice"] = words.wer(
                         (u.text, a) for u, a in zip(by_voice[v], spoken, strict=True))
-                if judge is not None and (info.get("espeak_voice") or info.get("engine")):
-                    target_emb = judge.embed(spoken[:3])
-                    source_emb = judge.embed([u.audio for u in refs[v][:4]] or [u.audio for u in by_voice[v][:3]])
-                    fields["speaker_margin"] = statistics.mean(
-                        float(judge.embed([o]) @ target_emb - judge.embed([o]) @ source_emb) for o in outs)
+                    if judge is not None:
+                        target_emb = judge.embed(spoken[:3])
+                        source_emb = judge.embed([u.audio for u in refs[v][:4]]
+                                                 or [u.audio for u in by_voice[v][:3]])
+                        fields["speaker_margin"] = statistics.mean(
+                            float(judge.embed([o]) @ target_emb - judge.embed([o]) @ source_emb) for o in outs)
                 emit(bench="human.vc", source_voice=v, target=target, utterances=len(outs), **fields)
         if judge is not None and len(held_out) >= 2:
             for src, ref in ((held_out[0], held_out[1]), (held_out[1], held_out[0])):

@@ -373,9 +373,9 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         if own.any():
             with torch.no_grad():
                 model.dit.set_explicit_attention(False)
-                z1, ones = torch.randn(x.shape, generator=rng), torch.ones(b, n)
-                sample = z1 - model.dit.forward_offline(x, z1, content, 0 * ones, ones, speaker.detach(),
-                                                        [(k.detach(), v.detach()) for k, v in kv], tmask, chunk)
+                z1 = torch.randn(x.shape, generator=rng)
+                sample = z1 - model.dit.forward_offline(x, z1, content, torch.zeros(b, n), torch.ones(b, n), speaker,
+                                                        kv, tmask, chunk)
             past = torch.where(own[:, None, None], sample, x)
     sigma = torch.rand(b, 1, 1, generator=rng) * cfg.context_noise
     clean = past + sigma * torch.randn(x.shape, generator=rng)

@@ -115,8 +115,6 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
 
 def test_merged_corpora_read_as_one(tmp_path):
     """scripts/merge_corpora.py: every row and voice of both corpora, audio through links; clashing voices refused."""
-    import json
-
     import merge_corpora
 
     from evaluation.speech_corpus import load_utterances

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.vc.model import CausalMel, ContentEncoder
+from models.vc.model import CausalMel, ContentEncoder, offline_content
 
 
 class ContentLoss(nn.Module):
@@ -43,9 +43,7 @@ class ContentLoss(nn.Module):
 
     def log_posteriors(self, audio: torch.Tensor) -> torch.Tensor:
         """16 kHz audio (B, T) -> log phoneme posteriors (B, T // 320, classes), read from the crop's start."""
-        mel = self.mel.offline(audio)
-        features, _ = self.content(mel[:, : mel.shape[1] // 2 * 2])
-        return F.log_softmax(self.content.logits(features), dim=-1)
+        return F.log_softmax(self.content.logits(offline_content(self.mel, self.content, audio)), dim=-1)
 
     def forward(self, decoded: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """The loss between time-aligned (B, T) signals; the real one is only a target (no gradient)."""

@@ -178,6 +178,12 @@ class ContentEncoder(nn.Module):
         return self.head(content)
 
 
+def offline_content(mel: CausalMel, content: ContentEncoder, audio: torch.Tensor) -> torch.Tensor:
+    """Bottleneck features (B, T // (2 * mel_hop), content_dim) of whole 16 kHz signals (B, T), from the start."""
+    frames = mel.offline(audio)
+    return content(frames[:, : frames.shape[1] // 2 * 2])[0]  # the encoder halves the frame rate: an even count
+
+
 # -- speaker ---------------------------------------------------------------------------------------------
 class SpeakerEncoder(nn.Module):
     """Reference log-mel -> a speaker vector (global) and timbre tokens (12.5 Hz) for cross-attention."""
@@ -407,5 +413,4 @@ class VCModel(nn.Module):
 
     def content_offline(self, audio: torch.Tensor) -> torch.Tensor:
         """Bottleneck features (B, T // (2 * mel_hop), content_dim) of whole signals."""
-        mel = self.mel.offline(audio)
-        return self.content(mel[:, : mel.shape[1] // 2 * 2])[0]
+        return offline_content(self.mel, self.content, audio)
