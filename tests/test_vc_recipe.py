@@ -57,6 +57,7 @@ def _run(script, monkeypatch, *argv: str) -> None:
 
 @pytest.mark.slow
 def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
+    import train_latent_recognizer
     import train_tts
     import train_vc
 
@@ -87,8 +88,15 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
             _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", folder, *common)
     merged = train_vc.load_features(run, (extra,))
     assert len(merged["id"]) == 2 * len(train_vc.load_features(run)["id"]) == len(merged["content"])
+    # the latent phoneme recognizer on those latents, then the DiT with its loss on one-step samples
+    _run(train_latent_recognizer, monkeypatch, "--corpus", f"{run}:{data}", "--corpus", f"{extra}:{data}", "--out",
+         run / "latrec", "--steps", 2, "--batch", 2)
+    last = json.loads((run / "latrec" / "latrec_log.jsonl").read_text().splitlines()[-1])
+    assert last["per_corpus_test_unseen_voice"] >= 0  # the held-out split is judged
     _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--extra-features", extra, "--steps", 3,
-         "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, *common)
+         "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, "--phoneme-loss", 0.5,
+         "--latent-recognizer", run / "latrec" / "latent_recognizer.pt", *common)
+    assert json.loads((run / "dit_log.jsonl").read_text().splitlines()[0])["phoneme"] > 0
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices", "a",
@@ -139,3 +147,26 @@ def test_merged_corpora_read_as_one(tmp_path):
     np.testing.assert_array_equal(both[0].audio, alone[0].audio)  # read through the link
     with pytest.raises(SystemExit, match="voice ids"):
         merge_corpora.merge(tmp_path / "twice", [first, first])
+
+
+def test_latent_phoneme_loss_trains_the_generator_only():
+    """LatentContentLoss: zero on the true latents, a gradient into the generated ones, none into the recognizer."""
+    from models.vc.latent_recognizer import LatentContentLoss, LatentRecognizer, LatentRecognizerConfig
+
+    torch.manual_seed(0)
+    recognizer = LatentRecognizer(LatentRecognizerConfig(latent_dim=8, num_phonemes=6, channels=16, conv_layers=1))
+    loss_fn = LatentContentLoss(recognizer)
+    true = torch.randn(2, 10, 8)
+    assert loss_fn(true.clone(), true).item() == pytest.approx(0.0, abs=1e-6)
+    generated = torch.zeros(2, 10, 8, requires_grad=True)
+    loss = loss_fn(generated, true)
+    loss.backward()
+    assert loss.item() > 0 and generated.grad.abs().sum() > 0
+    assert all(p.grad is None for p in recognizer.parameters())
+    assert recognizer(true).shape == (2, 20, 6)  # two output frames per latent frame
+    opt = torch.optim.Adam([generated], lr=0.05)
+    for _ in range(50):  # descending it moves the generated latents toward being heard as the true ones
+        opt.zero_grad()
+        loss_fn(generated, true).backward()
+        opt.step()
+    assert loss_fn(generated, true).item() < 0.5 * loss.item()

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.vc.latent_recognizer import posterior_kl
 from models.vc.model import CausalMel, ContentEncoder, offline_content
 
 
@@ -50,4 +51,4 @@ class ContentLoss(nn.Module):
         with torch.no_grad():
             target = self.log_posteriors(real)
         pred = self.log_posteriors(decoded)
-        return F.kl_div(pred, target, log_target=True, reduction="none").sum(-1).mean()
+        return posterior_kl(pred, target)
