@@ -32,7 +32,7 @@ from training_log import log, lr_at  # noqa: E402
 
 from evaluation.speech_corpus import load_manifest, phoneme_inventory  # noqa: E402
 from models.vc.latent_recognizer import LatentRecognizer, LatentRecognizerConfig  # noqa: E402
-from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
+from models.vc.phonemes import ctc_labels, ctc_phoneme_loss, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
 EVAL_SPLITS = ("test_seen_voice", "test_unseen_voice")
 
@@ -94,10 +94,8 @@ def main() -> None:
         length = max(len(r["latents"]) for r in batch)
         z = torch.stack([F.pad(r["latents"], (0, 0, 0, length - len(r["latents"]))) for r in batch])
         z = z + torch.rand(len(batch), 1, 1) * args.input_noise * torch.randn_like(z)
-        logp = model(z).log_softmax(-1).transpose(0, 1)  # (N, B, V)
-        labels = [torch.tensor(ctc_labels(r["phonemes"], symbols)) for r in batch]
-        frames = torch.tensor([len(r["latents"]) * cfg.per_latent for r in batch])
-        loss = F.ctc_loss(logp, torch.cat(labels), frames, torch.tensor([len(lb) for lb in labels]), zero_infinity=True)
+        frames = [len(r["latents"]) * cfg.per_latent for r in batch]
+        loss = ctc_phoneme_loss(model(z), frames, [r["phonemes"] for r in batch], symbols)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -56,7 +56,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,7 +79,7 @@ from models.flow import interpolate, mean_flow_target  # noqa: E402
 from models.vc.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.vc.latent_recognizer import LatentContentLoss  # noqa: E402
 from models.vc.model import VCConfig, VCModel  # noqa: E402
-from models.vc.phonemes import ctc_labels, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
+from models.vc.phonemes import ctc_labels, ctc_phoneme_loss, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
 PAD_S = 0.25  # silence added around every utterance so silence in -> silence out is learned
 F0_TEXTS = ("The quick brown fox jumps over the lazy dog.", "How are you doing today? I am fine, thank you.",
@@ -146,10 +145,8 @@ def train_content(args) -> None:
         length = max(len(a) for a in audio) // hop2 * hop2 + hop2
         x = torch.from_numpy(np.stack([np.pad(a, (0, length - len(a)))[:length] for a in audio]))
         content, _ = enc(model.mel.offline(x))
-        logp = enc.logits(content).log_softmax(-1).transpose(0, 1)  # (N, B, V)
-        labels = [torch.tensor(ctc_labels(u.phonemes, symbols)) for u in batch]
-        frames = torch.tensor([len(a) // hop2 for a in audio])
-        loss = F.ctc_loss(logp, torch.cat(labels), frames, torch.tensor([len(lb) for lb in labels]), zero_infinity=True)
+        loss = ctc_phoneme_loss(enc.logits(content), [len(a) // hop2 for a in audio], [u.phonemes for u in batch],
+                                symbols)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 BLANK = "<blank>"
 NOT_SOUNDS = frozenset({"'", ",", "%", "=", "|", ".", ";", "?", "!", ":", "_"})
@@ -23,6 +24,15 @@ def ctc_labels(tokens: Iterable[str], symbols: Sequence[str]) -> list[int]:
     """Class ids of the sound tokens of a phoneme sequence (unknown tokens are skipped)."""
     index = {s: i for i, s in enumerate(symbols)}
     return [index[t] for t in tokens if t in index and t != BLANK]
+
+
+def ctc_phoneme_loss(logits: torch.Tensor, frames: Sequence[int], phonemes: Sequence[Sequence[str]],
+                     symbols: Sequence[str]) -> torch.Tensor:
+    """CTC loss of logits (B, N, V) whose first ``frames[i]`` frames say row i's phoneme tokens (mean per label)."""
+    logp = logits.log_softmax(-1).transpose(0, 1)  # (N, B, V)
+    labels = [torch.tensor(ctc_labels(p, symbols)) for p in phonemes]
+    return F.ctc_loss(logp, torch.cat(labels), torch.tensor(list(frames)), torch.tensor([len(lb) for lb in labels]),
+                      zero_infinity=True)
 
 
 def greedy_ctc(logits: torch.Tensor, symbols: Sequence[str]) -> list[str]:
