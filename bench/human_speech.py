@@ -46,6 +46,7 @@ from evaluation.phonemes import PhonemeRecognizer  # noqa: E402
 from evaluation.speech_corpus import load_utterances, render  # noqa: E402
 from evaluation.words import open_recognizer  # noqa: E402
 from models.audio.pitch_track import median_pitch  # noqa: E402
+from models.registry import parse_model_spec  # noqa: E402
 
 
 def emit(**fields) -> None:
@@ -66,6 +67,8 @@ def main() -> None:
     ap.add_argument("--tts-voices", type=int, default=4, help="shipped TTS voices to speak with")
     ap.add_argument("--vc-checkpoint", default=None)
     ap.add_argument("--tts-checkpoint", default=None)
+    ap.add_argument("--tts-options", default="", help="more TTS generator options, as in --model tts:... "
+                    "(e.g. temperature=0.7,cfg_scale=3)")
     ap.add_argument("--judge-checkpoint", default=None,
                     help="the VC checkpoint whose phoneme recognizer judges PER (default: --vc-checkpoint's); fix it "
                          "to compare checkpoints under one judge")
@@ -95,7 +98,10 @@ def main() -> None:
     from models.vc.generator import VCGenerator
 
     vc = VCGenerator(**({"checkpoint": args.vc_checkpoint} if args.vc_checkpoint else {}))
-    tts = TTSGenerator(backend="torch", **({"checkpoint": args.tts_checkpoint} if args.tts_checkpoint else {}))
+    tts_options = parse_model_spec(f"tts:{args.tts_options}")[1]
+    if args.tts_checkpoint:
+        tts_options["checkpoint"] = args.tts_checkpoint
+    tts = TTSGenerator(backend="torch", **tts_options)
 
     if "vae" not in skip:
         for v in held_out:

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.audio.dsp import mel_cepstral_distortion, read_wav  # noqa: E402
 from models.base import ControlEvent, StepInput  # noqa: E402
+from models.registry import parse_model_spec  # noqa: E402
 from models.tts.generator import TTSGenerator  # noqa: E402
 
 
@@ -277,6 +278,8 @@ def main() -> None:
     ap.add_argument("--batches", default="1,32,256,1024", help="batch sizes of the model-compute bench")
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--options", default="", help="more generator options, as in --model tts:... "
+                    "(e.g. temperature=0.7,cfg_scale=3)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--sessions", default="1,2,4,8")
     ap.add_argument("--concurrency-steps", type=int, default=20)
@@ -310,7 +313,8 @@ def main() -> None:
     if args.model_compute or args.device != "cpu" or args.config != "default":
         bench_model_compute(args)
         return
-    gen = TTSGenerator(checkpoint=args.checkpoint, backend=args.backend, num_threads=args.threads)
+    options = parse_model_spec(f"tts:{args.options}")[1]
+    gen = TTSGenerator(checkpoint=args.checkpoint, backend=args.backend, num_threads=args.threads, **options)
     texts = [
         "The old farmer quietly painted a tiny wooden boat.", "Why did Anna wait near the river?",
         "Our neighbor bought twelve fresh lemons at the market this morning.", "Please call me back tomorrow.",

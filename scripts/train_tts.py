@@ -33,6 +33,9 @@ checkpoint (checkpoints/tts_default.safetensors) came from exactly these runs on
         --content-loss-from VC_BASE
     python scripts/train_tts.py export-vae --init runs/tts/tts_fixed_phase.safetensors --out runs/tts_harm_cl \
         --checkpoint checkpoints/tts_default.safetensors
+    # its sampling settings (session 9: chosen with the human-hearing judge; weights unchanged)
+    python scripts/train_tts.py sampling --checkpoint checkpoints/tts_default.safetensors --temperature 0.3 \
+        --cfg-scale 1.25
 
 The fixed-phase decoder spoke nearly unvoiced (YIN voiced frames ~0.06 of the espeak voices' ~0.65, already in
 its round trip of the reference): the last five stages give it the VC vocoder's harmonic-plus-noise head,
@@ -410,9 +413,28 @@ def export_vae(args) -> None:
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "vae": vae.cfg.__dict__}))
 
 
+def set_sampling(args) -> None:
+    """Rewrite --checkpoint's sampling settings in place (weights unchanged): --temperature, --cfg-scale.
+
+    They are the generator's defaults for that checkpoint (``tts:temperature=...`` still overrides per server).
+    """
+    from models.tts.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.temperature is not None:
+        ckpt.model.cfg.temperature = args.temperature
+    if args.cfg_scale is not None:
+        ckpt.model.cfg.cfg_scale = args.cfg_scale
+    size = save_checkpoint(args.checkpoint, ckpt.model, ckpt.vae, ckpt.silence, ckpt.phonemes, ckpt.voice_stats,
+                           ckpt.voice_info)
+    cfg = ckpt.model.cfg
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "temperature": cfg.temperature,
+                      "cfg_scale": cfg.cfg_scale, "flow_steps": cfg.flow_steps}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["vae", "latents", "ar", "export", "export-vae"])
+    ap.add_argument("stage", choices=["vae", "latents", "ar", "export", "export-vae", "sampling"])
     ap.add_argument("--data", default="data/speech")
     ap.add_argument("--out", default="runs/tts")
     ap.add_argument("--steps", type=int, default=3000)
@@ -460,10 +482,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", default="checkpoints/tts_default.safetensors")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling: the starting-noise scale")
+    ap.add_argument("--cfg-scale", type=float, default=None, help="sampling: classifier-free guidance")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    stages = {"vae": train_vae, "latents": encode_corpus, "ar": train_ar, "export": export, "export-vae": export_vae}
+    stages = {"vae": train_vae, "latents": encode_corpus, "ar": train_ar, "export": export, "export-vae": export_vae,
+              "sampling": set_sampling}
     stages[args.stage](args)
 
 

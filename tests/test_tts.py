@@ -274,3 +274,39 @@ def test_model_compute_bench_runs_on_cpu():
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [(x["batch"], x["mode"]) for x in lines] == [(1, "eager"), (3, "eager")]
     assert all(0 < x["step_ms"] < x["first_chunk_ms"] for x in lines)
+
+
+def test_sampling_settings_live_in_the_checkpoint(ckpt, tmp_path):
+    """train_tts.py sampling rewrites a checkpoint's temperature and CFG (weights unchanged); the generator takes
+    them as its defaults, an option overrides them, and the temperature scales the flow head's starting noise in
+    the one place the streaming and the offline path share."""
+    import argparse
+    import shutil
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import train_tts
+
+    from models.tts.checkpoint import load_checkpoint
+
+    path = str(tmp_path / "tuned.safetensors")
+    shutil.copy(ckpt, path)
+    train_tts.set_sampling(argparse.Namespace(checkpoint=path, temperature=0.5, cfg_scale=1.5))
+    before, after = load_checkpoint(ckpt), load_checkpoint(path)
+    assert (after.model.cfg.temperature, after.model.cfg.cfg_scale) == (0.5, 1.5)
+    assert (before.model.cfg.temperature, before.model.cfg.cfg_scale) == (1.0, 2.0)
+    for name, value in before.model.state_dict().items():
+        assert torch.equal(value, after.model.state_dict()[name]), name
+
+    tuned = TTSGenerator(checkpoint=path, max_sessions=2)
+    assert tuned.cfg.temperature == 0.5
+    assert TTSGenerator(checkpoint=path, temperature=1.0, max_sessions=2).cfg.temperature == 1.0
+    text = "Why did Anna wait near the river?"
+    streamed = run_session(tuned, [("text", {"text": text, "final": True})], {"seed": 4})
+    np.testing.assert_allclose(streamed, offline_reference(tuned, text, seed=4), atol=2e-4)
+
+    frozen = TTSGenerator(checkpoint=path, temperature=0.0, max_sessions=2)  # no noise: the seed cannot matter
+    events = [("text", {"text": text, "final": True})]
+    np.testing.assert_array_equal(run_session(frozen, events, {"seed": 1}), run_session(frozen, events, {"seed": 2}))
+    assert not np.array_equal(run_session(tuned, events, {"seed": 1}), run_session(tuned, events, {"seed": 2}))
+    with pytest.raises(ValueError, match="temperature"):
+        TTSGenerator(checkpoint=path, temperature=2.0)

@@ -92,6 +92,7 @@ class TTSGenerator(SpeechGenerator):
         max_batch_size: int = 16,
         flow_steps: int | None = None,
         cfg_scale: float | None = None,
+        temperature: float | None = None,
         max_words: int = 10,
         num_threads: int = 1,
         cuda_graphs: bool = True,
@@ -104,6 +105,10 @@ class TTSGenerator(SpeechGenerator):
             cfg.flow_steps = int(flow_steps)
         if cfg_scale is not None:
             cfg.cfg_scale = float(cfg_scale)
+        if temperature is not None:
+            if not 0.0 <= float(temperature) <= 1.5:
+                raise ValueError(f"temperature must be in [0, 1.5], got {temperature!r}")
+            cfg.temperature = float(temperature)
         self.cfg: TTSConfig = cfg
         self.vocab = PhonemeVocab(ckpt.phonemes)
         self.voice_stats, self.voice_info = ckpt.voice_stats, ckpt.voice_info

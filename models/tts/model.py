@@ -46,6 +46,7 @@ class TTSConfig:
     head_blocks: int = 3  # flow-head residual blocks
     flow_steps: int = 6  # Euler steps per latent
     cfg_scale: float = 2.0  # classifier-free guidance on the flow head (1 = off)
+    temperature: float = 1.0  # scale of each latent's starting noise (lower: less varied, clearer)
     max_phonemes: int = 190  # phoneme tokens per segment (longer segments are split before this)
     window: int = 512  # KV cache entries per session: SPK + phonemes + BOS + latents of one segment
     frames_per_phoneme: float = 6.0  # cap on a segment's latents: this x phonemes + 10 (stop-head fallback)
@@ -231,9 +232,9 @@ class TTSModel(nn.Module):
         return self.norm(x), torch.stack(new_k), torch.stack(new_v)
 
     def sample_next(self, h: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stop probabilities (N,) and sampled latents (N, D) from hidden states (N, C)."""
+        """Stop probabilities (N,) and sampled latents (N, D) from hidden states (N, C) and unit noise (N, D)."""
         stop = torch.sigmoid(self.stop(h)[:, 0])
-        return stop, self.head.sample(h, noise, self.cfg.flow_steps, self.cfg.cfg_scale)
+        return stop, self.head.sample(h, self.cfg.temperature * noise, self.cfg.flow_steps, self.cfg.cfg_scale)
 
 
 def speaker_stats(latents: torch.Tensor) -> torch.Tensor:
