@@ -106,11 +106,11 @@ train-tts: $(STAMP)
 speech-data-human: $(STAMP)
 	$(PY) scripts/make_human_speech.py --out data/speech_human
 
-# Issue 15 (the shipped VC checkpoint since session 8, candidate E: docs/models/vc.md): the VC model re-trained from the shipped
+# Issue 15 (the shipped VC checkpoint since session 9, G2: docs/models/vc.md): the VC model re-trained from the shipped
 # espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
 # (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
 # content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
-# The export keeps the base's voices and adds four human-derived ones. ~3 h on the 2 cores.
+# The export keeps the base's voices and adds four human-derived ones. ~4.5 h on the 2 cores.
 VC_BASE ?= runs/vc_espeak_base.safetensors
 VC_HUMAN_VOICES ?= fl-slt-0,fl-slt-3,fl-kal16-0,fe-ked_diphone
 train-vc-human: $(STAMP)
@@ -159,6 +159,17 @@ train-vc-human: $(STAMP)
 	  --steps 13200 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
 	  --threads 2
 	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchE --vae runs/vcvae3 \
+	  --checkpoint runs/vc_human_e.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
+	@# session 9: E's DiT further on the same features (G, then G2 at a lower lr): the shipped checkpoint, served
+	@# at temperature 0.3 (the generator's default). The shipped run stopped by minutes at steps 16,433 and 17,654.
+	mkdir -p runs/vchG2; cp runs/vchE/content.pt runs/vchE/dit.pt runs/vchG2/
+	ln -sf $$PWD/runs/vchE/features_latents.pt runs/vchG2/; ln -sf $$PWD/runs/vch2/features_content_0.pt runs/vchG2/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchG2 --extra-features runs/vceE --minutes 40 \
+	  --steps 16700 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchG2 --extra-features runs/vceE --minutes 33 \
+	  --steps 19700 --batch 8 --lr 1e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
+	  --threads 2
+	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchG2 --vae runs/vcvae3 \
 	  --checkpoint runs/vc_human.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).

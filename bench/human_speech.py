@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--vc-voices", default="v057,v056,v039,v058", help="shipped VC voices to convert to")
     ap.add_argument("--tts-voices", type=int, default=4, help="shipped TTS voices to speak with")
     ap.add_argument("--vc-checkpoint", default=None)
+    ap.add_argument("--vc-options", default="", help="more VC generator options, as in --model vc:... "
+                    "(e.g. temperature=0.3)")
     ap.add_argument("--tts-checkpoint", default=None)
     ap.add_argument("--tts-options", default="", help="more TTS generator options, as in --model tts:... "
                     "(e.g. temperature=0.7,cfg_scale=3)")
@@ -97,7 +99,10 @@ def main() -> None:
     from models.tts.generator import TTSGenerator
     from models.vc.generator import VCGenerator
 
-    vc = VCGenerator(**({"checkpoint": args.vc_checkpoint} if args.vc_checkpoint else {}))
+    vc_options = parse_model_spec(f"vc:{args.vc_options}")[1]
+    if args.vc_checkpoint:
+        vc_options["checkpoint"] = args.vc_checkpoint
+    vc = VCGenerator(**vc_options)
     tts_options = parse_model_spec(f"tts:{args.tts_options}")[1]
     if args.tts_checkpoint:
         tts_options["checkpoint"] = args.tts_checkpoint

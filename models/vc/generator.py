@@ -95,7 +95,7 @@ class VCGenerator(ReferenceVoiceGenerator):
         num_threads: int | None = None,
         cuda_graphs: bool = True,
         sampler: str = "mean",
-        temperature: float = 0.5,
+        temperature: float = 0.3,
         voice_switch: str = "reset",
     ) -> None:
         if num_threads:
