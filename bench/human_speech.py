@@ -49,6 +49,11 @@ from models.audio.pitch_track import median_pitch  # noqa: E402
 from models.registry import parse_model_spec  # noqa: E402
 
 
+def generator_options(family: str, options: str, checkpoint: str | None) -> dict:
+    """``--model family:...``-style options for a generator, plus the checkpoint when one is given."""
+    return parse_model_spec(f"{family}:{options}")[1] | ({"checkpoint": checkpoint} if checkpoint else {})
+
+
 def emit(**fields) -> None:
     """One JSON line."""
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in fields.items()}), flush=True)
@@ -99,14 +104,8 @@ def main() -> None:
     from models.tts.generator import TTSGenerator
     from models.vc.generator import VCGenerator
 
-    vc_options = parse_model_spec(f"vc:{args.vc_options}")[1]
-    if args.vc_checkpoint:
-        vc_options["checkpoint"] = args.vc_checkpoint
-    vc = VCGenerator(**vc_options)
-    tts_options = parse_model_spec(f"tts:{args.tts_options}")[1]
-    if args.tts_checkpoint:
-        tts_options["checkpoint"] = args.tts_checkpoint
-    tts = TTSGenerator(backend="torch", **tts_options)
+    vc = VCGenerator(**generator_options("vc", args.vc_options, args.vc_checkpoint))
+    tts = TTSGenerator(backend="torch", **generator_options("tts", args.tts_options, args.tts_checkpoint))
 
     if "vae" not in skip:
         for v in held_out:

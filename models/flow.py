@@ -22,6 +22,16 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t (B,
 MeanVelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (z, r, t) -> u
 
 
+MAX_TEMPERATURE = 1.5
+
+
+def check_temperature(value: float) -> float:
+    """A sampling temperature (the scale of the starting noise) as a float, or ValueError outside [0, 1.5]."""
+    if not 0.0 <= float(value) <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE}], got {value!r}")
+    return float(value)
+
+
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
     """Warp times toward noise (shift > 1), as in SD3/Wan: t' = shift * t / (1 + (shift - 1) * t)."""
     return shift * t / (1 + (shift - 1) * t)

@@ -10,8 +10,7 @@ tried on the DiT at weight 0.5 and made every held-out number worse; not shipped
     python scripts/train_latent_recognizer.py --corpus runs/vchE:data/speech_human --corpus runs/vceE:data/speech_vc \
         --out runs/latrec --minutes 12 --steps 3000 --batch 16 --lr 2e-3 --threads 2
 
-It logs (OUT/latrec_log.jsonl) the greedy-CTC phoneme error on each corpus's held-out
-splits at the end.
+It logs (OUT/latrec_log.jsonl) the greedy-CTC phoneme error on each corpus's held-out splits at the end.
 """
 
 from __future__ import annotations

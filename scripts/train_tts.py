@@ -418,11 +418,12 @@ def set_sampling(args) -> None:
 
     They are the generator's defaults for that checkpoint (``tts:temperature=...`` still overrides per server).
     """
+    from models.flow import check_temperature
     from models.tts.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     if args.temperature is not None:
-        ckpt.model.cfg.temperature = args.temperature
+        ckpt.model.cfg.temperature = check_temperature(args.temperature)
     if args.cfg_scale is not None:
         ckpt.model.cfg.cfg_scale = args.cfg_scale
     size = save_checkpoint(args.checkpoint, ckpt.model, ckpt.vae, ckpt.silence, ckpt.phonemes, ckpt.voice_stats,

@@ -77,6 +77,7 @@ from models.checkpoint_io import load_tensors, read_metadata, save_tensors  # no
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
 from models.vc.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from models.vc.generator import DEFAULT_TEMPERATURE  # noqa: E402
 from models.vc.latent_recognizer import LatentContentLoss  # noqa: E402
 from models.vc.model import VCConfig, VCModel  # noqa: E402
 from models.vc.phonemes import ctc_labels, ctc_phoneme_loss, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
@@ -348,7 +349,7 @@ def chunk_times(batch: int, frames: int, chunk: int, mf: bool, rng: torch.Genera
 
 def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig,
              split_above: float = 2.0, self_context: float = 0.0, phoneme_loss: LatentContentLoss | None = None,
-             phoneme_weight: float = 0.0, temperature: float = 0.5) -> dict[str, torch.Tensor]:
+             phoneme_weight: float = 0.0, temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
     """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain).
 
     Intervals longer than ``split_above`` (off by default) learn the interval-splitting identity instead
@@ -363,11 +364,11 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
     was 0.60 teacher-forced and 0.80 running on its own output (candidate B, 2026-12-07).
 
     ``phoneme_loss`` (weighted by ``phoneme_weight``): the batch is also sampled in one step from noise
-    scaled by ``temperature``, as serving samples it, with gradient, and a frozen latent phoneme recognizer
-    must hear that sample say what the true latents say (``models/vc/latent_recognizer.py``). The flow
-    loss alone weighs every latent error alike; the DiT lost words even teacher-forced with 8 steps. At
-    weight 0.5 the DiT learnt latents that recognizer hears and the vocoder and the judge do not: every held-out
-    number got worse (docs/models/vc.md, session 9). Off by default.
+    scaled by ``temperature`` (serving's default), as serving samples it, with gradient, and a frozen latent
+    phoneme recognizer must hear that sample say what the true latents say (``models/vc/latent_recognizer.py``).
+    The flow loss alone weighs every latent error alike; the DiT lost words even teacher-forced with 8 steps.
+    At weight 0.5 (at temperature 0.5, then serving's) the DiT learnt latents that recognizer hears and the
+    vocoder and the judge do not: every held-out number got worse (docs/models/vc.md, session 9). Off by default.
     """
     x, content, ref, ref_mask = batch
     b, n, _ = x.shape

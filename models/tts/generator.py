@@ -32,6 +32,7 @@ from models.base import AudioFormat, ControlEvent, Pacing, StepInput, StepOutput
 from models.cache import RingKVCache
 from models.checkpoint_io import read_metadata
 from models.errors import ParamError
+from models.flow import check_temperature
 from models.graphs import BucketGraphs
 from models.params import WavUpload, decode_wav, unknown_params, wav_upload
 from models.speech_text import (
@@ -105,10 +106,7 @@ class TTSGenerator(SpeechGenerator):
             cfg.flow_steps = int(flow_steps)
         if cfg_scale is not None:
             cfg.cfg_scale = float(cfg_scale)
-        if temperature is not None:
-            if not 0.0 <= float(temperature) <= 1.5:
-                raise ValueError(f"temperature must be in [0, 1.5], got {temperature!r}")
-            cfg.temperature = float(temperature)
+        cfg.temperature = check_temperature(cfg.temperature if temperature is None else temperature)
         self.cfg: TTSConfig = cfg
         self.vocab = PhonemeVocab(ckpt.phonemes)
         self.voice_stats, self.voice_info = ckpt.voice_stats, ckpt.voice_info

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.vc.latent_recognizer import posterior_kl
 from models.vc.model import CausalMel, ContentEncoder, offline_content
+from models.vc.phonemes import posterior_kl
 
 
 class ContentLoss(nn.Module):

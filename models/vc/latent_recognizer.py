@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.vc.phonemes import posterior_kl
+
 
 @dataclass(frozen=True)
 class LatentRecognizerConfig:
@@ -71,16 +73,11 @@ class LatentRecognizer(nn.Module):
 
     @classmethod
     def load(cls, path: str) -> tuple[LatentRecognizer, list[str]]:
-        """A recognizer saved by ``scripts/train_vc.py latent-recognizer`` (its .pt file) and its classes."""
+        """A recognizer saved by ``scripts/train_latent_recognizer.py`` (its .pt file) and its classes."""
         saved = torch.load(path, map_location="cpu")
         model = cls(LatentRecognizerConfig(**saved["cfg"]))
         model.load_state_dict(saved["state"])
         return model, saved["symbols"]
-
-
-def posterior_kl(pred_logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
-    """KL(target || pred) of log posteriors (..., V), summed over classes, mean over the rest."""
-    return F.kl_div(pred_logp, target_logp, log_target=True, reduction="none").sum(-1).mean()
 
 
 class LatentContentLoss(nn.Module):

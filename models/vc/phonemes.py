@@ -35,6 +35,11 @@ def ctc_phoneme_loss(logits: torch.Tensor, frames: Sequence[int], phonemes: Sequ
                       zero_infinity=True)
 
 
+def posterior_kl(pred_logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
+    """KL(target || pred) of log phoneme posteriors (..., V), summed over classes, mean over the rest."""
+    return F.kl_div(pred_logp, target_logp, log_target=True, reduction="none").sum(-1).mean()
+
+
 def greedy_ctc(logits: torch.Tensor, symbols: Sequence[str]) -> list[str]:
     """Best-path decoding of (N, V) logits: collapse repeats, drop blanks."""
     best = logits.argmax(-1).tolist()
