@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.avatar.model import AvatarConfig, MotionModel, save_checkpoint  # noqa: E402
 from models.avatar.motion import IDX, MOTION_DIM  # noqa: E402
 from models.flow import interpolate, sample_training_times  # noqa: E402
+from training_log import optimizer_step  # noqa: E402
 
 # mouth channels matter most for lip sync; weight their loss up
 LOSS_WEIGHT = torch.ones(MOTION_DIM)
@@ -152,10 +153,7 @@ def main() -> None:
     step = 0
     for step in range(1, args.steps + 1):
         loss = loss_fn(model, batches.sample(args.batch), args.draws)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters())
         sched.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         minutes = (time.time() - started) / 60

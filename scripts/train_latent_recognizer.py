@@ -27,7 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_log import log, lr_at  # noqa: E402
+from training_log import log, lr_at, optimizer_step  # noqa: E402
 
 from evaluation.speech_corpus import load_manifest, phoneme_inventory  # noqa: E402
 from models.vc.latent_recognizer import LatentRecognizer, LatentRecognizerConfig  # noqa: E402
@@ -95,10 +95,7 @@ def main() -> None:
         z = z + torch.rand(len(batch), 1, 1) * args.input_noise * torch.randn_like(z)
         frames = [len(r["latents"]) * cfg.per_latent for r in batch]
         loss = ctc_phoneme_loss(model(z), frames, [r["phonemes"] for r in batch], symbols)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters())
         minutes = (time.time() - start) / 60
         if step % 25 == 0:
             log(out / "latrec_log.jsonl", step=step, min=minutes, ctc=loss.item())

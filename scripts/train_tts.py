@@ -86,7 +86,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_log import log, lr_at  # noqa: E402
+from training_log import log, lr_at, optimizer_step  # noqa: E402
 
 from evaluation.speech_corpus import load_utterances  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, track_signal  # noqa: E402
@@ -200,10 +200,7 @@ def train_vae(args) -> None:
                 loss = loss + args.content_loss * losses["content"]
             if cfg.pitch_head:
                 loss = loss + args.pitch_weight * (losses["f0"] + losses["voicing"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, vae.parameters())
         minutes = (time.time() - start) / 60
         if step % 50 == 0 or step == args.steps - 1:
             log(out / f"{name[:-3]}_log.jsonl", step=step, min=minutes, kl=kl.item(),
@@ -352,10 +349,7 @@ def train_ar(args) -> None:
         )
         guide = sum(guided_attention_loss(a, num_ph, num_lat, cfg.guide_sigma) for a in attns) / len(attns)
         loss = flow + 0.5 * stop + args.guide_weight * guide
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters())
         minutes = (time.time() - start) / 60
         done = minutes > args.minutes or (args.stop_at is not None and step >= args.stop_at)
         if step % 25 == 0 or step == args.steps - 1:

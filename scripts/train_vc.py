@@ -60,7 +60,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_log import log, lr_at  # noqa: E402
+from training_log import log, lr_at, optimizer_step  # noqa: E402
 
 from evaluation.speech_corpus import (  # noqa: E402
     load_manifest,
@@ -148,10 +148,7 @@ def train_content(args) -> None:
         content, _ = enc(model.mel.offline(x))
         loss = ctc_phoneme_loss(enc.logits(content), [len(a) // hop2 for a in audio], [u.phonemes for u in batch],
                                 symbols)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(enc.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, enc.parameters())
         minutes = (time.time() - start) / 60
         if step % 25 == 0:
             log(out / "content_log.jsonl", step=step, min=minutes, ctc=loss.item())
@@ -485,10 +482,7 @@ def train_dit(args) -> None:
         chunk = 4 if rng.random() < 0.7 else 2
         losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg, args.split_above,
                           args.self_context, phoneme_loss, args.phoneme_loss)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, losses["loss"], params)
         minutes = (time.time() - start) / 60
         if step % 25 == 0:
             log(out / "dit_log.jsonl", step=step, min=minutes, **{k: v.item() for k, v in losses.items()})

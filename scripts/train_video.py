@@ -44,6 +44,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.video.autoencoder import AutoencoderConfig, LatentAutoencoder, to_unit
+from training_log import optimizer_step
 
 
 def log(**kw) -> None:
@@ -86,10 +87,7 @@ def train_ae(a: argparse.Namespace) -> None:
         weight = 1.0 + 4.0 * ((x - bg).abs().amax(2, keepdim=True) > 0.2).float()
         rec = (weight * (y - x).abs()).mean() + (weight * (y - x).pow(2)).mean()
         loss = rec + a.latent_l2 * z.pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, ae.parameters())
         if step % 50 == 0 or step == a.steps - 1:
             log(stage="ae", step=step, loss=round(loss.item(), 5), rec=round(rec.item(), 5),
                 z_std=round(z.std().item(), 3), elapsed_s=round(time.time() - t0))
@@ -181,10 +179,7 @@ def train_dit(a: argparse.Namespace) -> None:
             group["lr"] = cosine_lr(step - start_step, progress, a.lr)
         batch = clips.sample(a.batch, p_recache=a.p_recache)
         loss = dit_loss(model, batch, gen, motion_weight=a.motion_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters())
         step += 1
         if step % 25 == 0:
             log(stage="dit", step=step, loss=round(loss.item(), 4), lr=round(opt.param_groups[0]["lr"], 6),
@@ -229,10 +224,7 @@ def train_rollout(a: argparse.Namespace) -> None:
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, progress, a.lr, warmup=50)
         loss = dit_loss(model, streams.sample(), gen, motion_weight=a.motion_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters())
         streams.advance()
         step += 1
         if step % 25 == 0:
