@@ -149,6 +149,30 @@ def test_merged_corpora_read_as_one(tmp_path):
         merge_corpora.merge(tmp_path / "twice", [first, first])
 
 
+def test_speed_perturbed_voices_are_new_training_voices(tmp_path):
+    """scripts/perturb_voices.py: clean training clips only, each at one speed as a new voice; pitch and length move."""
+    import perturb_voices
+
+    from evaluation.speech_corpus import load_utterances, voices
+    from models.audio.pitch_track import median_pitch
+
+    data = _corpus(tmp_path / "corpus")
+    perturb_voices.perturb(data, tmp_path / "sp", [0.9, 1.1])
+    table = voices(tmp_path / "sp")
+    assert set(table) <= {f"{v}-sp{f}" for v in ("a", "b") for f in (0.9, 1.1)}  # never the held-out voice h
+    assert all(info["speed"] in (0.9, 1.1) and not info["held_out"] for info in table.values())
+    source = {u.id: u for u in load_utterances(data, ("train",)) if not u.id.endswith("-a1")}
+    out = load_utterances(tmp_path / "sp", ("train", "test_unseen_voice", "ref_unseen_voice"))
+    assert sorted(u.id for u in out) == sorted(source)  # each clean clip once, augmented copies left out
+    for u in out:
+        factor = table[u.voice_id]["speed"]
+        original = source[u.id].audio
+        assert len(u.audio) == pytest.approx(len(original) / factor, abs=2)
+        assert median_pitch(u.audio, 0.0) / median_pitch(original, 0.0) == pytest.approx(factor, rel=0.04)
+    with pytest.raises(SystemExit, match="factors"):
+        perturb_voices.perturb(data, tmp_path / "bad", [1.0])
+
+
 def test_latent_phoneme_loss_trains_the_generator_only():
     """LatentContentLoss: zero on the true latents, a gradient into the generated ones, none into the recognizer."""
     from models.vc.latent_recognizer import LatentContentLoss, LatentRecognizer, LatentRecognizerConfig
