@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training_log import optimizer_step  # noqa: E402
+
 from models.avatar.model import AvatarConfig, MotionModel, save_checkpoint  # noqa: E402
 from models.avatar.motion import IDX, MOTION_DIM  # noqa: E402
 from models.flow import interpolate, sample_training_times  # noqa: E402
-from training_log import optimizer_step  # noqa: E402
 
 # mouth channels matter most for lip sync; weight their loss up
 LOSS_WEIGHT = torch.ones(MOTION_DIM)

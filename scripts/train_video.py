@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from training_log import optimizer_step
 
 from models.video.autoencoder import AutoencoderConfig, LatentAutoencoder, to_unit
-from training_log import optimizer_step
 
 
 def log(**kw) -> None:
