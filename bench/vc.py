@@ -13,6 +13,8 @@ CPU (default config, the shipped checkpoint):
   ``vc.latency_paced`` steps each chunk when its audio would have arrived (real time, ``--paced-s``),
   with the weights cold in the caches between steps as when serving.
 - ``vc.sessions``: N sessions stepped together; real time while a step (p90) fits in one chunk.
+- ``vc.reference``: seconds (thread CPU and wall) to embed an uploaded reference of 3 s and 10 s, with the
+  model's reference fit (``--reference-fit-steps``) and without (0): the wait before an upload's session starts.
 - ``vc.quality``: held-out voices (unseen in training) and seen voices. Speaker similarity with
   resemblyzer (GE2E embeddings; its own model, not ours): margin = cos(x, target voice) - cos(x, source
   voice) for converted speech, for real target speech through the same VAE vocoder (the upper bound)
@@ -323,6 +325,26 @@ def bench_processes(args) -> None:
                  device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
 
 
+def bench_reference(gen: VCGenerator, speech: np.ndarray) -> None:
+    """``vc.reference``: the time an upload takes to embed (3 s and 10 s of speech), with and without its fit.
+
+    Once per upload, in the preparation stage (off the event loop and the steps): the session starts after it.
+    """
+    fit_steps = gen.reference_fit_steps
+    for seconds in (3.0, 10.0):
+        data = wav_base64(speech[: int(seconds * 16_000)])
+        fields = {}
+        for steps in sorted({0, fit_steps}):
+            gen.reference_fit_steps = steps
+            t0, w0 = time.thread_time(), time.perf_counter()
+            gen.reference_from_wav(data)
+            fields[f"fit_{steps}_cpu_s"] = round(time.thread_time() - t0, 3)
+            fields[f"fit_{steps}_wall_s"] = round(time.perf_counter() - w0, 3)
+        gen.reference_fit_steps = fit_steps
+        emit(bench="vc.reference", reference_s=seconds, fit_steps=fit_steps, threads=torch.get_num_threads(),
+             **fields)
+
+
 def make_generator(args, **options):
     """The generator benched: the shipped family's (``--config``/``--checkpoint``) or a weights folder's."""
     if args.weights:
@@ -395,12 +417,14 @@ def main() -> None:
     ap.add_argument("--chunk-ms", type=float, default=160.0)
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
     ap.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: the model's)")
+    ap.add_argument("--reference-fit-steps", type=int, default=None,
+                    help="steps fitting an uploaded reference's embedding (default: the model's; 0: off)")
     ap.add_argument("--paced-s", type=float, default=10.0, help="seconds of the real-time (paced) latency run; 0: none")
     ap.add_argument("--sessions", default="1,2,4,8,16,32,64")
     ap.add_argument("--session-chunks", type=int, default=20)
     ap.add_argument("--num-pairs", type=int, default=4)
     ap.add_argument("--utterances-per-pair", type=int, default=4)
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,sessions,quality")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: latency,reference,sessions,quality")
     ap.add_argument("--processes", nargs="+", default=None,
                     help="vc.processes: process counts sharing the device, each stepping --batches sessions")
     ap.add_argument("--seconds", type=float, default=10.0, help="vc.processes: timed seconds per setting")
@@ -425,6 +449,8 @@ def main() -> None:
         return
     skip = set(args.skip.split(","))
     options = {} if args.temperature is None else {"temperature": args.temperature}
+    if args.reference_fit_steps is not None:
+        options["reference_fit_steps"] = args.reference_fit_steps
     gen = make_generator(args, max_sessions=128, max_batch_size=128, **options)
     if Path(args.data).exists():
         speech = np.concatenate([u.audio for u in load_utterances(args.data, ("test_unseen_voice",), 40)])
@@ -441,6 +467,8 @@ def main() -> None:
         bench_meanvc_parts(gen, speech, args)
     if "latency" not in skip:
         bench_latency(gen, speech[: 30 * 16_000], args)
+    if "reference" not in skip and not args.weights:
+        bench_reference(gen, speech)
     if "sessions" not in skip:
         bench_sessions(gen, speech, args)
     if "quality" not in skip:

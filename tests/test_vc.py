@@ -171,6 +171,38 @@ def test_reference_audio_upload_and_bad_references(gen):
             gen.validate_params(params)
 
 
+def test_reference_fit_moves_the_embedding_not_the_weights(ckpt):
+    """An upload's embedding fitted to its own speech: lower error, same weights, deterministic, off with 0."""
+    from models.vc.reference_fit import fit_reference
+
+    gen = VCGenerator(checkpoint=ckpt, max_sessions=2, reference_fit_steps=0)
+    weights = {k: v.clone() for k, v in gen.model.state_dict().items()}
+    audio = torch.from_numpy(speechlike(4.0, 41, 170.0))[None]
+    mel = gen.model.mel.reference(audio)[0]
+    with torch.no_grad():
+        speaker, tokens, tmask = gen.model.speaker(mel[None], torch.ones(1, len(mel), dtype=torch.bool))
+    fit = [fit_reference(gen.model, audio, speaker, tokens, tmask, steps=30, temperature=0.3, chunk=4, lr=0.05)
+           for _ in range(2)]
+    losses = fit[0][2]
+    assert len(losses) == 31 and losses[-1] < 0.9 * losses[0]  # the DiT rebuilds the reference better
+    torch.testing.assert_close(fit[0][0], fit[1][0], rtol=0, atol=0)  # the same upload, the same embedding
+    assert not torch.equal(fit[0][0], speaker) and not torch.equal(fit[0][1], tokens)
+    assert all(torch.equal(weights[k], v) for k, v in gen.model.state_dict().items())
+    assert all(p.grad is None for p in gen.model.parameters())
+
+    data = wav_b64(speechlike(4.0, 41, 170.0))
+    plain = gen.reference_from_wav(data)  # reference_fit_steps=0: the speaker encoder's embedding as it is
+    fitted = VCGenerator(checkpoint=ckpt, max_sessions=2, reference_fit_steps=10).reference_from_wav(data)
+    assert not torch.allclose(plain[0], fitted[0]) and not torch.allclose(plain[1], fitted[1])
+    torch.testing.assert_close(plain[2], fitted[2])  # the token mask and the pitch are the upload's either way
+    torch.testing.assert_close(plain[3], fitted[3])
+    assert gen.reference_from_wav(data)[0] is plain[0]  # the same upload again: kept, not embedded again
+    gen.reference_fit_steps = 10  # ... unless the fit it would get differs
+    torch.testing.assert_close(gen.reference_from_wav(data)[0], fitted[0])
+    with pytest.raises(ValueError, match="reference_fit_steps"):
+        VCGenerator(checkpoint=ckpt, max_sessions=1, reference_fit_steps=-1)
+
+
 def test_bad_events_keep_the_session(gen):
     state = gen.open_session(gen.validate_params({"voice": "low", "seed": 0}))
     for event, match in [(ControlEvent("set_reference", {"voice": "nobody"}), "unknown voice"),

@@ -355,7 +355,10 @@ async function useReference(load) {
 function sendVoice() {
   const value = $("voice").value;
   if (value !== OWN_VOICE) send({ type: "set_reference", voice: value });
-  else if (state.reference) for (const message of setReferenceMessages(state.reference.wav)) send(message);
+  else if (state.reference) {
+    $("ref-note").textContent = `${state.reference.name}: learning its voice (a few seconds)…`;
+    for (const message of setReferenceMessages(state.reference.wav)) send(message);
+  }
   logLine(`voice: ${value === OWN_VOICE ? state.reference.name : value}`);
 }
 
@@ -438,7 +441,10 @@ async function start({ watch = null, model = null, text = null, say = null } = {
   const via = transport === "ws" ? "WebSocket" : "WebRTC";
   state.startOptions = { watch, model: watch ? model : null };
   const emptyPrompt = !watch && model === "video" && !$("prompt").value.trim();
-  showMessage(watch ? `Connecting to the shared stream over ${via}…` : `Connecting over ${via}…`);
+  // the server fits the vc model to an uploaded clip before the session starts: seconds on a CPU
+  const fitting = !watch && model === "vc" && Boolean(paramsFor(model).reference_audio);
+  showMessage(watch ? `Connecting to the shared stream over ${via}…`
+    : `Connecting over ${via}…${fitting ? " (learning your clip's voice: a few seconds)" : ""}`);
   $("reconnect").hidden = true;
   if (watch) writeUrl({ watch });
   timeline.reset(info.output_video ? info.output_video.fps : null);
@@ -566,6 +572,9 @@ function onNotice(m) {
       ? "You interrupted — the avatar stopped talking (it heard you speak over it)."
       : "You pressed Interrupt — the avatar stopped talking.";
   } else if (m.type === "interrupted") $("speak-note").textContent = "Stopped talking.";
+  else if (m.type === "reference_set" && m.voice === "reference" && state.reference) {
+    $("ref-note").textContent = `${state.reference.name}: in use`;
+  }
   logLine(`${m.type}: ${JSON.stringify(m).slice(0, 120)}`);
 }
 

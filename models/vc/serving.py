@@ -149,7 +149,7 @@ class ReferenceVoiceGenerator(Generator):
         return out
 
     def prepare_session(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Embed an uploaded reference (decode, resample, speaker encoder): the work that takes 0.1-6 s."""
+        """Embed an uploaded reference (decode, resample, speaker encoder, perhaps a fit): up to ~15 s on a CPU."""
         out = dict(params)
         if (upload := out.pop("reference_audio", None)) is not None:
             out["reference"] = self._embed_upload(upload)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+
+from models.lru import LRU
 
 TEXT_DIM = 384  # MiniLM hidden width
 
@@ -113,8 +114,7 @@ class PromptEncoder:
         self.tokenizer.enable_truncation(max_tokens)
         self.tokenizer.enable_padding(length=max_tokens)
         self.model = MiniLM.from_package()
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._cache: LRU[tuple[torch.Tensor, torch.Tensor]] = LRU(cache_size)
 
     @torch.no_grad()
     def encode_batch(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,15 +126,11 @@ class PromptEncoder:
 
     def encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Features of one prompt, from the cache when it was seen recently."""
-        hit = self._cache.get(text)
-        if hit is not None:
-            self._cache.move_to_end(text)
-            return hit
-        tokens, mask = self.encode_batch([text])
-        entry = self._cache[text] = (tokens[0], mask[0])
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return entry
+        def one() -> tuple[torch.Tensor, torch.Tensor]:
+            tokens, mask = self.encode_batch([text])
+            return tokens[0], mask[0]
+
+        return self._cache.get_or_compute(text, one)
 
 
 def sentence_embedding(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -9,11 +9,12 @@ and forth costs nothing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from models.lru import LRU
 
 
 class WanTextEncoder:
@@ -23,8 +24,7 @@ class WanTextEncoder:
         self.encoder = encoder.eval()
         self.tokenizer = tokenizer
         self.text_len = text_len
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache: LRU[torch.Tensor] = LRU(cache_size)
         self.num_encoded = 0  # prompts actually run through the encoder (cache misses)
 
     @classmethod
@@ -48,7 +48,6 @@ class WanTextEncoder:
         """Features (text_len, dim) of one prompt, on the encoder's device and dtype."""
         hit = self._cache.get(text)
         if hit is not None:
-            self._cache.move_to_end(text)
             return hit
         device = next(self.encoder.parameters()).device
         tokens = self.tokenizer([text], padding="max_length", max_length=self.text_len, truncation=True,
@@ -57,7 +56,4 @@ class WanTextEncoder:
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state[0]  # (text_len, dim)
         features = torch.where(mask[0, :, None].bool(), hidden, torch.zeros_like(hidden))
         self.num_encoded += 1
-        self._cache[text] = features
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return features
+        return self._cache.put(text, features)
