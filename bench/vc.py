@@ -14,7 +14,8 @@ CPU (default config, the shipped checkpoint):
   with the weights cold in the caches between steps as when serving.
 - ``vc.sessions``: N sessions stepped together; real time while a step (p90) fits in one chunk.
 - ``vc.reference``: seconds (thread CPU and wall) to embed an uploaded reference of 3 s and 10 s, with the
-  model's reference fit (``--reference-fit-steps``) and without (0): the wait before an upload's session starts.
+  model's reference fit (``--reference-fit-steps``) and without (0): the wait before an upload's session starts;
+  ``vc.latency_paced_during_fit``: the paced run while another thread fits uploads back to back.
 - ``vc.quality``: held-out voices (unseen in training) and seen voices. Speaker similarity with
   resemblyzer (GE2E embeddings; its own model, not ours): margin = cos(x, target voice) - cos(x, source
   voice) for converted speech, for real target speech through the same VAE vocoder (the upper bound)
@@ -42,6 +43,7 @@ import base64
 import json
 import statistics
 import sys
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -325,10 +327,12 @@ def bench_processes(args) -> None:
                  device=torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu")
 
 
-def bench_reference(gen: VCGenerator, speech: np.ndarray) -> None:
+def bench_reference(gen: VCGenerator, speech: np.ndarray, args) -> None:
     """``vc.reference``: the time an upload takes to embed (3 s and 10 s of speech), with and without its fit.
 
     Once per upload, in the preparation stage (off the event loop and the steps): the session starts after it.
+    ``vc.latency_paced_during_fit``: the paced latency run (``--paced-s``) while another thread fits uploads
+    back to back, on the same weights: what a fit costs the sessions already streaming.
     """
     fit_steps = gen.reference_fit_steps
     for seconds in (3.0, 10.0):
@@ -343,6 +347,32 @@ def bench_reference(gen: VCGenerator, speech: np.ndarray) -> None:
         gen.reference_fit_steps = fit_steps
         emit(bench="vc.reference", reference_s=seconds, fit_steps=fit_steps, threads=torch.get_num_threads(),
              **fields)
+    if fit_steps == 0 or args.paced_s <= 0:
+        return
+    # a session streaming in real time while another thread fits uploads, one after another (as a server's
+    # preparation stage would, on the same process and weights): what an upload costs the others
+    stop, fitted = threading.Event(), []
+
+    def fit_uploads() -> None:
+        while not stop.is_set():  # a new clip each time (shifted by a sample): never the kept embedding
+            offset = len(fitted)
+            gen.reference_from_wav(wav_base64(speech[offset : offset + 10 * 16_000]))
+            fitted.append(offset)
+
+    worker = threading.Thread(target=fit_uploads, daemon=True)
+    worker.start()
+    try:
+        part = speech[: int(args.paced_s * 16_000)]
+        _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
+    finally:
+        stop.set()
+        worker.join()
+    ms = np.array(times) * 1000
+    algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
+    emit(bench="vc.latency_paced_during_fit", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1,
+         uploads_fitted=len(fitted), compute_ms_p50=float(np.percentile(ms, 50)),
+         compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
+         end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
 
 
 def make_generator(args, **options):
@@ -468,7 +498,7 @@ def main() -> None:
     if "latency" not in skip:
         bench_latency(gen, speech[: 30 * 16_000], args)
     if "reference" not in skip and not args.weights:
-        bench_reference(gen, speech)
+        bench_reference(gen, speech, args)
     if "sessions" not in skip:
         bench_sessions(gen, speech, args)
     if "quality" not in skip:

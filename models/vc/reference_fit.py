@@ -12,7 +12,7 @@ token, so it learns the voice, not the sentence: every later chunk still takes i
 
 Chosen on held-out espeak-ng voices of ``data/speech_vc`` (bench/vc.py quality), confirmed on the held-out
 human-derived voices (docs/models/vc.md, session 10). The cost is the fit: 30 steps take ~3 s for a 3 s
-reference and ~7 s for 10 s on one CPU thread, once per upload, in the preparation stage (off the event loop
+reference and ~6 s for 10 s on one CPU thread, once per upload, in the preparation stage (off the event loop
 and the steps).
 """
 
