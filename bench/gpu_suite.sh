@@ -72,8 +72,9 @@ fi
 step vc 100 bench/vc.py --device cuda --config paper --batches 1 8 64 256 1024 2048
 parity 120
 step vc_processes 150 bench/vc.py --device cuda --config paper --processes 1 8 12 --batches 256 --seconds 3
-# the shipped checkpoint (harmonic vocoder: pitch tracker and 80 oscillators per session), not yet run on a GPU
-step vc_shipped 90 bench/vc.py --device cuda --config default --batches 1 64 256 1024
+# the shipped checkpoint (harmonic vocoder: pitch tracker and 80 oscillators per session), not yet run on a GPU;
+# then an upload's wait with and without its reference fit (vc.reference)
+step vc_shipped 120 bench/vc.py --device cuda --config default --batches 1 64 256 1024
 # MeanVC's published shapes with random weights (written to /tmp, not $OUT: WavLM-Large is 1.3 GB; the ASR is
 # a conformer-sized stand-in run per session as the shipped TorchScript is): sessions per GPU at 160 ms chunks
 step vc_meanvc 150 bench/vc.py --device cuda --weights "${MEANVC_DIR:-/tmp/meanvc_random}" --random-release \
