@@ -73,6 +73,7 @@ def main() -> None:
     ap.add_argument("--vc-checkpoint", default=None)
     ap.add_argument("--vc-options", default="", help="more VC generator options, as in --model vc:... "
                     "(e.g. temperature=0.3)")
+    ap.add_argument("--vc-steps", type=int, default=1, help="VC mean-flow steps per chunk (the session's `steps`)")
     ap.add_argument("--tts-checkpoint", default=None)
     ap.add_argument("--tts-options", default="", help="more TTS generator options, as in --model tts:... "
                     "(e.g. temperature=0.7,cfg_scale=3)")
@@ -125,7 +126,8 @@ def main() -> None:
         for target in filter(None, args.vc_voices.split(",")):
             info = vc.voice_info.get(target, {})
             for v in held_out:
-                outs = [convert(vc, u.audio, {"voice": target, "seed": i})[0] for i, u in enumerate(by_voice[v])]
+                outs = [convert(vc, u.audio, {"voice": target, "seed": i, "steps": args.vc_steps})[0]
+                        for i, u in enumerate(by_voice[v])]
                 fields = {"wer_source": source_wer[v], "per_source": source_per[v],
                           "wer_converted": words.wer((u.text, o) for u, o in zip(by_voice[v], outs, strict=True)),
                           "per_converted": phonemes.per((u.text, "en-us", o)
@@ -151,7 +153,7 @@ def main() -> None:
         if judge is not None and len(held_out) >= 2:
             for src, ref in ((held_out[0], held_out[1]), (held_out[1], held_out[0])):
                 reference = wav_base64(np.concatenate([u.audio for u in refs[ref][:4]]))
-                outs = [convert(vc, u.audio, {"reference_audio": reference, "seed": i})[0]
+                outs = [convert(vc, u.audio, {"reference_audio": reference, "seed": i, "steps": args.vc_steps})[0]
                         for i, u in enumerate(by_voice[src])]
                 ref_emb = judge.embed([u.audio for u in refs[ref][4:8]] or [u.audio for u in by_voice[ref][:3]])
                 src_emb = judge.embed([u.audio for u in refs[src][4:8]] or [u.audio for u in by_voice[src][:3]])
