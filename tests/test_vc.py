@@ -192,7 +192,9 @@ def test_reference_fit_moves_the_embedding_not_the_weights(ckpt):
 
     data = wav_b64(speechlike(4.0, 41, 170.0))
     plain = gen.reference_from_wav(data)  # reference_fit_steps=0: the speaker encoder's embedding as it is
-    fitted = VCGenerator(checkpoint=ckpt, max_sessions=2, reference_fit_steps=10).reference_from_wav(data)
+    fitter = VCGenerator(checkpoint=ckpt, max_sessions=2, reference_fit_steps=10)
+    fitted = fitter.reference_from_wav(data)
+    assert (gen.describe()["reference_fit_steps"], fitter.describe()["reference_fit_steps"]) == (0, 10)  # the page's
     assert not torch.allclose(plain[0], fitted[0]) and not torch.allclose(plain[1], fitted[1])
     torch.testing.assert_close(plain[2], fitted[2])  # the token mask and the pitch are the upload's either way
     torch.testing.assert_close(plain[3], fitted[3])

@@ -356,7 +356,8 @@ function sendVoice() {
   const value = $("voice").value;
   if (value !== OWN_VOICE) send({ type: "set_reference", voice: value });
   else if (state.reference) {
-    $("ref-note").textContent = `${state.reference.name}: learning its voice (a few seconds)…`;
+    const info = state.models.vc;
+    $("ref-note").textContent = `${state.reference.name}: ${info && info.reference_fit_steps > 0 ? "learning its voice (a few seconds)…" : "sending…"}`;
     for (const message of setReferenceMessages(state.reference.wav)) send(message);
   }
   logLine(`voice: ${value === OWN_VOICE ? state.reference.name : value}`);
@@ -442,7 +443,7 @@ async function start({ watch = null, model = null, text = null, say = null } = {
   state.startOptions = { watch, model: watch ? model : null };
   const emptyPrompt = !watch && model === "video" && !$("prompt").value.trim();
   // the server fits the vc model to an uploaded clip before the session starts: seconds on a CPU
-  const fitting = !watch && model === "vc" && Boolean(paramsFor(model).reference_audio);
+  const fitting = !watch && model === "vc" && info.reference_fit_steps > 0 && Boolean(paramsFor(model).reference_audio);
   showMessage(watch ? `Connecting to the shared stream over ${via}…`
     : `Connecting over ${via}…${fitting ? " (learning your clip's voice: a few seconds)" : ""}`);
   $("reconnect").hidden = true;

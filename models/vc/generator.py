@@ -407,8 +407,8 @@ class VCGenerator(ReferenceVoiceGenerator):
         return []
 
     def describe(self) -> dict[str, Any]:
-        """Adds the shipped reference voices and the step counts for the page's voice picker."""
+        """Adds the shipped reference voices, the step counts and the upload fit's steps (the page's voice picker)."""
         voices = [{"id": v, **self.voice_info.get(v, {})} for v in sorted(self._voices)]
         return {**super().describe(), "voices": voices, "steps": [1, 2],
-                "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s]}
+                "reference_s": [MIN_REFERENCE_S, self.cfg.max_ref_s], "reference_fit_steps": self.reference_fit_steps}
 
