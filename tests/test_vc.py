@@ -189,6 +189,11 @@ def test_reference_fit_moves_the_embedding_not_the_weights(ckpt):
     assert not torch.equal(fit[0][0], speaker) and not torch.equal(fit[0][1], tokens)
     assert all(torch.equal(weights[k], v) for k, v in gen.model.state_dict().items())
     assert all(p.grad is None for p in gen.model.parameters())
+    # a fit that makes things worse (here a step far too long) keeps the encoder's embedding as it came
+    wild, wild_tokens, wild_losses = fit_reference(gen.model, audio, speaker, tokens, tmask, steps=3,
+                                                   temperature=0.3, chunk=4, lr=1e3)
+    assert wild_losses[-1] > wild_losses[0]
+    assert torch.equal(wild, speaker) and torch.equal(wild_tokens, tokens)
 
     data = wav_b64(speechlike(4.0, 41, 170.0))
     plain = gen.reference_from_wav(data)  # reference_fit_steps=0: the speaker encoder's embedding as it is

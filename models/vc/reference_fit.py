@@ -52,9 +52,11 @@ def fit_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Fit the speaker vector (1, dim) and timbre tokens (1, S, dim) of ``audio`` (1, L) to its own latents.
 
-    Returns the fitted speaker and tokens (detached) and the loss before each step and after the last. The
-    model's parameters get no gradient and no change (``torch.autograd.grad`` on the embedding alone), so a
-    fit can run beside sessions stepping the same model. Deterministic: the noise comes from ``seed``.
+    Returns the fitted speaker and tokens (detached) and the loss before each step and after the last (that
+    one on the first step's noise, so the two compare); when the fit did not lower it, the encoder's speaker
+    and tokens as they came. The model's parameters get no gradient and no change (``torch.autograd.grad`` on
+    the embedding alone), so a fit can run beside sessions stepping the same model. Deterministic: the noise
+    comes from ``seed``.
     """
     with torch.inference_mode(False), torch.no_grad():
         latents, content = reference_latents(model, audio.clone())
@@ -68,17 +70,24 @@ def fit_reference(
     num = latents.shape[1]
     zeros = torch.zeros(1, num, device=latents.device)
     ones = torch.ones(1, num, device=latents.device)
+    start = speaker.detach().clone(), tokens.detach().clone()
     losses = []
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(steps + 1):
             noise = temperature * torch.randn(latents.shape, generator=rng, device=latents.device)
+            if step == 0:
+                first_noise = noise
+            elif step == steps:  # the last pass only measures, on the first pass's noise: the two compare
+                noise = first_noise
             timbre = model.dit.timbre_kv(tokens)
             sample = noise - model.dit.forward_offline(latents, noise, content, zeros, ones, speaker, timbre,
                                                        token_mask, chunk)
             loss = (sample - latents).pow(2).mean()
             losses.append(float(loss.detach()))
-            if step == steps:  # the last pass only measures
+            if step == steps:
                 break
             speaker.grad, tokens.grad = torch.autograd.grad(loss, [speaker, tokens])
             opt.step()
+    if not losses[-1] < losses[0]:  # an upload the fit cannot rebuild (music, noise): never worse than encoded
+        return start[0], start[1], losses
     return speaker.detach(), tokens.detach(), losses
