@@ -102,14 +102,19 @@ def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
              # without the look-ahead: the chunk and its compute (how MeanVC's 211 / 112 ms appear to be counted)
              chunk_plus_compute_ms_p50=gen.spec.chunk_ms + float(np.percentile(ms, 50)))
     if args.paced_s > 0:  # real time: one step per chunk as the audio would arrive
-        part = speech[: int(args.paced_s * 16_000)]
-        _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
-        ms = np.array(times) * 1000
-        algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
-        emit(bench="vc.latency_paced", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1,
-             algorithmic_ms=algorithmic, compute_ms_p50=float(np.percentile(ms, 50)),
-             compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
-             end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
+        emit(bench="vc.latency_paced", **paced_latency(gen, speech, args))
+
+
+def paced_latency(gen: VCGenerator, speech: np.ndarray, args) -> dict:
+    """One session stepped as the audio would arrive (``--paced-s`` of ``speech``): its latency fields."""
+    part = speech[: int(args.paced_s * 16_000)]
+    _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
+    ms = np.array(times) * 1000
+    algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
+    return dict(threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1, algorithmic_ms=algorithmic,
+                compute_ms_p50=float(np.percentile(ms, 50)), compute_ms_p99=float(np.percentile(ms, 99)),
+                end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
+                end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
 
 
 def bench_sessions(gen: VCGenerator, speech: np.ndarray, args) -> None:
@@ -364,17 +369,11 @@ def bench_reference(gen: VCGenerator, speech: np.ndarray, args, paced: bool = Tr
     worker = threading.Thread(target=fit_uploads, daemon=True)
     worker.start()
     try:
-        part = speech[: int(args.paced_s * 16_000)]
-        _, times = convert(gen, part, {"seed": 0, "steps": 1}, paced=True)
+        fields = paced_latency(gen, speech, args)
     finally:
         stop.set()
         worker.join()
-    ms = np.array(times) * 1000
-    algorithmic = gen.spec.chunk_ms + gen.spec.lookahead_ms
-    emit(bench="vc.latency_paced_during_fit", threads=args.threads, chunk_ms=gen.spec.chunk_ms, steps=1,
-         uploads_fitted=len(fitted), compute_ms_p50=float(np.percentile(ms, 50)),
-         compute_ms_p99=float(np.percentile(ms, 99)), end_to_end_ms_p50=algorithmic + float(np.percentile(ms, 50)),
-         end_to_end_ms_p99=algorithmic + float(np.percentile(ms, 99)), seconds=round(len(part) / 16_000, 1))
+    emit(bench="vc.latency_paced_during_fit", uploads_fitted=len(fitted), **fields)
 
 
 def make_generator(args, **options):
