@@ -58,8 +58,9 @@ def fit_reference(
     the embedding alone), so a fit can run beside sessions stepping the same model. Deterministic: the noise
     comes from ``seed``.
     """
+    encoded = speaker, tokens  # what is returned if the fit does not help
     with torch.inference_mode(False), torch.no_grad():
-        latents, content = reference_latents(model, audio.clone())
+        latents, content = reference_latents(model, audio)
         speaker = speaker.clone()  # normal tensors, not inference ones: autograd needs them
         tokens = tokens.clone()
         token_mask = token_mask.clone()
@@ -70,7 +71,6 @@ def fit_reference(
     num = latents.shape[1]
     zeros = torch.zeros(1, num, device=latents.device)
     ones = torch.ones(1, num, device=latents.device)
-    start = speaker.detach().clone(), tokens.detach().clone()
     losses = []
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(steps + 1):
@@ -89,5 +89,5 @@ def fit_reference(
             speaker.grad, tokens.grad = torch.autograd.grad(loss, [speaker, tokens])
             opt.step()
     if not losses[-1] < losses[0]:  # an upload the fit cannot rebuild (music, noise): never worse than encoded
-        return start[0], start[1], losses
+        return encoded[0], encoded[1], losses
     return speaker.detach(), tokens.detach(), losses
