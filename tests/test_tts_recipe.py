@@ -8,7 +8,6 @@ recipe fails here, not an hour into a run.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,10 @@ from models.tts.checkpoint import load_checkpoint, save_checkpoint
 from models.tts.generator import TTSGenerator
 from models.tts.model import TTSModel
 from models.vc.checkpoint import load_checkpoint as load_vc_checkpoint
+from tests.recipe_helpers import run_script
 from tests.tts_helpers import PHONEMES, requires_espeak, run_session, tiny_config
 from tests.vc_helpers import make_tiny_checkpoint as make_tiny_vc_checkpoint
 from tests.vc_helpers import speechlike
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,15 +44,6 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def _run(script, monkeypatch, *argv) -> None:
-    monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, argv)])
-    threads = torch.get_num_threads()
-    try:
-        script.main()
-    finally:  # the scripts set their own thread count: leave the test process as it was
-        torch.set_num_threads(threads)
-
-
 @requires_espeak
 def test_tts_continues_on_a_vc_checkpoints_vae_and_speaks(tmp_path, monkeypatch):
     import train_tts
@@ -72,16 +61,16 @@ def test_tts_continues_on_a_vc_checkpoints_vae_and_speaks(tmp_path, monkeypatch)
     run, out = tmp_path / "run", tmp_path / "shipped.safetensors"
     common = ("--data", data, "--threads", 1)
 
-    _run(train_tts, monkeypatch, "vae", "--decoder-only", "--init", vc_init, "--synth-window", 320, "--pitch-head", 16,
-         "--pitch-only", "--out", run, "--steps", 2, "--batch", 2, "--crop", 4, *common)
+    run_script(train_tts, monkeypatch, "vae", "--decoder-only", "--init", vc_init, "--synth-window", 320,
+               "--pitch-head", 16, "--pitch-only", "--out", run, "--steps", 2, "--batch", 2, "--crop", 4, *common)
     (run / "vae_decoder.pt").rename(run / "vae.pt")
-    _run(train_tts, monkeypatch, "latents", "--out", run, *common)
-    _run(train_tts, monkeypatch, "ar", "--init", tts_init, "--out", run, "--steps", 2, "--batch", 2,
-         "--head-repeats", 1, *common)
+    run_script(train_tts, monkeypatch, "latents", "--out", run, *common)
+    run_script(train_tts, monkeypatch, "ar", "--init", tts_init, "--out", run, "--steps", 2, "--batch", 2,
+               "--head-repeats", 1, *common)
     assert torch.load(run / "ar.pt")["step"] == 2  # counted on from the init's step 0
-    _run(train_tts, monkeypatch, "ar", "--resume", "--out", run, "--steps", 2, "--batch", 2, "--head-repeats", 1,
-         "--self-context", 0.5, "--self-context-ramp", 1, *common)
-    _run(train_tts, monkeypatch, "export", "--out", run, "--checkpoint", out, *common)
+    run_script(train_tts, monkeypatch, "ar", "--resume", "--out", run, "--steps", 2, "--batch", 2, "--head-repeats", 1,
+               "--self-context", 0.5, "--self-context-ramp", 1, *common)
+    run_script(train_tts, monkeypatch, "export", "--out", run, "--checkpoint", out, *common)
 
     new, vc = load_checkpoint(str(out)), load_vc_checkpoint(vc_init).model
     assert new.model.cfg.dim == cfg.dim and new.model.cfg.num_layers == cfg.num_layers  # the init's sizes
@@ -103,4 +92,4 @@ def test_tts_continues_on_a_vc_checkpoints_vae_and_speaks(tmp_path, monkeypatch)
         bad = str(tmp_path / "bad.safetensors")
         save_checkpoint(bad, TTSModel(tiny_config(harmonic=True)), new.vae, torch.zeros(8), PHONEMES,
                         {"v000": torch.randn(16)}, {"v000": {"language": "en-us"}})
-        _run(train_tts, monkeypatch, "ar", "--init", bad, "--out", run, "--steps", 1, "--batch", 2, *common)
+        run_script(train_tts, monkeypatch, "ar", "--init", bad, "--out", run, "--steps", 1, "--batch", 2, *common)

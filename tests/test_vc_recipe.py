@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,8 @@ import torch
 from evaluation.speech_corpus import write_corpus, write_utterance
 from models.checkpoint_io import load_tensors
 from models.vc.checkpoint import load_checkpoint
+from tests.recipe_helpers import run_script
 from tests.vc_helpers import SYMBOLS, make_tiny_checkpoint, speechlike
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
 def _corpus(root: Path) -> Path:
@@ -46,15 +44,6 @@ def _corpus(root: Path) -> Path:
     return root
 
 
-def _run(script, monkeypatch, *argv: str) -> None:
-    monkeypatch.setattr(sys, "argv", [script.__file__, *map(str, argv)])
-    threads = torch.get_num_threads()
-    try:
-        script.main()
-    finally:  # the scripts set their own thread count: leave the test process as it was
-        torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     import train_latent_recognizer
@@ -66,18 +55,18 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     run, vae_run = tmp_path / "run", tmp_path / "vae"
     common = ("--data", data, "--threads", "1")
     # the whole VAE (encoder too) from the checkpoint's, on the new corpus
-    _run(train_tts, monkeypatch, "vae", "--init", init, "--out", vae_run, "--steps", 2, "--batch", 2, "--crop", 4,
-         *common)
+    run_script(train_tts, monkeypatch, "vae", "--init", init, "--out", vae_run, "--steps", 2, "--batch", 2, "--crop", 4,
+               *common)
     # then its decoder alone (the latents of the run stay valid): vae_decoder.pt, which the VC stages prefer;
     # with the content-preservation loss, the checkpoint's recognizer judging the crops
-    _run(train_tts, monkeypatch, "vae", "--decoder-only", "--out", vae_run, "--steps", 1, "--batch", 2, "--crop", 4,
-         "--content-loss", 1.0, "--content-loss-from", init, *common)
+    run_script(train_tts, monkeypatch, "vae", "--decoder-only", "--out", vae_run, "--steps", 1, "--batch", 2, "--crop",
+               4, "--content-loss", 1.0, "--content-loss-from", init, *common)
     assert (vae_run / "vae_decoder.pt").exists()
     assert "content" in json.loads((vae_run / "vae_decoder_log.jsonl").read_text().splitlines()[-1])
-    _run(train_vc, monkeypatch, "content", "--init", init, "--out", run, "--steps", 3, "--batch", 2, *common)
+    run_script(train_vc, monkeypatch, "content", "--init", init, "--out", run, "--steps", 3, "--batch", 2, *common)
     # continued with speed perturbation: the run's own (tiny, not default) sizes come back from content.pt
-    _run(train_vc, monkeypatch, "content", "--resume", "--speed-perturb", 0.5, "--out", run, "--steps", 1,
-         "--batch", 2, *common)
+    run_script(train_vc, monkeypatch, "content", "--resume", "--speed-perturb", 0.5, "--out", run, "--steps", 1,
+               "--batch", 2, *common)
     assert torch.load(run / "content.pt")["cfg"] == load_checkpoint(init).model.cfg.to_dict()
     # a second corpus's features (here the same clips again) made with the same VAE and recognizer
     extra = tmp_path / "extra"
@@ -85,22 +74,22 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     shutil.copy(run / "content.pt", extra / "content.pt")
     for folder in (run, extra):
         for part in ("latents", "content"):
-            _run(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", folder, *common)
+            run_script(train_vc, monkeypatch, "features", "--part", part, "--vae", vae_run, "--out", folder, *common)
     merged = train_vc.load_features(run, (extra,))
     assert len(merged["id"]) == 2 * len(train_vc.load_features(run)["id"]) == len(merged["content"])
     # the latent phoneme recognizer on those latents, then the DiT with its loss on one-step samples
-    _run(train_latent_recognizer, monkeypatch, "--corpus", f"{run}:{data}", "--corpus", f"{extra}:{data}", "--out",
-         run / "latrec", "--steps", 2, "--batch", 2)
+    run_script(train_latent_recognizer, monkeypatch, "--corpus", f"{run}:{data}", "--corpus", f"{extra}:{data}",
+               "--out", run / "latrec", "--steps", 2, "--batch", 2)
     last = json.loads((run / "latrec" / "latrec_log.jsonl").read_text().splitlines()[-1])
     assert last["per_corpus_test_unseen_voice"] >= 0  # the held-out split is judged
-    _run(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--extra-features", extra, "--steps", 3,
-         "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, "--phoneme-loss", 0.5,
-         "--latent-recognizer", run / "latrec" / "latent_recognizer.pt", *common)
+    run_script(train_vc, monkeypatch, "dit", "--init", init, "--out", run, "--extra-features", extra, "--steps", 3,
+               "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, "--phoneme-loss", 0.5,
+               "--latent-recognizer", run / "latrec" / "latent_recognizer.pt", *common)
     assert json.loads((run / "dit_log.jsonl").read_text().splitlines()[0])["phoneme"] > 0
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
-    _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices", "a",
-         "--voices-from", out, *common)
+    run_script(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices",
+               "a", "--voices-from", out, *common)
 
     old, new = load_checkpoint(init), load_checkpoint(str(out))
     assert new.symbols == old.symbols and new.model.cfg == old.model.cfg  # the shipped sizes and classes
@@ -117,8 +106,8 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     assert load_tensors(str(out))[1]["voices"]["a"]["engine"] == "test"
 
     with pytest.raises(SystemExit, match="held-out"):  # a held-out voice never ships
-        _run(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", tmp_path / "x",
-             "--add-voices", "h", *common)
+        run_script(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", tmp_path / "x",
+                   "--add-voices", "h", *common)
 
 
 def test_merged_corpora_read_as_one(tmp_path):
