@@ -88,8 +88,8 @@ def test_tts_continues_on_a_vc_checkpoints_vae_and_speaks(tmp_path, monkeypatch)
     audio = run_session(gen, [("text", {"text": "a test", "final": True})], {"seed": 1})
     assert len(audio) > 0 and np.isfinite(audio).all() and np.abs(audio).max() > 0
 
-    with pytest.raises(SystemExit, match="vocabulary"):  # another corpus's phonemes: refused, not half-loaded
-        bad = str(tmp_path / "bad.safetensors")
-        save_checkpoint(bad, TTSModel(tiny_config(harmonic=True)), new.vae, torch.zeros(8), PHONEMES,
-                        {"v000": torch.randn(16)}, {"v000": {"language": "en-us"}})
+    bad = str(tmp_path / "bad.safetensors")  # another corpus's phonemes: refused, not half-loaded
+    save_checkpoint(bad, TTSModel(tiny_config(harmonic=True)), new.vae, torch.zeros(8), PHONEMES,
+                    {"v000": torch.randn(16)}, {"v000": {"language": "en-us"}})
+    with pytest.raises(SystemExit, match="vocabulary"):
         run_script(train_tts, monkeypatch, "ar", "--init", bad, "--out", run, "--steps", 1, "--batch", 2, *common)
