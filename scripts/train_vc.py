@@ -79,7 +79,7 @@ from models.flow import interpolate, mean_flow_target  # noqa: E402
 from models.vc.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.vc.generator import DEFAULT_TEMPERATURE  # noqa: E402
 from models.vc.latent_recognizer import LatentContentLoss  # noqa: E402
-from models.vc.model import VCConfig, VCModel  # noqa: E402
+from models.vc.model import VCConfig, VCModel, content_for_latents  # noqa: E402
 from models.vc.phonemes import ctc_labels, ctc_phoneme_loss, ctc_symbols, greedy_ctc, phoneme_errors  # noqa: E402
 
 PAD_S = 0.25  # silence added around every utterance so silence in -> silence out is learned
@@ -312,6 +312,7 @@ class DitBatches:
             start = self.rng.randint(0, max(0, n - frames))
             key = "content_shifted" if self.rng.random() < 0.5 else "content"
             c = self.f[key][row].float()
+            c = content_for_latents(c, self.cfg)  # latent p goes with the content of p + lookahead
             per = self.cfg.content_per_latent
             zc, cc = z[start : start + frames], c[start * per : (start + frames) * per]
             if len(zc) < frames:  # short utterance: pad with its own last (silent) frame
@@ -442,6 +443,11 @@ def train_dit(args) -> None:
     cfg = run_config(out, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_fields.items()}))
     cfg = replace(cfg, **{k: v for k, v in (("context_noise", args.context_noise), ("context_drop", args.context_drop))
                           if v is not None})  # training-only fields: serving never reads them
+    saved = out / "dit.pt"
+    ahead = args.content_lookahead
+    if ahead is None:  # a resumed run keeps the lookahead it was trained with
+        ahead = torch.load(saved).get("content_lookahead", 0) if args.resume and saved.exists() else 0
+    cfg = replace(cfg, content_lookahead=ahead)
     model = VCModel(cfg)
     params = list(model.speaker.parameters()) + list(model.dit.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -479,7 +485,7 @@ def train_dit(args) -> None:
                 group["lr"] = lr_at(step - first, args.steps - first, args.lr, warmup=50)
             else:
                 group["lr"] = ramp * lr_at(step, args.steps, args.lr)
-        chunk = 4 if rng.random() < 0.7 else 2
+        chunk = rng.choices((4, 3, 2), args.chunk_weights)[0]
         losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg, args.split_above,
                           args.self_context, phoneme_loss, args.phoneme_loss)
         optimizer_step(opt, losses["loss"], params)
@@ -487,16 +493,16 @@ def train_dit(args) -> None:
         if step % 25 == 0:
             log(out / "dit_log.jsonl", step=step, min=minutes, **{k: v.item() for k, v in losses.items()})
         if step % 200 == 0 or minutes > args.minutes:
-            save_dit(resume, model, opt, step)
+            save_dit(resume, model, opt, step, cfg)
         if minutes > args.minutes:
             break
-    save_dit(resume, model, opt, step)
+    save_dit(resume, model, opt, step, cfg)
 
 
-def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer, step: int) -> None:
-    """The DiT stage's resumable state: speaker encoder, DiT, optimizer moments and the step reached."""
+def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer, step: int, cfg: VCConfig) -> None:
+    """The DiT stage's resumable state: speaker encoder, DiT, optimizer moments, the step reached, its lookahead."""
     state = {"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "opt": opt.state_dict(),
-             "step": step}
+             "step": step, "content_lookahead": cfg.content_lookahead}
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)  # never a half-written dit.pt if the run is stopped mid-save
 
@@ -526,9 +532,9 @@ def export(args) -> None:
     out = Path(args.out)
     vae = load_vae(Path(args.vae))
     saved = torch.load(out / "content.pt")
-    model = VCModel(run_config(out, vae.cfg))
-    load_content(out, model)
     state = torch.load(out / "dit.pt")
+    model = VCModel(replace(run_config(out, vae.cfg), content_lookahead=state.get("content_lookahead", 0)))
+    load_content(out, model)
     model.speaker.load_state_dict(state["speaker"])
     model.dit.load_state_dict(state["dit"])
     model.vae.load_state_dict(vae.state_dict())
@@ -569,6 +575,26 @@ def merge_voices(path: str, old_tensors: dict, old_meta: dict) -> int:
     return save_tensors(path, tensors, meta, float32_suffixes=FLOAT32_KEYS)
 
 
+def swap_dit(args) -> None:
+    """Put a DiT stage's speaker encoder and DiT into a copy of ``--init``'s checkpoint, at ``--checkpoint``.
+
+    ``--out``'s dit.pt, with its content lookahead; the content recognizer, vocoder and shipped voices kept.
+    For a DiT continued on the features of ``--init``'s own recognizer and VAE (e.g. with a new lookahead).
+    """
+    from models.vc.checkpoint import FLOAT32_KEYS
+
+    state = torch.load(Path(args.out) / "dit.pt", map_location="cpu")
+    tensors, meta = load_tensors(args.init)
+    for part in ("speaker", "dit"):
+        if set(state[part]) != {k[len(part) + 1 :] for k in tensors if k.startswith(part + ".")}:
+            raise SystemExit(f"{args.out}/dit.pt's {part} does not match {args.init}'s (another size?)")
+        tensors.update({f"{part}.{name}": value for name, value in state[part].items()})
+    meta["config"]["content_lookahead"] = state.get("content_lookahead", 0)
+    size = save_tensors(args.checkpoint, tensors, meta, float32_suffixes=FLOAT32_KEYS)
+    print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "step": state["step"],
+                      "content_lookahead": meta["config"]["content_lookahead"]}))
+
+
 @torch.no_grad()
 def swap_vocoder(args) -> None:
     """Put a re-tuned decoder into the VC checkpoint in place (``--vae``: a run folder with vae_decoder.pt).
@@ -595,7 +621,7 @@ def swap_vocoder(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["content", "features", "dit", "export", "vocoder"])
+    ap.add_argument("stage", choices=["content", "features", "dit", "export", "vocoder", "swap-dit"])
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--out", default="runs/vc")
     ap.add_argument("--vae", default="checkpoints/tts_default.safetensors",
@@ -637,13 +663,17 @@ def main() -> None:
     ap.add_argument("--shard", type=int, default=0, help="features --part content: this shard of --num-shards")
     ap.add_argument("--num-shards", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--content-lookahead", type=int, default=None,
+                    help="dit: latents the content runs ahead of the latents made from it (default: the run's, or 0)")
+    ap.add_argument("--chunk-weights", type=float, nargs=3, default=(0.7, 0.0, 0.3),
+                    help="dit: how often training chunks are 4, 3 and 2 latents long")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.lr is None:
         args.lr = {"content": 2e-3, "dit": 5e-4}.get(args.stage, 1e-3)
     stages = {"content": train_content, "features": make_features, "dit": train_dit, "export": export,
-              "vocoder": swap_vocoder}
+              "vocoder": swap_vocoder, "swap-dit": swap_dit}
     stages[args.stage](args)
 
 

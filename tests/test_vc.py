@@ -11,7 +11,7 @@ from models.base import ControlEvent, StepInput, apply_event, open_direct
 from models.errors import ParamError
 from models.registry import load_model
 from models.vc.generator import VCGenerator
-from models.vc.model import two_stream_mask
+from models.vc.model import content_for_latents, two_stream_mask
 from tests.vc_helpers import (
     make_tiny_checkpoint,
     offline_reference,
@@ -19,6 +19,7 @@ from tests.vc_helpers import (
     run_session,
     run_together,
     speechlike,
+    tiny_config,
     wav_b64,
 )
 
@@ -52,6 +53,39 @@ def test_80ms_chunks_equal_offline_too(ckpt):
     audio = speechlike(1.2, 6)
     np.testing.assert_allclose(run_session(gen80, audio, {"voice": "high", "seed": 1}),
                                offline_reference(gen80, audio, "high", 1), atol=1e-5)
+
+
+def test_content_lookahead_delays_the_output_and_its_pitch_and_still_equals_offline(tmp_path):
+    """A model trained with its content one latent frame ahead (``content_lookahead=1``): serving runs the DiT a
+    frame behind the mic, so the stream's delay grows by 40 ms and the harmonic vocoder's pitch track must lag
+    with the latents; the streamed output (one session, a batch, voice switches) still equals the offline and
+    reference passes, which delay the pitch the same way."""
+    path = make_tiny_checkpoint(str(tmp_path / "ahead.safetensors"), harmonic=True, content_lookahead=1)
+    base = make_tiny_checkpoint(str(tmp_path / "base.safetensors"), harmonic=True)
+    gen = VCGenerator(checkpoint=path, max_sessions=3)
+    assert gen.spec.lookahead_ms == VCGenerator(checkpoint=base, max_sessions=1).spec.lookahead_ms + 40.0
+    audio = speechlike(1.6, 5)
+    streamed = run_session(gen, audio, {"voice": "low", "seed": 3, "steps": 1})
+    np.testing.assert_allclose(streamed, offline_reference(gen, audio, "low", 3), atol=1e-5)
+    states = [open_direct(gen, {"voice": v, "seed": 3, "steps": 1}) for v in ("low", "high")]
+    together = run_together(gen, states, [audio, speechlike(1.6, 6)], 2)
+    np.testing.assert_allclose(together[0], streamed, atol=1e-5)
+    params = {"voice": "low", "seed": 7, "steps": 1}
+    events = {1: ("set_reference", {"voice": "high"}), 3: ("set_steps", {"steps": 2})}
+    audio = speechlike(2.4, 12)
+    np.testing.assert_allclose(run_session(gen, audio, params, events), reference_stream(gen, audio, params, events),
+                               atol=1e-5)
+    # without the pitch delay the output differs: the test above would catch a generator that forgot it
+    gen.slots.pitch_delay = None
+    assert np.abs(run_session(gen, audio, params, events) - reference_stream(gen, audio, params, events)).max() > 1e-3
+
+
+def test_content_for_latents_pairs_each_latent_with_the_content_ahead_of_it():
+    """Training and offline passes pair latent p with content p + lookahead (two content frames per latent)."""
+    content = torch.arange(12.0).reshape(1, 6, 2)  # 3 latents' worth
+    assert torch.equal(content_for_latents(content, tiny_config(content_lookahead=0)), content)
+    ahead = content_for_latents(content, tiny_config(content_lookahead=1))
+    assert torch.equal(ahead[0, :4], content[0, 2:]) and torch.equal(ahead[0, 4:], content[0, 5:].expand(2, 2))
 
 
 @pytest.mark.parametrize("voice_switch", ["reset", "recache"])

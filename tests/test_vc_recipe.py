@@ -8,6 +8,7 @@ change to a stage that breaks the recipe fails a test, not a multi-hour run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from evaluation.speech_corpus import write_corpus, write_utterance
 from models.checkpoint_io import load_tensors
 from models.vc.checkpoint import load_checkpoint
+from models.vc.generator import VCGenerator
 from tests.recipe_helpers import run_script
 from tests.vc_helpers import SYMBOLS, make_tiny_checkpoint, speechlike
 
@@ -86,13 +88,28 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
                "--batch", 2, "--frames", 8, "--self-context", 1.0, "--context-noise", 0.3, "--phoneme-loss", 0.5,
                "--latent-recognizer", run / "latrec" / "latent_recognizer.pt", *common)
     assert json.loads((run / "dit_log.jsonl").read_text().splitlines()[0])["phoneme"] > 0
+    # the DiT continued with its content a latent frame ahead and 3-latent chunks; a resume keeps the lookahead
+    run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 5, "--batch", 2, "--frames", 8,
+               "--content-lookahead", 1, "--chunk-weights", 0, 1, 0, *common)
+    run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 6, "--batch", 2, "--frames", 8,
+               *common)
+    assert torch.load(run / "dit.pt")["content_lookahead"] == 1
+    ahead = tmp_path / "ahead.safetensors"  # that DiT into the checkpoint it started from, the rest kept
+    run_script(train_vc, monkeypatch, "swap-dit", "--init", init, "--out", run, "--checkpoint", ahead)
+    swapped, base = load_checkpoint(str(ahead)), load_checkpoint(init)
+    assert swapped.model.cfg.content_lookahead == 1 and swapped.voice_info == base.voice_info
+    torch.testing.assert_close(swapped.model.content.state_dict(), base.model.content.state_dict())
+    for name, value in torch.load(run / "dit.pt")["dit"].items():  # half-precision storage
+        torch.testing.assert_close(swapped.model.dit.state_dict()[name], value, atol=2e-3, rtol=2e-3)
+    assert VCGenerator(checkpoint=str(ahead), max_sessions=1).spec.lookahead_ms == 50.0  # 10 ms vocoder + 40 ms
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     run_script(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices",
                "a", "--voices-from", out, *common)
 
     old, new = load_checkpoint(init), load_checkpoint(str(out))
-    assert new.symbols == old.symbols and new.model.cfg == old.model.cfg  # the shipped sizes and classes
+    assert new.symbols == old.symbols  # the shipped classes; the sizes too, and the run's content lookahead
+    assert new.model.cfg == dataclasses.replace(old.model.cfg, content_lookahead=1)
     assert set(new.voice_info) == {"a", "low", "high"}  # the new voice beside the old checkpoint's
     torch.testing.assert_close(new.voice_mels["low"], old.voice_mels["low"])  # kept as they were
     assert new.voice_info["a"]["f0_hz"] == pytest.approx(110.0, rel=0.1)  # from a clean clip of voice a
@@ -108,6 +125,25 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="held-out"):  # a held-out voice never ships
         run_script(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", tmp_path / "x",
                    "--add-voices", "h", *common)
+
+
+def test_dit_crops_pair_each_latent_with_the_content_ahead_of_it():
+    """train_vc.py's DiT crops: latent p with the content of p + lookahead (two content frames per latent)."""
+    import random
+
+    import train_vc
+
+    from tests.vc_helpers import tiny_config
+
+    latents = torch.arange(30.0)[:, None].expand(30, 8)  # latent p holds p
+    content = torch.arange(60.0)[:, None].expand(60, 16) // 2  # both content frames of latent p hold p
+    feats = {"latents": [latents], "content": [content], "content_shifted": [content], "mel": [torch.zeros(300, 80)],
+             "split": ["train"], "voice_id": ["a"]}
+    for ahead in (0, 1, 2):
+        batches = train_vc.DitBatches(feats, tiny_config(content_lookahead=ahead), random.Random(0))
+        lat, con, _, _ = batches(4, 10)
+        # each content frame holds the latent it goes with: p + ahead, the last one repeated past the end
+        assert torch.equal(con[:, ::2, 0], (lat[:, :, 0] + ahead).clamp(max=29))
 
 
 def test_merged_corpora_read_as_one(tmp_path):

@@ -164,6 +164,8 @@ def decode_offline(gen: VCGenerator, latents: torch.Tensor, audio: np.ndarray, t
     if vae.cfg.harmonics:
         per = vae.cfg.hop // vae.cfg.frame_hop
         f0_in, voicing = track_signal(torch.from_numpy(audio[: latents.shape[1] * vae.cfg.hop])[None])
+        delay = gen.cfg.content_lookahead * per  # the latents lag the mic by the content lookahead: so does f0
+        f0_in, voicing = (torch.nn.functional.pad(x, (delay, 0))[:, : x.shape[1]] for x in (f0_in, voicing))
         frames, stats, parts = gen.chunk_latents * per, torch.tensor([[0.0, 0.0, float(targets[0].exp())]]), []
         for c, target in enumerate(targets):
             window = slice(c * frames, (c + 1) * frames)

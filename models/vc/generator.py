@@ -135,9 +135,12 @@ class VCGenerator(ReferenceVoiceGenerator):
         # On a GPU a batch is padded to the engine's bucket and one step runs as a captured graph per bucket.
         self.pads_to_bucket = self.device.type == "cuda"
         fmt = AudioFormat(SAMPLE_RATE_HZ)
+        # With a content lookahead the DiT's latent p is made from the content of p + lookahead, so each chunk's
+        # output is that many latent frames of the mic behind its input: an algorithmic delay like the vocoder's.
+        delay_samples = self.model.vae.delay_samples + self.cfg.content_lookahead * hop
         self.spec = StreamSpec(
             chunk_ms=chunk_ms, pacing=Pacing.INPUT, input_audio=fmt, output_audio=fmt,
-            lookahead_ms=1000.0 * self.model.vae.delay_samples / SAMPLE_RATE_HZ, event_types=EVENTS,
+            lookahead_ms=1000.0 * delay_samples / SAMPLE_RATE_HZ, event_types=EVENTS,
         )
         self._slots = SlotAllocator(max_sessions)
         self._pad_slot = max_sessions  # one more row: scratch space for the padding rows of a bucket
@@ -173,6 +176,7 @@ class VCGenerator(ReferenceVoiceGenerator):
             conv2_past=content.conv2.kernel_size[0] - content.conv2.stride[0], num_pairs=len(pairs),
             num_mods=self._dit.num_mods, num_ref_tokens=self.num_ref_tokens, device=dev,
             pitch_tail=self._pitch.cfg.window - self._pitch.cfg.frame_hop if self._harmonic else None,
+            pitch_delay=self.cfg.content_lookahead * hop // self._pitch.cfg.frame_hop if self._harmonic else 0,
         )
         self._uploads: LRU[tuple[torch.Tensor, ...]] = LRU(16)  # recent uploads' embeddings (~1 MB each)
         self._voices = {v: self._embed_reference(m, ckpt.voice_info.get(v, {}).get("f0_hz", PRIOR_F0_HZ))
@@ -375,6 +379,10 @@ class VCGenerator(ReferenceVoiceGenerator):
         """
         slots = self.slots
         f0, voicing, slots.pitch_tail[rows] = self._pitch(audio, slots.pitch_tail[rows])
+        if slots.pitch_delay is not None:  # the latents decoded lag the mic by the content lookahead
+            held = torch.cat([slots.pitch_delay[rows], torch.stack([f0, voicing], dim=1)], dim=2)
+            slots.pitch_delay[rows] = held[:, :, f0.shape[1] :]
+            f0, voicing = held[:, 0, : f0.shape[1]], held[:, 1, : f0.shape[1]]
         out, slots.f0_stats[rows] = map_pitch(f0, voicing, slots.f0_stats[rows], slots.target_log_f0[rows])
         return out
 

@@ -46,6 +46,11 @@ class VCConfig:
     content_layers: int = 2  # GRU layers
     content_dim: int = 128  # bottleneck width: the content features the decoder reads
     content_per_latent: int = 2  # content frames (50 Hz) per latent frame (25 Hz)
+    # Latent frames the content runs ahead of the latents the DiT makes from it: latent p is made from the
+    # content of frames up to p + content_lookahead (serving's output is that much later). The causal
+    # recognizer's features name a sound only after it was heard: a linear map from content at p + 1 predicts
+    # latent p better than from content at p (held-out R^2 0.66 vs 0.56; docs/models/vc.md, session 12).
+    content_lookahead: int = 0
     speaker_channels: int = 192  # speaker encoder width
     ref_stride: int = 8  # mel frames per timbre token (12.5 Hz)
     max_ref_s: float = 10.0  # longest reference used (longer ones are cut)
@@ -392,6 +397,20 @@ class DiT(nn.Module):
 
         # Only the keys/values matter here: the last block's cross-attention and MLP are skipped.
         self._run(x, cond, timbre_kv, tmask, attn, skip_last_mlp=True)
+
+
+def content_for_latents(content: torch.Tensor, cfg: VCConfig) -> torch.Tensor:
+    """Content (..., T * per, C) on the audio's clock -> the content each latent frame is made from.
+
+    Shifted ``cfg.content_lookahead`` latent frames earlier (the last frame repeated past the end), so frame
+    p of the result goes with latent p: what training pairs and what offline passes feed the DiT. Serving
+    needs no shift: its DiT runs that many frames behind the mic (see ``VCGenerator``).
+    """
+    ahead = cfg.content_lookahead * cfg.content_per_latent
+    if ahead == 0:
+        return content
+    last = content[..., -1:, :].expand(*content.shape[:-2], ahead, content.shape[-1])
+    return torch.cat([content[..., ahead:, :], last], dim=-2)
 
 
 class VCModel(nn.Module):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from models.vc.model import VCModel
+from models.vc.model import VCModel, content_for_latents
 
 FIT_LR = 0.04  # Adam's step on the embedding (chosen with the step count on the development voices)
 
@@ -31,7 +31,7 @@ def reference_latents(model: VCModel, audio: torch.Tensor) -> tuple[torch.Tensor
     hop = model.vae.cfg.hop
     x = F.pad(audio, (0, -audio.shape[1] % hop))
     latents = model.vae.normalize(model.vae.encode(x)[0]).transpose(1, 2)
-    content = model.content_offline(x)
+    content = content_for_latents(model.content_offline(x), model.cfg)
     per = model.cfg.content_per_latent
     num = min(latents.shape[1], content.shape[1] // per)
     return latents[:, :num], content[:, : num * per]

@@ -32,12 +32,15 @@ class VCSlots:
     pitch_tail: torch.Tensor | None = None  # (rows, window - hop) the pitch tracker's input tail (harmonic)
     f0_stats: torch.Tensor | None = None  # (rows, 3) the speaker's sum of log f0, voiced count, last output f0
     target_log_f0: torch.Tensor | None = None  # (rows,) the reference's median log f0
+    # (rows, 2, frames) the tracker's newest f0 and voicing frames, not yet due: with a content lookahead the
+    # latents decoded lag the mic by that many latent frames, and their pitch must lag with them
+    pitch_delay: torch.Tensor | None = None
 
     @classmethod
     def allocate(cls, cfg: VCConfig, num_rows: int, *, mel_tail: int, conv1_past: int, conv2_past: int,
                  num_pairs: int, num_mods: int, num_ref_tokens: int, pitch_tail: int | None,
-                 device: torch.device) -> VCSlots:
-        """Zeroed rows; ``pitch_tail`` None: no harmonic vocoder (no pitch rows)."""
+                 device: torch.device, pitch_delay: int = 0) -> VCSlots:
+        """Zeroed rows; ``pitch_tail`` None: no harmonic vocoder (no pitch rows); ``pitch_delay``: frames held back."""
         heads, head_dim = cfg.num_heads, cfg.dim // cfg.num_heads
         per = cfg.content_per_latent * cfg.content_dim
 
@@ -58,6 +61,7 @@ class VCSlots:
             pitch_tail=zeros(num_rows, pitch_tail) if harmonic else None,
             f0_stats=zeros(num_rows, 3) if harmonic else None,
             target_log_f0=zeros(num_rows) if harmonic else None,
+            pitch_delay=zeros(num_rows, 2, pitch_delay) if harmonic and pitch_delay else None,
         )
 
     def reset_stream(self, slot: int) -> None:
@@ -67,3 +71,5 @@ class VCSlots:
         self.gru[:, slot] = 0
         if self.pitch_tail is not None:
             self.pitch_tail[slot] = 0
+        if self.pitch_delay is not None:
+            self.pitch_delay[slot] = 0  # unvoiced: the pitch holds the target's until the speaker is heard
