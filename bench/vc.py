@@ -58,7 +58,7 @@ from evaluation.speech_corpus import load_utterances, voices  # noqa: E402
 from models.audio.dsp import wav_bytes  # noqa: E402
 from models.audio.pitch_track import decoder_pitch, median_pitch  # noqa: E402
 from models.base import StepInput, open_direct  # noqa: E402
-from models.vc.generator import VCGenerator  # noqa: E402
+from models.vc.generator import DEFAULT_WAIT_MS, VCGenerator  # noqa: E402
 
 
 def emit(**fields) -> None:
@@ -74,7 +74,9 @@ def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = Fal
     """
     state = open_direct(gen, params)  # validate, prepare (an uploaded reference) and open
     n = gen.spec.input_chunk_samples
-    audio = np.pad(audio, (0, -len(audio) % n))
+    delay = round(gen.spec.lookahead_ms * 16)  # the output lags by the model's look-ahead: align with the input
+    length = len(audio)
+    audio = np.pad(audio, (0, delay + -(length + delay) % n))  # silence after it: its end comes out too
     out, times = [], []
     origin = time.perf_counter()
     for k in range(len(audio) // n):
@@ -84,8 +86,7 @@ def convert(gen: VCGenerator, audio: np.ndarray, params: dict, paced: bool = Fal
         out.append(gen.step([state], [StepInput(audio=audio[k * n : (k + 1) * n], num_valid_samples=n)], 1)[0].audio)
         times.append(time.perf_counter() - start)
     gen.close_session(state)
-    delay = round(gen.spec.lookahead_ms * 16)  # the output lags by the model's look-ahead: align with the input
-    return np.concatenate(out)[delay:], times
+    return np.concatenate(out)[delay : delay + length], times
 
 
 def bench_latency(gen: VCGenerator, speech: np.ndarray, args) -> None:
@@ -324,7 +325,7 @@ def bench_processes(args) -> None:
                 w.join()
             p50 = statistics.median(statistics.median(t) for t in times)
             p99 = max(float(np.percentile(t, 99)) for t in times)
-            chunk_ms = args.chunk_ms
+            chunk_ms = args.chunk_ms or DEFAULT_WAIT_MS  # (--config paper: no content lookahead)
             emit(bench="vc.processes", config=args.config, processes=procs, batch=batch, sessions=procs * batch,
                  step_ms_p50=round(p50, 2), step_ms_p99=round(p99, 2), steps=sum(len(t) for t in times),
                  back_to_back_sessions_real_time=int(procs * batch * chunk_ms / p50),
@@ -381,8 +382,9 @@ def make_generator(args, **options):
     if args.weights:
         from models.registry import load_model
 
-        return load_model("vc", args.device, {"weights": args.weights, "chunk_ms": args.chunk_ms,
-                                              "asr_threads": args.asr_threads, **options})
+        chunk = {"chunk_ms": args.chunk_ms} if args.chunk_ms else {}
+        return load_model("vc", args.device, {"weights": args.weights, **chunk, "asr_threads": args.asr_threads,
+                                              **options})
     return VCGenerator(device=args.device, config=args.config, checkpoint=args.checkpoint, chunk_ms=args.chunk_ms,
                        **options)
 
@@ -445,7 +447,8 @@ def main() -> None:
     ap.add_argument("--batch-bench", action="store_true",
                     help="the batched-step bench on the CPU with --config default (the shipped checkpoint)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--chunk-ms", type=float, default=160.0)
+    ap.add_argument("--chunk-ms", type=float, default=None,
+                    help="default: the generator's (160 ms less the checkpoint's content lookahead; MeanVC's 160)")
     ap.add_argument("--steps", type=int, default=1, help="mean-flow steps for the quality run")
     ap.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: the model's)")
     ap.add_argument("--reference-fit-steps", type=int, default=None,

@@ -57,13 +57,14 @@ def test_80ms_chunks_equal_offline_too(ckpt):
 
 def test_content_lookahead_delays_the_output_and_its_pitch_and_still_equals_offline(tmp_path):
     """A model trained with its content one latent frame ahead (``content_lookahead=1``): serving runs the DiT a
-    frame behind the mic, so the stream's delay grows by 40 ms and the harmonic vocoder's pitch track must lag
-    with the latents; the streamed output (one session, a batch, voice switches) still equals the offline and
-    reference passes, which delay the pitch the same way."""
+    frame behind the mic, so the stream's delay grows by 40 ms (and the default chunk shrinks by as much) and
+    the harmonic vocoder's pitch track must lag with the latents; the streamed output (one session, a batch,
+    voice switches) still equals the offline and reference passes, which delay the pitch the same way."""
     path = make_tiny_checkpoint(str(tmp_path / "ahead.safetensors"), harmonic=True, content_lookahead=1)
     base = make_tiny_checkpoint(str(tmp_path / "base.safetensors"), harmonic=True)
     gen = VCGenerator(checkpoint=path, max_sessions=3)
     assert gen.spec.lookahead_ms == VCGenerator(checkpoint=base, max_sessions=1).spec.lookahead_ms + 40.0
+    assert gen.spec.chunk_ms == 120.0  # by default chunk + lookahead wait 160 ms for the mic, as without lookahead
     audio = speechlike(1.6, 5)
     streamed = run_session(gen, audio, {"voice": "low", "seed": 3, "steps": 1})
     np.testing.assert_allclose(streamed, offline_reference(gen, audio, "low", 3), atol=1e-5)

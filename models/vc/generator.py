@@ -70,6 +70,9 @@ DEFAULT_TEMPERATURE = 0.3
 # gradient steps fitting an uploaded reference's embedding to its own speech (models/vc/reference_fit.py; 0 off):
 # issue 15, session 10: chosen on held-out espeak-ng voices; held-out human zero-shot margins -0.03/+0.13 -> +0.04/+0.19
 DEFAULT_REFERENCE_FIT_STEPS = 30
+# input a chunk waits for by default, the chunk and the checkpoint's content lookahead together: 160 ms chunks for a
+# checkpoint without lookahead, 120 ms with one latent frame (40 ms) of it, so the stream's delay stays the same
+DEFAULT_WAIT_MS = 160.0
 MIN_REFERENCE_S = 3.0  # of speech, after trimming silence (uploads: models/vc/serving.py; the first max_ref_s used)
 
 
@@ -98,7 +101,7 @@ class VCGenerator(ReferenceVoiceGenerator):
         device: str = "cpu",
         config: str = "default",
         checkpoint: str | None = None,
-        chunk_ms: float = 160.0,
+        chunk_ms: float | None = None,
         max_sessions: int = 64,
         max_batch_size: int = 16,
         num_threads: int | None = None,
@@ -126,6 +129,8 @@ class VCGenerator(ReferenceVoiceGenerator):
         self.cfg: VCConfig = self.model.cfg
         self.symbols, self.voice_info = ckpt.symbols, ckpt.voice_info
         hop = self.cfg.latent_hop
+        if chunk_ms is None:  # the chunk and the content lookahead together wait DEFAULT_WAIT_MS for the mic
+            chunk_ms = DEFAULT_WAIT_MS - 1000.0 * self.cfg.content_lookahead * hop / SAMPLE_RATE_HZ
         chunk_latents = chunk_ms * SAMPLE_RATE_HZ / 1000 / hop
         if chunk_latents != int(chunk_latents) or not 1 <= chunk_latents <= self.cfg.window_latents:
             raise ValueError(f"chunk_ms must be a multiple of {1000 * hop // SAMPLE_RATE_HZ} ms up to the window")
