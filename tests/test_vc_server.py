@@ -114,8 +114,9 @@ def test_shipped_checkpoint_carries_the_words_toward_the_target_voice(shipped):
     from models.vc.phonemes import phoneme_errors
 
     source, target = _clip("vc_unseen_source.wav"), _clip(f"vc_target_{VOICE}.wav")
-    delay = shipped.model.vae.delay_samples
-    out = run_session(shipped, np.pad(source, (0, 2560)), {"voice": VOICE, "seed": 0})[delay:][: len(source)]
+    delay = round(shipped.spec.lookahead_ms * 16)  # the vocoder's delay and any content lookahead
+    n = shipped.spec.input_chunk_samples
+    out = run_session(shipped, np.pad(source, (0, n + delay)), {"voice": VOICE, "seed": 0})[delay:][: len(source)]
     recognizer = PhonemeRecognizer(model=shipped.model, symbols=shipped.symbols)
     heard = recognizer.recognize(out)
     right = recognizer.reference(SOURCE_TEXT, SOURCE_LANGUAGE)
@@ -143,7 +144,7 @@ def test_shipped_checkpoint_silence_in_silence_out(shipped):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_shipped_checkpoint_streaming_equals_offline(shipped, steps):
     """The cache proof on the real model: chunk-by-chunk streaming == whole-sequence passes."""
-    audio = _clip("vc_unseen_source.wav")[: 8 * 2560]
+    audio = _clip("vc_unseen_source.wav")[: 8 * shipped.spec.input_chunk_samples]
     streamed = run_session(shipped, audio, {"voice": VOICE, "seed": 5, "steps": steps})
     np.testing.assert_allclose(streamed, offline_reference(shipped, audio, VOICE, 5, steps), atol=2e-4)
 
@@ -156,7 +157,7 @@ def test_shipped_checkpoint_serving_path_equals_the_reference_path(voice_switch)
     if not SHIPPED:
         pytest.skip("no shipped checkpoint")
     gen = VCGenerator(max_sessions=2, voice_switch=voice_switch)
-    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 14 * 2560]
+    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 14 * gen.spec.input_chunk_samples]
     params = {"voice": "v057", "seed": 4, "steps": 1}
     events = {9: ("set_reference", {"voice": VOICE}), 11: ("set_steps", {"steps": 2})}
     np.testing.assert_allclose(run_session(gen, audio, params, events), reference_stream(gen, audio, params, events),
@@ -164,14 +165,15 @@ def test_shipped_checkpoint_serving_path_equals_the_reference_path(voice_switch)
 
 
 def test_shipped_checkpoint_batch_equals_single(shipped):
-    source = _clip("vc_unseen_source.wav")[: 6 * 2560]
+    n = shipped.spec.input_chunk_samples
+    source = _clip("vc_unseen_source.wav")[: 6 * n]
     inputs = [source, source[::-1].copy(), 0.5 * source]
     params = [{"voice": VOICE, "seed": 1}, {"voice": "v057", "seed": 2, "steps": 2}, {"voice": VOICE, "seed": 3}]
     alone = [run_session(shipped, a, p) for a, p in zip(inputs, params, strict=True)]
     states = [shipped.open_session(shipped.validate_params(p)) for p in params]
     together = [[] for _ in inputs]
     for k in range(6):
-        chunk = [StepInput(audio=a[k * 2560 : (k + 1) * 2560], num_valid_samples=2560) for a in inputs]
+        chunk = [StepInput(audio=a[k * n : (k + 1) * n], num_valid_samples=n) for a in inputs]
         for i, o in enumerate(shipped.step(states, chunk, 4)):
             together[i].append(o.audio)
     for s in states:
@@ -187,7 +189,8 @@ def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shippe
     latents = []
     decode = shipped._decode
     monkeypatch.setattr(shipped, "_decode", lambda slots, z, *f0: latents.append(z.clone()) or decode(slots, z, *f0))
-    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 16 * 2560]
+    n = shipped.spec.input_chunk_samples
+    audio = np.tile(_clip("vc_unseen_source.wav"), 2)[: 16 * n]
 
     def run(voice, events=None):
         latents.clear()
@@ -197,7 +200,7 @@ def test_shipped_checkpoint_voice_switch_within_one_chunk_without_a_click(shippe
     k = 4
     (old, z_old), (new, z_new) = run("v057"), run("v056")
     switched, z_sw = run("v057", {k: ("set_reference", {"voice": "v056"})})
-    n, f = 2560, shipped.chunk_latents
+    f = shipped.chunk_latents
     np.testing.assert_allclose(switched[: k * n], old[: k * n], atol=1e-6)
     chunk = slice(k * f, (k + 1) * f)
     assert (z_sw[chunk] - z_new[chunk]).abs().mean() < 0.7 * (z_sw[chunk] - z_old[chunk]).abs().mean()
