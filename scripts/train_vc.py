@@ -287,8 +287,10 @@ def load_run_features(out: Path) -> dict:
 class DitBatches:
     """Random training crops: latents, content, and a reference from other utterances of the same voice."""
 
-    def __init__(self, feats: dict, cfg: VCConfig, rng: random.Random, split: str = "train") -> None:
+    def __init__(self, feats: dict, cfg: VCConfig, rng: random.Random, split: str = "train",
+                 shifted_share: float = 0.5) -> None:
         self.f, self.cfg, self.rng = feats, cfg, rng
+        self.shifted_share = shifted_share  # how often a crop's content is that of the pitch-shifted copy
         self.rows = [i for i, s in enumerate(feats["split"]) if s == split]
         self.by_voice = defaultdict(list)
         for i in self.rows:
@@ -310,7 +312,7 @@ class DitBatches:
             z = self.f["latents"][row].float()
             n = len(z)
             start = self.rng.randint(0, max(0, n - frames))
-            key = "content_shifted" if self.rng.random() < 0.5 else "content"
+            key = "content_shifted" if self.rng.random() < self.shifted_share else "content"
             c = self.f[key][row].float()
             c = content_for_latents(c, self.cfg)  # latent p goes with the content of p + lookahead
             per = self.cfg.content_per_latent
@@ -474,7 +476,7 @@ def train_dit(args) -> None:
     print(json.dumps({"dit_params": sum(p.numel() for p in model.dit.parameters()),
                       "speaker_params": sum(p.numel() for p in model.speaker.parameters()),
                       "first_step": first}), flush=True)
-    batches = DitBatches(feats, cfg, rng)
+    batches = DitBatches(feats, cfg, rng, shifted_share=args.shifted_content)
     phoneme_loss = LatentContentLoss.from_file(args.latent_recognizer) if args.phoneme_loss > 0 else None
     start = time.time()
     step = first
@@ -665,6 +667,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--content-lookahead", type=int, default=None,
                     help="dit: latents the content runs ahead of the latents made from it (default: the run's, or 0)")
+    ap.add_argument("--shifted-content", type=float, default=0.5,
+                    help="dit: share of crops whose content is the pitch-shifted copy's (less of the source's voice)")
     ap.add_argument("--chunk-weights", type=float, nargs=3, default=(0.7, 0.0, 0.3),
                     help="dit: how often training chunks are 4, 3 and 2 latents long")
     ap.add_argument("--seed", type=int, default=0)

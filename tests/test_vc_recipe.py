@@ -90,7 +90,7 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     assert json.loads((run / "dit_log.jsonl").read_text().splitlines()[0])["phoneme"] > 0
     # the DiT continued with its content a latent frame ahead and 3-latent chunks; a resume keeps the lookahead
     run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 5, "--batch", 2, "--frames", 8,
-               "--content-lookahead", 1, "--chunk-weights", 0, 1, 0, *common)
+               "--content-lookahead", 1, "--chunk-weights", 0, 1, 0, "--shifted-content", 0.8, *common)
     run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 6, "--batch", 2, "--frames", 8,
                *common)
     assert torch.load(run / "dit.pt")["content_lookahead"] == 1
@@ -144,6 +144,10 @@ def test_dit_crops_pair_each_latent_with_the_content_ahead_of_it():
         lat, con, _, _ = batches(4, 10)
         # each content frame holds the latent it goes with: p + ahead, the last one repeated past the end
         assert torch.equal(con[:, ::2, 0], (lat[:, :, 0] + ahead).clamp(max=29))
+    shifted = {**feats, "content_shifted": [-content]}  # the pitch-shifted copy's content, told apart by its sign
+    for share, negative in ((0.0, False), (1.0, True)):
+        _, con, _, _ = train_vc.DitBatches(shifted, tiny_config(), random.Random(0), shifted_share=share)(4, 10)
+        assert bool((con[:, 2:] < 0).all()) == negative and bool((con[:, 2:] > 0).all()) != negative
 
 
 def test_merged_corpora_read_as_one(tmp_path):
