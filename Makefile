@@ -122,7 +122,7 @@ train-tts: $(STAMP)
 speech-data-human: $(STAMP)
 	$(PY) scripts/make_human_speech.py --out data/speech_human
 
-# Issue 15 (the shipped VC checkpoint since session 9, G2: docs/models/vc.md): the VC model re-trained from the shipped
+# Issue 15 (the shipped VC checkpoint: G2 from session 9, L1s since session 12: docs/models/vc.md): the VC model re-trained from the shipped
 # espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
 # (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
 # content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
@@ -187,6 +187,21 @@ train-vc-human: $(STAMP)
 	  --threads 2
 	$(PY) scripts/train_vc.py export --data data/speech_human --out runs/vchG2 --vae runs/vcvae3 \
 	  --checkpoint runs/vc_human.safetensors --add-voices $(VC_HUMAN_VOICES) --voices-from $(VC_BASE)
+	@# session 12: G2's DiT continued with its content one latent frame ahead (L1), then with the pitch-shifted
+	@# copy's content in 85 % of the crops (L1s: the shipped checkpoint since session 12; 120 ms chunks + 40 ms
+	@# lookahead). The shipped runs stopped by minutes at steps 21,422 and 24,078.
+	mkdir -p runs/vchL1; cp runs/vchG2/content.pt runs/vchG2/dit.pt runs/vchL1/
+	ln -sf $$PWD/runs/vchE/features_latents.pt runs/vchL1/; ln -sf $$PWD/runs/vch2/features_content_0.pt runs/vchL1/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchL1 --extra-features runs/vceE --minutes 50 \
+	  --steps 21654 --batch 8 --lr 2e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
+	  --content-lookahead 1 --chunk-weights 0.5 0.3 0.2
+	mkdir -p runs/vchL1s; cp runs/vchL1/content.pt runs/vchL1/dit.pt runs/vchL1s/
+	ln -sf $$PWD/runs/vchE/features_latents.pt runs/vchL1s/; ln -sf $$PWD/runs/vch2/features_content_0.pt runs/vchL1s/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchL1s --extra-features runs/vceE --minutes 36 \
+	  --steps 24400 --batch 8 --lr 1e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
+	  --chunk-weights 0.5 0.3 0.2 --shifted-content 0.85
+	$(PY) scripts/train_vc.py swap-dit --init runs/vc_human.safetensors --out runs/vchL1s \
+	  --checkpoint runs/vc_human_l1s.safetensors
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
 # The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).
