@@ -41,7 +41,7 @@ from models.audio.dsp import read_wav  # noqa: E402
 from models.audio.pitch_track import decoder_pitch  # noqa: E402
 from models.vc.checkpoint import load_checkpoint  # noqa: E402
 from models.vc.generator import VCGenerator  # noqa: E402
-from models.vc.model import content_for_latents  # noqa: E402
+from models.vc.reference_fit import reference_latents  # noqa: E402
 
 
 @torch.no_grad()
@@ -68,10 +68,8 @@ def main() -> None:
     audio = {w: [] for w in ways}
     for u in utts:
         x = torch.from_numpy(np.pad(u.audio, (0, -len(u.audio) % hop)))[None]
-        latents = model.vae.normalize(model.vae.encode(x)[0]).transpose(1, 2)  # (1, N, D)
-        content = content_for_latents(model.content_offline(x), model.cfg)  # latent p's content (lookahead)
-        n = min(latents.shape[1], content.shape[1] // model.cfg.content_per_latent)
-        latents, content = latents[:, :n], content[:, : n * model.cfg.content_per_latent]
+        latents, content = reference_latents(model, x)  # (1, N, D), latent p's content (with any lookahead)
+        n = latents.shape[1]
         noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
 
         def sample(past, con=content, context=True, steps=1, z=noise):

@@ -76,7 +76,7 @@ from models.audio.vae_training import load_checkpoint_vae  # noqa: E402
 from models.checkpoint_io import load_tensors, read_metadata, save_tensors  # noqa: E402
 from models.diagnostic.pitch import shift_pitch  # noqa: E402
 from models.flow import interpolate, mean_flow_target  # noqa: E402
-from models.vc.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from models.vc.checkpoint import FLOAT32_KEYS, load_checkpoint, save_checkpoint  # noqa: E402
 from models.vc.generator import DEFAULT_TEMPERATURE  # noqa: E402
 from models.vc.latent_recognizer import LatentContentLoss  # noqa: E402
 from models.vc.model import VCConfig, VCModel, content_for_latents  # noqa: E402
@@ -445,20 +445,19 @@ def train_dit(args) -> None:
     cfg = run_config(out, VAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in vae_fields.items()}))
     cfg = replace(cfg, **{k: v for k, v in (("context_noise", args.context_noise), ("context_drop", args.context_drop))
                           if v is not None})  # training-only fields: serving never reads them
-    saved = out / "dit.pt"
+    resume = out / "dit.pt"
+    state = torch.load(resume) if args.resume and resume.exists() else None
     ahead = args.content_lookahead
     if ahead is None:  # a resumed run keeps the lookahead it was trained with
-        ahead = torch.load(saved).get("content_lookahead", 0) if args.resume and saved.exists() else 0
+        ahead = state.get("content_lookahead", 0) if state is not None else 0
     cfg = replace(cfg, content_lookahead=ahead)
     model = VCModel(cfg)
     params = list(model.speaker.parameters()) + list(model.dit.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    resume = out / "dit.pt"
     first, rewarm = 0, 0
-    if args.resume and resume.exists():
+    if state is not None:
         # Continue the same schedule (lr by step of --steps) from the saved step; fresh data order. A save
         # without optimizer moments (older runs) gets a short re-warm-up to the scheduled lr instead.
-        state = torch.load(resume)
         model.speaker.load_state_dict(state["speaker"])
         model.dit.load_state_dict(state["dit"])
         first = state["step"] + 1
@@ -567,8 +566,6 @@ def export(args) -> None:
 
 def merge_voices(path: str, old_tensors: dict, old_meta: dict) -> int:
     """Add another checkpoint's shipped voices (tensors ``voices.*``, their descriptions) to the one at ``path``."""
-    from models.vc.checkpoint import FLOAT32_KEYS
-
     tensors, meta = load_tensors(path)
     for voice_id, info in old_meta["voices"].items():
         if voice_id not in meta["voices"]:
@@ -583,8 +580,6 @@ def swap_dit(args) -> None:
     ``--out``'s dit.pt, with its content lookahead; the content recognizer, vocoder and shipped voices kept.
     For a DiT continued on the features of ``--init``'s own recognizer and VAE (e.g. with a new lookahead).
     """
-    from models.vc.checkpoint import FLOAT32_KEYS
-
     state = torch.load(Path(args.out) / "dit.pt", map_location="cpu")
     tensors, meta = load_tensors(args.init)
     for part in ("speaker", "dit"):
@@ -605,8 +600,6 @@ def swap_vocoder(args) -> None:
     synthesis window, the harmonic head). A harmonic decoder also needs each shipped voice's median pitch
     (``f0_hz``), which ``export`` measures; for an older checkpoint it is measured on espeak-ng renderings.
     """
-    from models.vc.checkpoint import FLOAT32_KEYS
-
     saved = torch.load(Path(args.vae) / "vae_decoder.pt", map_location="cpu")
     tensors, meta = load_tensors(args.checkpoint)
     for name, value in saved["state"].items():

@@ -129,8 +129,11 @@ class VCGenerator(ReferenceVoiceGenerator):
         self.cfg: VCConfig = self.model.cfg
         self.symbols, self.voice_info = ckpt.symbols, ckpt.voice_info
         hop = self.cfg.latent_hop
+        # With a content lookahead the DiT's latent p is made from the content of p + lookahead, so each chunk's
+        # output is that many latent frames of the mic behind its input: an algorithmic delay like the vocoder's.
+        lookahead_samples = self.cfg.content_lookahead * hop
         if chunk_ms is None:  # the chunk and the content lookahead together wait DEFAULT_WAIT_MS for the mic
-            chunk_ms = DEFAULT_WAIT_MS - 1000.0 * self.cfg.content_lookahead * hop / SAMPLE_RATE_HZ
+            chunk_ms = DEFAULT_WAIT_MS - 1000.0 * lookahead_samples / SAMPLE_RATE_HZ
         chunk_latents = chunk_ms * SAMPLE_RATE_HZ / 1000 / hop
         if chunk_latents != int(chunk_latents) or not 1 <= chunk_latents <= self.cfg.window_latents:
             raise ValueError(f"chunk_ms must be a multiple of {1000 * hop // SAMPLE_RATE_HZ} ms up to the window")
@@ -140,9 +143,7 @@ class VCGenerator(ReferenceVoiceGenerator):
         # On a GPU a batch is padded to the engine's bucket and one step runs as a captured graph per bucket.
         self.pads_to_bucket = self.device.type == "cuda"
         fmt = AudioFormat(SAMPLE_RATE_HZ)
-        # With a content lookahead the DiT's latent p is made from the content of p + lookahead, so each chunk's
-        # output is that many latent frames of the mic behind its input: an algorithmic delay like the vocoder's.
-        delay_samples = self.model.vae.delay_samples + self.cfg.content_lookahead * hop
+        delay_samples = self.model.vae.delay_samples + lookahead_samples
         self.spec = StreamSpec(
             chunk_ms=chunk_ms, pacing=Pacing.INPUT, input_audio=fmt, output_audio=fmt,
             lookahead_ms=1000.0 * delay_samples / SAMPLE_RATE_HZ, event_types=EVENTS,
@@ -181,7 +182,7 @@ class VCGenerator(ReferenceVoiceGenerator):
             conv2_past=content.conv2.kernel_size[0] - content.conv2.stride[0], num_pairs=len(pairs),
             num_mods=self._dit.num_mods, num_ref_tokens=self.num_ref_tokens, device=dev,
             pitch_tail=self._pitch.cfg.window - self._pitch.cfg.frame_hop if self._harmonic else None,
-            pitch_delay=self.cfg.content_lookahead * hop // self._pitch.cfg.frame_hop if self._harmonic else 0,
+            pitch_delay=lookahead_samples // self._pitch.cfg.frame_hop if self._harmonic else 0,
         )
         self._uploads: LRU[tuple[torch.Tensor, ...]] = LRU(16)  # recent uploads' embeddings (~1 MB each)
         self._voices = {v: self._embed_reference(m, ckpt.voice_info.get(v, {}).get("f0_hz", PRIOR_F0_HZ))
