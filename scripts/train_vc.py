@@ -349,7 +349,8 @@ def chunk_times(batch: int, frames: int, chunk: int, mf: bool, rng: torch.Genera
 
 def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCConfig,
              split_above: float = 2.0, self_context: float = 0.0, phoneme_loss: LatentContentLoss | None = None,
-             phoneme_weight: float = 0.0, temperature: float = DEFAULT_TEMPERATURE) -> dict[str, torch.Tensor]:
+             phoneme_weight: float = 0.0, temperature: float = DEFAULT_TEMPERATURE,
+             self_context_temperature: float = 1.0) -> dict[str, torch.Tensor]:
     """MeanFlow loss (adaptive weighting) of one batch; rows split into r < t (jvp) and r = t (plain).
 
     Intervals longer than ``split_above`` (off by default) learn the interval-splitting identity instead
@@ -361,7 +362,9 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
     ``self_context``: the share of rows whose clean context is the model's own one-step sample of the
     sequence (made with the true context, no gradient) instead of the true latents. Serving feeds the DiT
     its own past output, never the truth; with true context only, the held-out PER of one-step latents
-    was 0.60 teacher-forced and 0.80 running on its own output (candidate B, 2026-12-07).
+    was 0.60 teacher-forced and 0.80 running on its own output (candidate B, 2026-12-07). The sample starts
+    from noise scaled by ``self_context_temperature``: 1 in the stages before session 13; serving samples at
+    its temperature (0.3), whose past is smoother than a sample at 1, so a stage can show the DiT that past.
 
     ``phoneme_loss`` (weighted by ``phoneme_weight``): the batch is also sampled in one step from noise
     scaled by ``temperature`` (serving's default), as serving samples it, with gradient, and a frozen latent
@@ -380,7 +383,7 @@ def dit_loss(model: VCModel, batch, chunk: int, rng: torch.Generator, cfg: VCCon
         if own.any():
             with torch.no_grad():
                 model.dit.set_explicit_attention(False)
-                z1 = torch.randn(x.shape, generator=rng)
+                z1 = self_context_temperature * torch.randn(x.shape, generator=rng)
                 sample = z1 - model.dit.forward_offline(x, z1, content, torch.zeros(b, n), torch.ones(b, n), speaker,
                                                         kv, tmask, chunk)
             past = torch.where(own[:, None, None], sample, x)
@@ -488,7 +491,8 @@ def train_dit(args) -> None:
                 group["lr"] = ramp * lr_at(step, args.steps, args.lr)
         chunk = rng.choices((4, 3, 2), args.chunk_weights)[0]
         losses = dit_loss(model, batches(args.batch, args.frames), chunk, gen, cfg, args.split_above,
-                          args.self_context, phoneme_loss, args.phoneme_loss)
+                          args.self_context, phoneme_loss, args.phoneme_loss,
+                          self_context_temperature=args.self_context_temperature)
         optimizer_step(opt, losses["loss"], params)
         minutes = (time.time() - start) / 60
         if step % 25 == 0:
@@ -647,6 +651,8 @@ def main() -> None:
                     help="dit: also train on this run folder's features (same VAE and recognizer; repeatable)")
     ap.add_argument("--self-context", type=float, default=0.0,
                     help="dit: share of rows whose past context is the model's own one-step sample (exposure bias)")
+    ap.add_argument("--self-context-temperature", type=float, default=1.0,
+                    help="dit: noise scale of the own samples used as past context (serving's is 0.3)")
     ap.add_argument("--context-noise", type=float, default=None, help="dit: max std of noise on the past context")
     ap.add_argument("--context-drop", type=float, default=None, help="dit: share of rows that see no past context")
     ap.add_argument("--phoneme-loss", type=float, default=0.0,

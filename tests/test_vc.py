@@ -356,9 +356,10 @@ def test_training_loss_with_the_split_target_for_long_intervals():
     ref_len = 4 * cfg.ref_stride
     batch = (torch.randn(b, n, cfg.vae.latent_dim), torch.randn(b, n * per, cfg.content_dim),
              torch.randn(b, ref_len, cfg.num_mels), torch.ones(b, ref_len, dtype=torch.bool))
-    for split_above, self_context in ((2.0, 0.0), (0.3, 0.0), (2.0, 1.0)):  # last: context = own samples
+    # the last two: context = own samples (from noise at temperature 1, then at serving's 0.3)
+    for split_above, self_context, temperature in ((2.0, 0.0, 1.0), (0.3, 0.0, 1.0), (2.0, 1.0, 1.0), (2.0, 1.0, 0.3)):
         losses = dit_loss(model, batch, 4, torch.Generator().manual_seed(rng.randrange(100)), cfg, split_above,
-                          self_context)
+                          self_context, self_context_temperature=temperature)
         assert all(torch.isfinite(x) for x in losses.values())
         losses["loss"].backward()
 

@@ -90,7 +90,8 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     assert json.loads((run / "dit_log.jsonl").read_text().splitlines()[0])["phoneme"] > 0
     # the DiT continued with its content a latent frame ahead and 3-latent chunks; a resume keeps the lookahead
     run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 5, "--batch", 2, "--frames", 8,
-               "--content-lookahead", 1, "--chunk-weights", 0, 1, 0, "--shifted-content", 0.8, *common)
+               "--content-lookahead", 1, "--chunk-weights", 0, 1, 0, "--shifted-content", 0.8, "--self-context", 0.5,
+               "--self-context-temperature", 0.3, *common)
     run_script(train_vc, monkeypatch, "dit", "--resume", "--out", run, "--steps", 6, "--batch", 2, "--frames", 8,
                *common)
     assert torch.load(run / "dit.pt")["content_lookahead"] == 1
