@@ -122,7 +122,7 @@ train-tts: $(STAMP)
 speech-data-human: $(STAMP)
 	$(PY) scripts/make_human_speech.py --out data/speech_human
 
-# Issue 15 (the shipped VC checkpoint: G2 from session 9, L1s since session 12: docs/models/vc.md): the VC model re-trained from the shipped
+# Issue 15 (the shipped VC checkpoint: G2 from session 9, L1s from session 12, L2s since session 13: docs/models/vc.md): the VC model re-trained from the shipped
 # espeak-ng-trained one (VC_BASE, the checkpoint as of commit fd2deec, taken from git) on the human-derived corpus
 # (make speech-data-human; flite awb and rms never enter): the whole VAE (encoder too, then new latents), the
 # content recognizer (then with speed perturbation), the speaker encoder + DiT on the new latents and content.
@@ -202,6 +202,16 @@ train-vc-human: $(STAMP)
 	  --chunk-weights 0.5 0.3 0.2 --shifted-content 0.85
 	$(PY) scripts/train_vc.py swap-dit --init runs/vc_human.safetensors --out runs/vchL1s \
 	  --checkpoint runs/vc_human_l1s.safetensors
+	@# session 13: L1s's DiT with its content two latent frames ahead (L2s: the shipped checkpoint since session 13;
+	@# 80 ms chunks + 80 ms lookahead, the same 170 ms algorithmic delay). The shipped run resumed L1s's weights with
+	@# fresh optimizer moments and stopped by its steps at 27,878 (41 min on one thread).
+	mkdir -p runs/vchL2s; cp runs/vchL1s/content.pt runs/vchL1s/dit.pt runs/vchL2s/
+	ln -sf $$PWD/runs/vchE/features_latents.pt runs/vchL2s/; ln -sf $$PWD/runs/vch2/features_content_0.pt runs/vchL2s/
+	$(PY) scripts/train_vc.py dit --resume --new-schedule --out runs/vchL2s --extra-features runs/vceE --minutes 50 \
+	  --steps 27879 --batch 8 --lr 1.5e-4 --split-above 0.6 --self-context 0.5 --context-noise 0.3 --context-drop 0.2 \
+	  --content-lookahead 2 --chunk-weights 0.4 0.2 0.4 --shifted-content 0.85
+	$(PY) scripts/train_vc.py swap-dit --init runs/vc_human_l1s.safetensors --out runs/vchL2s \
+	  --checkpoint runs/vc_human_l2s.safetensors
 
 # The VC corpus (240 training voices, data/speech_vc) and the default VC training run (scripts/train_vc.py).
 # The VAE vocoder is the TTS family's (its shipped checkpoint; or VAE=runs/tts, train_tts.py's run folder).

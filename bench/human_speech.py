@@ -68,6 +68,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="data/speech_human_eval")
     ap.add_argument("--utterances", type=int, default=12, help="held-out utterances per voice")
+    ap.add_argument("--first-utterance", type=int, default=0,
+                    help="skip this many of each voice's held-out utterances (e.g. 12: sentences no earlier "
+                         "decision was measured on)")
     ap.add_argument("--vc-voices", default="v057,v056,v039,v058", help="shipped VC voices to convert to")
     ap.add_argument("--tts-voices", type=int, default=4, help="shipped TTS voices to speak with")
     ap.add_argument("--vc-checkpoint", default=None)
@@ -85,9 +88,10 @@ def main() -> None:
     torch.set_num_threads(1)
     skip = set(filter(None, args.skip.split(",")))
 
-    by_voice = defaultdict(list)
+    by_voice, seen = defaultdict(list), defaultdict(int)
     for u in load_utterances(args.data, ("test_unseen_voice",)):
-        if len(by_voice[u.voice_id]) < args.utterances:
+        seen[u.voice_id] += 1
+        if seen[u.voice_id] > args.first_utterance and len(by_voice[u.voice_id]) < args.utterances:
             by_voice[u.voice_id].append(u)
     refs = defaultdict(list)
     for u in load_utterances(args.data, ("ref_unseen_voice",)):
