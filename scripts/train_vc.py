@@ -41,6 +41,17 @@ that way from the exported checkpoint, on the TTS corpus (``make speech-data``):
 
 (A fixed-phase decoder with the same 10 ms delay, ``--synth-window 320`` alone, was made the same way and not
 shipped: low voices lost periodicity.)
+
+To continue the shipped DiT on a machine without the runs that made it (session 13 did: ~10 min for both
+corpora's features on 2 cores), unpack the checkpoint into a run folder, make the features with its own VAE and
+recognizer, resume, and swap the result back in:
+
+    python scripts/train_vc.py unpack --init checkpoints/vc_default.safetensors --out runs/next
+    python scripts/train_vc.py features --part latents --data data/speech_human --out runs/next \
+        --vae checkpoints/vc_default.safetensors   # and --part content; the same for data/speech_vc in a second
+                                                    # folder (its own unpacked content.pt), passed as --extra-features
+    python scripts/train_vc.py dit --resume --new-schedule --out runs/next ...
+    python scripts/train_vc.py swap-dit --init checkpoints/vc_default.safetensors --out runs/next --checkpoint OUT
 """
 
 from __future__ import annotations
@@ -591,9 +602,30 @@ def swap_dit(args) -> None:
             raise SystemExit(f"{args.out}/dit.pt's {part} does not match {args.init}'s (another size?)")
         tensors.update({f"{part}.{name}": value for name, value in state[part].items()})
     meta["config"]["content_lookahead"] = state.get("content_lookahead", 0)
+    meta["dit_step"] = state["step"]  # where a later stage resumes from (``unpack``)
     size = save_tensors(args.checkpoint, tensors, meta, float32_suffixes=FLOAT32_KEYS)
     print(json.dumps({"checkpoint": args.checkpoint, "bytes": size, "step": state["step"],
                       "content_lookahead": meta["config"]["content_lookahead"]}))
+
+
+def unpack(args) -> None:
+    """Write ``--init``'s recognizer and DiT as the run folder ``--out``'s content.pt and dit.pt.
+
+    The way back from a shipped checkpoint to a run a DiT stage can resume (``dit --resume``), on a machine with
+    none of the runs that made it: features come from the checkpoint's own VAE and recognizer (``features --vae
+    <checkpoint> --out <the same folder>``), the step from the checkpoint (``swap-dit`` records it; 0 if it did
+    not), the optimizer's moments start fresh.
+    """
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shipped = load_checkpoint(args.init)
+    model = shipped.model
+    torch.save({"cfg": model.cfg.to_dict(), "symbols": shipped.symbols, "mel": model.mel.state_dict(),
+                "content": model.content.state_dict()}, out / "content.pt")
+    step = read_metadata(args.init).get("dit_step", 0)
+    torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step,
+                "content_lookahead": model.cfg.content_lookahead}, out / "dit.pt")
+    print(json.dumps({"out": str(out), "step": step, "content_lookahead": model.cfg.content_lookahead}))
 
 
 @torch.no_grad()
@@ -620,7 +652,7 @@ def swap_vocoder(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["content", "features", "dit", "export", "vocoder", "swap-dit"])
+    ap.add_argument("stage", choices=["content", "features", "dit", "export", "vocoder", "swap-dit", "unpack"])
     ap.add_argument("--data", default="data/speech_vc")
     ap.add_argument("--out", default="runs/vc")
     ap.add_argument("--vae", default="checkpoints/tts_default.safetensors",
@@ -676,7 +708,7 @@ def main() -> None:
     if args.lr is None:
         args.lr = {"content": 2e-3, "dit": 5e-4}.get(args.stage, 1e-3)
     stages = {"content": train_content, "features": make_features, "dit": train_dit, "export": export,
-              "vocoder": swap_vocoder, "swap-dit": swap_dit}
+              "vocoder": swap_vocoder, "swap-dit": swap_dit, "unpack": unpack}
     stages[args.stage](args)
 
 

@@ -103,6 +103,14 @@ def test_recipe_fine_tunes_every_stage_from_a_checkpoint(tmp_path, monkeypatch):
     for name, value in torch.load(run / "dit.pt")["dit"].items():  # half-precision storage
         torch.testing.assert_close(swapped.model.dit.state_dict()[name], value, atol=2e-3, rtol=2e-3)
     assert VCGenerator(checkpoint=str(ahead), max_sessions=1).spec.lookahead_ms == 50.0  # 10 ms vocoder + 40 ms
+    # and back: the swapped checkpoint unpacked into a fresh run folder resumes at its step with its lookahead
+    fresh = tmp_path / "fresh"
+    run_script(train_vc, monkeypatch, "unpack", "--init", ahead, "--out", fresh)
+    unpacked = torch.load(fresh / "dit.pt")
+    assert unpacked["step"] == torch.load(run / "dit.pt")["step"] and unpacked["content_lookahead"] == 1
+    for name, value in unpacked["dit"].items():
+        torch.testing.assert_close(value, swapped.model.dit.state_dict()[name])
+    assert torch.load(fresh / "content.pt")["symbols"] == base.symbols
     out = tmp_path / "shipped.safetensors"  # replaced in place, keeping its own voices
     shutil.copy(init, out)
     run_script(train_vc, monkeypatch, "export", "--vae", vae_run, "--out", run, "--checkpoint", out, "--add-voices",
