@@ -164,8 +164,7 @@ def train_content(args) -> None:
         if step % 25 == 0:
             log(out / "content_log.jsonl", step=step, min=minutes, ctc=loss.item())
         if step % 100 == 0 or minutes > args.minutes or step == args.steps - 1:
-            torch.save({"cfg": cfg.to_dict(), "symbols": symbols, "mel": model.mel.state_dict(),
-                        "content": enc.state_dict()}, out / "content.pt")
+            save_content(out, model, symbols)
         if minutes > args.minutes:
             break
     per = evaluate_content(model, symbols, load_utterances(args.data, ("test_unseen_voice",), 60))
@@ -188,6 +187,12 @@ def evaluate_content(model: VCModel, symbols: list[str], utts) -> float:
 def run_config(out: Path, vae_cfg: VAEConfig) -> VCConfig:
     """The run's model sizes (those the content stage saved, e.g. a shipped checkpoint's) with this VAE."""
     return replace(VCConfig.from_dict(torch.load(out / "content.pt")["cfg"]), vae=vae_cfg)
+
+
+def save_content(out: Path, model: VCModel, symbols: list[str]) -> None:
+    """The run's recognizer stage (content.pt): its sizes, CTC symbols, mel front end and content encoder."""
+    torch.save({"cfg": model.cfg.to_dict(), "symbols": symbols, "mel": model.mel.state_dict(),
+                "content": model.content.state_dict()}, out / "content.pt")
 
 
 def load_content(out: Path, model: VCModel) -> list[str]:
@@ -515,10 +520,15 @@ def train_dit(args) -> None:
     save_dit(resume, model, opt, step, cfg)
 
 
-def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer, step: int, cfg: VCConfig) -> None:
-    """The DiT stage's resumable state: speaker encoder, DiT, optimizer moments, the step reached, its lookahead."""
-    state = {"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "opt": opt.state_dict(),
+def save_dit(path: Path, model: VCModel, opt: torch.optim.Optimizer | None, step: int, cfg: VCConfig) -> None:
+    """The DiT stage's resumable state: speaker encoder, DiT, the step reached, its lookahead, optimizer moments.
+
+    ``opt`` None (``unpack``): no moments are saved, and a resume re-warms its learning rate instead.
+    """
+    state = {"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(),
              "step": step, "content_lookahead": cfg.content_lookahead}
+    if opt is not None:
+        state["opt"] = opt.state_dict()
     torch.save(state, path.with_suffix(".tmp"))
     path.with_suffix(".tmp").replace(path)  # never a half-written dit.pt if the run is stopped mid-save
 
@@ -620,11 +630,9 @@ def unpack(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     shipped = load_checkpoint(args.init)
     model = shipped.model
-    torch.save({"cfg": model.cfg.to_dict(), "symbols": shipped.symbols, "mel": model.mel.state_dict(),
-                "content": model.content.state_dict()}, out / "content.pt")
+    save_content(out, model, shipped.symbols)
     step = read_metadata(args.init).get("dit_step", 0)
-    torch.save({"speaker": model.speaker.state_dict(), "dit": model.dit.state_dict(), "step": step,
-                "content_lookahead": model.cfg.content_lookahead}, out / "dit.pt")
+    save_dit(out / "dit.pt", model, None, step, model.cfg)
     print(json.dumps({"out": str(out), "step": step, "content_lookahead": model.cfg.content_lookahead}))
 
 
